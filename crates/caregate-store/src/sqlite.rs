@@ -1,0 +1,566 @@
+//! The embedded SQLite backend.
+//!
+//! Writes go through one dedicated writer thread: it takes every commit request that is
+//! waiting, applies each inside its own savepoint, and makes the whole group durable with a
+//! single `COMMIT` (one fsync). Concurrent clients therefore share fsyncs instead of queueing
+//! for them, which is what lets SQLite reach thousands of durable writes per second. Reads
+//! use a small pool of read-only connections; WAL mode lets them run beside the writer.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::thread;
+
+use crossbeam_channel::{bounded, Receiver, Sender};
+use parking_lot::Mutex;
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Transaction};
+
+use crate::index::{IndexEntry, IndexValue, IncludeSpec, SearchQuery};
+use crate::sql_query::{build_search, SqlArg};
+use crate::{
+    content_hash, HistoryPage, HistoryQuery, HistoryScope, Key, SearchPage, Store, StoreError, VersionRecord,
+    WriteMethod, WriteOp,
+};
+
+const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS caregate_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+-- One row per logical resource: where its newest version is.
+CREATE TABLE IF NOT EXISTS resource (
+    rid INTEGER PRIMARY KEY,
+    rtype TEXT NOT NULL,
+    id TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    deleted INTEGER NOT NULL,
+    last_updated_ms INTEGER NOT NULL,
+    UNIQUE (rtype, id)
+);
+-- Every version ever written, in write order (seq). Rows are never updated or deleted.
+CREATE TABLE IF NOT EXISTS version (
+    seq INTEGER PRIMARY KEY,
+    rid INTEGER NOT NULL,
+    version INTEGER NOT NULL,
+    last_updated TEXT NOT NULL,
+    last_updated_ms INTEGER NOT NULL,
+    method TEXT NOT NULL,
+    hash TEXT NOT NULL,
+    content BLOB,
+    UNIQUE (rid, version)
+);
+CREATE INDEX IF NOT EXISTS version_by_time ON version (last_updated_ms);
+-- Search index over current versions only; rows are replaced on every write.
+CREATE TABLE IF NOT EXISTS ix_string (rid INTEGER NOT NULL, param TEXT NOT NULL, norm TEXT NOT NULL, exact TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS ix_string_q ON ix_string (param, norm);
+CREATE INDEX IF NOT EXISTS ix_string_r ON ix_string (rid, param);
+CREATE TABLE IF NOT EXISTS ix_token (rid INTEGER NOT NULL, param TEXT NOT NULL, system TEXT, code TEXT, text TEXT);
+CREATE INDEX IF NOT EXISTS ix_token_q ON ix_token (param, code, system);
+CREATE INDEX IF NOT EXISTS ix_token_r ON ix_token (rid, param);
+CREATE TABLE IF NOT EXISTS ix_reference (rid INTEGER NOT NULL, param TEXT NOT NULL, ttype TEXT, tid TEXT, url TEXT);
+CREATE INDEX IF NOT EXISTS ix_reference_q ON ix_reference (param, tid, ttype);
+CREATE INDEX IF NOT EXISTS ix_reference_t ON ix_reference (ttype, tid);
+CREATE INDEX IF NOT EXISTS ix_reference_r ON ix_reference (rid, param);
+CREATE TABLE IF NOT EXISTS ix_date (rid INTEGER NOT NULL, param TEXT NOT NULL, lo INTEGER NOT NULL, hi INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS ix_date_q ON ix_date (param, lo);
+CREATE INDEX IF NOT EXISTS ix_date_r ON ix_date (rid, param);
+CREATE TABLE IF NOT EXISTS ix_number (rid INTEGER NOT NULL, param TEXT NOT NULL, value REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS ix_number_q ON ix_number (param, value);
+CREATE INDEX IF NOT EXISTS ix_number_r ON ix_number (rid, param);
+CREATE TABLE IF NOT EXISTS ix_quantity (rid INTEGER NOT NULL, param TEXT NOT NULL, value REAL NOT NULL, system TEXT, code TEXT, unit TEXT);
+CREATE INDEX IF NOT EXISTS ix_quantity_q ON ix_quantity (param, value);
+CREATE INDEX IF NOT EXISTS ix_quantity_r ON ix_quantity (rid, param);
+CREATE TABLE IF NOT EXISTS ix_uri (rid INTEGER NOT NULL, param TEXT NOT NULL, uri TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS ix_uri_q ON ix_uri (param, uri);
+CREATE INDEX IF NOT EXISTS ix_uri_r ON ix_uri (rid, param);
+"#;
+
+const INDEX_TABLES: [&str; 7] = [
+    "ix_string",
+    "ix_token",
+    "ix_reference",
+    "ix_date",
+    "ix_number",
+    "ix_quantity",
+    "ix_uri",
+];
+
+const SCHEMA_VERSION: &str = "1";
+
+#[derive(Debug, Clone)]
+pub struct SqliteOptions {
+    /// Most commit requests folded into one database transaction.
+    pub max_group: usize,
+    /// Read connections kept open.
+    pub read_connections: usize,
+}
+
+impl Default for SqliteOptions {
+    fn default() -> Self {
+        SqliteOptions {
+            max_group: 512,
+            read_connections: 8,
+        }
+    }
+}
+
+struct CommitRequest {
+    ops: Vec<WriteOp>,
+    reply: Sender<Result<(), StoreError>>,
+}
+
+pub struct SqliteStore {
+    path: PathBuf,
+    writer: Mutex<Option<Sender<CommitRequest>>>,
+    writer_thread: Mutex<Option<thread::JoinHandle<()>>>,
+    readers: Mutex<Vec<Connection>>,
+    options: SqliteOptions,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database file at `path`.
+    pub fn open(path: &Path, options: SqliteOptions) -> Result<Arc<SqliteStore>, StoreError> {
+        let conn = Connection::open(path)?;
+        configure(&conn)?;
+        conn.execute_batch(SCHEMA)?;
+        let found: Option<String> = conn
+            .query_row("SELECT value FROM caregate_meta WHERE key = 'schema'", [], |r| r.get(0))
+            .optional()?;
+        match found {
+            None => {
+                conn.execute(
+                    "INSERT INTO caregate_meta (key, value) VALUES ('schema', ?1)",
+                    [SCHEMA_VERSION],
+                )?;
+            }
+            Some(v) if v == SCHEMA_VERSION => {}
+            Some(v) => {
+                return Err(StoreError::Database(format!(
+                    "database schema version {v} is not supported by this caregate (expects {SCHEMA_VERSION})"
+                )))
+            }
+        }
+        let (tx, rx) = bounded::<CommitRequest>(4096);
+        let max_group = options.max_group.max(1);
+        let handle = thread::Builder::new()
+            .name("caregate-sqlite-writer".into())
+            .spawn(move || writer_loop(conn, rx, max_group))
+            .map_err(|e| StoreError::Database(format!("cannot start writer thread: {e}")))?;
+        Ok(Arc::new(SqliteStore {
+            path: path.to_path_buf(),
+            writer: Mutex::new(Some(tx)),
+            writer_thread: Mutex::new(Some(handle)),
+            readers: Mutex::new(Vec::new()),
+            options,
+        }))
+    }
+
+    fn with_reader<T>(&self, f: impl FnOnce(&Connection) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        let conn = match self.readers.lock().pop() {
+            Some(c) => c,
+            None => {
+                let c = Connection::open_with_flags(
+                    &self.path,
+                    OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI,
+                )?;
+                c.busy_timeout(std::time::Duration::from_secs(10))?;
+                c.set_prepared_statement_cache_capacity(128);
+                c
+            }
+        };
+        let result = f(&conn);
+        let mut pool = self.readers.lock();
+        if pool.len() < self.options.read_connections {
+            pool.push(conn);
+        }
+        result
+    }
+
+    /// Stops the writer after it has committed everything already queued.
+    pub fn close(&self) {
+        self.writer.lock().take();
+        if let Some(handle) = self.writer_thread.lock().take() {
+            let _ = handle.join();
+        }
+    }
+}
+
+impl Drop for SqliteStore {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+fn configure(conn: &Connection) -> Result<(), StoreError> {
+    // WAL lets readers run beside the writer; synchronous=FULL makes each COMMIT durable
+    // before it returns, so an acknowledged write survives a crash or power loss.
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", "OFF")?;
+    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    conn.set_prepared_statement_cache_capacity(64);
+    Ok(())
+}
+
+fn writer_loop(mut conn: Connection, rx: Receiver<CommitRequest>, max_group: usize) {
+    while let Ok(first) = rx.recv() {
+        let mut group = vec![first];
+        while group.len() < max_group {
+            match rx.try_recv() {
+                Ok(req) => group.push(req),
+                Err(_) => break,
+            }
+        }
+        let results = commit_group(&mut conn, &group);
+        for (req, result) in group.into_iter().zip(results) {
+            // The requester may have gone away (client disconnected); nothing to tell then.
+            let _ = req.reply.send(result);
+        }
+    }
+}
+
+/// Applies each request in its own savepoint and commits the group once. If the final
+/// COMMIT fails, every request of the group fails: none of them was acknowledged.
+fn commit_group(conn: &mut Connection, group: &[CommitRequest]) -> Vec<Result<(), StoreError>> {
+    let tx = match conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate) {
+        Ok(tx) => tx,
+        Err(e) => return group.iter().map(|_| Err(StoreError::from(clone_err(&e)))).collect(),
+    };
+    let mut results = Vec::with_capacity(group.len());
+    for req in group {
+        results.push(apply_in_savepoint(&tx, &req.ops));
+    }
+    if let Err(e) = tx.commit() {
+        let msg = e.to_string();
+        return group.iter().map(|_| Err(StoreError::Database(msg.clone()))).collect();
+    }
+    results
+}
+
+fn clone_err(e: &rusqlite::Error) -> rusqlite::Error {
+    rusqlite::Error::InvalidParameterName(e.to_string())
+}
+
+fn apply_in_savepoint(tx: &Transaction<'_>, ops: &[WriteOp]) -> Result<(), StoreError> {
+    tx.execute_batch("SAVEPOINT request")?;
+    match apply_ops(tx, ops) {
+        Ok(()) => {
+            tx.execute_batch("RELEASE request")?;
+            Ok(())
+        }
+        Err(e) => {
+            tx.execute_batch("ROLLBACK TO request; RELEASE request")?;
+            Err(e)
+        }
+    }
+}
+
+fn apply_ops(tx: &Transaction<'_>, ops: &[WriteOp]) -> Result<(), StoreError> {
+    for (op_index, op) in ops.iter().enumerate() {
+        let current: Option<(i64, u64)> = tx
+            .prepare_cached("SELECT rid, version FROM resource WHERE rtype = ?1 AND id = ?2")?
+            .query_row(params![op.resource_type, op.id], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))
+            .optional()?;
+        let actual = current.map(|(_, v)| v);
+        if actual != op.expected_version {
+            return Err(StoreError::Conflict {
+                op_index,
+                resource_type: op.resource_type.clone(),
+                id: op.id.clone(),
+                expected: op.expected_version,
+                actual,
+            });
+        }
+        let deleted = op.content.is_none();
+        let rid = match current {
+            Some((rid, _)) => rid,
+            None => {
+                tx.prepare_cached(
+                    "INSERT INTO resource (rtype, id, version, seq, deleted, last_updated_ms) VALUES (?1, ?2, 0, 0, 0, 0)",
+                )?
+                .execute(params![op.resource_type, op.id])?;
+                tx.last_insert_rowid()
+            }
+        };
+        let hash = content_hash(op.content.as_deref());
+        tx.prepare_cached(
+            "INSERT INTO version (rid, version, last_updated, last_updated_ms, method, hash, content)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        )?
+        .execute(params![
+            rid,
+            op.version as i64,
+            op.last_updated,
+            op.last_updated_ms,
+            op.method.as_str(),
+            hash,
+            op.content
+        ])?;
+        let seq = tx.last_insert_rowid();
+        tx.prepare_cached(
+            "UPDATE resource SET version = ?2, seq = ?3, deleted = ?4, last_updated_ms = ?5 WHERE rid = ?1",
+        )?
+        .execute(params![rid, op.version as i64, seq, deleted, op.last_updated_ms])?;
+        if current.is_some() {
+            for table in INDEX_TABLES {
+                tx.prepare_cached(&format!("DELETE FROM {table} WHERE rid = ?1"))?
+                    .execute([rid])?;
+            }
+        }
+        if !deleted {
+            write_index(tx, rid, &op.index)?;
+        }
+    }
+    Ok(())
+}
+
+fn write_index(tx: &Transaction<'_>, rid: i64, entries: &[IndexEntry]) -> Result<(), StoreError> {
+    for e in entries {
+        match &e.value {
+            IndexValue::String { normalized, exact } => {
+                tx.prepare_cached("INSERT INTO ix_string (rid, param, norm, exact) VALUES (?1, ?2, ?3, ?4)")?
+                    .execute(params![rid, e.param, normalized, exact])?;
+            }
+            IndexValue::Token { system, code, text } => {
+                tx.prepare_cached("INSERT INTO ix_token (rid, param, system, code, text) VALUES (?1, ?2, ?3, ?4, ?5)")?
+                    .execute(params![rid, e.param, system, code, text.as_ref().map(|t| t.to_lowercase())])?;
+            }
+            IndexValue::Reference {
+                target_type,
+                target_id,
+                url,
+            } => {
+                tx.prepare_cached("INSERT INTO ix_reference (rid, param, ttype, tid, url) VALUES (?1, ?2, ?3, ?4, ?5)")?
+                    .execute(params![rid, e.param, target_type, target_id, url])?;
+            }
+            IndexValue::Date(range) => {
+                tx.prepare_cached("INSERT INTO ix_date (rid, param, lo, hi) VALUES (?1, ?2, ?3, ?4)")?
+                    .execute(params![rid, e.param, range.start, range.end])?;
+            }
+            IndexValue::Number(value) => {
+                tx.prepare_cached("INSERT INTO ix_number (rid, param, value) VALUES (?1, ?2, ?3)")?
+                    .execute(params![rid, e.param, value])?;
+            }
+            IndexValue::Quantity {
+                value,
+                system,
+                code,
+                unit,
+            } => {
+                tx.prepare_cached(
+                    "INSERT INTO ix_quantity (rid, param, value, system, code, unit) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                )?
+                .execute(params![rid, e.param, value, system, code, unit])?;
+            }
+            IndexValue::Uri(uri) => {
+                tx.prepare_cached("INSERT INTO ix_uri (rid, param, uri) VALUES (?1, ?2, ?3)")?
+                    .execute(params![rid, e.param, uri])?;
+            }
+        }
+    }
+    Ok(())
+}
+
+const RECORD_COLUMNS: &str =
+    "r.rtype, r.id, v.version, v.last_updated, v.last_updated_ms, v.method, v.hash, v.content";
+
+fn record_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<VersionRecord> {
+    let method: String = row.get(5)?;
+    Ok(VersionRecord {
+        resource_type: row.get(0)?,
+        id: row.get(1)?,
+        version: row.get::<_, i64>(2)? as u64,
+        last_updated: row.get(3)?,
+        last_updated_ms: row.get(4)?,
+        method: WriteMethod::parse(&method),
+        hash: row.get(6)?,
+        content: row.get(7)?,
+    })
+}
+
+fn to_sql_args(args: &[SqlArg]) -> Vec<&dyn rusqlite::ToSql> {
+    args.iter()
+        .map(|a| match a {
+            SqlArg::Text(s) => s as &dyn rusqlite::ToSql,
+            SqlArg::Int(i) => i as &dyn rusqlite::ToSql,
+            SqlArg::Real(f) => f as &dyn rusqlite::ToSql,
+        })
+        .collect()
+}
+
+impl Store for SqliteStore {
+    fn read(&self, resource_type: &str, id: &str) -> Result<Option<VersionRecord>, StoreError> {
+        self.with_reader(|c| {
+            Ok(c.prepare_cached(&format!(
+                "SELECT {RECORD_COLUMNS} FROM resource r JOIN version v ON v.seq = r.seq WHERE r.rtype = ?1 AND r.id = ?2"
+            ))?
+            .query_row(params![resource_type, id], record_from_row)
+            .optional()?)
+        })
+    }
+
+    fn current_versions(&self, keys: &[Key]) -> Result<Vec<(Key, u64)>, StoreError> {
+        self.with_reader(|c| {
+            let mut stmt = c.prepare_cached("SELECT version FROM resource WHERE rtype = ?1 AND id = ?2")?;
+            let mut out = Vec::new();
+            for key in keys {
+                if let Some(v) = stmt
+                    .query_row(params![key.0, key.1], |r| r.get::<_, i64>(0))
+                    .optional()?
+                {
+                    out.push((key.clone(), v as u64));
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    fn vread(&self, resource_type: &str, id: &str, version: u64) -> Result<Option<VersionRecord>, StoreError> {
+        self.with_reader(|c| {
+            Ok(c.prepare_cached(&format!(
+                "SELECT {RECORD_COLUMNS} FROM resource r JOIN version v ON v.rid = r.rid
+                 WHERE r.rtype = ?1 AND r.id = ?2 AND v.version = ?3"
+            ))?
+            .query_row(params![resource_type, id, version as i64], record_from_row)
+            .optional()?)
+        })
+    }
+
+    fn commit(&self, ops: Vec<WriteOp>) -> Result<(), StoreError> {
+        if ops.is_empty() {
+            return Ok(());
+        }
+        let (reply, wait) = bounded(1);
+        {
+            let writer = self.writer.lock();
+            let sender = writer.as_ref().ok_or(StoreError::Closed)?;
+            sender
+                .send(CommitRequest { ops, reply })
+                .map_err(|_| StoreError::Closed)?;
+        }
+        wait.recv().map_err(|_| StoreError::Closed)?
+    }
+
+    fn search(&self, query: &SearchQuery) -> Result<SearchPage, StoreError> {
+        let built = build_search(query);
+        self.with_reader(|c| {
+            let mut stmt = c.prepare_cached(&built.select_sql)?;
+            let args = to_sql_args(&built.select_args);
+            let matches = stmt
+                .query_map(args.as_slice(), record_from_row)?
+                .collect::<Result<Vec<_>, _>>()?;
+            let total = if query.total {
+                // When the page is not full and starts at the beginning, the count is known.
+                if query.offset == 0 && matches.len() < query.count {
+                    Some(matches.len() as u64)
+                } else {
+                    let mut stmt = c.prepare_cached(&built.count_sql)?;
+                    let args = to_sql_args(&built.count_args);
+                    Some(stmt.query_row(args.as_slice(), |r| r.get::<_, i64>(0))? as u64)
+                }
+            } else {
+                None
+            };
+            Ok(SearchPage { matches, total })
+        })
+    }
+
+    fn include(&self, matches: &[Key], spec: &IncludeSpec) -> Result<Vec<VersionRecord>, StoreError> {
+        if matches.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.with_reader(|c| {
+            let mut out = Vec::new();
+            if spec.reverse {
+                // Resources of source_type whose `param` points at one of the matches.
+                let mut stmt = c.prepare_cached(&format!(
+                    "SELECT {RECORD_COLUMNS} FROM ix_reference x
+                     JOIN resource r ON r.rid = x.rid JOIN version v ON v.seq = r.seq
+                     WHERE x.param = ?1 AND x.ttype = ?2 AND x.tid = ?3 AND r.deleted = 0 AND r.rtype = ?4"
+                ))?;
+                for (ty, id) in matches {
+                    if spec.target_type.as_deref().is_some_and(|t| t != ty) {
+                        continue;
+                    }
+                    let rows = stmt.query_map(params![spec.param, ty, id, spec.source_type], record_from_row)?;
+                    for row in rows {
+                        out.push(row?);
+                    }
+                }
+            } else {
+                let mut refs = c.prepare_cached(
+                    "SELECT DISTINCT x.ttype, x.tid FROM resource r JOIN ix_reference x ON x.rid = r.rid
+                     WHERE r.rtype = ?1 AND r.id = ?2 AND x.param = ?3 AND x.tid IS NOT NULL",
+                )?;
+                let mut fetch = c.prepare_cached(&format!(
+                    "SELECT {RECORD_COLUMNS} FROM resource r JOIN version v ON v.seq = r.seq
+                     WHERE r.rtype = ?1 AND r.id = ?2 AND r.deleted = 0"
+                ))?;
+                for (ty, id) in matches {
+                    if ty != &spec.source_type {
+                        continue;
+                    }
+                    let targets = refs
+                        .query_map(params![ty, id, spec.param], |r| {
+                            Ok((r.get::<_, Option<String>>(0)?, r.get::<_, String>(1)?))
+                        })?
+                        .collect::<Result<Vec<_>, _>>()?;
+                    for (tty, tid) in targets {
+                        let Some(tty) = tty else { continue };
+                        if spec.target_type.as_deref().is_some_and(|t| t != tty) {
+                            continue;
+                        }
+                        if let Some(rec) = fetch.query_row(params![tty, tid], record_from_row).optional()? {
+                            out.push(rec);
+                        }
+                    }
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    fn history(&self, query: &HistoryQuery) -> Result<HistoryPage, StoreError> {
+        let mut where_sql = String::from("1 = 1");
+        let mut args: Vec<SqlArg> = Vec::new();
+        match &query.scope {
+            HistoryScope::System => {}
+            HistoryScope::Type(t) => {
+                args.push(SqlArg::Text(t.clone()));
+                where_sql.push_str(&format!(" AND r.rtype = ?{}", args.len()));
+            }
+            HistoryScope::Instance(t, id) => {
+                args.push(SqlArg::Text(t.clone()));
+                where_sql.push_str(&format!(" AND r.rtype = ?{}", args.len()));
+                args.push(SqlArg::Text(id.clone()));
+                where_sql.push_str(&format!(" AND r.id = ?{}", args.len()));
+            }
+        }
+        if let Some(since) = query.since {
+            args.push(SqlArg::Int(since));
+            where_sql.push_str(&format!(" AND v.last_updated_ms >= ?{}", args.len()));
+        }
+        if let Some(before) = query.before {
+            args.push(SqlArg::Int(before));
+            where_sql.push_str(&format!(" AND v.last_updated_ms <= ?{}", args.len()));
+        }
+        let count_sql =
+            format!("SELECT COUNT(*) FROM version v JOIN resource r ON r.rid = v.rid WHERE {where_sql}");
+        let count_args = args.clone();
+        args.push(SqlArg::Int(query.count as i64));
+        let limit_at = args.len();
+        args.push(SqlArg::Int(query.offset as i64));
+        let select_sql = format!(
+            "SELECT {RECORD_COLUMNS} FROM version v JOIN resource r ON r.rid = v.rid WHERE {where_sql}
+             ORDER BY v.seq DESC LIMIT ?{limit_at} OFFSET ?{}",
+            limit_at + 1
+        );
+        self.with_reader(|c| {
+            let total = c
+                .prepare_cached(&count_sql)?
+                .query_row(to_sql_args(&count_args).as_slice(), |r| r.get::<_, i64>(0))? as u64;
+            let versions = c
+                .prepare_cached(&select_sql)?
+                .query_map(to_sql_args(&args).as_slice(), record_from_row)?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(HistoryPage { versions, total })
+        })
+    }
+}

@@ -1,0 +1,263 @@
+//! The SQLite store on a real file: versions, conflicts, atomic commits, search, history.
+
+use std::sync::Arc;
+
+use caregate_core::parse_date_range;
+use caregate_store::*;
+
+fn open() -> (tempfile::TempDir, Arc<SqliteStore>) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = SqliteStore::open(&dir.path().join("db.sqlite"), SqliteOptions::default()).expect("open");
+    (dir, store)
+}
+
+fn op(ty: &str, id: &str, expected: Option<u64>, content: Option<&str>, index: Vec<IndexEntry>) -> WriteOp {
+    let version = expected.map_or(1, |v| v + 1);
+    WriteOp {
+        resource_type: ty.into(),
+        id: id.into(),
+        expected_version: expected,
+        version,
+        last_updated: "2024-01-01T00:00:00.000Z".into(),
+        last_updated_ms: 1_704_067_200_000 + version as i64,
+        method: if content.is_none() {
+            WriteMethod::Delete
+        } else if expected.is_none() {
+            WriteMethod::Post
+        } else {
+            WriteMethod::Put
+        },
+        content: content.map(|c| c.as_bytes().to_vec()),
+        index,
+    }
+}
+
+fn family(v: &str) -> IndexEntry {
+    IndexEntry {
+        param: "Patient:family".into(),
+        value: IndexValue::String {
+            normalized: v.to_lowercase(),
+            exact: v.into(),
+        },
+    }
+}
+
+#[test]
+fn versions_are_kept_and_conflicts_refused() {
+    let (_dir, store) = open();
+    store.commit(vec![op("Patient", "a", None, Some("{\"v\":1}"), vec![])]).unwrap();
+    store.commit(vec![op("Patient", "a", Some(1), Some("{\"v\":2}"), vec![])]).unwrap();
+    let err = store
+        .commit(vec![op("Patient", "a", Some(1), Some("{\"v\":3}"), vec![])])
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Conflict { actual: Some(2), .. }), "{err:?}");
+    let cur = store.read("Patient", "a").unwrap().unwrap();
+    assert_eq!(cur.version, 2);
+    assert_eq!(cur.content.as_deref(), Some(&b"{\"v\":2}"[..]));
+    assert_eq!(cur.hash, content_hash(Some(b"{\"v\":2}")));
+    let v1 = store.vread("Patient", "a", 1).unwrap().unwrap();
+    assert_eq!(v1.content.as_deref(), Some(&b"{\"v\":1}"[..]));
+    store.commit(vec![op("Patient", "a", Some(2), None, vec![])]).unwrap();
+    let gone = store.read("Patient", "a").unwrap().unwrap();
+    assert!(gone.is_deleted());
+    assert_eq!(gone.version, 3);
+    let history = store
+        .history(&HistoryQuery {
+            scope: HistoryScope::Instance("Patient".into(), "a".into()),
+            since: None,
+            before: None,
+            count: 10,
+            offset: 0,
+        })
+        .unwrap();
+    assert_eq!(history.total, 3);
+    assert_eq!(
+        history.versions.iter().map(|v| v.version).collect::<Vec<_>>(),
+        vec![3, 2, 1]
+    );
+}
+
+#[test]
+fn a_failed_commit_writes_nothing() {
+    let (_dir, store) = open();
+    store.commit(vec![op("Patient", "b", None, Some("{}"), vec![])]).unwrap();
+    let err = store.commit(vec![
+        op("Patient", "new", None, Some("{}"), vec![]),
+        op("Patient", "b", None, Some("{}"), vec![]),
+    ]);
+    assert!(matches!(err, Err(StoreError::Conflict { op_index: 1, .. })));
+    assert!(store.read("Patient", "new").unwrap().is_none());
+}
+
+#[test]
+fn concurrent_commits_with_the_same_expectation_one_wins() {
+    let (_dir, store) = open();
+    store.commit(vec![op("Patient", "c", None, Some("{}"), vec![])]).unwrap();
+    let handles: Vec<_> = (0..8)
+        .map(|_| {
+            let s = store.clone();
+            std::thread::spawn(move || s.commit(vec![op("Patient", "c", Some(1), Some("{}"), vec![])]).is_ok())
+        })
+        .collect();
+    let wins = handles.into_iter().map(|h| h.join().unwrap()).filter(|w| *w).count();
+    assert_eq!(wins, 1);
+}
+
+#[test]
+fn search_by_string_prefix_sort_and_paging() {
+    let (_dir, store) = open();
+    for (i, name) in ["Smith", "Smythe", "Jones", "Smithers"].iter().enumerate() {
+        store
+            .commit(vec![op("Patient", &format!("p{i}"), None, Some("{}"), vec![family(name)])])
+            .unwrap();
+    }
+    let mut q = SearchQuery::new(Some("Patient"));
+    q.filters.push(Filter {
+        any_of: vec![Condition::String {
+            param: "Patient:family".into(),
+            value: "smi".into(),
+            mode: StringMatch::StartsWith,
+        }],
+    });
+    let page = store.search(&q).unwrap();
+    assert_eq!(page.total, Some(2));
+    let ids: Vec<_> = page.matches.iter().map(|m| m.id.as_str()).collect();
+    assert_eq!(ids, vec!["p0", "p3"]);
+
+    let mut sorted = SearchQuery::new(Some("Patient"));
+    sorted.sort.push(SortKey {
+        field: SortField::Param {
+            param: "Patient:family".into(),
+            kind: IndexKind::String,
+        },
+        descending: true,
+    });
+    sorted.count = 2;
+    let page = store.search(&sorted).unwrap();
+    assert_eq!(page.total, Some(4));
+    let ids: Vec<_> = page.matches.iter().map(|m| m.id.as_str()).collect();
+    assert_eq!(ids, vec!["p1", "p3"]);
+    sorted.offset = 2;
+    let ids: Vec<_> = store.search(&sorted).unwrap().matches.iter().map(|m| m.id.clone()).collect();
+    assert_eq!(ids, vec!["p0", "p2"]);
+
+    // Updating re-indexes; deleting removes from search.
+    store
+        .commit(vec![op("Patient", "p0", Some(1), Some("{}"), vec![family("Brown")])])
+        .unwrap();
+    store.commit(vec![op("Patient", "p3", Some(1), None, vec![])]).unwrap();
+    assert_eq!(store.search(&q).unwrap().total, Some(0));
+}
+
+#[test]
+fn dates_chains_and_includes() {
+    let (_dir, store) = open();
+    let date = |p: &str, v: &str| IndexEntry {
+        param: p.into(),
+        value: IndexValue::Date(parse_date_range(v).unwrap()),
+    };
+    let reference = |p: &str, t: &str, id: &str| IndexEntry {
+        param: p.into(),
+        value: IndexValue::Reference {
+            target_type: Some(t.into()),
+            target_id: Some(id.into()),
+            url: None,
+        },
+    };
+    let token = |p: &str, s: &str, c: &str| IndexEntry {
+        param: p.into(),
+        value: IndexValue::Token {
+            system: Some(s.into()),
+            code: Some(c.into()),
+            text: None,
+        },
+    };
+    store
+        .commit(vec![
+            op("Patient", "pat", None, Some("{}"), vec![date("Patient:birthdate", "1980-05-02"), token("Patient:identifier", "urn:mrn", "42")]),
+            op("CarePlan", "cp1", None, Some("{}"), vec![reference("CarePlan:subject", "Patient", "pat")]),
+            op("CarePlan", "cp2", None, Some("{}"), vec![reference("CarePlan:subject", "Patient", "other")]),
+        ])
+        .unwrap();
+    let mut q = SearchQuery::new(Some("Patient"));
+    q.filters.push(Filter {
+        any_of: vec![Condition::Date {
+            param: "Patient:birthdate".into(),
+            prefix: Prefix::Eq,
+            range: parse_date_range("1980").unwrap(),
+        }],
+    });
+    assert_eq!(store.search(&q).unwrap().total, Some(1));
+    q.filters[0].any_of[0] = Condition::Date {
+        param: "Patient:birthdate".into(),
+        prefix: Prefix::Gt,
+        range: parse_date_range("1980-05-02").unwrap(),
+    };
+    assert_eq!(store.search(&q).unwrap().total, Some(0));
+
+    let mut chain = SearchQuery::new(Some("CarePlan"));
+    chain.filters.push(Filter {
+        any_of: vec![Condition::Chain {
+            param: "CarePlan:subject".into(),
+            target_type: "Patient".into(),
+            inner: Box::new(Condition::Token {
+                param: "Patient:identifier".into(),
+                system: TokenSystem::Is("urn:mrn".into()),
+                code: Some("42".into()),
+            }),
+        }],
+    });
+    let page = store.search(&chain).unwrap();
+    assert_eq!(page.matches.len(), 1);
+    assert_eq!(page.matches[0].id, "cp1");
+
+    let included = store
+        .include(
+            &[("CarePlan".into(), "cp1".into())],
+            &IncludeSpec {
+                source_type: "CarePlan".into(),
+                param: "CarePlan:subject".into(),
+                target_type: None,
+                reverse: false,
+                iterate: false,
+            },
+        )
+        .unwrap();
+    assert_eq!(included.len(), 1);
+    assert_eq!(included[0].id, "pat");
+    let rev = store
+        .include(
+            &[("Patient".into(), "pat".into())],
+            &IncludeSpec {
+                source_type: "CarePlan".into(),
+                param: "CarePlan:subject".into(),
+                target_type: None,
+                reverse: true,
+                iterate: false,
+            },
+        )
+        .unwrap();
+    assert_eq!(rev.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), vec!["cp1"]);
+
+    let mut has = SearchQuery::new(Some("Patient"));
+    has.filters.push(Filter {
+        any_of: vec![Condition::Has {
+            source_type: "CarePlan".into(),
+            param: "CarePlan:subject".into(),
+            inner: Box::new(Condition::Id("cp1".into())),
+        }],
+    });
+    assert_eq!(store.search(&has).unwrap().total, Some(1));
+}
+
+#[test]
+fn data_survives_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db.sqlite");
+    {
+        let store = SqliteStore::open(&path, SqliteOptions::default()).unwrap();
+        store.commit(vec![op("Patient", "kept", None, Some("{}"), vec![])]).unwrap();
+    }
+    let store = SqliteStore::open(&path, SqliteOptions::default()).unwrap();
+    assert_eq!(store.read("Patient", "kept").unwrap().unwrap().version, 1);
+}

@@ -1,0 +1,463 @@
+//! The structural walk over one JSON resource.
+//!
+//! The walker keeps the location as a stack of borrowed segments and only formats a
+//! FHIRPath string when it reports an issue, so a valid resource costs hash lookups and
+//! byte scans, no allocation per element.
+
+use caregate_core::{Issue, IssueCode};
+use serde_json::{Map, Value};
+
+use crate::model::{ElementInfo, ElementKind, TableId, TypeKind};
+use crate::primitive::{check_string, JsonForm, Primitive};
+use crate::StructureModel;
+
+#[derive(Clone, Copy)]
+enum Seg<'a> {
+    Name(&'a str),
+    Index(usize),
+}
+
+pub(crate) struct Walker<'a> {
+    model: &'a StructureModel,
+    /// The root resource type (first segment of every location).
+    root: Option<&'a str>,
+    path: Vec<Seg<'a>>,
+    pub issues: Vec<Issue>,
+    /// Choice groups seen in the objects being walked; each object uses the tail it pushed.
+    seen_choices: Vec<u16>,
+}
+
+/// Longest value echoed back in a diagnostic.
+const MAX_ECHO: usize = 80;
+
+fn echo(s: &str) -> String {
+    if s.chars().count() <= MAX_ECHO {
+        s.to_string()
+    } else {
+        let cut: String = s.chars().take(MAX_ECHO).collect();
+        format!("{cut}...")
+    }
+}
+
+fn json_kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}
+
+impl<'a> Walker<'a> {
+    pub fn new(model: &'a StructureModel) -> Self {
+        Walker {
+            model,
+            root: None,
+            path: Vec::with_capacity(16),
+            issues: Vec::new(),
+            seen_choices: Vec::with_capacity(16),
+        }
+    }
+
+    fn location(&self) -> String {
+        let mut out = String::with_capacity(64);
+        if let Some(root) = self.root {
+            out.push_str(root);
+        }
+        for seg in &self.path {
+            match seg {
+                Seg::Name(n) => {
+                    if !out.is_empty() {
+                        out.push('.');
+                    }
+                    out.push_str(n);
+                }
+                Seg::Index(i) => {
+                    out.push('[');
+                    out.push_str(&i.to_string());
+                    out.push(']');
+                }
+            }
+        }
+        out
+    }
+
+    #[cold]
+    fn error(&mut self, code: IssueCode, diagnostics: String) {
+        let location = self.location();
+        let issue = Issue::error(code, diagnostics);
+        self.issues.push(if location.is_empty() { issue } else { issue.at(location) });
+    }
+
+    #[cold]
+    fn error_at(&mut self, name: &'a str, code: IssueCode, diagnostics: String) {
+        self.path.push(Seg::Name(name));
+        self.error(code, diagnostics);
+        self.path.pop();
+    }
+
+    /// Validates a resource at the current location. `in_contained`: it is itself a
+    /// contained resource, which must not contain others.
+    pub fn resource(&mut self, value: &'a Value, in_contained: bool) {
+        let Value::Object(obj) = value else {
+            self.error(
+                IssueCode::Structure,
+                format!("Expected a resource (JSON object) but found a {}", json_kind(value)),
+            );
+            return;
+        };
+        let resource_type = match obj.get("resourceType") {
+            Some(Value::String(s)) => s.as_str(),
+            Some(other) => {
+                self.error(
+                    IssueCode::Structure,
+                    format!("resourceType must be a string, found a {}", json_kind(other)),
+                );
+                return;
+            }
+            None => {
+                self.error(IssueCode::Structure, "Missing resourceType: not a FHIR resource".into());
+                return;
+            }
+        };
+        let table = match self.model.types.get(resource_type) {
+            Some(info) if info.kind == TypeKind::Resource && !info.is_abstract => info.table,
+            _ => None,
+        };
+        let Some(table) = table else {
+            self.error(
+                IssueCode::Invalid,
+                format!("Unknown resource type '{}'", echo(resource_type)),
+            );
+            return;
+        };
+        if self.root.is_none() && self.path.is_empty() {
+            self.root = Some(resource_type);
+        }
+        if in_contained && obj.contains_key("contained") {
+            self.error_at(
+                "contained",
+                IssueCode::Structure,
+                "A contained resource must not itself contain resources".into(),
+            );
+        }
+        self.object(obj, table, true);
+    }
+
+    /// Validates the members of one JSON object against a table.
+    fn object(&mut self, obj: &'a Map<String, Value>, table: TableId, is_resource: bool) {
+        if obj.is_empty() {
+            self.error(IssueCode::Structure, "Empty objects are not allowed".into());
+            return;
+        }
+        let model = self.model;
+        let t = &model.tables[table as usize];
+        let has_underscore = obj.keys().any(|k| k.starts_with('_'));
+        let choice_start = self.seen_choices.len();
+
+        for (key, value) in obj {
+            let key = key.as_str();
+            if is_resource && key == "resourceType" {
+                continue;
+            }
+            if let Some(name) = key.strip_prefix('_') {
+                match t.lookup(name) {
+                    Some(el) if matches!(el.kind, ElementKind::Primitive(_)) => {
+                        if obj.contains_key(name) {
+                            continue; // checked together with its value
+                        }
+                        if let Some(g) = el.choice {
+                            self.note_choice(el, &t.choices[usize::from(g)].base, choice_start);
+                        }
+                        self.extension_only(el, value);
+                    }
+                    _ => self.error_at(key, IssueCode::Structure, format!("Unknown element '{}'", echo(key))),
+                }
+                continue;
+            }
+            let Some(el) = t.lookup(key) else {
+                self.error_at(key, IssueCode::Structure, format!("Unknown element '{}'", echo(key)));
+                continue;
+            };
+            if let Some(g) = el.choice {
+                self.note_choice(el, &t.choices[usize::from(g)].base, choice_start);
+            }
+            self.path.push(Seg::Name(&el.name));
+            match el.kind {
+                ElementKind::Primitive(p) => {
+                    let ext = if has_underscore { obj.get(&*el.ext_name) } else { None };
+                    self.primitive_element(el, p, value, ext);
+                }
+                ElementKind::Complex(table) | ElementKind::Backbone(table) => self.complex_element(el, table, value),
+                ElementKind::Resource => self.resource_element(el, value),
+            }
+            self.path.pop();
+        }
+
+        for &r in &t.required {
+            let el = &t.elements[r as usize];
+            let present = obj.contains_key(&*el.name)
+                || (has_underscore && matches!(el.kind, ElementKind::Primitive(_)) && obj.contains_key(&*el.ext_name));
+            if !present {
+                self.error_at(&el.name, IssueCode::Required, format!("Missing required element '{}'", el.name));
+            }
+        }
+        for &g in &t.required_choices {
+            if !self.seen_choices[choice_start..].contains(&g) {
+                let base = &t.choices[usize::from(g)].base;
+                self.error_at(base, IssueCode::Required, format!("Missing required element '{base}[x]'"));
+            }
+        }
+        self.seen_choices.truncate(choice_start);
+    }
+
+    /// Records that a choice variant is present in the object whose choices start at
+    /// `start` on the stack; a second variant of the same group is an error.
+    fn note_choice(&mut self, el: &'a ElementInfo, base: &'a str, start: usize) {
+        let Some(group) = el.choice else {
+            return;
+        };
+        if self.seen_choices[start..].contains(&group) {
+            self.error_at(
+                &el.name,
+                IssueCode::Structure,
+                format!("Only one of the '{base}[x]' choices may be present; found another besides '{}'", el.name),
+            );
+        } else {
+            self.seen_choices.push(group);
+        }
+    }
+
+    fn primitive_element(&mut self, el: &'a ElementInfo, p: Primitive, value: &'a Value, ext: Option<&'a Value>) {
+        if el.array {
+            let Value::Array(items) = value else {
+                self.error(
+                    IssueCode::Structure,
+                    format!("Element '{}' repeats and must be a JSON array, found a {}", el.name, json_kind(value)),
+                );
+                return;
+            };
+            if items.is_empty() {
+                self.error(IssueCode::Structure, "Empty arrays are not allowed".into());
+                return;
+            }
+            let ext_items = match ext {
+                None => None,
+                Some(Value::Array(a)) => {
+                    if a.len() != items.len() {
+                        self.error(
+                            IssueCode::Structure,
+                            format!(
+                                "'_{}' has {} entries but '{}' has {}; the arrays must align",
+                                el.name,
+                                a.len(),
+                                el.name,
+                                items.len()
+                            ),
+                        );
+                    }
+                    Some(a)
+                }
+                Some(other) => {
+                    self.error(
+                        IssueCode::Structure,
+                        format!("'_{}' must be an array aligned with '{}', found a {}", el.name, el.name, json_kind(other)),
+                    );
+                    None
+                }
+            };
+            for (i, item) in items.iter().enumerate() {
+                self.path.push(Seg::Index(i));
+                let item_ext = ext_items.and_then(|a| a.get(i)).filter(|v| !v.is_null());
+                if item.is_null() {
+                    if item_ext.is_none() {
+                        self.error(
+                            IssueCode::Structure,
+                            "null is only allowed where the matching '_' entry carries an id or extensions".into(),
+                        );
+                    }
+                } else {
+                    self.primitive_value(p, item);
+                }
+                if let Some(e) = item_ext {
+                    self.element_extension(e);
+                }
+                self.path.pop();
+            }
+        } else {
+            match value {
+                Value::Array(_) => {
+                    self.error(
+                        IssueCode::Structure,
+                        format!("Element '{}' has max cardinality 1 and must not be an array", el.name),
+                    );
+                    return;
+                }
+                Value::Null => self.error(IssueCode::Structure, "null values are not allowed".into()),
+                _ => self.primitive_value(p, value),
+            }
+            if let Some(e) = ext {
+                self.element_extension(e);
+            }
+        }
+    }
+
+    /// A `_name` with no `name` beside it: allowed only to carry extensions (e.g. a
+    /// data-absent-reason in place of the value).
+    fn extension_only(&mut self, el: &'a ElementInfo, value: &'a Value) {
+        self.path.push(Seg::Name(&el.name));
+        if el.array {
+            match value {
+                Value::Array(items) if !items.is_empty() => {
+                    for (i, item) in items.iter().enumerate() {
+                        self.path.push(Seg::Index(i));
+                        self.extension_only_entry(el, item);
+                        self.path.pop();
+                    }
+                }
+                Value::Array(_) => self.error(IssueCode::Structure, "Empty arrays are not allowed".into()),
+                other => self.error(
+                    IssueCode::Structure,
+                    format!("'_{}' must be an array, found a {}", el.name, json_kind(other)),
+                ),
+            }
+        } else if value.is_array() {
+            self.error(
+                IssueCode::Structure,
+                format!("'_{}' has max cardinality 1 and must not be an array", el.name),
+            );
+        } else {
+            self.extension_only_entry(el, value);
+        }
+        self.path.pop();
+    }
+
+    fn extension_only_entry(&mut self, el: &'a ElementInfo, value: &'a Value) {
+        let has_extension = value
+            .get("extension")
+            .and_then(Value::as_array)
+            .is_some_and(|a| !a.is_empty());
+        if !has_extension {
+            self.error(
+                IssueCode::Structure,
+                format!("'_{}' without a value for '{}' must carry extensions", el.name, el.name),
+            );
+        }
+        if value.is_object() {
+            self.element_extension(value);
+        }
+    }
+
+    /// The `_name` sibling content: an `Element` (id + extension).
+    fn element_extension(&mut self, value: &'a Value) {
+        match value {
+            Value::Object(obj) => self.object(obj, self.model.element_table, false),
+            other => self.error(
+                IssueCode::Structure,
+                format!("Primitive extension content must be an object, found a {}", json_kind(other)),
+            ),
+        }
+    }
+
+    fn primitive_value(&mut self, p: Primitive, value: &'a Value) {
+        match (p.json_form(), value) {
+            (JsonForm::Bool, Value::Bool(_)) | (JsonForm::Number, Value::Number(_)) => {}
+            (JsonForm::Integer, Value::Number(n)) => match n.as_i64() {
+                Some(i) if i >= p.min_integer() && i <= i64::from(i32::MAX) => {}
+                Some(i) => self.error(
+                    IssueCode::Value,
+                    format!("The value {i} is out of range for type {}", p.name()),
+                ),
+                None => self.error(
+                    IssueCode::Value,
+                    format!("The value {} is not a valid {} (expected a whole number)", echo(&n.to_string()), p.name()),
+                ),
+            },
+            (JsonForm::String, Value::String(s)) => {
+                if let Err(reason) = check_string(p, s) {
+                    self.error(
+                        IssueCode::Value,
+                        format!("The value '{}' is not a valid {}: {reason}", echo(s), p.name()),
+                    );
+                }
+            }
+            (form, other) => {
+                let expected = match form {
+                    JsonForm::Bool => "boolean",
+                    JsonForm::Integer => "integer number",
+                    JsonForm::Number => "number",
+                    JsonForm::String => "string",
+                };
+                self.error(
+                    IssueCode::Structure,
+                    format!(
+                        "A value of type {} must be a JSON {expected}, found a {}",
+                        p.name(),
+                        json_kind(other)
+                    ),
+                );
+            }
+        }
+    }
+
+    fn complex_element(&mut self, el: &'a ElementInfo, table: TableId, value: &'a Value) {
+        match (el.array, value) {
+            (false, Value::Object(obj)) => self.object(obj, table, false),
+            (true, Value::Array(items)) => {
+                if items.is_empty() {
+                    self.error(IssueCode::Structure, "Empty arrays are not allowed".into());
+                }
+                for (i, item) in items.iter().enumerate() {
+                    self.path.push(Seg::Index(i));
+                    match item {
+                        Value::Object(obj) => self.object(obj, table, false),
+                        other => self.error(
+                            IssueCode::Structure,
+                            format!("Expected an object for '{}', found a {}", el.name, json_kind(other)),
+                        ),
+                    }
+                    self.path.pop();
+                }
+            }
+            (false, Value::Array(_)) => self.error(
+                IssueCode::Structure,
+                format!("Element '{}' has max cardinality 1 and must not be an array", el.name),
+            ),
+            (true, Value::Object(_)) => self.error(
+                IssueCode::Structure,
+                format!("Element '{}' repeats and must be a JSON array", el.name),
+            ),
+            (_, other) => self.error(
+                IssueCode::Structure,
+                format!("Expected an object for '{}', found a {}", el.name, json_kind(other)),
+            ),
+        }
+    }
+
+    fn resource_element(&mut self, el: &'a ElementInfo, value: &'a Value) {
+        let contained = &*el.name == "contained";
+        match (el.array, value) {
+            (true, Value::Array(items)) => {
+                if items.is_empty() {
+                    self.error(IssueCode::Structure, "Empty arrays are not allowed".into());
+                }
+                for (i, item) in items.iter().enumerate() {
+                    self.path.push(Seg::Index(i));
+                    self.resource(item, contained);
+                    self.path.pop();
+                }
+            }
+            (true, _) => self.error(
+                IssueCode::Structure,
+                format!("Element '{}' repeats and must be a JSON array", el.name),
+            ),
+            (false, Value::Array(_)) => self.error(
+                IssueCode::Structure,
+                format!("Element '{}' has max cardinality 1 and must not be an array", el.name),
+            ),
+            (false, _) => self.resource(value, contained),
+        }
+    }
+}
