@@ -58,6 +58,12 @@ impl Decision {
 
 pub trait ConsentPolicy: Send + Sync {
     fn decide(&self, request: &ConsentRequest<'_>) -> Decision;
+
+    /// Whether reads must be decided resource by resource. A policy that permits every
+    /// read says `false`, letting the read path skip parsing stored resources.
+    fn filters_reads(&self) -> bool {
+        true
+    }
 }
 
 /// Permits everything: the behaviour until Consent evaluation is configured. Named so that
@@ -71,6 +77,10 @@ impl ConsentPolicy for ConsentNotEnforced {
             verdict: Verdict::Permit,
             basis: "consent enforcement is not enabled on this gateway".into(),
         }
+    }
+
+    fn filters_reads(&self) -> bool {
+        false
     }
 }
 

@@ -104,7 +104,7 @@ pub(crate) fn shape_matches(v: &Value, wanted: &str) -> bool {
             match w.as_str() {
                 "reference" => has("reference") || (has("identifier") && !has("system")) || (has("display") && !has("code")),
                 "codeableconcept" => has("coding") || (has("text") && m.len() == 1),
-                "coding" => has("code") && !has("value") || (has("system") && !has("value") && !has("coding")),
+                "coding" => (has("code") && !has("value")) || (has("system") && !has("value") && !has("coding")),
                 "identifier" => has("value") && !m.get("value").is_some_and(Value::is_number),
                 "contactpoint" => has("value") && has("system") && !m.get("value").is_some_and(Value::is_number),
                 "quantity" | "age" | "duration" | "distance" | "count" | "simplequantity" => {

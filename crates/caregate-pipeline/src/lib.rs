@@ -1,1 +1,194 @@
+//! The one path every request walks.
+//!
+//! Writes — single interactions and both Bundle types alike — go
+//! parse → validate → label → consent → link patient → store → refresh shared view → audit
+//! → notify; reads go store → consent filter → audit. The HTTP server only translates
+//! between HTTP and these calls, so no route can skip a stage. Stages that are not built yet
+//! are named no-ops from their own crates ([`caregate_consent::ConsentNotEnforced`], ...).
+//!
+//! Everything here is synchronous: the server runs it on a blocking thread pool.
 
+mod bundle;
+mod read;
+mod references;
+mod scopes;
+mod write;
+
+use std::sync::Arc;
+
+use caregate_audit::{AuditSink, Interaction, LogAudit};
+use caregate_careplan::{NoPatientLinking, NoSharedView, PatientLinker, SharedView};
+use caregate_consent::{Actor, ConsentNotEnforced, ConsentPolicy};
+use caregate_core::{ErrorKind, FhirError, FhirResult, Issue};
+use caregate_search::SearchRegistry;
+use caregate_store::{Store, StoreError};
+use serde_json::Value;
+
+pub use bundle::{parse_etag, reason, BundleKind, ReturnPreference};
+pub use read::{HistoryRequest, SearchOutcome};
+pub use scopes::{Permission, ScopeError, Scopes};
+pub use write::{DeleteOutcome, WriteOutcome};
+
+/// Structural/profile validation of one inbound resource.
+pub trait Validator: Send + Sync {
+    /// All issues found; any error-severity issue rejects the resource.
+    fn validate(&self, resource: &Value) -> Vec<Issue>;
+}
+
+/// Adds security labels (`meta.security`) on ingest; the consent work supplies the rules.
+pub trait Labeler: Send + Sync {
+    fn label(&self, resource: &mut Value);
+}
+
+/// No labelling rules configured: resources keep exactly the labels their source sent.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoLabels;
+
+impl Labeler for NoLabels {
+    fn label(&self, _resource: &mut Value) {}
+}
+
+/// Accepts everything; for tests of the pipeline itself.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct AcceptAll;
+
+impl Validator for AcceptAll {
+    fn validate(&self, _resource: &Value) -> Vec<Issue> {
+        Vec::new()
+    }
+}
+
+/// Told about every committed version (subscriptions, webhooks).
+pub trait Notifier: Send + Sync {
+    fn notify(&self, resource_type: &str, id: &str, version: u64);
+}
+
+/// No subscribers yet.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoNotifications;
+
+impl Notifier for NoNotifications {
+    fn notify(&self, _resource_type: &str, _id: &str, _version: u64) {}
+}
+
+/// The caller of one request, as established by the server's authentication.
+#[derive(Debug, Clone, Default)]
+pub struct Caller {
+    pub actor: Actor,
+    /// What the client may do; `None` in local development mode (no client registry).
+    pub scopes: Option<Scopes>,
+}
+
+impl Caller {
+    pub(crate) fn require(&self, resource_type: &str, permission: Permission) -> FhirResult<()> {
+        scopes::require(self.scopes.as_ref(), resource_type, permission)
+    }
+}
+
+/// The stages, each behind its interface.
+pub struct Stages {
+    pub validator: Arc<dyn Validator>,
+    pub labeler: Arc<dyn Labeler>,
+    pub consent: Arc<dyn ConsentPolicy>,
+    pub linker: Arc<dyn PatientLinker>,
+    pub shared_view: Arc<dyn SharedView>,
+    pub audit: Arc<dyn AuditSink>,
+    pub notifier: Arc<dyn Notifier>,
+}
+
+impl Stages {
+    /// The given validator with every not-yet-built stage as its named no-op.
+    pub fn with_validator(validator: Arc<dyn Validator>) -> Stages {
+        Stages {
+            validator,
+            labeler: Arc::new(NoLabels),
+            consent: Arc::new(ConsentNotEnforced),
+            linker: Arc::new(NoPatientLinking),
+            shared_view: Arc::new(NoSharedView),
+            audit: Arc::new(LogAudit),
+            notifier: Arc::new(NoNotifications),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct PipelineOptions {
+    /// Largest page a search returns (`_count` is capped to it).
+    pub max_page_size: usize,
+    /// Retries of a write that lost a race without `If-Match`.
+    pub write_retries: usize,
+    /// Largest number of entries accepted in one Bundle.
+    pub max_bundle_entries: usize,
+}
+
+impl Default for PipelineOptions {
+    fn default() -> Self {
+        PipelineOptions {
+            max_page_size: 1000,
+            write_retries: 8,
+            max_bundle_entries: 20_000,
+        }
+    }
+}
+
+pub struct Pipeline {
+    store: Arc<dyn Store>,
+    search: Arc<SearchRegistry>,
+    stages: Stages,
+    options: PipelineOptions,
+}
+
+impl Pipeline {
+    pub fn new(store: Arc<dyn Store>, search: Arc<SearchRegistry>, stages: Stages, options: PipelineOptions) -> Pipeline {
+        Pipeline {
+            store,
+            search,
+            stages,
+            options,
+        }
+    }
+
+    pub fn search_registry(&self) -> &SearchRegistry {
+        &self.search
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    fn audit(&self, caller: &Caller, subtype: &'static str, resource_type: Option<&str>, ids: Vec<String>, ok: bool) {
+        self.stages.audit.record(Interaction {
+            subtype,
+            client_id: caller.actor.client_id.clone(),
+            resource_type: resource_type.map(str::to_string),
+            ids,
+            outcome: if ok { 0 } else { 4 },
+        });
+    }
+}
+
+/// Store failures as FHIR errors. Conflicts are handled by callers before this.
+pub(crate) fn store_error(e: StoreError) -> FhirError {
+    match e {
+        StoreError::Conflict {
+            resource_type, id, ..
+        } => FhirError::new(
+            ErrorKind::Conflict,
+            format!("{resource_type}/{id} was changed by another request at the same time; retry"),
+        ),
+        StoreError::Closed => FhirError::new(ErrorKind::Unavailable, "the store is shutting down"),
+        StoreError::Database(msg) => {
+            tracing::error!(target: "caregate::store", error = %msg, "storage failure");
+            FhirError::internal("storage failure; the request was not applied")
+        }
+    }
+}
+
+/// Checks a path segment names a concrete R4 resource type (404 otherwise, per http.html).
+pub fn check_resource_type(resource_type: &str) -> FhirResult<()> {
+    if caregate_core::is_resource_type(resource_type) {
+        Ok(())
+    } else {
+        Err(FhirError::not_found(format!("Unknown resource type '{resource_type}'")))
+    }
+}

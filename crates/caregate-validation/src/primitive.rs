@@ -136,7 +136,20 @@ pub(crate) fn check_string(p: Primitive, s: &str) -> Result<(), &'static str> {
         }
         Primitive::Code => is_code(s),
         Primitive::Id => is_id(s),
-        Primitive::Uri | Primitive::Url | Primitive::Canonical => !s.bytes().any(is_java_space),
+        Primitive::Uri | Primitive::Url | Primitive::Canonical => {
+            if s.bytes().any(is_java_space) {
+                return Err("whitespace is not allowed");
+            }
+            // A urn:uuid: or urn:oid: URI must hold a valid (lowercase) UUID or OID, as the
+            // uuid/oid types require; references to bundle entries rely on it.
+            if s.starts_with("urn:uuid:") && !is_uuid(s) {
+                return Err("urn:uuid: must be followed by a valid lowercase UUID");
+            }
+            if s.starts_with("urn:oid:") && !is_oid(s) {
+                return Err("urn:oid: must be followed by a valid OID");
+            }
+            true
+        }
         Primitive::Oid => is_oid(s),
         Primitive::Uuid => is_uuid(s),
         Primitive::Base64Binary => is_base64(s),
@@ -406,6 +419,9 @@ mod tests {
         assert!(!ok(Primitive::String, "bell\u{7}"));
         assert!(ok(Primitive::Uri, "http://x/y"));
         assert!(!ok(Primitive::Uri, "http://x/ y"));
+        assert!(ok(Primitive::Uri, "urn:uuid:c757873d-ec9a-4326-a141-556f43239520"));
+        assert!(!ok(Primitive::Uri, "urn:uuid:c757873d-ec9a-4326-a141-556f43239520asdf"));
+        assert!(!ok(Primitive::Uri, "urn:oid:1.02"));
         assert!(ok(Primitive::Oid, "urn:oid:1.2.840.10008"));
         assert!(!ok(Primitive::Oid, "urn:oid:1"));
         assert!(!ok(Primitive::Oid, "urn:oid:1.02"));

@@ -57,3 +57,45 @@ fn synthea_bundles_are_valid() {
     assert_eq!(n, 15);
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
+
+/// The peers' generated corpus (shared/peers/validators/corpus), when present: every
+/// resource of mixed.ndjson is valid, and every structural defect of invalid.ndjson
+/// (unknown element, bad primitive, missing required element, cardinality) is caught.
+/// Bindings, reference types and invariants are the later profile-validation task.
+#[test]
+fn peers_corpus_when_present() {
+    let dir = corpora().join("../peers/validators/corpus");
+    let model = StructureModel::r4_core();
+    if let Ok(text) = std::fs::read_to_string(dir.join("mixed.ndjson")) {
+        let mut problems = Vec::new();
+        for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+            let value: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("mixed.ndjson line {}: {e}", n + 1));
+            for issue in model.validate(&value) {
+                problems.push(format!("line {}: {:?} {}", n + 1, issue.expression, issue.diagnostics));
+            }
+        }
+        assert!(problems.is_empty(), "{}", problems.join("\n"));
+    }
+    let (Ok(invalid), Ok(labels)) = (
+        std::fs::read_to_string(dir.join("invalid.ndjson")),
+        std::fs::read_to_string(dir.join("invalid.labels.jsonl")),
+    ) else {
+        return;
+    };
+    let mut by_kind: std::collections::BTreeMap<String, (usize, usize)> = Default::default();
+    let mut missed = Vec::new();
+    for (line, label) in invalid.lines().zip(labels.lines()) {
+        let value: Value = serde_json::from_str(line).expect("invalid.ndjson line parses");
+        let label: Value = serde_json::from_str(label).expect("label parses");
+        let kind = label["kind"].as_str().unwrap_or("?").to_string();
+        let caught = !model.validate(&value).is_empty();
+        let entry = by_kind.entry(kind.clone()).or_default();
+        entry.0 += 1;
+        entry.1 += usize::from(caught);
+        if !caught && ["unknown_element", "bad_primitive_format", "missing_required", "cardinality_violation"].contains(&kind.as_str()) {
+            missed.push(format!("{kind}: {}", label["detail"]));
+        }
+    }
+    eprintln!("peers invalid.ndjson detection (caught/total): {by_kind:?}");
+    assert!(missed.is_empty(), "{}", missed.join("\n"));
+}

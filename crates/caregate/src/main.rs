@@ -1,1 +1,193 @@
-fn main(){}
+//! The `caregate` command: thin glue over the library crates.
+
+mod bench;
+
+use std::io::Read;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use serde_json::Value;
+
+#[derive(Parser)]
+#[command(name = "caregate", version, about = "A FHIR R4 gateway for coordinated mental-health care")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway (FHIR R4 REST API).
+    Serve {
+        /// Address to listen on (default 127.0.0.1:8080, or the config's `listen`).
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
+        /// Data directory; the SQLite database is created there on first run.
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// TOML configuration file (clients, limits, base URL).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Validate resources (JSON or XML files, NDJSON, or `-` for stdin) against the R4 core
+    /// structure definitions. Exit status 1 when any resource has errors.
+    Validate {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Evaluate a FHIRPath expression over a resource and print the result as a JSON array.
+    Fhirpath {
+        /// The resource (JSON); stdin when omitted.
+        #[arg(long)]
+        input: Option<PathBuf>,
+        expression: String,
+    },
+    /// Load-test any FHIR R4 server: creates, bundle import, reads and searches.
+    Bench(bench::BenchArgs),
+    /// Print the SHA-256 of a bearer token, for a client's `token_sha256` in the config.
+    HashToken { token: String },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let code = match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("caregate: {e:#}");
+            2
+        }
+    };
+    std::process::exit(code);
+}
+
+fn run(cli: Cli) -> Result<i32> {
+    match cli.command {
+        Command::Serve { listen, data, config } => serve(listen, data, config),
+        Command::Validate { files } => validate(&files),
+        Command::Fhirpath { input, expression } => fhirpath(input, &expression),
+        Command::Bench(args) => bench::run(args),
+        Command::HashToken { token } => {
+            println!("{}", caregate_server::token_hash_hex(&token));
+            Ok(0)
+        }
+    }
+}
+
+fn serve(listen: Option<std::net::SocketAddr>, data: Option<PathBuf>, config: Option<PathBuf>) -> Result<i32> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let mut cfg = match &config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+            caregate_server::ServerConfig::from_toml(&text)?
+        }
+        None => caregate_server::ServerConfig::default(),
+    };
+    if let Some(l) = listen {
+        cfg.listen = l;
+    }
+    if let Some(d) = data {
+        cfg.data = d;
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async move {
+        let running = caregate_server::start(&cfg)?;
+        if cfg.development_mode() {
+            tracing::warn!(
+                "LOCAL DEVELOPMENT MODE: no clients are registered, so requests are NOT authenticated. \
+                 caregate listens on loopback only; register clients in a config file before serving a network."
+            );
+        }
+        tracing::info!(
+            "caregate listening on http://{} (data in {})",
+            running.addr,
+            cfg.data.display()
+        );
+        let handle = running.handle.clone();
+        tokio::spawn(async move {
+            let _ = tokio::signal::ctrl_c().await;
+            tracing::info!("shutting down");
+            handle.stop(true).await;
+        });
+        running.server.await?;
+        anyhow::Ok(())
+    })?;
+    Ok(0)
+}
+
+fn read_input(path: &PathBuf) -> Result<String> {
+    if path.as_os_str() == "-" {
+        let mut s = String::new();
+        std::io::stdin().read_to_string(&mut s)?;
+        Ok(s)
+    } else {
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
+    }
+}
+
+fn validate(files: &[PathBuf]) -> Result<i32> {
+    let model = caregate_validation::StructureModel::r4_core();
+    let mut failed = 0usize;
+    let mut total = 0usize;
+    for path in files {
+        let text = read_input(path)?;
+        let trimmed = text.trim_start();
+        let resources: Vec<(String, Result<Value, String>)> = if trimmed.starts_with('<') {
+            vec![(path.display().to_string(), caregate_format::xml_to_json(&text).map_err(|e| e.to_string()))]
+        } else if path.extension().is_some_and(|e| e == "ndjson") {
+            text.lines()
+                .enumerate()
+                .filter(|(_, l)| !l.trim().is_empty())
+                .map(|(n, l)| (format!("{}:{}", path.display(), n + 1), serde_json::from_str(l).map_err(|e| e.to_string())))
+                .collect()
+        } else {
+            vec![(path.display().to_string(), serde_json::from_str(&text).map_err(|e| e.to_string()))]
+        };
+        for (name, parsed) in resources {
+            total += 1;
+            let issues = match parsed {
+                Ok(v) => model.validate(&v),
+                Err(e) => vec![caregate_core::Issue::error(caregate_core::IssueCode::Structure, format!("not parseable: {e}"))],
+            };
+            let errors = issues.iter().filter(|i| i.severity.is_error()).count();
+            if errors > 0 {
+                failed += 1;
+            }
+            let outcome = caregate_core::OperationOutcome { issues }.to_json();
+            println!("{}", serde_json::json!({ "source": name, "valid": errors == 0, "outcome": outcome }));
+        }
+    }
+    eprintln!("{total} resources, {failed} with errors");
+    Ok(if failed > 0 { 1 } else { 0 })
+}
+
+fn fhirpath(input: Option<PathBuf>, expression: &str) -> Result<i32> {
+    let compiled = match caregate_fhirpath::Expression::compile(expression) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("syntax error: {e}");
+            return Ok(2);
+        }
+    };
+    let text = read_input(&input.unwrap_or_else(|| PathBuf::from("-")))?;
+    let resource: Value = match serde_json::from_str(&text) {
+        Ok(v) => v,
+        Err(e) => bail!("the input is not JSON: {e}"),
+    };
+    let items = compiled.evaluate(&resource);
+    let out: Vec<Value> = items
+        .into_iter()
+        .map(|item| match item {
+            caregate_fhirpath::Item::Node(v) => v.clone(),
+            caregate_fhirpath::Item::Str(s) => Value::String(s),
+            caregate_fhirpath::Item::Bool(b) => Value::Bool(b),
+            caregate_fhirpath::Item::Number(n) => serde_json::Number::from_f64(n).map_or(Value::Null, Value::Number),
+        })
+        .collect();
+    println!("{}", Value::Array(out));
+    Ok(0)
+}

@@ -1,0 +1,502 @@
+//! Reads: read, vread, search and history, with the consent filter applied to everything
+//! returned (including `_include`d resources and history entries).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::OnceLock;
+
+use caregate_consent::{ConsentAction, ConsentRequest};
+use caregate_core::{parse_date_range, ErrorKind, FhirError, FhirResult};
+use caregate_search::Summary;
+use caregate_store::{HistoryQuery, HistoryScope, Key, VersionRecord, WriteMethod};
+use serde_json::{json, Map, Value};
+
+use crate::write::parse_record;
+use crate::{check_resource_type, store_error, Caller, Permission, Pipeline};
+
+/// A finished search: the searchset Bundle.
+#[derive(Debug, Clone)]
+pub struct SearchOutcome {
+    pub bundle: Value,
+    /// Ids of the matches (not includes), for auditing.
+    pub match_ids: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct HistoryRequest {
+    pub scope: HistoryScope,
+    pub params: Vec<(String, String)>,
+}
+
+impl Pipeline {
+    /// `GET [type]/[id]`: the current version; 404 if it never existed, 410 if deleted.
+    pub fn read(&self, caller: &Caller, resource_type: &str, id: &str) -> FhirResult<VersionRecord> {
+        check_resource_type(resource_type)?;
+        caller.require(resource_type, Permission::Read)?;
+        let record = self
+            .store
+            .read(resource_type, id)
+            .map_err(store_error)?
+            .ok_or_else(|| FhirError::not_found(format!("{resource_type}/{id} is not known")))?;
+        if record.is_deleted() {
+            return Err(FhirError::new(
+                ErrorKind::Gone,
+                format!("{resource_type}/{id} was deleted (version {})", record.version),
+            ));
+        }
+        self.check_readable(caller, &record)?;
+        self.audit(caller, "read", Some(resource_type), vec![id.to_string()], true);
+        Ok(record)
+    }
+
+    /// `GET [type]/[id]/_history/[vid]`.
+    pub fn vread(&self, caller: &Caller, resource_type: &str, id: &str, version: &str) -> FhirResult<VersionRecord> {
+        check_resource_type(resource_type)?;
+        caller.require(resource_type, Permission::Read)?;
+        let version: u64 = version
+            .parse()
+            .map_err(|_| FhirError::not_found(format!("'{version}' is not a version of {resource_type}/{id}")))?;
+        let record = self
+            .store
+            .vread(resource_type, id, version)
+            .map_err(store_error)?
+            .ok_or_else(|| FhirError::not_found(format!("{resource_type}/{id} has no version {version}")))?;
+        if record.is_deleted() {
+            return Err(FhirError::new(
+                ErrorKind::Gone,
+                format!("Version {version} of {resource_type}/{id} is a deletion"),
+            ));
+        }
+        self.check_readable(caller, &record)?;
+        self.audit(caller, "vread", Some(resource_type), vec![id.to_string()], true);
+        Ok(record)
+    }
+
+    fn check_readable(&self, caller: &Caller, record: &VersionRecord) -> FhirResult<()> {
+        if !self.stages.consent.filters_reads() {
+            return Ok(());
+        }
+        let resource = parse_record(record)?;
+        let decision = self.stages.consent.decide(&ConsentRequest {
+            actor: &caller.actor,
+            action: ConsentAction::Access,
+            resource: &resource,
+        });
+        if decision.is_permit() {
+            Ok(())
+        } else {
+            Err(FhirError::new(ErrorKind::Forbidden, decision.basis))
+        }
+    }
+
+    fn readable(&self, caller: &Caller, resource: &Value) -> bool {
+        if !self.stages.consent.filters_reads() {
+            return true;
+        }
+        self.stages
+            .consent
+            .decide(&ConsentRequest {
+                actor: &caller.actor,
+                action: ConsentAction::Access,
+                resource,
+            })
+            .is_permit()
+    }
+
+    /// Type-level (`resource_type` given) or system-level search, answered as a searchset
+    /// Bundle whose links are rooted at `base`.
+    pub fn search(
+        &self,
+        caller: &Caller,
+        resource_type: Option<&str>,
+        params: &[(String, String)],
+        strict: bool,
+        base: &str,
+    ) -> FhirResult<SearchOutcome> {
+        match resource_type {
+            Some(t) => {
+                check_resource_type(t)?;
+                caller.require(t, Permission::Search)?;
+            }
+            None => caller.require("*", Permission::Search)?,
+        }
+        let mut parsed = self.search.parse(resource_type, params, strict)?;
+        parsed.query.count = parsed.query.count.min(self.options.max_page_size);
+        let count_only = matches!(parsed.summary, Some(Summary::Count));
+        let requested = parsed.query.count;
+        if count_only {
+            parsed.query.count = 0;
+            parsed.query.total = true;
+        }
+        let page = self.store.search(&parsed.query).map_err(store_error)?;
+
+        let mut entries = Vec::new();
+        let mut match_ids = Vec::new();
+        let mut seen: HashSet<Key> = HashSet::new();
+        let mut match_keys: Vec<Key> = Vec::new();
+        for record in &page.matches {
+            let resource = parse_record(record)?;
+            if !self.readable(caller, &resource) {
+                continue;
+            }
+            let key = (record.resource_type.clone(), record.id.clone());
+            seen.insert(key.clone());
+            match_keys.push(key);
+            match_ids.push(record.id.clone());
+            entries.push(self.search_entry(base, record, resource, "match", &parsed.summary, &parsed.elements));
+        }
+        // _include / _revinclude; `:iterate` ones run again over what was included.
+        let mut frontier = match_keys;
+        for round in 0..3 {
+            let mut next = Vec::new();
+            for spec in &parsed.includes {
+                if round > 0 && !spec.iterate {
+                    continue;
+                }
+                for record in self.store.include(&frontier, spec).map_err(store_error)? {
+                    let key = (record.resource_type.clone(), record.id.clone());
+                    if !seen.insert(key.clone()) {
+                        continue;
+                    }
+                    let resource = parse_record(&record)?;
+                    if !self.readable(caller, &resource) {
+                        continue;
+                    }
+                    next.push(key);
+                    entries.push(self.search_entry(base, &record, resource, "include", &parsed.summary, &parsed.elements));
+                }
+            }
+            if next.is_empty() || !parsed.includes.iter().any(|s| s.iterate) {
+                break;
+            }
+            frontier = next;
+        }
+
+        let path = match resource_type {
+            Some(t) => format!("{base}/{t}"),
+            None => base.to_string(),
+        };
+        let mut links = vec![link("self", &path, &parsed.self_params, Some(parsed.query.offset), requested)];
+        let returned = page.matches.len();
+        let more = match page.total {
+            Some(total) => (parsed.query.offset + returned) < total as usize,
+            None => returned == requested && requested > 0,
+        };
+        if !count_only && more {
+            links.push(link(
+                "next",
+                &path,
+                &parsed.self_params,
+                Some(parsed.query.offset + requested),
+                requested,
+            ));
+        }
+        if !count_only && parsed.query.offset > 0 {
+            links.push(link(
+                "previous",
+                &path,
+                &parsed.self_params,
+                Some(parsed.query.offset.saturating_sub(requested)),
+                requested,
+            ));
+        }
+        let mut bundle = Map::new();
+        bundle.insert("resourceType".into(), json!("Bundle"));
+        bundle.insert("id".into(), json!(uuid::Uuid::new_v4().to_string()));
+        bundle.insert("meta".into(), json!({ "lastUpdated": caregate_core::now_instant().1 }));
+        bundle.insert("type".into(), json!("searchset"));
+        if let Some(total) = page.total {
+            // Resources hidden by consent must not show through the count.
+            let hidden = page.matches.len() - match_ids.len();
+            bundle.insert("total".into(), json!(total.saturating_sub(hidden as u64)));
+        }
+        bundle.insert("link".into(), Value::Array(links));
+        if !ignored_is_empty(&parsed.ignored) {
+            entries.push(json!({
+                "resource": {
+                    "resourceType": "OperationOutcome",
+                    "issue": [{
+                        "severity": "warning",
+                        "code": "not-supported",
+                        "diagnostics": format!("Ignored unknown or unsupported search parameters: {}", parsed.ignored.join(", ")),
+                        "expression": parsed.ignored,
+                    }]
+                },
+                "search": { "mode": "outcome" }
+            }));
+        }
+        if !entries.is_empty() {
+            bundle.insert("entry".into(), Value::Array(entries));
+        }
+        self.audit(caller, "search", resource_type, match_ids.clone(), true);
+        Ok(SearchOutcome {
+            bundle: Value::Object(bundle),
+            match_ids,
+        })
+    }
+
+    fn search_entry(
+        &self,
+        base: &str,
+        record: &VersionRecord,
+        resource: Value,
+        mode: &str,
+        summary: &Option<Summary>,
+        elements: &Option<Vec<String>>,
+    ) -> Value {
+        let resource = shape(resource, summary, elements);
+        json!({
+            "fullUrl": format!("{base}/{}/{}", record.resource_type, record.id),
+            "resource": resource,
+            "search": { "mode": mode }
+        })
+    }
+
+    /// Instance, type or system history, newest first, as a history Bundle.
+    pub fn history(&self, caller: &Caller, request: &HistoryRequest, base: &str) -> FhirResult<Value> {
+        let mut since = None;
+        let mut before = None;
+        let mut count = 20usize;
+        let mut offset = 0usize;
+        for (name, value) in &request.params {
+            match name.as_str() {
+                "_since" => {
+                    since = Some(
+                        parse_date_range(value)
+                            .ok_or_else(|| FhirError::at(ErrorKind::BadRequest, "_since", format!("'_since' must be an instant, not '{value}'")))?
+                            .start,
+                    )
+                }
+                "_at" => {
+                    before = Some(
+                        parse_date_range(value)
+                            .ok_or_else(|| FhirError::at(ErrorKind::BadRequest, "_at", format!("'_at' must be a date, not '{value}'")))?
+                            .end,
+                    )
+                }
+                "_count" => {
+                    count = value
+                        .parse()
+                        .map_err(|_| FhirError::at(ErrorKind::BadRequest, "_count", format!("'_count' must be a whole number, not '{value}'")))?
+                }
+                "_offset" => {
+                    offset = value
+                        .parse()
+                        .map_err(|_| FhirError::at(ErrorKind::BadRequest, "_offset", format!("'_offset' must be a whole number, not '{value}'")))?
+                }
+                "_format" | "_pretty" => {}
+                other => {
+                    return Err(FhirError::at(
+                        ErrorKind::BadRequest,
+                        other,
+                        format!("'{other}' is not a history parameter (use _since, _at, _count)"),
+                    ))
+                }
+            }
+        }
+        count = count.min(self.options.max_page_size);
+        let (path, resource_type) = match &request.scope {
+            HistoryScope::System => {
+                caller.require("*", Permission::Search)?;
+                (format!("{base}/_history"), None)
+            }
+            HistoryScope::Type(t) => {
+                check_resource_type(t)?;
+                caller.require(t, Permission::Search)?;
+                (format!("{base}/{t}/_history"), Some(t.as_str()))
+            }
+            HistoryScope::Instance(t, id) => {
+                check_resource_type(t)?;
+                caller.require(t, Permission::Read)?;
+                (format!("{base}/{t}/{id}/_history"), Some(t.as_str()))
+            }
+        };
+        let page = self
+            .store
+            .history(&HistoryQuery {
+                scope: request.scope.clone(),
+                since,
+                before,
+                count,
+                offset,
+            })
+            .map_err(store_error)?;
+        if let HistoryScope::Instance(t, id) = &request.scope {
+            if page.total == 0 && since.is_none() && before.is_none() {
+                return Err(FhirError::not_found(format!("{t}/{id} is not known")));
+            }
+        }
+        let mut entries = Vec::new();
+        let mut hidden = 0u64;
+        for v in &page.versions {
+            let mut entry = Map::new();
+            entry.insert("fullUrl".into(), json!(format!("{base}/{}/{}", v.resource_type, v.id)));
+            if v.content.is_some() {
+                let resource = parse_record(v)?;
+                if !self.readable(caller, &resource) {
+                    hidden += 1;
+                    continue;
+                }
+                entry.insert("resource".into(), resource);
+            }
+            let (method, url, status) = match v.method {
+                WriteMethod::Post => ("POST", v.resource_type.clone(), "201 Created"),
+                WriteMethod::Put if v.version == 1 => ("PUT", format!("{}/{}", v.resource_type, v.id), "201 Created"),
+                WriteMethod::Put => ("PUT", format!("{}/{}", v.resource_type, v.id), "200 OK"),
+                WriteMethod::Delete => ("DELETE", format!("{}/{}", v.resource_type, v.id), "204 No Content"),
+            };
+            entry.insert("request".into(), json!({ "method": method, "url": url }));
+            entry.insert(
+                "response".into(),
+                json!({
+                    "status": status,
+                    "etag": format!("W/\"{}\"", v.version),
+                    "lastModified": v.last_updated,
+                }),
+            );
+            entries.push(Value::Object(entry));
+        }
+        let mut params: Vec<(String, String)> = request
+            .params
+            .iter()
+            .filter(|(k, _)| k != "_offset" && k != "_count" && k != "_format")
+            .cloned()
+            .collect();
+        params.sort();
+        let mut links = vec![link("self", &path, &params, Some(offset), count)];
+        if (offset + page.versions.len()) < page.total as usize {
+            links.push(link("next", &path, &params, Some(offset + count), count));
+        }
+        if offset > 0 {
+            links.push(link("previous", &path, &params, Some(offset.saturating_sub(count)), count));
+        }
+        let mut bundle = Map::new();
+        bundle.insert("resourceType".into(), json!("Bundle"));
+        bundle.insert("id".into(), json!(uuid::Uuid::new_v4().to_string()));
+        bundle.insert("type".into(), json!("history"));
+        bundle.insert("total".into(), json!(page.total.saturating_sub(hidden)));
+        bundle.insert("link".into(), Value::Array(links));
+        if !entries.is_empty() {
+            bundle.insert("entry".into(), Value::Array(entries));
+        }
+        self.audit(caller, "history", resource_type, Vec::new(), true);
+        Ok(Value::Object(bundle))
+    }
+}
+
+fn ignored_is_empty(ignored: &[String]) -> bool {
+    ignored.is_empty()
+}
+
+fn link(relation: &str, path: &str, params: &[(String, String)], offset: Option<usize>, count: usize) -> Value {
+    let mut query = form_urlencoded::Serializer::new(String::new());
+    for (k, v) in params {
+        if k == "_count" || k == "_offset" {
+            continue;
+        }
+        query.append_pair(k, v);
+    }
+    query.append_pair("_count", &count.to_string());
+    if let Some(o) = offset.filter(|o| *o > 0) {
+        query.append_pair("_offset", &o.to_string());
+    }
+    json!({ "relation": relation, "url": format!("{path}?{}", query.finish()) })
+}
+
+/// Applies `_summary` and `_elements` to one resource, tagging it SUBSETTED when anything
+/// was left out (search.html#summary).
+fn shape(resource: Value, summary: &Option<Summary>, elements: &Option<Vec<String>>) -> Value {
+    let Value::Object(obj) = resource else { return resource };
+    let resource_type = obj.get("resourceType").and_then(Value::as_str).unwrap_or_default().to_string();
+    let keep: Option<Box<dyn Fn(&str) -> bool>> = match (summary, elements) {
+        (Some(Summary::Text), _) => Some(Box::new(|k: &str| matches!(k, "resourceType" | "id" | "meta" | "text") || is_mandatory(&resource_type, k))),
+        (Some(Summary::Data), _) => Some(Box::new(|k: &str| k != "text")),
+        (Some(Summary::True), _) => {
+            let set = summary_elements().get(resource_type.as_str());
+            Some(Box::new(move |k: &str| {
+                matches!(k, "resourceType" | "id" | "meta") || set.is_some_and(|s| s.contains(k.trim_start_matches('_')))
+            }))
+        }
+        (_, Some(list)) => {
+            let list = list.clone();
+            Some(Box::new(move |k: &str| {
+                matches!(k, "resourceType" | "id" | "meta") || list.iter().any(|e| e == k.trim_start_matches('_'))
+            }))
+        }
+        _ => None,
+    };
+    let Some(keep) = keep else { return Value::Object(obj) };
+    let before = obj.len();
+    let mut kept: Map<String, Value> = obj.into_iter().filter(|(k, _)| keep(k)).collect();
+    if kept.len() < before {
+        let meta = kept.entry("meta").or_insert_with(|| json!({}));
+        if let Value::Object(m) = meta {
+            let tags = m.entry("tag").or_insert_with(|| json!([]));
+            if let Value::Array(tags) = tags {
+                tags.push(json!({
+                    "system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue",
+                    "code": "SUBSETTED",
+                    "display": "Resource encoded in summary mode"
+                }));
+            }
+        }
+    }
+    Value::Object(kept)
+}
+
+fn is_mandatory(resource_type: &str, element: &str) -> bool {
+    mandatory_elements()
+        .get(resource_type)
+        .is_some_and(|s| s.contains(element))
+}
+
+type ElementSets = HashMap<String, HashSet<String>>;
+
+/// Top-level elements flagged `isSummary` in each core resource definition.
+fn summary_elements() -> &'static ElementSets {
+    static SETS: OnceLock<ElementSets> = OnceLock::new();
+    SETS.get_or_init(|| top_level_elements(|e| e.get("isSummary").and_then(Value::as_bool) == Some(true)))
+}
+
+fn mandatory_elements() -> &'static ElementSets {
+    static SETS: OnceLock<ElementSets> = OnceLock::new();
+    SETS.get_or_init(|| top_level_elements(|e| e.get("min").and_then(Value::as_u64).unwrap_or(0) > 0))
+}
+
+fn top_level_elements(pick: impl Fn(&Value) -> bool) -> ElementSets {
+    let mut out = ElementSets::new();
+    for sd in caregate_validation::Package::r4_core().of_type("StructureDefinition") {
+        if sd.get("kind").and_then(Value::as_str) != Some("resource") {
+            continue;
+        }
+        let Some(ty) = sd.get("type").and_then(Value::as_str) else { continue };
+        let set = out.entry(ty.to_string()).or_default();
+        let elements = sd
+            .pointer("/snapshot/element")
+            .and_then(Value::as_array)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        for e in elements {
+            let Some(path) = e.get("path").and_then(Value::as_str) else { continue };
+            let Some(rest) = path.strip_prefix(ty).and_then(|r| r.strip_prefix('.')) else { continue };
+            if rest.contains('.') || !pick(e) {
+                continue;
+            }
+            match rest.strip_suffix("[x]") {
+                // Choice elements appear in JSON as name + type; keep the stem for prefix tests.
+                Some(stem) => {
+                    for t in e.get("type").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default() {
+                        if let Some(code) = t.get("code").and_then(Value::as_str) {
+                            let mut chars = code.chars();
+                            let cap: String = chars.next().map(|c| c.to_ascii_uppercase()).into_iter().chain(chars).collect();
+                            set.insert(format!("{stem}{cap}"));
+                        }
+                    }
+                }
+                None => {
+                    set.insert(rest.to_string());
+                }
+            }
+        }
+    }
+    out
+}

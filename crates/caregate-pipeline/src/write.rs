@@ -1,0 +1,491 @@
+//! Single writes: create, update, delete and their conditional forms.
+
+use caregate_careplan::Committed;
+use caregate_consent::{ConsentAction, ConsentRequest};
+use caregate_core::{format_instant, is_valid_id, ErrorKind, FhirError, FhirResult, Issue, IssueCode, Severity};
+use caregate_store::{IndexEntry, StoreError, VersionRecord, WriteMethod, WriteOp};
+use serde_json::{Map, Value};
+
+use crate::{check_resource_type, store_error, Caller, Permission, Pipeline};
+
+/// The result of a create or update.
+#[derive(Debug, Clone)]
+pub struct WriteOutcome {
+    pub record: VersionRecord,
+    /// The stored resource, with `id` and `meta` as stored.
+    pub resource: Value,
+    /// A new resource was created (201) rather than an existing one updated (200).
+    pub created: bool,
+    /// A conditional create matched an existing resource: nothing was written.
+    pub matched_existing: bool,
+    /// Warnings and information from validation, for `Prefer: return=OperationOutcome`.
+    pub issues: Vec<Issue>,
+}
+
+#[derive(Debug, Clone)]
+pub struct DeleteOutcome {
+    /// The deletion's version, or `None` when there was nothing (left) to delete.
+    pub version: Option<u64>,
+    pub deleted_ids: Vec<String>,
+}
+
+/// A resource that passed admission and is ready to be stored.
+pub(crate) struct Admitted {
+    pub resource: Value,
+    pub issues: Vec<Issue>,
+}
+
+/// Everything for one store write except the version bookkeeping.
+pub(crate) struct Prepared {
+    pub op: WriteOp,
+    pub resource: Option<Value>,
+}
+
+impl Pipeline {
+    /// The inbound half of every write: type check, validation, labelling and the consent
+    /// question "may this caller contribute this resource?".
+    pub(crate) fn admit(&self, caller: &Caller, resource_type: &str, mut resource: Value) -> FhirResult<Admitted> {
+        check_resource_type(resource_type)?;
+        let Some(obj) = resource.as_object() else {
+            return Err(FhirError::bad_request("The request body must be a JSON object holding a FHIR resource"));
+        };
+        match obj.get("resourceType").and_then(Value::as_str) {
+            Some(t) if t == resource_type => {}
+            Some(t) => {
+                return Err(FhirError::at(
+                    ErrorKind::BadRequest,
+                    format!("{t}.resourceType"),
+                    format!("Resource type '{t}' does not match the request's type '{resource_type}'"),
+                ))
+            }
+            None => {
+                return Err(FhirError::bad_request(
+                    "The resource has no 'resourceType'",
+                ))
+            }
+        }
+        let issues = self.stages.validator.validate(&resource);
+        if issues.iter().any(|i| i.severity.is_error()) {
+            return Err(FhirError::with_issues(ErrorKind::BadRequest, issues));
+        }
+        self.stages.labeler.label(&mut resource);
+        let decision = self.stages.consent.decide(&ConsentRequest {
+            actor: &caller.actor,
+            action: ConsentAction::Collect,
+            resource: &resource,
+        });
+        if !decision.is_permit() {
+            return Err(FhirError::new(ErrorKind::Forbidden, decision.basis).with_code(IssueCode::Forbidden));
+        }
+        Ok(Admitted {
+            resource,
+            issues,
+        })
+    }
+
+    /// Stamps id and meta, serialises, and extracts the search index.
+    pub(crate) fn prepare(
+        &self,
+        mut resource: Value,
+        id: &str,
+        expected_version: Option<u64>,
+        method: WriteMethod,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> FhirResult<Prepared> {
+        let version = expected_version.map_or(1, |v| v + 1);
+        let last_updated = format_instant(now);
+        stamp(&mut resource, id, version, &last_updated);
+        let resource_type = resource
+            .get("resourceType")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        let index: Vec<IndexEntry> = self.search.extract(&resource);
+        let content = serde_json::to_vec(&resource)
+            .map_err(|e| FhirError::internal(format!("cannot serialise resource: {e}")))?;
+        Ok(Prepared {
+            op: WriteOp {
+                resource_type,
+                id: id.to_string(),
+                expected_version,
+                version,
+                last_updated,
+                last_updated_ms: now.timestamp_millis(),
+                method,
+                content: Some(content),
+                index,
+            },
+            resource: Some(resource),
+        })
+    }
+
+    pub(crate) fn tombstone(resource_type: &str, id: &str, current: u64, now: chrono::DateTime<chrono::Utc>) -> WriteOp {
+        WriteOp {
+            resource_type: resource_type.to_string(),
+            id: id.to_string(),
+            expected_version: Some(current),
+            version: current + 1,
+            last_updated: format_instant(now),
+            last_updated_ms: now.timestamp_millis(),
+            method: WriteMethod::Delete,
+            content: None,
+            index: Vec::new(),
+        }
+    }
+
+    /// The stages that follow a durable commit.
+    pub(crate) fn after_commit(&self, written: &[(&WriteOp, Option<&Value>)]) {
+        let committed: Vec<Committed<'_>> = written
+            .iter()
+            .map(|(op, resource)| Committed {
+                resource_type: &op.resource_type,
+                id: &op.id,
+                version: op.version,
+                resource: *resource,
+            })
+            .collect();
+        for c in &committed {
+            self.stages.linker.link(c);
+        }
+        self.stages.shared_view.refresh(&committed);
+        for c in &committed {
+            self.stages.notifier.notify(c.resource_type, c.id, c.version);
+        }
+    }
+
+    /// `POST [type]`, with `If-None-Exist` when `if_none_exist` is given.
+    pub fn create(
+        &self,
+        caller: &Caller,
+        resource_type: &str,
+        resource: Value,
+        if_none_exist: Option<&str>,
+    ) -> FhirResult<WriteOutcome> {
+        check_resource_type(resource_type)?;
+        caller.require(resource_type, Permission::Create)?;
+        let admitted = self.admit(caller, resource_type, resource)?;
+        if let Some(query) = if_none_exist {
+            let found = self.find_matches(resource_type, query, 2)?;
+            match found.len() {
+                0 => {}
+                1 => {
+                    let record = found.into_iter().next().ok_or_else(|| FhirError::internal("match vanished"))?;
+                    let resource = parse_record(&record)?;
+                    self.audit(caller, "create", Some(resource_type), vec![record.id.clone()], true);
+                    return Ok(WriteOutcome {
+                        record,
+                        resource,
+                        created: false,
+                        matched_existing: true,
+                        issues: admitted.issues,
+                    });
+                }
+                _ => {
+                    return Err(FhirError::new(
+                        ErrorKind::PreconditionFailed,
+                        format!("If-None-Exist '{query}' matches more than one {resource_type}"),
+                    )
+                    .with_code(IssueCode::MultipleMatches))
+                }
+            }
+        }
+        // A create ignores any id the client sent (http.html#create): the server assigns it.
+        let id = uuid::Uuid::new_v4().to_string();
+        let prepared = self.prepare(admitted.resource, &id, None, WriteMethod::Post, chrono::Utc::now())?;
+        self.commit_one(caller, "create", prepared, true, admitted.issues)
+    }
+
+    /// `PUT [type]/[id]`: update, or create with the client's id when it does not exist yet.
+    pub fn update(
+        &self,
+        caller: &Caller,
+        resource_type: &str,
+        id: &str,
+        resource: Value,
+        if_match: Option<u64>,
+    ) -> FhirResult<WriteOutcome> {
+        check_resource_type(resource_type)?;
+        caller.require(resource_type, Permission::Update)?;
+        if !is_valid_id(id) {
+            return Err(FhirError::bad_request(format!("'{id}' is not a valid resource id")));
+        }
+        match resource.get("id") {
+            Some(Value::String(body_id)) if body_id == id => {}
+            Some(Value::String(body_id)) => {
+                return Err(FhirError::at(
+                    ErrorKind::BadRequest,
+                    format!("{resource_type}.id"),
+                    format!("The resource id '{body_id}' does not match the id '{id}' in the URL"),
+                ))
+            }
+            _ => {
+                return Err(FhirError::at(
+                    ErrorKind::BadRequest,
+                    format!("{resource_type}.id"),
+                    "An update must carry the resource id in the body, equal to the id in the URL",
+                ))
+            }
+        }
+        let admitted = self.admit(caller, resource_type, resource)?;
+        let mut attempts = 0;
+        loop {
+            let current = self.store.read(resource_type, id).map_err(store_error)?;
+            let current_version = current.as_ref().map(|c| c.version);
+            if let Some(expected) = if_match {
+                if current_version != Some(expected) || current.as_ref().is_some_and(VersionRecord::is_deleted) {
+                    return Err(precondition_failed(resource_type, id, expected, current_version));
+                }
+            }
+            let created = current.as_ref().is_none_or(VersionRecord::is_deleted);
+            let prepared = self.prepare(
+                admitted.resource.clone(),
+                id,
+                current_version,
+                WriteMethod::Put,
+                chrono::Utc::now(),
+            )?;
+            match self.commit_one(caller, "update", prepared, created, admitted.issues.clone()) {
+                Err(e) if e.kind == ErrorKind::Conflict && if_match.is_none() && attempts < self.options.write_retries => {
+                    attempts += 1;
+                }
+                Err(e) if e.kind == ErrorKind::Conflict && if_match.is_some() => {
+                    return Err(precondition_failed(resource_type, id, if_match.unwrap_or_default(), None))
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// `PUT [type]?[search]`.
+    pub fn conditional_update(
+        &self,
+        caller: &Caller,
+        resource_type: &str,
+        query: &str,
+        resource: Value,
+        if_match: Option<u64>,
+    ) -> FhirResult<WriteOutcome> {
+        check_resource_type(resource_type)?;
+        caller.require(resource_type, Permission::Update)?;
+        caller.require(resource_type, Permission::Search)?;
+        let found = self.find_matches(resource_type, query, 2)?;
+        match found.as_slice() {
+            [] => {
+                // No match: create, keeping the client's id if it sent one.
+                match resource.get("id").and_then(Value::as_str) {
+                    Some(id) => {
+                        let id = id.to_string();
+                        self.update(caller, resource_type, &id, resource, if_match)
+                    }
+                    None => self.create(caller, resource_type, resource, None),
+                }
+            }
+            [one] => {
+                let mut resource = resource;
+                match resource.get("id").and_then(Value::as_str) {
+                    Some(body_id) if body_id != one.id => {
+                        return Err(FhirError::at(
+                            ErrorKind::BadRequest,
+                            format!("{resource_type}.id"),
+                            format!("The resource id '{body_id}' differs from the matching resource '{}'", one.id),
+                        ))
+                    }
+                    Some(_) => {}
+                    None => {
+                        if let Some(obj) = resource.as_object_mut() {
+                            obj.insert("id".into(), Value::String(one.id.clone()));
+                        }
+                    }
+                }
+                let id = one.id.clone();
+                self.update(caller, resource_type, &id, resource, if_match)
+            }
+            _ => Err(FhirError::new(
+                ErrorKind::PreconditionFailed,
+                format!("The search '{query}' matches more than one {resource_type}"),
+            )
+            .with_code(IssueCode::MultipleMatches)),
+        }
+    }
+
+    /// `DELETE [type]/[id]`. Deleting a deleted resource succeeds without a new version.
+    pub fn delete(&self, caller: &Caller, resource_type: &str, id: &str, if_match: Option<u64>) -> FhirResult<DeleteOutcome> {
+        check_resource_type(resource_type)?;
+        caller.require(resource_type, Permission::Delete)?;
+        let mut attempts = 0;
+        loop {
+            let Some(current) = self.store.read(resource_type, id).map_err(store_error)? else {
+                return Err(FhirError::not_found(format!("{resource_type}/{id} does not exist")));
+            };
+            if let Some(expected) = if_match {
+                if current.version != expected {
+                    return Err(precondition_failed(resource_type, id, expected, Some(current.version)));
+                }
+            }
+            if current.is_deleted() {
+                return Ok(DeleteOutcome {
+                    version: None,
+                    deleted_ids: Vec::new(),
+                });
+            }
+            let decision = self.stages.consent.decide(&ConsentRequest {
+                actor: &caller.actor,
+                action: ConsentAction::Correct,
+                resource: &parse_record(&current)?,
+            });
+            if !decision.is_permit() {
+                return Err(FhirError::new(ErrorKind::Forbidden, decision.basis));
+            }
+            let op = Self::tombstone(resource_type, id, current.version, chrono::Utc::now());
+            let version = op.version;
+            match self.store.commit(vec![op.clone()]) {
+                Ok(()) => {
+                    self.after_commit(&[(&op, None)]);
+                    self.audit(caller, "delete", Some(resource_type), vec![id.to_string()], true);
+                    return Ok(DeleteOutcome {
+                        version: Some(version),
+                        deleted_ids: vec![id.to_string()],
+                    });
+                }
+                Err(StoreError::Conflict { .. }) if if_match.is_none() && attempts < self.options.write_retries => {
+                    attempts += 1;
+                }
+                Err(StoreError::Conflict { actual, .. }) => {
+                    return Err(precondition_failed(resource_type, id, if_match.unwrap_or(current.version), actual))
+                }
+                Err(e) => return Err(store_error(e)),
+            }
+        }
+    }
+
+    /// `DELETE [type]?[search]`: deletes the single match; several matches are refused (412).
+    pub fn conditional_delete(&self, caller: &Caller, resource_type: &str, query: &str) -> FhirResult<DeleteOutcome> {
+        check_resource_type(resource_type)?;
+        caller.require(resource_type, Permission::Delete)?;
+        caller.require(resource_type, Permission::Search)?;
+        if query.trim().is_empty() {
+            return Err(FhirError::bad_request("A conditional delete needs search criteria"));
+        }
+        let found = self.find_matches(resource_type, query, 2)?;
+        match found.as_slice() {
+            [] => Ok(DeleteOutcome {
+                version: None,
+                deleted_ids: Vec::new(),
+            }),
+            [one] => {
+                let id = one.id.clone();
+                self.delete(caller, resource_type, &id, None)
+            }
+            _ => Err(FhirError::new(
+                ErrorKind::PreconditionFailed,
+                format!("The search '{query}' matches more than one {resource_type}; refine the criteria"),
+            )
+            .with_code(IssueCode::MultipleMatches)),
+        }
+    }
+
+    fn commit_one(
+        &self,
+        caller: &Caller,
+        subtype: &'static str,
+        prepared: Prepared,
+        created: bool,
+        issues: Vec<Issue>,
+    ) -> FhirResult<WriteOutcome> {
+        let Prepared { op, resource } = prepared;
+        let resource = resource.ok_or_else(|| FhirError::internal("prepared write without content"))?;
+        match self.store.commit(vec![op.clone()]) {
+            Ok(()) => {
+                self.after_commit(&[(&op, Some(&resource))]);
+                self.audit(caller, subtype, Some(&op.resource_type), vec![op.id.clone()], true);
+                let hash = caregate_store::content_hash(op.content.as_deref());
+                Ok(WriteOutcome {
+                    record: VersionRecord {
+                        resource_type: op.resource_type,
+                        id: op.id,
+                        version: op.version,
+                        last_updated: op.last_updated,
+                        last_updated_ms: op.last_updated_ms,
+                        method: op.method,
+                        content: op.content,
+                        hash,
+                    },
+                    resource,
+                    created,
+                    matched_existing: false,
+                    issues,
+                })
+            }
+            Err(e) => Err(store_error(e)),
+        }
+    }
+
+    /// Resources matching a conditional interaction's criteria (`identifier=...`).
+    /// Criteria are parsed strictly: an unknown parameter must not widen the match.
+    pub(crate) fn find_matches(&self, resource_type: &str, query: &str, limit: usize) -> FhirResult<Vec<VersionRecord>> {
+        let query = query.trim_start_matches('?');
+        let query = query
+            .strip_prefix(resource_type)
+            .map(|q| q.trim_start_matches('?'))
+            .unwrap_or(query);
+        let params: Vec<(String, String)> = form_urlencoded::parse(query.as_bytes()).into_owned().collect();
+        if params.is_empty() {
+            return Err(FhirError::bad_request("Conditional criteria are empty"));
+        }
+        let mut parsed = self.search.parse(Some(resource_type), &params, true)?;
+        parsed.query.count = limit;
+        parsed.query.offset = 0;
+        parsed.query.total = false;
+        Ok(self.store.search(&parsed.query).map_err(store_error)?.matches)
+    }
+}
+
+pub(crate) fn precondition_failed(resource_type: &str, id: &str, expected: u64, actual: Option<u64>) -> FhirError {
+    let found = actual.map_or_else(|| "none".to_string(), |v| v.to_string());
+    FhirError::new(
+        ErrorKind::PreconditionFailed,
+        format!("If-Match expected version {expected} of {resource_type}/{id}, but the current version is {found}"),
+    )
+    .with_code(IssueCode::Conflict)
+}
+
+pub(crate) fn parse_record(record: &VersionRecord) -> FhirResult<Value> {
+    match &record.content {
+        Some(bytes) => serde_json::from_slice(bytes)
+            .map_err(|e| FhirError::internal(format!("stored {}/{} is unreadable: {e}", record.resource_type, record.id))),
+        None => Err(FhirError::new(
+            ErrorKind::Gone,
+            format!("{}/{} was deleted", record.resource_type, record.id),
+        )),
+    }
+}
+
+/// Sets `id`, `meta.versionId` and `meta.lastUpdated`, placing `resourceType`, `id` and
+/// `meta` first as the FHIR JSON examples do.
+pub(crate) fn stamp(resource: &mut Value, id: &str, version: u64, last_updated: &str) {
+    let Value::Object(obj) = resource else { return };
+    let mut old = std::mem::take(obj);
+    let mut meta = match old.shift_remove("meta") {
+        Some(Value::Object(m)) => m,
+        _ => Map::new(),
+    };
+    meta.shift_remove("versionId");
+    meta.shift_remove("lastUpdated");
+    let mut new_meta = Map::new();
+    new_meta.insert("versionId".into(), Value::String(version.to_string()));
+    new_meta.insert("lastUpdated".into(), Value::String(last_updated.to_string()));
+    new_meta.extend(meta);
+    let resource_type = old.shift_remove("resourceType");
+    old.shift_remove("id");
+    if let Some(rt) = resource_type {
+        obj.insert("resourceType".into(), rt);
+    }
+    obj.insert("id".into(), Value::String(id.to_string()));
+    obj.insert("meta".into(), Value::Object(new_meta));
+    obj.extend(old);
+}
+
+/// Issues of warning severity or below, for responses that report them.
+pub(crate) fn non_errors(issues: &[Issue]) -> Vec<Issue> {
+    issues.iter().filter(|i| i.severity > Severity::Error).cloned().collect()
+}

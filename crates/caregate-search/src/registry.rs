@@ -1,0 +1,310 @@
+//! The SearchParameter registry: which parameters each resource type supports, with their
+//! compiled FHIRPath, precomputed per type so extraction on write is a flat loop.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use caregate_core::{is_resource_type, RESOURCE_TYPES};
+use caregate_fhirpath::Expression;
+use caregate_store::index::{IndexEntry, IndexKind, ParamKey};
+use serde_json::Value;
+
+/// The FHIR `search-param-type`s caregate indexes (`composite` and `special` are not).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ParamType {
+    Number,
+    Date,
+    String,
+    Token,
+    Reference,
+    Quantity,
+    Uri,
+}
+
+impl ParamType {
+    /// The `search-param-type` code, as used in a CapabilityStatement.
+    pub fn code(self) -> &'static str {
+        match self {
+            ParamType::Number => "number",
+            ParamType::Date => "date",
+            ParamType::String => "string",
+            ParamType::Token => "token",
+            ParamType::Reference => "reference",
+            ParamType::Quantity => "quantity",
+            ParamType::Uri => "uri",
+        }
+    }
+
+    pub fn from_code(code: &str) -> Option<ParamType> {
+        Some(match code {
+            "number" => ParamType::Number,
+            "date" => ParamType::Date,
+            "string" => ParamType::String,
+            "token" => ParamType::Token,
+            "reference" => ParamType::Reference,
+            "quantity" => ParamType::Quantity,
+            "uri" => ParamType::Uri,
+            _ => return None,
+        })
+    }
+
+    /// The store's index table for this type.
+    pub fn index_kind(self) -> IndexKind {
+        match self {
+            ParamType::Number => IndexKind::Number,
+            ParamType::Date => IndexKind::Date,
+            ParamType::String => IndexKind::String,
+            ParamType::Token => IndexKind::Token,
+            ParamType::Reference => IndexKind::Reference,
+            ParamType::Quantity => IndexKind::Quantity,
+            ParamType::Uri => IndexKind::Uri,
+        }
+    }
+}
+
+/// A supported search parameter on one resource type.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ParamInfo {
+    /// The resource type it is registered on (parameters on `Resource` appear per type).
+    pub resource_type: String,
+    pub code: String,
+    /// The index key, `"{resource_type}:{code}"`.
+    pub key: ParamKey,
+    pub param_type: ParamType,
+    /// The SearchParameter's canonical URL.
+    pub url: String,
+    /// The SearchParameter's description.
+    pub documentation: String,
+    /// For reference parameters, the resource types it may point at.
+    pub targets: Vec<String>,
+}
+
+/// One parameter to extract for a type.
+#[derive(Debug)]
+pub(crate) struct Extractor {
+    pub key: ParamKey,
+    pub param_type: ParamType,
+    pub expr: Arc<Expression>,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct TypeParams {
+    /// Sorted by code, so `params_for` is deterministic.
+    pub params: BTreeMap<String, ParamInfo>,
+    pub extractors: Vec<Extractor>,
+}
+
+/// Compiled SearchParameters by resource type. Immutable after construction, so one
+/// instance is shared by all request threads.
+#[derive(Debug, Default)]
+pub struct SearchRegistry {
+    pub(crate) types: HashMap<String, TypeParams>,
+}
+
+/// Parameters whose search semantics are not plain index lookups (or that need an engine
+/// caregate does not have); they are left out rather than advertised and half-implemented.
+const UNSUPPORTED_CODES: &[&str] = &[
+    "_text", "_content", "_query", "_list", "_has", "_type", "_filter", "_containedType", "_contained",
+];
+
+/// Resource types that are not DomainResources (no text, contained or extensions).
+const NOT_DOMAIN_RESOURCES: &[&str] = &["Binary", "Bundle", "Parameters"];
+
+impl SearchRegistry {
+    /// Compiles every SearchParameter. Those that cannot be supported — composite/special
+    /// types, no or uncompilable expression, phonetic/nearby matching, experimental
+    /// (example) definitions — are skipped with a
+    /// `debug!`, so the registry only advertises what actually works. `_id` and
+    /// `_lastUpdated` are always present: the store answers them without index entries.
+    pub fn from_definitions<'a>(params: impl IntoIterator<Item = &'a Value>) -> SearchRegistry {
+        let mut reg = SearchRegistry::default();
+        for ty in RESOURCE_TYPES {
+            reg.insert_builtin(ty, "_id", ParamType::Token, "http://hl7.org/fhir/SearchParameter/Resource-id");
+            reg.insert_builtin(
+                ty,
+                "_lastUpdated",
+                ParamType::Date,
+                "http://hl7.org/fhir/SearchParameter/Resource-lastUpdated",
+            );
+        }
+        // Expressions shared by many bases (e.g. `patient`) are compiled once.
+        let mut compiled: HashMap<String, Arc<Expression>> = HashMap::new();
+        for sp in params {
+            reg.add_definition(sp, &mut compiled);
+        }
+        reg
+    }
+
+    fn insert_builtin(&mut self, ty: &str, code: &str, param_type: ParamType, url: &str) {
+        let documentation = match code {
+            "_id" => "Logical id of this artifact",
+            _ => "When the resource version last changed",
+        };
+        self.types.entry(ty.to_string()).or_default().params.insert(
+            code.to_string(),
+            ParamInfo {
+                resource_type: ty.to_string(),
+                code: code.to_string(),
+                key: format!("{ty}:{code}"),
+                param_type,
+                url: url.to_string(),
+                documentation: documentation.to_string(),
+                targets: Vec::new(),
+            },
+        );
+    }
+
+    fn add_definition(&mut self, sp: &Value, compiled: &mut HashMap<String, Arc<Expression>>) {
+        let text = |k: &str| sp.get(k).and_then(Value::as_str).unwrap_or("");
+        let (code, url) = (text("code"), text("url"));
+        if code.is_empty() {
+            tracing::debug!(url, "skipping SearchParameter without code");
+            return;
+        }
+        let Some(param_type) = ParamType::from_code(text("type")) else {
+            tracing::debug!(url, code, kind = text("type"), "skipping SearchParameter of unsupported type");
+            return;
+        };
+        if UNSUPPORTED_CODES.contains(&code) {
+            tracing::debug!(url, code, "skipping SearchParameter with special semantics");
+            return;
+        }
+        if sp.get("experimental").and_then(Value::as_bool) == Some(true) {
+            // The R4 package ships its example SearchParameters (e.g. a `Condition:subject`
+            // that only targets Organization) marked experimental; they must not shadow
+            // the real ones.
+            tracing::debug!(url, code, "skipping experimental SearchParameter");
+            return;
+        }
+        if matches!(text("xpathUsage"), "phonetic" | "nearby" | "distance") {
+            tracing::debug!(url, code, "skipping SearchParameter needing phonetic/geographic matching");
+            return;
+        }
+        let bases: Vec<&str> = sp
+            .get("base")
+            .and_then(Value::as_array)
+            .map(|b| b.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        let targets: Vec<String> = sp
+            .get("target")
+            .and_then(Value::as_array)
+            .map(|t| t.iter().filter_map(Value::as_str).map(str::to_string).collect())
+            .unwrap_or_default();
+        let documentation = text("description").to_string();
+        let builtin = code == "_id" || code == "_lastUpdated";
+        let expr = if builtin {
+            None
+        } else {
+            let source = text("expression");
+            if source.is_empty() {
+                tracing::debug!(url, code, "skipping SearchParameter without expression");
+                return;
+            }
+            let expr = match compiled.get(source) {
+                Some(e) => e.clone(),
+                None => match Expression::compile(source) {
+                    Ok(e) => {
+                        let e = Arc::new(e);
+                        compiled.insert(source.to_string(), e.clone());
+                        e
+                    }
+                    Err(err) => {
+                        tracing::debug!(url, code, %err, "skipping SearchParameter whose expression does not compile");
+                        return;
+                    }
+                },
+            };
+            Some(expr)
+        };
+        let mut types: Vec<&str> = Vec::new();
+        for base in bases {
+            match base {
+                "Resource" => types.extend(RESOURCE_TYPES.iter().copied()),
+                "DomainResource" => types.extend(
+                    RESOURCE_TYPES
+                        .iter()
+                        .copied()
+                        .filter(|t| !NOT_DOMAIN_RESOURCES.contains(t)),
+                ),
+                other if is_resource_type(other) => types.push(other),
+                other => tracing::debug!(url, code, base = other, "ignoring unknown SearchParameter base"),
+            }
+        }
+        for ty in types {
+            let key = format!("{ty}:{code}");
+            let entry = self.types.entry(ty.to_string()).or_default();
+            if builtin {
+                // Keep the built-in semantics, adopt the definition's documentation.
+                if let Some(info) = entry.params.get_mut(code) {
+                    info.url = url.to_string();
+                    info.documentation = documentation.clone();
+                }
+                continue;
+            }
+            if entry.params.contains_key(code) {
+                tracing::debug!(url, key, "SearchParameter replaces an earlier definition");
+                entry.extractors.retain(|e| e.key != key);
+            }
+            if let Some(expr) = &expr {
+                entry.extractors.push(Extractor {
+                    key: key.clone(),
+                    param_type,
+                    expr: expr.clone(),
+                });
+            }
+            entry.params.insert(
+                code.to_string(),
+                ParamInfo {
+                    resource_type: ty.to_string(),
+                    code: code.to_string(),
+                    key,
+                    param_type,
+                    url: url.to_string(),
+                    documentation: documentation.clone(),
+                    targets: targets.clone(),
+                },
+            );
+        }
+    }
+
+    /// Every supported parameter of `resource_type`, sorted by code (for the
+    /// CapabilityStatement); empty for unknown types.
+    pub fn params_for(&self, resource_type: &str) -> Vec<ParamInfo> {
+        self.types
+            .get(resource_type)
+            .map(|t| t.params.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// One parameter by type and code.
+    pub fn param(&self, resource_type: &str, code: &str) -> Option<&ParamInfo> {
+        self.types.get(resource_type)?.params.get(code)
+    }
+
+    /// Number of (type, parameter) pairs with an extraction expression.
+    pub fn extractor_count(&self) -> usize {
+        self.types.values().map(|t| t.extractors.len()).sum()
+    }
+
+    /// All index entries for a resource: every parameter of its type evaluated and the
+    /// results converted by parameter type. Duplicate entries for one parameter are dropped.
+    /// Unknown or missing `resourceType` yields nothing.
+    pub fn extract(&self, resource: &Value) -> Vec<IndexEntry> {
+        let Some(params) = resource
+            .get("resourceType")
+            .and_then(Value::as_str)
+            .and_then(|t| self.types.get(t))
+        else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for ex in &params.extractors {
+            let start = out.len();
+            for item in ex.expr.evaluate(resource) {
+                crate::extract::index_item(&ex.key, ex.param_type, &item, &mut out);
+            }
+            crate::extract::dedup_from(&mut out, start);
+        }
+        out
+    }
+}

@@ -1,0 +1,91 @@
+//! The CapabilityStatement at `/metadata`: exactly what this gateway implements, generated
+//! from the same search registry the search path uses.
+
+use caregate_core::RESOURCE_TYPES;
+use caregate_search::SearchRegistry;
+use serde_json::{json, Value};
+
+pub fn capability_statement(search: &SearchRegistry, base: Option<&str>, development_mode: bool) -> Value {
+    let interactions = json!([
+        {"code": "read"}, {"code": "vread"}, {"code": "update"}, {"code": "delete"},
+        {"code": "history-instance"}, {"code": "history-type"}, {"code": "create"}, {"code": "search-type"}
+    ]);
+    let resources: Vec<Value> = RESOURCE_TYPES
+        .iter()
+        .map(|t| {
+            let params: Vec<Value> = search
+                .params_for(t)
+                .into_iter()
+                .map(|p| {
+                    json!({
+                        "name": p.code,
+                        "definition": p.url,
+                        "type": p.param_type.code(),
+                        "documentation": p.documentation,
+                    })
+                })
+                .collect();
+            let mut includes: Vec<Value> = search
+                .params_for(t)
+                .into_iter()
+                .filter(|p| p.param_type.code() == "reference")
+                .map(|p| json!(format!("{t}:{}", p.code)))
+                .collect();
+            includes.sort_by(|a, b| a.as_str().cmp(&b.as_str()));
+            json!({
+                "type": t,
+                "profile": format!("http://hl7.org/fhir/StructureDefinition/{t}"),
+                "interaction": interactions,
+                "versioning": "versioned-update",
+                "readHistory": true,
+                "updateCreate": true,
+                "conditionalCreate": true,
+                "conditionalRead": "modified-since",
+                "conditionalUpdate": true,
+                "conditionalDelete": "single",
+                "referencePolicy": ["literal", "local"],
+                "searchInclude": includes,
+                "searchRevInclude": includes,
+                "searchParam": params,
+            })
+        })
+        .collect();
+    let security = if development_mode {
+        json!({"cors": false, "description": "Local development mode: unauthenticated requests are accepted on a loopback address only."})
+    } else {
+        json!({
+            "cors": false,
+            "service": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/restful-security-service", "code": "SMART-on-FHIR"}]}],
+            "description": "Bearer tokens of registered clients; SMART system scopes (v1 and v2 syntax) are enforced per interaction and resource type."
+        })
+    };
+    let mut implementation = json!({"description": "caregate FHIR R4 gateway"});
+    if let Some(b) = base {
+        implementation["url"] = json!(b);
+    }
+    json!({
+        "resourceType": "CapabilityStatement",
+        "status": "active",
+        "date": caregate_core::now_instant().1,
+        "publisher": "caregate",
+        "kind": "instance",
+        "software": {"name": "caregate", "version": env!("CARGO_PKG_VERSION")},
+        "implementation": implementation,
+        "fhirVersion": "4.0.1",
+        "format": ["application/fhir+json", "application/fhir+xml", "json", "xml"],
+        "patchFormat": [],
+        "rest": [{
+            "mode": "server",
+            "security": security,
+            "resource": resources,
+            "interaction": [
+                {"code": "transaction"}, {"code": "batch"}, {"code": "search-system"}, {"code": "history-system"}
+            ],
+            "searchParam": [
+                {"name": "_id", "type": "token", "definition": "http://hl7.org/fhir/SearchParameter/Resource-id"},
+                {"name": "_lastUpdated", "type": "date", "definition": "http://hl7.org/fhir/SearchParameter/Resource-lastUpdated"},
+                {"name": "_type", "type": "token"}
+            ]
+        }]
+    })
+}

@@ -1,0 +1,114 @@
+//! Gateway configuration (`caregate serve --config FILE`, TOML).
+//!
+//! ```toml
+//! listen = "127.0.0.1:8080"
+//! data = "./caregate-data"
+//! base_url = "https://gateway.example.org/fhir"   # optional; else taken from each request
+//! max_body_bytes = 16777216
+//!
+//! [[client]]
+//! id = "psychiatry-ehr"
+//! organization = "Organization/riverside-psychiatry"
+//! token_sha256 = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+//! scopes = ["system/*.read", "system/CarePlan.write"]
+//! purposes = ["TREAT"]
+//! ```
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    #[serde(default = "default_data")]
+    pub data: PathBuf,
+    /// The public base URL used in Location headers and Bundle links.
+    #[serde(default)]
+    pub base_url: Option<String>,
+    #[serde(default = "default_max_body")]
+    pub max_body_bytes: usize,
+    /// HTTP worker threads; defaults to the number of cores.
+    #[serde(default)]
+    pub workers: Option<usize>,
+    #[serde(default, rename = "client")]
+    pub clients: Vec<ClientConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientConfig {
+    pub id: String,
+    /// The Organization the client acts for (`Organization/{id}`).
+    pub organization: Option<String>,
+    /// SHA-256 (hex) of the client's bearer token; the token itself is never stored.
+    pub token_sha256: String,
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    /// Purposes of use (v3-ActReason) the client may assert.
+    #[serde(default)]
+    pub purposes: Vec<String>,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8080))
+}
+
+fn default_data() -> PathBuf {
+    PathBuf::from("caregate-data")
+}
+
+fn default_max_body() -> usize {
+    16 * 1024 * 1024
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: default_listen(),
+            data: default_data(),
+            base_url: None,
+            max_body_bytes: default_max_body(),
+            workers: None,
+            clients: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration: {0}")]
+    Parse(#[from] toml::de::Error),
+    #[error("configuration: {0}")]
+    Invalid(String),
+}
+
+impl ServerConfig {
+    pub fn from_toml(text: &str) -> Result<ServerConfig, ConfigError> {
+        let config: ServerConfig = toml::from_str(text)?;
+        config.check()?;
+        Ok(config)
+    }
+
+    pub fn check(&self) -> Result<(), ConfigError> {
+        for c in &self.clients {
+            if c.token_sha256.len() != 64 || !c.token_sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(ConfigError::Invalid(format!(
+                    "client '{}': token_sha256 must be 64 hex digits (sha256 of the token)",
+                    c.id
+                )));
+            }
+            caregate_pipeline::Scopes::parse(c.scopes.iter().map(String::as_str))
+                .map_err(|e| ConfigError::Invalid(format!("client '{}': {e}", c.id)))?;
+        }
+        Ok(())
+    }
+
+    /// Without registered clients the gateway is in local development mode.
+    pub fn development_mode(&self) -> bool {
+        self.clients.is_empty()
+    }
+}
