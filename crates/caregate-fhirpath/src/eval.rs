@@ -12,7 +12,10 @@ use crate::types::{choice_suffix, shape_matches, type_matches};
 pub(crate) enum Val<'a> {
     /// An element of the resource. `ty` is the type a choice key revealed (`Quantity` for
     /// `valueQuantity`); other elements are typed by shape when a type test needs it.
-    Node { v: &'a Value, ty: Option<&'a str> },
+    Node {
+        v: &'a Value,
+        ty: Option<&'a str>,
+    },
     Str(Arc<str>),
     Bool(bool),
     Num(f64),
@@ -60,7 +63,9 @@ pub(crate) fn eval<'a>(ast: &Ast, focus: &[Val<'a>], env: &Env<'a>) -> Coll<'a> 
         Kind::Index(base, index) => {
             let base = eval(base, focus, env);
             match single_number(&eval(index, focus, env)) {
-                Some(i) if i >= 0.0 && i.fract() == 0.0 => base.into_iter().nth(i as usize).into_iter().collect(),
+                Some(i) if i >= 0.0 && i.fract() == 0.0 => {
+                    base.into_iter().nth(i as usize).into_iter().collect()
+                }
                 _ => Vec::new(),
             }
         }
@@ -99,7 +104,12 @@ fn node(v: &Value) -> Val<'_> {
 /// Adds a child value, flattening arrays (FHIR repeats) and skipping JSON nulls.
 fn push_value<'a>(out: &mut Coll<'a>, v: &'a Value, ty: Option<&'a str>) {
     match v {
-        Value::Array(items) => out.extend(items.iter().filter(|i| !i.is_null()).map(|i| Val::Node { v: i, ty })),
+        Value::Array(items) => out.extend(
+            items
+                .iter()
+                .filter(|i| !i.is_null())
+                .map(|i| Val::Node { v: i, ty }),
+        ),
         Value::Null => {}
         other => out.push(Val::Node { v: other, ty }),
     }
@@ -108,7 +118,11 @@ fn push_value<'a>(out: &mut Coll<'a>, v: &'a Value, ty: Option<&'a str>) {
 /// `item.name`: a child element, the matching choice elements (`value` → `valueString`),
 /// or — for a capitalised name on a resource — the resource itself when it is of that type.
 fn navigate<'a>(item: &Val<'a>, name: &str, out: &mut Coll<'a>) {
-    let Val::Node { v: Value::Object(m), .. } = item else {
+    let Val::Node {
+        v: Value::Object(m),
+        ..
+    } = item
+    else {
         return;
     };
     if name.starts_with(|c: char| c.is_ascii_uppercase()) {
@@ -179,7 +193,9 @@ fn to_bool(c: &[Val<'_>]) -> Option<bool> {
     match c {
         [] => None,
         [Val::Bool(b)] => Some(*b),
-        [Val::Node { v: Value::Bool(b), .. }] => Some(*b),
+        [Val::Node {
+            v: Value::Bool(b), ..
+        }] => Some(*b),
         [_] => Some(true),
         _ => None,
     }
@@ -192,7 +208,10 @@ fn bool_coll<'a>(b: Option<bool>) -> Coll<'a> {
 fn as_number(item: &Val<'_>) -> Option<f64> {
     match item {
         Val::Num(n) => Some(*n),
-        Val::Node { v: Value::Number(n), .. } => n.as_f64(),
+        Val::Node {
+            v: Value::Number(n),
+            ..
+        } => n.as_f64(),
         _ => None,
     }
 }
@@ -207,7 +226,10 @@ fn single_number(c: &[Val<'_>]) -> Option<f64> {
 fn as_str<'v>(item: &'v Val<'_>) -> Option<&'v str> {
     match item {
         Val::Str(s) => Some(s),
-        Val::Node { v: Value::String(s), .. } => Some(s),
+        Val::Node {
+            v: Value::String(s),
+            ..
+        } => Some(s),
         _ => None,
     }
 }
@@ -228,9 +250,16 @@ fn item_equal(a: &Val<'_>, b: &Val<'_>) -> Option<bool> {
         return Some(x == y);
     }
     match (a, b) {
-        (Val::Bool(x) | Val::Node { v: Value::Bool(x), .. }, Val::Bool(y) | Val::Node { v: Value::Bool(y), .. }) => {
-            Some(x == y)
-        }
+        (
+            Val::Bool(x)
+            | Val::Node {
+                v: Value::Bool(x), ..
+            },
+            Val::Bool(y)
+            | Val::Node {
+                v: Value::Bool(y), ..
+            },
+        ) => Some(x == y),
         (Val::Node { v: x, .. }, Val::Node { v: y, .. }) => Some(json_equal(x, y)),
         (Val::Resolved(x), Val::Resolved(y)) => Some(x == y),
         _ => Some(false),
@@ -241,9 +270,13 @@ fn item_equal(a: &Val<'_>, b: &Val<'_>) -> Option<bool> {
 fn json_equal(a: &Value, b: &Value) -> bool {
     match (a, b) {
         (Value::Number(x), Value::Number(y)) => x.as_f64() == y.as_f64(),
-        (Value::Array(x), Value::Array(y)) => x.len() == y.len() && x.iter().zip(y).all(|(p, q)| json_equal(p, q)),
+        (Value::Array(x), Value::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(p, q)| json_equal(p, q))
+        }
         (Value::Object(x), Value::Object(y)) => {
-            x.len() == y.len() && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| json_equal(v, w)))
+            x.len() == y.len()
+                && x.iter()
+                    .all(|(k, v)| y.get(k).is_some_and(|w| json_equal(v, w)))
         }
         _ => a == b,
     }
@@ -251,7 +284,12 @@ fn json_equal(a: &Value, b: &Value) -> bool {
 
 fn item_equivalent(a: &Val<'_>, b: &Val<'_>) -> bool {
     if let (Some(x), Some(y)) = (as_str(a), as_str(b)) {
-        let norm = |s: &str| s.split_whitespace().collect::<Vec<_>>().join(" ").to_lowercase();
+        let norm = |s: &str| {
+            s.split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ")
+                .to_lowercase()
+        };
         return norm(x) == norm(y);
     }
     item_equal(a, b).unwrap_or(false)
@@ -355,23 +393,25 @@ fn binary<'a>(op: BinOp, l: &Ast, r: &Ast, focus: &[Val<'a>], env: &Env<'a>) -> 
                 _ => Vec::new(),
             }
         }
-        BinOp::Add | BinOp::Sub | BinOp::Mul | BinOp::Div => match (single_number(&a), single_number(&b)) {
-            (Some(x), Some(y)) => {
-                let n = match op {
-                    BinOp::Add => x + y,
-                    BinOp::Sub => x - y,
-                    BinOp::Mul => x * y,
-                    _ if y == 0.0 => return Vec::new(),
-                    _ => x / y,
-                };
-                vec![Val::Num(n)]
-            }
-            _ if op == BinOp::Add => match (single_str(&a), single_str(&b)) {
-                (Some(x), Some(y)) => vec![Val::Str(Arc::from(format!("{x}{y}")))],
+        BinOp::Add | BinOp::Sub | BinOp::Mul | BinOp::Div => {
+            match (single_number(&a), single_number(&b)) {
+                (Some(x), Some(y)) => {
+                    let n = match op {
+                        BinOp::Add => x + y,
+                        BinOp::Sub => x - y,
+                        BinOp::Mul => x * y,
+                        _ if y == 0.0 => return Vec::new(),
+                        _ => x / y,
+                    };
+                    vec![Val::Num(n)]
+                }
+                _ if op == BinOp::Add => match (single_str(&a), single_str(&b)) {
+                    (Some(x), Some(y)) => vec![Val::Str(Arc::from(format!("{x}{y}")))],
+                    _ => Vec::new(),
+                },
                 _ => Vec::new(),
-            },
-            _ => Vec::new(),
-        },
+            }
+        }
         BinOp::Concat => {
             let x = single_str(&a).unwrap_or("");
             let y = single_str(&b).unwrap_or("");
@@ -388,7 +428,12 @@ fn reference_target_type(v: &Value) -> Option<&str> {
         Value::String(s) => s.as_str(),
         Value::Object(m) => match m.get("reference").and_then(Value::as_str) {
             Some(r) => r,
-            None => return m.get("type").and_then(Value::as_str).filter(|t| caregate_core::is_resource_type(t)),
+            None => {
+                return m
+                    .get("type")
+                    .and_then(Value::as_str)
+                    .filter(|t| caregate_core::is_resource_type(t))
+            }
         },
         _ => return None,
     };
@@ -417,17 +462,17 @@ fn call<'a>(func: &Func, input: &[Val<'a>], focus: &[Val<'a>], env: &Env<'a>) ->
             .iter()
             .flat_map(|item| eval(proj, std::slice::from_ref(item), env))
             .collect(),
-        Func::All(crit) => bool_coll(Some(
-            input
-                .iter()
-                .all(|item| to_bool(&eval(crit, std::slice::from_ref(item), env)) == Some(true)),
-        )),
+        Func::All(crit) => {
+            bool_coll(Some(input.iter().all(|item| {
+                to_bool(&eval(crit, std::slice::from_ref(item), env)) == Some(true)
+            })))
+        }
         Func::Exists(None) => bool_coll(Some(!input.is_empty())),
-        Func::Exists(Some(crit)) => bool_coll(Some(
-            input
-                .iter()
-                .any(|item| to_bool(&eval(crit, std::slice::from_ref(item), env)) == Some(true)),
-        )),
+        Func::Exists(Some(crit)) => {
+            bool_coll(Some(input.iter().any(|item| {
+                to_bool(&eval(crit, std::slice::from_ref(item), env)) == Some(true)
+            })))
+        }
         Func::Empty => bool_coll(Some(input.is_empty())),
         Func::First => input.first().cloned().into_iter().collect(),
         Func::Last => input.last().cloned().into_iter().collect(),
@@ -440,7 +485,11 @@ fn call<'a>(func: &Func, input: &[Val<'a>], focus: &[Val<'a>], env: &Env<'a>) ->
             let Some(n) = single_number(&eval(n, focus, env)) else {
                 return Vec::new();
             };
-            let n = if n.is_finite() && n > 0.0 { n as usize } else { 0 };
+            let n = if n.is_finite() && n > 0.0 {
+                n as usize
+            } else {
+                0
+            };
             if matches!(func, Func::Skip(_)) {
                 input.iter().skip(n).cloned().collect()
             } else {
@@ -485,7 +534,11 @@ fn call<'a>(func: &Func, input: &[Val<'a>], focus: &[Val<'a>], env: &Env<'a>) ->
             }
             out
         }
-        Func::Combine(other) => input.iter().cloned().chain(eval(other, focus, env)).collect(),
+        Func::Combine(other) => input
+            .iter()
+            .cloned()
+            .chain(eval(other, focus, env))
+            .collect(),
         Func::StartsWith(arg) | Func::EndsWith(arg) | Func::StrContains(arg) => {
             let arg = eval(arg, focus, env);
             match (single_str(input), single_str(&arg)) {
@@ -515,9 +568,18 @@ fn call<'a>(func: &Func, input: &[Val<'a>], focus: &[Val<'a>], env: &Env<'a>) ->
         Func::ToString => match input {
             [item] => match item {
                 Val::Str(s) => vec![Val::Str(s.clone())],
-                Val::Node { v: Value::String(s), .. } => vec![Val::Str(Arc::from(s.as_str()))],
-                Val::Node { v: Value::Number(n), .. } => vec![Val::Str(Arc::from(n.to_string()))],
-                Val::Node { v: Value::Bool(b), .. } | Val::Bool(b) => vec![Val::Str(Arc::from(b.to_string()))],
+                Val::Node {
+                    v: Value::String(s),
+                    ..
+                } => vec![Val::Str(Arc::from(s.as_str()))],
+                Val::Node {
+                    v: Value::Number(n),
+                    ..
+                } => vec![Val::Str(Arc::from(n.to_string()))],
+                Val::Node {
+                    v: Value::Bool(b), ..
+                }
+                | Val::Bool(b) => vec![Val::Str(Arc::from(b.to_string()))],
                 Val::Num(n) => vec![Val::Str(Arc::from(n.to_string()))],
                 _ => Vec::new(),
             },
@@ -527,7 +589,10 @@ fn call<'a>(func: &Func, input: &[Val<'a>], focus: &[Val<'a>], env: &Env<'a>) ->
             if to_bool(&eval(cond, input, env)) == Some(true) {
                 eval(then, input, env)
             } else {
-                otherwise.as_ref().map(|o| eval(o, input, env)).unwrap_or_default()
+                otherwise
+                    .as_ref()
+                    .map(|o| eval(o, input, env))
+                    .unwrap_or_default()
             }
         }
     }

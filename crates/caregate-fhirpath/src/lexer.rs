@@ -6,7 +6,10 @@ use crate::FhirPathError;
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Tok {
     /// A plain or `` `delimited` `` identifier; `delimited` ones are never keywords.
-    Ident { name: String, delimited: bool },
+    Ident {
+        name: String,
+        delimited: bool,
+    },
     Str(String),
     /// The literal as written, parsed later (integers and decimals alike).
     Num(f64),
@@ -28,7 +31,8 @@ pub(crate) struct Token {
 }
 
 const PUNCTS: &[&str] = &[
-    "!=", "!~", "<=", ">=", ".", "(", ")", "[", "]", "{", "}", ",", "|", "=", "~", "<", ">", "+", "-", "*", "/", "&",
+    "!=", "!~", "<=", ">=", ".", "(", ")", "[", "]", "{", "}", ",", "|", "=", "~", "<", ">", "+",
+    "-", "*", "/", "&",
 ];
 
 pub(crate) fn tokenize(src: &str) -> Result<Vec<Token>, FhirPathError> {
@@ -76,7 +80,10 @@ pub(crate) fn tokenize(src: &str) -> Result<Vec<Token>, FhirPathError> {
         } else if c == '`' {
             let (name, next) = quoted(&chars, i, '`')?;
             i = next;
-            Tok::Ident { name, delimited: true }
+            Tok::Ident {
+                name,
+                delimited: true,
+            }
         } else if c == '\'' {
             let (s, next) = quoted(&chars, i, '\'')?;
             i = next;
@@ -101,7 +108,9 @@ pub(crate) fn tokenize(src: &str) -> Result<Vec<Token>, FhirPathError> {
         } else if c == '@' {
             i += 1;
             let start = i;
-            while i < chars.len() && (chars[i].is_ascii_alphanumeric() || matches!(chars[i], '-' | ':' | '.' | '+')) {
+            while i < chars.len()
+                && (chars[i].is_ascii_alphanumeric() || matches!(chars[i], '-' | ':' | '.' | '+'))
+            {
                 i += 1;
             }
             if start == i {
@@ -118,7 +127,9 @@ pub(crate) fn tokenize(src: &str) -> Result<Vec<Token>, FhirPathError> {
                 }
                 Some(ch) if ch.is_ascii_alphabetic() || *ch == '_' => {
                     let start = i;
-                    while i < chars.len() && (chars[i].is_ascii_alphanumeric() || chars[i] == '_' || chars[i] == '-') {
+                    while i < chars.len()
+                        && (chars[i].is_ascii_alphanumeric() || chars[i] == '_' || chars[i] == '-')
+                    {
                         i += 1;
                     }
                     Tok::Var(chars[start..i].iter().collect())
@@ -133,13 +144,22 @@ pub(crate) fn tokenize(src: &str) -> Result<Vec<Token>, FhirPathError> {
             }
             Tok::Special(chars[start..i].iter().collect())
         } else {
-            let rest_starts = |p: &str| p.chars().enumerate().all(|(k, pc)| chars.get(i + k) == Some(&pc));
+            let rest_starts = |p: &str| {
+                p.chars()
+                    .enumerate()
+                    .all(|(k, pc)| chars.get(i + k) == Some(&pc))
+            };
             match PUNCTS.iter().find(|p| rest_starts(p)) {
                 Some(p) => {
                     i += p.chars().count();
                     Tok::Punct(p)
                 }
-                None => return Err(FhirPathError::new(pos, format!("unexpected character '{c}'"))),
+                None => {
+                    return Err(FhirPathError::new(
+                        pos,
+                        format!("unexpected character '{c}'"),
+                    ))
+                }
             }
         };
         out.push(Token { tok, pos });
@@ -158,7 +178,10 @@ fn quoted(chars: &[char], open: usize, quote: char) -> Result<(String, usize), F
     let mut i = open + 1;
     loop {
         let Some(&c) = chars.get(i) else {
-            return Err(FhirPathError::new(open, "unterminated string or identifier"));
+            return Err(FhirPathError::new(
+                open,
+                "unterminated string or identifier",
+            ));
         };
         i += 1;
         if c == quote {
@@ -179,7 +202,10 @@ fn quoted(chars: &[char], open: usize, quote: char) -> Result<(String, usize), F
             'r' => s.push('\r'),
             't' => s.push('\t'),
             'u' => {
-                let hex: String = chars.get(i..i + 4).map(|h| h.iter().collect()).unwrap_or_default();
+                let hex: String = chars
+                    .get(i..i + 4)
+                    .map(|h| h.iter().collect())
+                    .unwrap_or_default();
                 let ch = u32::from_str_radix(&hex, 16)
                     .ok()
                     .filter(|_| hex.len() == 4)
@@ -188,7 +214,12 @@ fn quoted(chars: &[char], open: usize, quote: char) -> Result<(String, usize), F
                 s.push(ch);
                 i += 4;
             }
-            other => return Err(FhirPathError::new(i - 2, format!("invalid escape '\\{other}'"))),
+            other => {
+                return Err(FhirPathError::new(
+                    i - 2,
+                    format!("invalid escape '\\{other}'"),
+                ))
+            }
         }
     }
 }

@@ -73,7 +73,10 @@ impl Expression {
     /// Results of `resolve()` that are not resources in this document are left out.
     pub fn evaluate<'a>(&self, resource: &'a Value) -> Vec<Item<'a>> {
         let env = eval::Env { resource };
-        let focus = [eval::Val::Node { v: resource, ty: None }];
+        let focus = [eval::Val::Node {
+            v: resource,
+            ty: None,
+        }];
         eval::eval(&self.ast, &focus, &env)
             .into_iter()
             .filter_map(|v| match v {

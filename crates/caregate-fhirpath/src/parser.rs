@@ -131,7 +131,10 @@ pub(crate) fn parse(src: &str) -> Result<Ast, FhirPathError> {
     let ast = p.expression()?;
     match &p.peek().tok {
         Tok::End => Ok(ast),
-        other => Err(FhirPathError::new(p.peek().pos, format!("unexpected {}", describe(other)))),
+        other => Err(FhirPathError::new(
+            p.peek().pos,
+            format!("unexpected {}", describe(other)),
+        )),
     }
 }
 
@@ -193,7 +196,10 @@ impl Parser {
     fn enter(&mut self) -> Result<(), FhirPathError> {
         self.nesting += 1;
         if self.nesting > MAX_DEPTH / 2 {
-            return Err(FhirPathError::new(self.peek().pos, "expression is nested too deeply"));
+            return Err(FhirPathError::new(
+                self.peek().pos,
+                "expression is nested too deeply",
+            ));
         }
         Ok(())
     }
@@ -225,7 +231,11 @@ impl Parser {
             let pos = self.bump().pos;
             let right = next(self)?;
             let depths = [left.depth, right.depth];
-            left = Ast::node(Kind::Binary(op, Box::new(left), Box::new(right)), &depths, pos)?;
+            left = Ast::node(
+                Kind::Binary(op, Box::new(left), Box::new(right)),
+                &depths,
+                pos,
+            )?;
         }
     }
 
@@ -234,7 +244,10 @@ impl Parser {
     }
 
     fn or_expr(&mut self) -> Result<Ast, FhirPathError> {
-        self.binary_level(&[("or", BinOp::Or, true), ("xor", BinOp::Xor, true)], Self::and_expr)
+        self.binary_level(
+            &[("or", BinOp::Or, true), ("xor", BinOp::Xor, true)],
+            Self::and_expr,
+        )
     }
 
     fn and_expr(&mut self) -> Result<Ast, FhirPathError> {
@@ -324,11 +337,20 @@ impl Parser {
 
     fn multiplicative(&mut self) -> Result<Ast, FhirPathError> {
         if self.is_keyword("div") || self.is_keyword("mod") {
-            return Err(FhirPathError::new(self.peek().pos, "div and mod are not supported"));
+            return Err(FhirPathError::new(
+                self.peek().pos,
+                "div and mod are not supported",
+            ));
         }
-        let r = self.binary_level(&[("*", BinOp::Mul, false), ("/", BinOp::Div, false)], Self::unary)?;
+        let r = self.binary_level(
+            &[("*", BinOp::Mul, false), ("/", BinOp::Div, false)],
+            Self::unary,
+        )?;
         if self.is_keyword("div") || self.is_keyword("mod") {
-            return Err(FhirPathError::new(self.peek().pos, "div and mod are not supported"));
+            return Err(FhirPathError::new(
+                self.peek().pos,
+                "div and mod are not supported",
+            ));
         }
         Ok(r)
     }
@@ -378,7 +400,10 @@ impl Parser {
                 let n = *n;
                 self.bump();
                 if matches!(&self.peek().tok, Tok::Str(_)) {
-                    return Err(FhirPathError::new(self.peek().pos, "quantity literals are not supported"));
+                    return Err(FhirPathError::new(
+                        self.peek().pos,
+                        "quantity literals are not supported",
+                    ));
                 }
                 Ok(Ast::leaf(Kind::Num(n)))
             }
@@ -389,18 +414,26 @@ impl Parser {
             Tok::Var(v) => {
                 self.bump();
                 match v.as_str() {
-                    "resource" | "context" | "rootResource" => Ok(Ast::leaf(Kind::Var(Var::Resource))),
+                    "resource" | "context" | "rootResource" => {
+                        Ok(Ast::leaf(Kind::Var(Var::Resource)))
+                    }
                     "ucum" => Ok(Ast::leaf(Kind::Str(Arc::from("http://unitsofmeasure.org")))),
                     "sct" => Ok(Ast::leaf(Kind::Str(Arc::from("http://snomed.info/sct")))),
                     "loinc" => Ok(Ast::leaf(Kind::Str(Arc::from("http://loinc.org")))),
-                    other => Err(FhirPathError::new(t.pos, format!("unknown variable %{other}"))),
+                    other => Err(FhirPathError::new(
+                        t.pos,
+                        format!("unknown variable %{other}"),
+                    )),
                 }
             }
             Tok::Special(s) => {
                 self.bump();
                 match s.as_str() {
                     "this" => Ok(Ast::leaf(Kind::Var(Var::This))),
-                    other => Err(FhirPathError::new(t.pos, format!("${other} is not supported"))),
+                    other => Err(FhirPathError::new(
+                        t.pos,
+                        format!("${other} is not supported"),
+                    )),
                 }
             }
             Tok::Punct("(") => {
@@ -430,7 +463,10 @@ impl Parser {
                 }
                 self.invocation(None, t.pos)
             }
-            other => Err(FhirPathError::new(t.pos, format!("unexpected {}", describe(other)))),
+            other => Err(FhirPathError::new(
+                t.pos,
+                format!("unexpected {}", describe(other)),
+            )),
         }
     }
 
@@ -439,7 +475,9 @@ impl Parser {
         let t = self.bump();
         let name = match &t.tok {
             Tok::Ident { name, .. } => name.clone(),
-            Tok::Special(s) if s == "this" && receiver.is_none() => return Ok(Ast::leaf(Kind::Var(Var::This))),
+            Tok::Special(s) if s == "this" && receiver.is_none() => {
+                return Ok(Ast::leaf(Kind::Var(Var::This)))
+            }
             other => {
                 return Err(FhirPathError::new(
                     t.pos,
@@ -457,7 +495,11 @@ impl Parser {
         let func = self.function(&name, t.pos);
         self.nesting -= 1;
         let (func, arg_depth) = func?;
-        Ast::node(Kind::Call(receiver.map(Box::new), func), &[receiver_depth, arg_depth], pos)
+        Ast::node(
+            Kind::Call(receiver.map(Box::new), func),
+            &[receiver_depth, arg_depth],
+            pos,
+        )
     }
 
     /// Parses a function's arguments (after `(`, through `)`); returns it with the depth of
@@ -465,8 +507,8 @@ impl Parser {
     fn function(&mut self, name: &str, pos: usize) -> Result<(Func, usize), FhirPathError> {
         let boxed = |a: Ast| Box::new(a);
         let (func, depth) = match name {
-            "where" | "select" | "all" | "skip" | "take" | "union" | "combine" | "startsWith" | "endsWith"
-            | "contains" => {
+            "where" | "select" | "all" | "skip" | "take" | "union" | "combine" | "startsWith"
+            | "endsWith" | "contains" => {
                 let arg = self.expression()?;
                 let d = arg.depth;
                 let a = boxed(arg);
@@ -546,7 +588,12 @@ impl Parser {
                     "upper" => Func::Upper,
                     "length" => Func::Length,
                     "toString" => Func::ToString,
-                    _ => return Err(FhirPathError::new(pos, format!("unsupported function '{name}'"))),
+                    _ => {
+                        return Err(FhirPathError::new(
+                            pos,
+                            format!("unsupported function '{name}'"),
+                        ))
+                    }
                 };
                 if !self.is_punct(")") {
                     return Err(FhirPathError::new(

@@ -69,33 +69,65 @@ fn choice_elements_and_type_casts() {
     assert_eq!(eval("(Observation.value as Quantity)", &obs).len(), 1);
     assert!(eval("(Observation.value as string)", &obs).is_empty());
     assert_eq!(strings("Observation.value.as(Quantity).unit", &obs), ["mg"]);
-    assert_eq!(strings("Observation.component.value.ofType(string)", &obs), ["x"]);
-    assert_eq!(strings("(Observation.component.value as CodeableConcept).text", &obs), ["t"]);
+    assert_eq!(
+        strings("Observation.component.value.ofType(string)", &obs),
+        ["x"]
+    );
+    assert_eq!(
+        strings(
+            "(Observation.component.value as CodeableConcept).text",
+            &obs
+        ),
+        ["t"]
+    );
     assert_eq!(strings("Observation.value is Quantity", &obs), ["true"]);
     assert_eq!(strings("Observation.value is Period", &obs), ["false"]);
     // Age is a Quantity specialisation.
     let cond = json!({"resourceType": "Condition", "onsetAge": {"value": 40}});
     assert_eq!(eval("Condition.onset.as(Quantity)", &cond).len(), 1);
-    assert_eq!(eval("Condition.onset.as(Age) | Condition.onset.as(Range)", &cond).len(), 1);
+    assert_eq!(
+        eval("Condition.onset.as(Age) | Condition.onset.as(Range)", &cond).len(),
+        1
+    );
     assert!(eval("Condition.onset.as(dateTime)", &cond).is_empty());
 }
 
 #[test]
 fn where_with_comparison_and_resolve() {
     let p = patient();
-    assert_eq!(strings("Patient.telecom.where(system='phone').value", &p), ["555-1", "555-2"]);
-    assert_eq!(strings("Patient.telecom.where(system!='phone').value", &p), ["p@example.org"]);
     assert_eq!(
-        strings("Patient.generalPractitioner.where(resolve() is Practitioner).reference", &p),
+        strings("Patient.telecom.where(system='phone').value", &p),
+        ["555-1", "555-2"]
+    );
+    assert_eq!(
+        strings("Patient.telecom.where(system!='phone').value", &p),
+        ["p@example.org"]
+    );
+    assert_eq!(
+        strings(
+            "Patient.generalPractitioner.where(resolve() is Practitioner).reference",
+            &p
+        ),
         ["Practitioner/dr1"]
     );
     assert_eq!(
-        eval("Patient.generalPractitioner.where(resolve() is Organization)", &p).len(),
+        eval(
+            "Patient.generalPractitioner.where(resolve() is Organization)",
+            &p
+        )
+        .len(),
         1
     );
-    assert!(eval("Patient.generalPractitioner.where(resolve() is Patient)", &p).is_empty());
+    assert!(eval(
+        "Patient.generalPractitioner.where(resolve() is Patient)",
+        &p
+    )
+    .is_empty());
     let typed = json!({"resourceType": "Encounter", "subject": {"type": "Group", "identifier": {"value": "x"}}});
-    assert_eq!(eval("Encounter.subject.where(resolve() is Group)", &typed).len(), 1);
+    assert_eq!(
+        eval("Encounter.subject.where(resolve() is Group)", &typed).len(),
+        1
+    );
 }
 
 #[test]
@@ -111,27 +143,60 @@ fn functions() {
     assert!(eval("Patient.name[5]", &p).is_empty());
     assert_eq!(strings("Patient.active.not()", &p), ["false"]);
     assert_eq!(strings("Patient.name.count()", &p), ["2"]);
-    assert_eq!(strings("Patient.name.exists(family = 'Windsor')", &p), ["true"]);
-    assert_eq!(strings("Patient.extension('http://x/ext-b').value", &p), ["B"]);
-    assert_eq!(strings("Patient.extension.where(url='http://x/ext-a').value", &p), ["A"]);
-    assert_eq!(strings("Patient.hasExtension('http://x/ext-a')", &p), ["true"]);
-    assert_eq!(strings("Patient.hasExtension('http://x/none')", &p), ["false"]);
-    assert_eq!(strings("Patient.name.select(given.first())", &p), ["Peter", "Jim"]);
-    assert_eq!(strings("Patient.name.given.where($this.startsWith('J'))", &p), ["James", "Jim"]);
+    assert_eq!(
+        strings("Patient.name.exists(family = 'Windsor')", &p),
+        ["true"]
+    );
+    assert_eq!(
+        strings("Patient.extension('http://x/ext-b').value", &p),
+        ["B"]
+    );
+    assert_eq!(
+        strings("Patient.extension.where(url='http://x/ext-a').value", &p),
+        ["A"]
+    );
+    assert_eq!(
+        strings("Patient.hasExtension('http://x/ext-a')", &p),
+        ["true"]
+    );
+    assert_eq!(
+        strings("Patient.hasExtension('http://x/none')", &p),
+        ["false"]
+    );
+    assert_eq!(
+        strings("Patient.name.select(given.first())", &p),
+        ["Peter", "Jim"]
+    );
+    assert_eq!(
+        strings("Patient.name.given.where($this.startsWith('J'))", &p),
+        ["James", "Jim"]
+    );
 }
 
 #[test]
 fn unions_deduplicate_and_boolean_logic() {
     let p = patient();
-    assert_eq!(strings("Patient.name.family | Patient.name.family", &p), ["Chalmers", "Windsor"]);
-    assert_eq!(strings("(Patient.name | Patient.telecom).count()", &p), ["5"]);
     assert_eq!(
-        strings("Patient.deceased.exists() and Patient.deceased != false", &p),
+        strings("Patient.name.family | Patient.name.family", &p),
+        ["Chalmers", "Windsor"]
+    );
+    assert_eq!(
+        strings("(Patient.name | Patient.telecom).count()", &p),
+        ["5"]
+    );
+    assert_eq!(
+        strings(
+            "Patient.deceased.exists() and Patient.deceased != false",
+            &p
+        ),
         ["false"]
     );
     let dead = json!({"resourceType": "Patient", "deceasedDateTime": "2020-01-01"});
     assert_eq!(
-        strings("Patient.deceased.exists() and Patient.deceased != false", &dead),
+        strings(
+            "Patient.deceased.exists() and Patient.deceased != false",
+            &dead
+        ),
         ["true"]
     );
     assert_eq!(strings("true or {}", &p), ["true"]);
@@ -162,7 +227,10 @@ fn unsupported_features_are_compile_errors() {
         "Patient.extension(%x)",
         "Patient.first(1)",
     ] {
-        assert!(Expression::compile(bad).is_err(), "{bad} should be rejected");
+        assert!(
+            Expression::compile(bad).is_err(),
+            "{bad} should be rejected"
+        );
     }
     let err = Expression::compile("Patient.name.where(").unwrap_err();
     assert!(err.position > 0, "{err}");
@@ -171,10 +239,59 @@ fn unsupported_features_are_compile_errors() {
 #[test]
 fn junk_never_panics() {
     let samples = [
-        "", " ", "(", ")", "[", "]", ".", "..", "a.", ".a", "a..b", "a[", "a[]", "a[0", "'", "'\\", "`", "`a",
-        "%", "%'", "$", "@", "a is", "a as", "a is 5", "where(", "where()", "exists(,)", "a |", "| a", "a = ",
-        "1.", "1..2", "a[-1]", "a['x']", "{", "{a}", "iif()", "iif(a)", "-", "--a", "a and", "é", "a.é", "/*",
-        "a // b", "\u{0}", "a.b(c", "extension()", "extension(1)", "as(5)", "ofType()", "a.as(FHIR.)",
+        "",
+        " ",
+        "(",
+        ")",
+        "[",
+        "]",
+        ".",
+        "..",
+        "a.",
+        ".a",
+        "a..b",
+        "a[",
+        "a[]",
+        "a[0",
+        "'",
+        "'\\",
+        "`",
+        "`a",
+        "%",
+        "%'",
+        "$",
+        "@",
+        "a is",
+        "a as",
+        "a is 5",
+        "where(",
+        "where()",
+        "exists(,)",
+        "a |",
+        "| a",
+        "a = ",
+        "1.",
+        "1..2",
+        "a[-1]",
+        "a['x']",
+        "{",
+        "{a}",
+        "iif()",
+        "iif(a)",
+        "-",
+        "--a",
+        "a and",
+        "é",
+        "a.é",
+        "/*",
+        "a // b",
+        "\u{0}",
+        "a.b(c",
+        "extension()",
+        "extension(1)",
+        "as(5)",
+        "ofType()",
+        "a.as(FHIR.)",
         "9999999999999999999999999999999999999999[0]",
     ];
     let resource = patient();
@@ -184,7 +301,8 @@ fn junk_never_panics() {
         }
     }
     // Every prefix of a long real expression, and every byte-level mutation of it.
-    let base = "(Observation.value as Quantity) | Observation.component.where(code.coding.exists() and \
+    let base =
+        "(Observation.value as Quantity) | Observation.component.where(code.coding.exists() and \
                 resolve() is Patient).value[0].extension('u').first().not()";
     for end in 0..=base.len() {
         if let Some(prefix) = base.get(..end) {
@@ -194,7 +312,9 @@ fn junk_never_panics() {
         }
     }
     let mut seed: u64 = 0x9E37_79B9_7F4A_7C15;
-    let alphabet: Vec<char> = "ab.()[]|=!~<>'`\\%$@{},01 and or is as where".chars().collect();
+    let alphabet: Vec<char> = "ab.()[]|=!~<>'`\\%$@{},01 and or is as where"
+        .chars()
+        .collect();
     for _ in 0..3000 {
         let mut s = String::new();
         for _ in 0..(seed % 24) {
@@ -210,7 +330,10 @@ fn junk_never_panics() {
 }
 
 fn r4_search_parameters() -> Vec<Value> {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../profiles/r4-core.ndjson.gz");
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../profiles/r4-core.ndjson.gz"
+    );
     let file = std::fs::File::open(path).expect("R4 core package");
     BufReader::new(flate2::read::GzDecoder::new(file))
         .lines()
@@ -238,6 +361,14 @@ fn all_r4_search_parameter_expressions_compile() {
             failed.push(format!("{}: {expr}: {e}", sp["id"]));
         }
     }
-    assert!(failed.is_empty(), "{} of {with_expr} failed:\n{}", failed.len(), failed.join("\n"));
-    assert_eq!(with_expr, 1338, "non-composite R4 SearchParameters with an expression");
+    assert!(
+        failed.is_empty(),
+        "{} of {with_expr} failed:\n{}",
+        failed.len(),
+        failed.join("\n")
+    );
+    assert_eq!(
+        with_expr, 1338,
+        "non-composite R4 SearchParameters with an expression"
+    );
 }

@@ -75,8 +75,16 @@ pub(crate) fn type_matches(actual: &str, wanted: &str) -> bool {
     if actual.eq_ignore_ascii_case(wanted) {
         return true;
     }
-    let quantity_kind = ["Age", "Count", "Distance", "Duration", "MoneyQuantity", "SimpleQuantity"];
-    wanted.eq_ignore_ascii_case("Quantity") && quantity_kind.iter().any(|q| q.eq_ignore_ascii_case(actual))
+    let quantity_kind = [
+        "Age",
+        "Count",
+        "Distance",
+        "Duration",
+        "MoneyQuantity",
+        "SimpleQuantity",
+    ];
+    wanted.eq_ignore_ascii_case("Quantity")
+        && quantity_kind.iter().any(|q| q.eq_ignore_ascii_case(actual))
 }
 
 /// Best guess whether an untyped JSON value (not reached through a choice key) is a `wanted`.
@@ -85,7 +93,8 @@ pub(crate) fn shape_matches(v: &Value, wanted: &str) -> bool {
     let w = wanted.to_ascii_lowercase();
     match v {
         Value::String(s) => match w.as_str() {
-            "string" | "code" | "id" | "uri" | "url" | "canonical" | "oid" | "uuid" | "markdown" | "base64binary" => true,
+            "string" | "code" | "id" | "uri" | "url" | "canonical" | "oid" | "uuid"
+            | "markdown" | "base64binary" => true,
             "date" | "datetime" | "instant" => caregate_core::parse_date_range(s).is_some(),
             "time" => s.len() >= 5 && s.as_bytes().get(2) == Some(&b':'),
             _ => false,
@@ -93,7 +102,9 @@ pub(crate) fn shape_matches(v: &Value, wanted: &str) -> bool {
         Value::Bool(_) => w == "boolean",
         Value::Number(n) => match w.as_str() {
             "decimal" => true,
-            "integer" | "positiveint" | "unsignedint" => n.as_i64().is_some() || n.as_u64().is_some(),
+            "integer" | "positiveint" | "unsignedint" => {
+                n.as_i64().is_some() || n.as_u64().is_some()
+            }
             _ => false,
         },
         Value::Object(m) => {
@@ -102,11 +113,20 @@ pub(crate) fn shape_matches(v: &Value, wanted: &str) -> bool {
             }
             let has = |k: &str| m.contains_key(k);
             match w.as_str() {
-                "reference" => has("reference") || (has("identifier") && !has("system")) || (has("display") && !has("code")),
+                "reference" => {
+                    has("reference")
+                        || (has("identifier") && !has("system"))
+                        || (has("display") && !has("code"))
+                }
                 "codeableconcept" => has("coding") || (has("text") && m.len() == 1),
-                "coding" => (has("code") && !has("value")) || (has("system") && !has("value") && !has("coding")),
+                "coding" => {
+                    (has("code") && !has("value"))
+                        || (has("system") && !has("value") && !has("coding"))
+                }
                 "identifier" => has("value") && !m.get("value").is_some_and(Value::is_number),
-                "contactpoint" => has("value") && has("system") && !m.get("value").is_some_and(Value::is_number),
+                "contactpoint" => {
+                    has("value") && has("system") && !m.get("value").is_some_and(Value::is_number)
+                }
                 "quantity" | "age" | "duration" | "distance" | "count" | "simplequantity" => {
                     m.get("value").is_some_and(Value::is_number) || has("comparator")
                 }
@@ -144,9 +164,18 @@ mod tests {
         assert!(type_matches("DateTime", "dateTime"));
         assert!(type_matches("Age", "Quantity"));
         assert!(!type_matches("Quantity", "Age"));
-        assert!(shape_matches(&json!({"reference": "Patient/1"}), "Reference"));
-        assert!(shape_matches(&json!({"resourceType": "Patient"}), "Patient"));
-        assert!(shape_matches(&json!({"resourceType": "Patient"}), "Resource"));
+        assert!(shape_matches(
+            &json!({"reference": "Patient/1"}),
+            "Reference"
+        ));
+        assert!(shape_matches(
+            &json!({"resourceType": "Patient"}),
+            "Patient"
+        ));
+        assert!(shape_matches(
+            &json!({"resourceType": "Patient"}),
+            "Resource"
+        ));
         assert!(!shape_matches(&json!("x"), "boolean"));
         assert!(shape_matches(&json!("2024-01-01"), "date"));
     }

@@ -27,17 +27,26 @@ type R4Element = Element<{ FhirReleases::R4 }>;
 pub enum FormatError {
     /// The XML is not well-formed (or not UTF-8).
     #[error("malformed XML{}: {message}", at_line(*.line))]
-    MalformedXml { message: String, line: Option<usize> },
+    MalformedXml {
+        message: String,
+        line: Option<usize>,
+    },
     /// Well-formed XML that is not a FHIR R4 resource (unknown element, wrong namespace,
     /// a repeating element where one is allowed, ...).
     #[error("invalid FHIR XML{}: {message}", at_line(*.line))]
-    InvalidXml { message: String, line: Option<usize> },
+    InvalidXml {
+        message: String,
+        line: Option<usize>,
+    },
     /// JSON that is not a FHIR R4 resource, so it has no XML form.
     #[error("invalid FHIR JSON: {message}")]
     InvalidJson { message: String },
     /// fhirbolt could not write the result (should not happen for a resource it read).
     #[error("cannot write {format}: {message}")]
-    Write { format: &'static str, message: String },
+    Write {
+        format: &'static str,
+        message: String,
+    },
 }
 
 fn at_line(line: Option<usize>) -> String {
@@ -52,11 +61,13 @@ fn strict() -> Option<DeserializationConfig> {
 
 /// Converts one FHIR R4 resource from XML to its JSON form.
 pub fn xml_to_json(xml: &str) -> Result<Value, FormatError> {
-    let element: R4Element = fhirbolt::xml::from_str(xml, strict()).map_err(|e| xml_error(xml, &e))?;
-    let mut json = fhirbolt::json::to_json_value(element, None).map_err(|e| FormatError::Write {
-        format: "JSON",
-        message: e.to_string(),
-    })?;
+    let element: R4Element =
+        fhirbolt::xml::from_str(xml, strict()).map_err(|e| xml_error(xml, &e))?;
+    let mut json =
+        fhirbolt::json::to_json_value(element, None).map_err(|e| FormatError::Write {
+            format: "JSON",
+            message: e.to_string(),
+        })?;
     if let Err((message, name)) = check_resource_types(&json) {
         return Err(FormatError::InvalidXml {
             line: element_line(xml, &name),
@@ -74,16 +85,20 @@ pub fn json_to_xml(resource: &Value) -> Result<String, FormatError> {
         return Err(FormatError::InvalidJson { message });
     }
     let mut copy = resource.clone();
-    let divs = narrative::stash_for_xml(&mut copy).map_err(|message| FormatError::InvalidJson { message })?;
+    let divs = narrative::stash_for_xml(&mut copy)
+        .map_err(|message| FormatError::InvalidJson { message })?;
     let element: R4Element =
         fhirbolt::json::from_json_value(copy, strict()).map_err(|e| FormatError::InvalidJson {
-            message: e.to_string(),
+            message: tidy(e.to_string()),
         })?;
     let xml = fhirbolt::xml::to_string(&element, None).map_err(|e| FormatError::Write {
         format: "XML",
         message: e.to_string(),
     })?;
-    narrative::restore_into_xml(&xml, &divs).map_err(|message| FormatError::Write { format: "XML", message })
+    narrative::restore_into_xml(&xml, &divs).map_err(|message| FormatError::Write {
+        format: "XML",
+        message,
+    })
 }
 
 /// fhirbolt maps any element name to a resource (`<Patinet/>` becomes `{"resourceType":
@@ -93,7 +108,9 @@ pub fn json_to_xml(resource: &Value) -> Result<String, FormatError> {
 fn check_resource_types(value: &Value) -> Result<(), (String, String)> {
     match value.get("resourceType") {
         Some(Value::String(rt)) if caregate_core::is_resource_type(rt) => {}
-        Some(Value::String(rt)) => return Err((format!("unknown resource type '{rt}'"), rt.clone())),
+        Some(Value::String(rt)) => {
+            return Err((format!("unknown resource type '{rt}'"), rt.clone()))
+        }
         _ => {
             return Err((
                 "not a resource: expected a JSON object with a string resourceType".into(),
@@ -105,13 +122,15 @@ fn check_resource_types(value: &Value) -> Result<(), (String, String)> {
         match value {
             Value::Object(map) => {
                 for (key, child) in map {
-                    let holds_resources = matches!(key.as_str(), "contained" | "resource" | "outcome");
+                    let holds_resources =
+                        matches!(key.as_str(), "contained" | "resource" | "outcome");
                     let items: &[Value] = match child {
                         Value::Array(items) => items,
                         other => std::slice::from_ref(other),
                     };
                     for item in items {
-                        if holds_resources && item.get("resourceType").is_some_and(Value::is_string) {
+                        if holds_resources && item.get("resourceType").is_some_and(Value::is_string)
+                        {
                             check_resource_types(item)?;
                         } else {
                             nested(item)?;
@@ -149,8 +168,20 @@ fn xml_error(xml: &str, err: &fhirbolt::xml::Error) -> FormatError {
                 };
             }
             let line = unknown_field(&message).and_then(|name| element_line(xml, name));
-            FormatError::InvalidXml { message, line }
+            FormatError::InvalidXml {
+                message: tidy(message),
+                line,
+            }
         }
+    }
+}
+
+/// fhirbolt lists every allowed field after an unknown one; an OperationOutcome needs only
+/// the name: `unknown field `foo`, expected one of [...]` → `unknown element 'foo'`.
+fn tidy(message: String) -> String {
+    match unknown_field(&message) {
+        Some(name) => format!("unknown element '{name}'"),
+        None => message,
     }
 }
 
@@ -166,7 +197,14 @@ mod tests {
 
     #[test]
     fn unknown_field_names() {
-        assert_eq!(unknown_field("unknown field `foo`, expected one of [..]"), Some("foo"));
+        assert_eq!(
+            unknown_field("unknown field `foo`, expected one of [..]"),
+            Some("foo")
+        );
         assert_eq!(unknown_field("something else"), None);
+        assert_eq!(
+            tidy("unknown field `foo`, expected one of [\"a\"]".into()),
+            "unknown element 'foo'"
+        );
     }
 }

@@ -88,7 +88,10 @@ pub(crate) fn restore_into_xml(xml: &str, divs: &[String]) -> Result<String, Str
     }
     out.push_str(&xml[pos..]);
     if restored != divs.len() {
-        return Err(format!("{} narratives written, {restored} found in fhirbolt's output", divs.len()));
+        return Err(format!(
+            "{} narratives written, {restored} found in fhirbolt's output",
+            divs.len()
+        ));
     }
     Ok(out)
 }
@@ -119,8 +122,14 @@ fn raw_divs(xml: &str) -> Vec<&str> {
     let mut current = 0usize;
     for (at, end, markup) in Tags::new(xml) {
         match markup {
-            Markup::Start { name: "div", empty: true } if depth == 0 => out.push(&xml[at..end]),
-            Markup::Start { name: "div", empty: false } => {
+            Markup::Start {
+                name: "div",
+                empty: true,
+            } if depth == 0 => out.push(&xml[at..end]),
+            Markup::Start {
+                name: "div",
+                empty: false,
+            } => {
                 if depth == 0 {
                     current = at;
                 }
@@ -144,7 +153,8 @@ fn declares_xhtml(div: &str) -> bool {
         return false;
     };
     let start_tag = div.split('>').next().unwrap_or("");
-    start_tag.contains(&format!("xmlns=\"{XHTML_NS}\"")) || start_tag.contains(&format!("xmlns='{XHTML_NS}'"))
+    start_tag.contains(&format!("xmlns=\"{XHTML_NS}\""))
+        || start_tag.contains(&format!("xmlns='{XHTML_NS}'"))
 }
 
 /// Non-whitespace text outside markup (tags, comments) is the same in both.
@@ -157,7 +167,10 @@ fn text_content_matches(a: &str, b: &str) -> bool {
             pos = end;
         }
         spans.push(&s[pos.min(s.len())..]);
-        spans.into_iter().flat_map(str::chars).filter(|c| !c.is_whitespace())
+        spans
+            .into_iter()
+            .flat_map(str::chars)
+            .filter(|c| !c.is_whitespace())
     }
     text(a).eq(text(b))
 }
@@ -193,7 +206,9 @@ fn check_xhtml_div(div: &str) -> Result<(), String> {
                         closed_at = Some(end);
                     }
                 }
-                Some(expected) => return Err(format!("</{name}> closes <{expected}> at byte {at}")),
+                Some(expected) => {
+                    return Err(format!("</{name}> closes <{expected}> at byte {at}"))
+                }
                 None => return Err(format!("unexpected </{name}> at byte {at}")),
             },
             Markup::Other => {}
@@ -203,7 +218,12 @@ fn check_xhtml_div(div: &str) -> Result<(), String> {
     match closed_at {
         Some(end) if div[end..].trim().is_empty() => {}
         Some(_) => return Err("content after the closing </div>".into()),
-        None => return Err(format!("<{}> is not closed", open.last().copied().unwrap_or("div"))),
+        None => {
+            return Err(format!(
+                "<{}> is not closed",
+                open.last().copied().unwrap_or("div")
+            ))
+        }
     }
     check_entities(div)
 }
@@ -213,7 +233,10 @@ fn check_entities(s: &str) -> Result<(), String> {
     let bytes = s.as_bytes();
     for (i, _) in s.match_indices('&') {
         let body = &bytes[i + 1..];
-        let len = body.iter().take_while(|b| b.is_ascii_alphanumeric() || **b == b'#').count();
+        let len = body
+            .iter()
+            .take_while(|b| b.is_ascii_alphanumeric() || **b == b'#')
+            .count();
         if len == 0 || body.get(len) != Some(&b';') {
             return Err(format!("bare '&' at byte {i} (write &amp;)"));
         }
@@ -228,22 +251,38 @@ mod tests {
     #[test]
     fn raw_divs_are_found_with_nesting() {
         let xml = "<a><text><div xmlns=\"x\">a <div>b</div> c</div></text><contained><div xmlns=\"x\"/></contained></a>";
-        assert_eq!(raw_divs(xml), vec!["<div xmlns=\"x\">a <div>b</div> c</div>", "<div xmlns=\"x\"/>"]);
+        assert_eq!(
+            raw_divs(xml),
+            vec![
+                "<div xmlns=\"x\">a <div>b</div> c</div>",
+                "<div xmlns=\"x\"/>"
+            ]
+        );
     }
 
     #[test]
     fn json_divs_are_checked() {
-        assert!(check_xhtml_div("<div xmlns=\"http://www.w3.org/1999/xhtml\">a <b>b</b> &amp; &#160;</div>").is_ok());
+        assert!(check_xhtml_div(
+            "<div xmlns=\"http://www.w3.org/1999/xhtml\">a <b>b</b> &amp; &#160;</div>"
+        )
+        .is_ok());
         assert!(check_xhtml_div("<div xmlns=\"http://www.w3.org/1999/xhtml\"/>").is_ok());
         assert!(check_xhtml_div("<div>no namespace</div>").is_err());
         assert!(check_xhtml_div("<div xmlns=\"http://www.w3.org/1999/xhtml\"><b>x</div>").is_err());
-        assert!(check_xhtml_div("<div xmlns=\"http://www.w3.org/1999/xhtml\">a & b</div>").is_err());
-        assert!(check_xhtml_div("<div xmlns=\"http://www.w3.org/1999/xhtml\">x</div><p/>").is_err());
+        assert!(
+            check_xhtml_div("<div xmlns=\"http://www.w3.org/1999/xhtml\">a & b</div>").is_err()
+        );
+        assert!(
+            check_xhtml_div("<div xmlns=\"http://www.w3.org/1999/xhtml\">x</div><p/>").is_err()
+        );
     }
 
     #[test]
     fn text_comparison_ignores_markup_and_whitespace() {
-        assert!(text_content_matches("<div a=\"1\">Hello <b>big</b> <!-- c --> world</div>", "<div>Hello<b>big</b>world</div>"));
+        assert!(text_content_matches(
+            "<div a=\"1\">Hello <b>big</b> <!-- c --> world</div>",
+            "<div>Hello<b>big</b>world</div>"
+        ));
         assert!(!text_content_matches("<div>Hello</div>", "<div>Bye</div>"));
     }
 }

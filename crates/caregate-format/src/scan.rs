@@ -62,7 +62,10 @@ impl<'a> Iterator for Tags<'a> {
                     } else {
                         let empty = inner.ends_with('/');
                         let inner = inner.strip_suffix('/').unwrap_or(inner);
-                        let name = inner.split(|c: char| c.is_whitespace()).next().unwrap_or("");
+                        let name = inner
+                            .split(|c: char| c.is_whitespace())
+                            .next()
+                            .unwrap_or("");
                         Markup::Start { name, empty }
                     };
                     (Some(end), markup)
@@ -152,14 +155,20 @@ mod tests {
     fn syntax_scan_finds_the_line() {
         assert_eq!(first_syntax_error_line("<a>\n<b>\n</c>\n</a>"), Some(3));
         assert_eq!(first_syntax_error_line("<a>\n<b/>\n<!-- x -->\n</a>"), None);
-        assert_eq!(first_syntax_error_line("<?xml version=\"1.0\"?>\n<a>\n<b>"), Some(3));
+        assert_eq!(
+            first_syntax_error_line("<?xml version=\"1.0\"?>\n<a>\n<b>"),
+            Some(3)
+        );
         assert_eq!(first_syntax_error_line("<a>\n<b"), Some(2));
         assert_eq!(first_syntax_error_line("<a t=\"x>y\">\n</a>"), None);
     }
 
     #[test]
     fn element_lines() {
-        assert_eq!(element_line("<a>\n  <foo value=\"1\"/>\n</a>", "foo"), Some(2));
+        assert_eq!(
+            element_line("<a>\n  <foo value=\"1\"/>\n</a>", "foo"),
+            Some(2)
+        );
         assert_eq!(element_line("<a>\n  <foobar/>\n</a>", "foo"), None);
         assert_eq!(element_line("<a>\n  <foo>\n</foo></a>", "foo"), Some(2));
     }

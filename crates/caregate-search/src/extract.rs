@@ -147,9 +147,21 @@ fn token(system: Option<&str>, code: Option<&str>, text: Option<&str>) -> IndexV
 }
 
 /// Pushes a token unless it carries nothing at all (e.g. an Identifier with only `use`).
-fn push_token(push: &mut impl FnMut(IndexValue), system: Option<&str>, code: Option<&str>, text: Option<&str>) {
+fn push_token(
+    push: &mut impl FnMut(IndexValue),
+    system: Option<&str>,
+    code: Option<&str>,
+    text: Option<&str>,
+) {
     let value = token(system, code, text);
-    if !matches!(&value, IndexValue::Token { system: None, code: None, text: None }) {
+    if !matches!(
+        &value,
+        IndexValue::Token {
+            system: None,
+            code: None,
+            text: None
+        }
+    ) {
         push(value);
     }
 }
@@ -183,7 +195,10 @@ fn token_values(v: &Value, push: &mut impl FnMut(IndexValue)) {
                     push_token(push, system, value, None);
                 } else {
                     // Identifier; `type.text` feeds `:text`.
-                    let type_text = m.get("type").and_then(|t| t.get("text")).and_then(Value::as_str);
+                    let type_text = m
+                        .get("type")
+                        .and_then(|t| t.get("text"))
+                        .and_then(Value::as_str);
                     push_token(push, system, value, type_text);
                 }
             } else if m.contains_key("code") || m.contains_key("system") {
@@ -197,7 +212,12 @@ fn token_values(v: &Value, push: &mut impl FnMut(IndexValue)) {
 }
 
 fn coding_value(c: &Map<String, Value>, push: &mut impl FnMut(IndexValue)) {
-    push_token(push, str_field(c, "system"), str_field(c, "code"), str_field(c, "display"));
+    push_token(
+        push,
+        str_field(c, "system"),
+        str_field(c, "code"),
+        str_field(c, "display"),
+    );
 }
 
 /// Splits a literal reference into `(type, id)`: `Patient/1`, `Patient/1/_history/2`, or an
@@ -226,7 +246,8 @@ fn reference_values(v: &Value, push: &mut impl FnMut(IndexValue)) {
         Value::Object(m) => {
             if let Some(r) = str_field(m, "reference") {
                 push_opt(push, reference_value(r));
-            } else if let (Some(ty), Some(id)) = (str_field(m, "resourceType"), str_field(m, "id")) {
+            } else if let (Some(ty), Some(id)) = (str_field(m, "resourceType"), str_field(m, "id"))
+            {
                 // A resource reached by the expression (e.g. `Bundle.entry[0].resource`).
                 push(IndexValue::Reference {
                     target_type: Some(ty.to_string()),
@@ -281,7 +302,9 @@ fn date_values(v: &Value, push: &mut impl FnMut(IndexValue)) {
                         push(IndexValue::Date(r));
                     }
                 }
-                if let Some(Value::Object(bounds)) = m.get("repeat").and_then(|r| r.get("boundsPeriod")) {
+                if let Some(Value::Object(bounds)) =
+                    m.get("repeat").and_then(|r| r.get("boundsPeriod"))
+                {
                     push_opt(push, period(bounds));
                 }
             }
@@ -308,13 +331,20 @@ fn period(m: &Map<String, Value>) -> Option<IndexValue> {
 
 fn quantity_values(v: &Value, push: &mut impl FnMut(IndexValue)) {
     let Value::Object(m) = v else { return };
-    let Some(value) = m.get("value").and_then(Value::as_number).and_then(serde_json::Number::as_f64) else {
+    let Some(value) = m
+        .get("value")
+        .and_then(Value::as_number)
+        .and_then(serde_json::Number::as_f64)
+    else {
         return;
     };
     let own = |s: Option<&str>| s.map(str::to_string);
     let (system, code) = match str_field(m, "currency") {
         // Money: the currency is a code in ISO 4217.
-        Some(cur) => (Some("urn:iso:std:iso:4217".to_string()), Some(cur.to_string())),
+        Some(cur) => (
+            Some("urn:iso:std:iso:4217".to_string()),
+            Some(cur.to_string()),
+        ),
         None => (own(str_field(m, "system")), own(str_field(m, "code"))),
     };
     push(IndexValue::Quantity {
@@ -332,8 +362,14 @@ mod tests {
     #[test]
     fn references_split() {
         assert_eq!(split_reference("Patient/1"), Some(("Patient", "1")));
-        assert_eq!(split_reference("Patient/1/_history/3"), Some(("Patient", "1")));
-        assert_eq!(split_reference("http://x.org/fhir/Patient/1"), Some(("Patient", "1")));
+        assert_eq!(
+            split_reference("Patient/1/_history/3"),
+            Some(("Patient", "1"))
+        );
+        assert_eq!(
+            split_reference("http://x.org/fhir/Patient/1"),
+            Some(("Patient", "1"))
+        );
         assert_eq!(split_reference("a/Patient/1"), None);
         assert_eq!(split_reference("Patient"), None);
         assert_eq!(split_reference("Foo/1"), None);

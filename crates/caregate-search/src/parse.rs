@@ -5,9 +5,12 @@
 //! otherwise ignored and reported; a supported parameter with a malformed value is always
 //! an error, because silently widening a search could return data the client did not ask for.
 
-use caregate_core::{is_resource_type, parse_date_range, DateRange, ErrorKind, FhirError, IssueCode, RESOURCE_TYPES};
+use caregate_core::{
+    is_resource_type, parse_date_range, DateRange, ErrorKind, FhirError, IssueCode, RESOURCE_TYPES,
+};
 use caregate_store::index::{
-    Condition, Filter, IncludeSpec, Prefix, SearchQuery, SortField, SortKey, StringMatch, TokenSystem, UriMatch,
+    Condition, Filter, IncludeSpec, Prefix, SearchQuery, SortField, SortKey, StringMatch,
+    TokenSystem, UriMatch,
 };
 
 use crate::extract::{is_absolute, split_reference};
@@ -17,7 +20,14 @@ use crate::{ParsedSearch, Summary, DEFAULT_COUNT, MAX_COUNT};
 
 /// Parameters a system-level search (`GET [base]?...`) accepts besides the result
 /// parameters: the ones every resource type shares.
-const SYSTEM_PARAMS: &[&str] = &["_id", "_lastUpdated", "_profile", "_tag", "_security", "_source"];
+const SYSTEM_PARAMS: &[&str] = &[
+    "_id",
+    "_lastUpdated",
+    "_profile",
+    "_tag",
+    "_security",
+    "_source",
+];
 
 /// Why one parameter could not be used.
 enum ParamError {
@@ -59,7 +69,10 @@ impl SearchRegistry {
     ) -> Result<ParsedSearch, FhirError> {
         if let Some(t) = resource_type {
             if !self.types.contains_key(t) {
-                return Err(FhirError::new(ErrorKind::NotFound, format!("Unknown resource type '{t}'")));
+                return Err(FhirError::new(
+                    ErrorKind::NotFound,
+                    format!("Unknown resource type '{t}'"),
+                ));
             }
         }
         let mut st = State {
@@ -124,7 +137,9 @@ fn parse_types(value: &str) -> PResult<Vec<String>> {
 impl State<'_> {
     fn unsupported(&mut self, name: &str, msg: String) -> Result<(), FhirError> {
         if self.strict {
-            return Err(FhirError::at(ErrorKind::BadRequest, name, msg).with_code(IssueCode::NotSupported));
+            return Err(
+                FhirError::at(ErrorKind::BadRequest, name, msg).with_code(IssueCode::NotSupported)
+            );
         }
         self.ignore(name, &msg);
         Ok(())
@@ -172,7 +187,11 @@ impl State<'_> {
                 self.out.query.total = match value {
                     "none" => false,
                     "estimate" | "accurate" => true,
-                    other => return invalid(format!("_total must be none, estimate or accurate, not '{other}'")),
+                    other => {
+                        return invalid(format!(
+                            "_total must be none, estimate or accurate, not '{other}'"
+                        ))
+                    }
                 };
                 self.keep(name, value);
                 Ok(())
@@ -185,7 +204,9 @@ impl State<'_> {
                     "count" => Summary::Count,
                     "false" => Summary::False,
                     other => {
-                        return invalid(format!("_summary must be true, text, data, count or false, not '{other}'"))
+                        return invalid(format!(
+                            "_summary must be true, text, data, count or false, not '{other}'"
+                        ))
                     }
                 };
                 self.summary_count = s == Summary::Count;
@@ -216,8 +237,12 @@ impl State<'_> {
                 }
                 Some(_) => unsupported("_type is only allowed in a system-level search"),
             },
-            _ if name == "_include" || name.starts_with("_include:") => self.include(name, value, false),
-            _ if name == "_revinclude" || name.starts_with("_revinclude:") => self.include(name, value, true),
+            _ if name == "_include" || name.starts_with("_include:") => {
+                self.include(name, value, false)
+            }
+            _ if name == "_revinclude" || name.starts_with("_revinclude:") => {
+                self.include(name, value, true)
+            }
             _ if name.starts_with("_has:") => {
                 let filters = self.has(name, value)?;
                 self.apply(name, value, filters);
@@ -264,7 +289,13 @@ impl State<'_> {
     }
 
     /// Filters for `code[:modifier]=value` on one resource type.
-    fn filters_on(&self, ty: &str, code: &str, modifier: Option<&str>, value: &str) -> PResult<Vec<Filter>> {
+    fn filters_on(
+        &self,
+        ty: &str,
+        code: &str,
+        modifier: Option<&str>,
+        value: &str,
+    ) -> PResult<Vec<Filter>> {
         match code {
             "_id" => {
                 if modifier.is_some() {
@@ -293,7 +324,12 @@ impl State<'_> {
 
     /// A system-level parameter: keys are per type, so positive conditions are ORed over the
     /// searched types and negative ones (`:not`, `:missing=true`) ANDed.
-    fn system_param(&self, code: &str, modifier: Option<&str>, value: &str) -> PResult<Vec<Filter>> {
+    fn system_param(
+        &self,
+        code: &str,
+        modifier: Option<&str>,
+        value: &str,
+    ) -> PResult<Vec<Filter>> {
         if code == "_id" || code == "_lastUpdated" {
             return self.filters_on("Resource", code, modifier, value);
         }
@@ -320,17 +356,30 @@ impl State<'_> {
         if negative || per_type.iter().any(|f| f.len() != 1) {
             return Ok(per_type.into_iter().flatten().collect());
         }
-        let any_of = per_type.into_iter().flatten().flat_map(|f| f.any_of).collect();
+        let any_of = per_type
+            .into_iter()
+            .flatten()
+            .flat_map(|f| f.any_of)
+            .collect();
         Ok(vec![Filter { any_of }])
     }
 
     /// `ref[:Type].param[:mod]=value`: one level of chaining.
-    fn chain(&self, ty: &str, code: &str, modifier: Option<&str>, chain: &str, value: &str) -> PResult<Vec<Filter>> {
+    fn chain(
+        &self,
+        ty: &str,
+        code: &str,
+        modifier: Option<&str>,
+        chain: &str,
+        value: &str,
+    ) -> PResult<Vec<Filter>> {
         let Some(info) = self.reg.param(ty, code) else {
             return unsupported(format!("Unknown search parameter '{code}' for {ty}"));
         };
         if info.param_type != ParamType::Reference {
-            return invalid(format!("'{code}' is not a reference parameter and cannot be chained"));
+            return invalid(format!(
+                "'{code}' is not a reference parameter and cannot be chained"
+            ));
         }
         if chain.contains('.') {
             return unsupported("only one level of chaining is supported");
@@ -373,7 +422,9 @@ impl State<'_> {
         };
         let rest = name.strip_prefix("_has:").unwrap_or(name);
         let mut parts = rest.splitn(3, ':');
-        let (Some(source), Some(ref_code), Some(inner)) = (parts.next(), parts.next(), parts.next()) else {
+        let (Some(source), Some(ref_code), Some(inner)) =
+            (parts.next(), parts.next(), parts.next())
+        else {
             return invalid("_has needs the form _has:Type:reference:parameter");
         };
         if !is_resource_type(source) {
@@ -383,10 +434,14 @@ impl State<'_> {
             return unsupported("nested _has and chains inside _has are not supported");
         }
         let Some(ref_info) = self.reg.param(source, ref_code) else {
-            return unsupported(format!("Unknown search parameter '{ref_code}' for {source}"));
+            return unsupported(format!(
+                "Unknown search parameter '{ref_code}' for {source}"
+            ));
         };
         if ref_info.param_type != ParamType::Reference {
-            return invalid(format!("'{source}:{ref_code}' is not a reference parameter"));
+            return invalid(format!(
+                "'{source}:{ref_code}' is not a reference parameter"
+            ));
         }
         if !ref_info.targets.is_empty() && !ref_info.targets.iter().any(|t| t == ty) {
             return invalid(format!("{source}.{ref_code} cannot refer to {ty}"));
@@ -424,11 +479,17 @@ impl State<'_> {
             match sort_field {
                 Some(field) => {
                     self.out.query.sort.push(SortKey { field, descending });
-                    used.push(if descending { format!("-{code}") } else { code.to_string() });
+                    used.push(if descending {
+                        format!("-{code}")
+                    } else {
+                        code.to_string()
+                    });
                 }
                 None => {
                     let msg = match self.resource_type {
-                        Some(t) => format!("cannot sort by '{code}': not a search parameter of {t}"),
+                        Some(t) => {
+                            format!("cannot sort by '{code}': not a search parameter of {t}")
+                        }
                         None => format!("cannot sort by '{code}' in a system-level search"),
                     };
                     if self.strict {
@@ -459,9 +520,12 @@ impl State<'_> {
             specs.extend(self.reference_params(ty, reverse, iterate, None));
         } else {
             let mut parts = value.split(':');
-            let (Some(source), Some(code), target, None) = (parts.next(), parts.next(), parts.next(), parts.next())
+            let (Some(source), Some(code), target, None) =
+                (parts.next(), parts.next(), parts.next(), parts.next())
             else {
-                return invalid(format!("{name} must look like Type:parameter or Type:parameter:TargetType"));
+                return invalid(format!(
+                    "{name} must look like Type:parameter or Type:parameter:TargetType"
+                ));
             };
             if !is_resource_type(source) {
                 return invalid(format!("'{source}' is not a resource type"));
@@ -489,8 +553,14 @@ impl State<'_> {
                             iterate,
                         });
                     }
-                    Some(_) => return invalid(format!("{source}:{code} is not a reference parameter")),
-                    None => return unsupported(format!("Unknown search parameter '{code}' for {source}")),
+                    Some(_) => {
+                        return invalid(format!("{source}:{code} is not a reference parameter"))
+                    }
+                    None => {
+                        return unsupported(format!(
+                            "Unknown search parameter '{code}' for {source}"
+                        ))
+                    }
                 }
             }
         }
@@ -499,12 +569,20 @@ impl State<'_> {
         Ok(())
     }
 
-    fn reference_params(&self, ty: &str, reverse: bool, iterate: bool, target: Option<&str>) -> Vec<IncludeSpec> {
+    fn reference_params(
+        &self,
+        ty: &str,
+        reverse: bool,
+        iterate: bool,
+        target: Option<&str>,
+    ) -> Vec<IncludeSpec> {
         self.reg
             .params_for(ty)
             .into_iter()
             .filter(|p| p.param_type == ParamType::Reference)
-            .filter(|p| target.is_none_or(|t| p.targets.is_empty() || p.targets.iter().any(|x| x == t)))
+            .filter(|p| {
+                target.is_none_or(|t| p.targets.is_empty() || p.targets.iter().any(|x| x == t))
+            })
             .map(|p| IncludeSpec {
                 source_type: ty.to_string(),
                 param: p.key,
@@ -548,7 +626,10 @@ fn values(value: &str) -> PResult<Vec<String>> {
 
 /// The raw (still escaped) comma-separated pieces, for types that split further on `|`.
 fn raw_values(value: &str) -> PResult<Vec<&str>> {
-    let vals: Vec<&str> = split_unescaped(value, ',').into_iter().filter(|v| !v.is_empty()).collect();
+    let vals: Vec<&str> = split_unescaped(value, ',')
+        .into_iter()
+        .filter(|v| !v.is_empty())
+        .collect();
     if vals.is_empty() {
         return invalid("no value given");
     }
@@ -575,7 +656,12 @@ fn value_filters(info: &ParamInfo, modifier: Option<&str>, value: &str) -> PResu
         }
         return one(any_of);
     }
-    let unsupported_modifier = |m: &str| unsupported(format!("modifier ':{m}' is not supported on '{}'", info.code));
+    let unsupported_modifier = |m: &str| {
+        unsupported(format!(
+            "modifier ':{m}' is not supported on '{}'",
+            info.code
+        ))
+    };
     match info.param_type {
         ParamType::String => {
             let mode = match modifier {
@@ -586,7 +672,11 @@ fn value_filters(info: &ParamInfo, modifier: Option<&str>, value: &str) -> PResu
             };
             let mut any_of = Vec::new();
             for v in values(value)? {
-                let value = if mode == StringMatch::Exact { v } else { normalize_string(&v) };
+                let value = if mode == StringMatch::Exact {
+                    v
+                } else {
+                    normalize_string(&v)
+                };
                 any_of.push(Condition::String {
                     param: key.clone(),
                     value,
@@ -596,12 +686,10 @@ fn value_filters(info: &ParamInfo, modifier: Option<&str>, value: &str) -> PResu
             one(any_of)
         }
         ParamType::Token => match modifier {
-            None => one(
-                raw_values(value)?
-                    .into_iter()
-                    .map(|v| token_condition(key, v))
-                    .collect::<PResult<_>>()?,
-            ),
+            None => one(raw_values(value)?
+                .into_iter()
+                .map(|v| token_condition(key, v))
+                .collect::<PResult<_>>()?),
             // `:not=a,b` means neither a nor b: one negated filter per value, ANDed.
             Some("not") => raw_values(value)?
                 .into_iter()
@@ -611,15 +699,13 @@ fn value_filters(info: &ParamInfo, modifier: Option<&str>, value: &str) -> PResu
                     })
                 })
                 .collect(),
-            Some("text") => one(
-                values(value)?
-                    .into_iter()
-                    .map(|v| Condition::TokenText {
-                        param: key.clone(),
-                        text: v.trim().to_lowercase(),
-                    })
-                    .collect(),
-            ),
+            Some("text") => one(values(value)?
+                .into_iter()
+                .map(|v| Condition::TokenText {
+                    param: key.clone(),
+                    text: v.trim().to_lowercase(),
+                })
+                .collect()),
             Some(m) => unsupported_modifier(m),
         },
         ParamType::Reference => {
@@ -633,12 +719,10 @@ fn value_filters(info: &ParamInfo, modifier: Option<&str>, value: &str) -> PResu
                 }
                 Some(m) => return unsupported_modifier(m),
             };
-            one(
-                values(value)?
-                    .into_iter()
-                    .map(|v| reference_condition(info, type_modifier, &v))
-                    .collect::<PResult<_>>()?,
-            )
+            one(values(value)?
+                .into_iter()
+                .map(|v| reference_condition(info, type_modifier, &v))
+                .collect::<PResult<_>>()?)
         }
         ParamType::Date => {
             if let Some(m) = modifier {
@@ -676,12 +760,10 @@ fn value_filters(info: &ParamInfo, modifier: Option<&str>, value: &str) -> PResu
             if let Some(m) = modifier {
                 return unsupported_modifier(m);
             }
-            one(
-                raw_values(value)?
-                    .into_iter()
-                    .map(|v| quantity_condition(key, v))
-                    .collect::<PResult<_>>()?,
-            )
+            one(raw_values(value)?
+                .into_iter()
+                .map(|v| quantity_condition(key, v))
+                .collect::<PResult<_>>()?)
         }
         ParamType::Uri => {
             let mode = match modifier {
@@ -690,16 +772,14 @@ fn value_filters(info: &ParamInfo, modifier: Option<&str>, value: &str) -> PResu
                 Some("above") => UriMatch::Above,
                 Some(m) => return unsupported_modifier(m),
             };
-            one(
-                values(value)?
-                    .into_iter()
-                    .map(|uri| Condition::Uri {
-                        param: key.clone(),
-                        uri,
-                        mode,
-                    })
-                    .collect(),
-            )
+            one(values(value)?
+                .into_iter()
+                .map(|uri| Condition::Uri {
+                    param: key.clone(),
+                    uri,
+                    mode,
+                })
+                .collect())
         }
     }
 }
@@ -726,12 +806,18 @@ fn token_condition(key: &str, raw: &str) -> PResult<Condition> {
 }
 
 /// `123`, `Patient/123`, `Patient/123/_history/2` or an absolute URL / canonical.
-fn reference_condition(info: &ParamInfo, type_modifier: Option<&str>, v: &str) -> PResult<Condition> {
-    let cond = |target_type: Option<&str>, target_id: Option<&str>, url: Option<&str>| Condition::Reference {
-        param: info.key.clone(),
-        target_type: target_type.map(str::to_string),
-        target_id: target_id.map(str::to_string),
-        url: url.map(str::to_string),
+fn reference_condition(
+    info: &ParamInfo,
+    type_modifier: Option<&str>,
+    v: &str,
+) -> PResult<Condition> {
+    let cond = |target_type: Option<&str>, target_id: Option<&str>, url: Option<&str>| {
+        Condition::Reference {
+            param: info.key.clone(),
+            target_type: target_type.map(str::to_string),
+            target_id: target_id.map(str::to_string),
+            url: url.map(str::to_string),
+        }
     };
     if is_absolute(v) {
         if let (Some(t), Some((ty, _))) = (type_modifier, split_reference(v)) {
@@ -746,7 +832,10 @@ fn reference_condition(info: &ParamInfo, type_modifier: Option<&str>, v: &str) -
             return invalid(format!("'{v}' is not a valid reference (expected Type/id)"));
         };
         if type_modifier.is_some_and(|t| t != ty) {
-            return invalid(format!("'{v}' is not a {} reference", type_modifier.unwrap_or_default()));
+            return invalid(format!(
+                "'{v}' is not a {} reference",
+                type_modifier.unwrap_or_default()
+            ));
         }
         return Ok(cond(Some(ty), Some(id), None));
     }
@@ -766,7 +855,11 @@ fn quantity_condition(key: &str, raw: &str) -> PResult<Condition> {
             let opt = |x: &str| Some(unescape(x)).filter(|x| !x.is_empty());
             (*n, opt(s), opt(c))
         }
-        _ => return invalid(format!("'{raw}' is not a quantity (expected number|system|code)")),
+        _ => {
+            return invalid(format!(
+                "'{raw}' is not a quantity (expected number|system|code)"
+            ))
+        }
     };
     let number = unescape(number);
     let (prefix, rest) = split_prefix(&number)?;
@@ -783,8 +876,17 @@ fn quantity_condition(key: &str, raw: &str) -> PResult<Condition> {
 
 /// Splits a leading comparison prefix (`ge2020`); no prefix means `eq`.
 fn split_prefix(v: &str) -> PResult<(Prefix, &str)> {
-    let head: Vec<char> = v.chars().take(2).collect();
-    if head.len() < 2 || !head.iter().all(char::is_ascii_alphabetic) {
+    let head: Vec<char> = v.chars().take(3).collect();
+    // Two letters then a digit or sign is a prefix attempt (`xx2020`); other text is left
+    // for the value parser to reject as a whole (`yesterday` is "not a valid date").
+    let looks_like_prefix = head.len() == 3
+        && head[..2].iter().all(char::is_ascii_alphabetic)
+        && (head[2].is_ascii_digit() || head[2] == '-' || head[2] == '+' || head[2] == '.');
+    if head.len() == 2 && head.iter().all(char::is_ascii_alphabetic) {
+        // A bare prefix with nothing after it.
+        return invalid(format!("'{v}' has no value after the prefix"));
+    }
+    if !looks_like_prefix {
         return Ok((Prefix::Eq, v));
     }
     let prefix = match &v[..2] {
@@ -797,7 +899,11 @@ fn split_prefix(v: &str) -> PResult<(Prefix, &str)> {
         "sa" => Prefix::Sa,
         "eb" => Prefix::Eb,
         "ap" => Prefix::Ap,
-        other => return invalid(format!("unknown prefix '{other}' (expected eq, ne, gt, lt, ge, le, sa, eb or ap)")),
+        other => {
+            return invalid(format!(
+                "unknown prefix '{other}' (expected eq, ne, gt, lt, ge, le, sa, eb or ap)"
+            ))
+        }
     };
     Ok((prefix, &v[2..]))
 }
@@ -827,10 +933,16 @@ fn parse_number(v: &str) -> PResult<(f64, f64)> {
     let digits = mantissa.strip_prefix(['-', '+']).unwrap_or(mantissa);
     let (int, frac) = digits.split_once('.').unwrap_or((digits, ""));
     let all_digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
-    if int.is_empty() || !all_digits(int) || !all_digits(frac) || (digits.contains('.') && frac.is_empty()) {
+    if int.is_empty()
+        || !all_digits(int)
+        || !all_digits(frac)
+        || (digits.contains('.') && frac.is_empty())
+    {
         return bad();
     }
-    let Ok(value) = v.parse::<f64>() else { return bad() };
+    let Ok(value) = v.parse::<f64>() else {
+        return bad();
+    };
     if !value.is_finite() {
         return bad();
     }
@@ -850,7 +962,9 @@ mod tests {
         assert_eq!(ok("1.50"), (1.5, 0.005));
         assert_eq!(ok("-2.5"), (-2.5, 0.05));
         assert_eq!(ok("1e2"), (100.0, 50.0));
-        for bad in ["", "abc", "1.", ".5", "1e", "1x", "--1", "NaN", "inf", "1e999"] {
+        for bad in [
+            "", "abc", "1.", ".5", "1e", "1x", "--1", "NaN", "inf", "1e999",
+        ] {
             assert!(parse_number(bad).is_err(), "{bad}");
         }
     }

@@ -104,22 +104,56 @@ pub struct SearchRegistry {
 /// Parameters whose search semantics are not plain index lookups (or that need an engine
 /// caregate does not have); they are left out rather than advertised and half-implemented.
 const UNSUPPORTED_CODES: &[&str] = &[
-    "_text", "_content", "_query", "_list", "_has", "_type", "_filter", "_containedType", "_contained",
+    "_text",
+    "_content",
+    "_query",
+    "_list",
+    "_has",
+    "_type",
+    "_filter",
+    "_containedType",
+    "_contained",
 ];
 
 /// Resource types that are not DomainResources (no text, contained or extensions).
 const NOT_DOMAIN_RESOURCES: &[&str] = &["Binary", "Bundle", "Parameters"];
 
+/// Whether an expression can select anything on `ty`: R4 expressions start each union
+/// branch with a type name (`Patient.name | Person.name`); one that never names `ty`, nor
+/// `Resource` / `DomainResource`, is a mistake in the definition (the package's example
+/// `Patient:part-agree` is `DocumentReference.extension(...)`).
+fn applies_to(expression: &str, ty: &str) -> bool {
+    if expression.is_empty()
+        || !expression.starts_with(|c: char| c.is_ascii_uppercase() || c == '(')
+    {
+        return true;
+    }
+    let names_type = |name: &str| {
+        expression.match_indices(name).any(|(i, _)| {
+            let before = expression[..i].chars().next_back();
+            let after = expression[i + name.len()..].chars().next();
+            !before.is_some_and(|c| c.is_ascii_alphanumeric())
+                && !after.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_')
+        })
+    };
+    names_type(ty) || names_type("Resource") || names_type("DomainResource")
+}
+
 impl SearchRegistry {
     /// Compiles every SearchParameter. Those that cannot be supported — composite/special
-    /// types, no or uncompilable expression, phonetic/nearby matching, experimental
-    /// (example) definitions — are skipped with a
+    /// types, no or uncompilable expression, phonetic/nearby matching, expressions that never
+    /// select anything on their base — are skipped with a
     /// `debug!`, so the registry only advertises what actually works. `_id` and
     /// `_lastUpdated` are always present: the store answers them without index entries.
     pub fn from_definitions<'a>(params: impl IntoIterator<Item = &'a Value>) -> SearchRegistry {
         let mut reg = SearchRegistry::default();
         for ty in RESOURCE_TYPES {
-            reg.insert_builtin(ty, "_id", ParamType::Token, "http://hl7.org/fhir/SearchParameter/Resource-id");
+            reg.insert_builtin(
+                ty,
+                "_id",
+                ParamType::Token,
+                "http://hl7.org/fhir/SearchParameter/Resource-id",
+            );
             reg.insert_builtin(
                 ty,
                 "_lastUpdated",
@@ -129,7 +163,10 @@ impl SearchRegistry {
         }
         // Expressions shared by many bases (e.g. `patient`) are compiled once.
         let mut compiled: HashMap<String, Arc<Expression>> = HashMap::new();
-        for sp in params {
+        let (experimental, regular): (Vec<&Value>, Vec<&Value>) = params
+            .into_iter()
+            .partition(|sp| sp.get("experimental").and_then(Value::as_bool) == Some(true));
+        for sp in regular.into_iter().chain(experimental) {
             reg.add_definition(sp, &mut compiled);
         }
         reg
@@ -162,22 +199,29 @@ impl SearchRegistry {
             return;
         }
         let Some(param_type) = ParamType::from_code(text("type")) else {
-            tracing::debug!(url, code, kind = text("type"), "skipping SearchParameter of unsupported type");
+            tracing::debug!(
+                url,
+                code,
+                kind = text("type"),
+                "skipping SearchParameter of unsupported type"
+            );
             return;
         };
         if UNSUPPORTED_CODES.contains(&code) {
             tracing::debug!(url, code, "skipping SearchParameter with special semantics");
             return;
         }
-        if sp.get("experimental").and_then(Value::as_bool) == Some(true) {
-            // The R4 package ships its example SearchParameters (e.g. a `Condition:subject`
-            // that only targets Organization) marked experimental; they must not shadow
-            // the real ones.
-            tracing::debug!(url, code, "skipping experimental SearchParameter");
-            return;
-        }
+        // The R4 package ships its example SearchParameters (e.g. a `Condition:subject` that
+        // only targets Organization) marked experimental, next to genuine experimental
+        // extension parameters: experimental definitions may add parameters but never
+        // replace one (they are added after all others).
+        let experimental = sp.get("experimental").and_then(Value::as_bool) == Some(true);
         if matches!(text("xpathUsage"), "phonetic" | "nearby" | "distance") {
-            tracing::debug!(url, code, "skipping SearchParameter needing phonetic/geographic matching");
+            tracing::debug!(
+                url,
+                code,
+                "skipping SearchParameter needing phonetic/geographic matching"
+            );
             return;
         }
         let bases: Vec<&str> = sp
@@ -188,7 +232,12 @@ impl SearchRegistry {
         let targets: Vec<String> = sp
             .get("target")
             .and_then(Value::as_array)
-            .map(|t| t.iter().filter_map(Value::as_str).map(str::to_string).collect())
+            .map(|t| {
+                t.iter()
+                    .filter_map(Value::as_str)
+                    .map(str::to_string)
+                    .collect()
+            })
             .unwrap_or_default();
         let documentation = text("description").to_string();
         let builtin = code == "_id" || code == "_lastUpdated";
@@ -227,12 +276,34 @@ impl SearchRegistry {
                         .filter(|t| !NOT_DOMAIN_RESOURCES.contains(t)),
                 ),
                 other if is_resource_type(other) => types.push(other),
-                other => tracing::debug!(url, code, base = other, "ignoring unknown SearchParameter base"),
+                other => tracing::debug!(
+                    url,
+                    code,
+                    base = other,
+                    "ignoring unknown SearchParameter base"
+                ),
             }
         }
         for ty in types {
+            if !applies_to(text("expression"), ty) {
+                tracing::debug!(
+                    url,
+                    code,
+                    ty,
+                    "skipping SearchParameter whose expression never applies to its base"
+                );
+                continue;
+            }
             let key = format!("{ty}:{code}");
             let entry = self.types.entry(ty.to_string()).or_default();
+            if experimental && entry.params.contains_key(code) {
+                tracing::debug!(
+                    url,
+                    key,
+                    "experimental SearchParameter does not replace an existing one"
+                );
+                continue;
+            }
             if builtin {
                 // Keep the built-in semantics, adopt the definition's documentation.
                 if let Some(info) = entry.params.get_mut(code) {

@@ -28,7 +28,11 @@ pub fn normalize_string(s: &str) -> String {
 }
 
 fn is_punctuation(c: char) -> bool {
-    c.is_ascii_punctuation() || matches!(c, '‘' | '’' | '‚' | '“' | '”' | '„' | '–' | '—' | '´' | '`' | '·')
+    c.is_ascii_punctuation()
+        || matches!(
+            c,
+            '‘' | '’' | '‚' | '“' | '”' | '„' | '–' | '—' | '´' | '`' | '·'
+        )
 }
 
 /// Base letters for Latin-1 Supplement and Latin Extended-A lower-case letters.
@@ -122,7 +126,10 @@ mod tests {
     #[test]
     fn normalizes_case_accents_punctuation_space() {
         assert_eq!(normalize_string("  Ça  Marche\tBIEN "), "ca marche bien");
-        assert_eq!(normalize_string("Müller-Lüdenscheidt"), "mullerludenscheidt");
+        assert_eq!(
+            normalize_string("Müller-Lüdenscheidt"),
+            "mullerludenscheidt"
+        );
         assert_eq!(normalize_string("O’Brien"), "obrien");
         assert_eq!(normalize_string("Straße Łódź Æsir"), "strasse lodz aesir");
         // Decomposed accents (e + combining acute) fold too.

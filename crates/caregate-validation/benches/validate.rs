@@ -1,9 +1,11 @@
 //! Throughput of the structural validator, in resources per second on one core.
 //!
-//! Run with `cargo bench -p caregate-validation --bench validate`. Input: the peers'
-//! mixed corpus (`shared/peers/validators/corpus/mixed.ndjson`, one resource per line) when
-//! it exists, else the resources of the Synthea bundles, each validated on its own as it
-//! would arrive on a write (plus the whole bundles, as a transaction would).
+//! Run with `cargo bench -p caregate-validation --bench validate`. Inputs, each measured
+//! when present (missing ones are skipped):
+//! * the peers' mixed corpus (`shared/peers/validators/corpus/mixed.ndjson`, one resource
+//!   per line), the number to compare with the other validators;
+//! * the resources of the Synthea bundles, each validated on its own as a single write;
+//! * the Synthea bundles whole, as a transaction arrives.
 
 use std::hint::black_box;
 use std::path::{Path, PathBuf};
@@ -16,79 +18,91 @@ fn shared() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared")
 }
 
-fn load_resources() -> (String, Vec<Value>) {
-    let mixed = shared().join("peers/validators/corpus/mixed.ndjson");
-    if let Ok(text) = std::fs::read_to_string(&mixed) {
-        let resources: Vec<Value> = text
-            .lines()
-            .filter(|l| !l.trim().is_empty())
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect();
-        if !resources.is_empty() {
-            return (mixed.display().to_string(), resources);
-        }
-    }
+fn mixed_ndjson() -> Vec<Value> {
+    let path = shared().join("peers/validators/corpus/mixed.ndjson");
+    std::fs::read_to_string(path)
+        .map(|text| {
+            text.lines()
+                .filter(|l| !l.trim().is_empty())
+                .filter_map(|l| serde_json::from_str(l).ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn synthea_bundles() -> Vec<Value> {
     let dir = shared().join("corpora/examples/synthea");
-    let mut resources = Vec::new();
     let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
         .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
         .unwrap_or_default();
     files.sort();
-    for file in files {
-        if file.file_name().is_some_and(|n| n == "index.json") || file.extension().is_none_or(|x| x != "json") {
-            continue;
-        }
-        let Some(bundle) = std::fs::read_to_string(&file)
-            .ok()
-            .and_then(|t| serde_json::from_str::<Value>(&t).ok())
-        else {
-            continue;
-        };
-        if let Some(entries) = bundle.get("entry").and_then(Value::as_array) {
-            resources.extend(entries.iter().filter_map(|e| e.get("resource").cloned()));
-        }
-    }
-    (format!("{} (bundle entries)", dir.display()), resources)
+    files
+        .iter()
+        .filter(|f| {
+            f.extension().is_some_and(|x| x == "json")
+                && f.file_name().is_some_and(|n| n != "index.json")
+        })
+        .filter_map(|f| std::fs::read_to_string(f).ok())
+        .filter_map(|t| serde_json::from_str::<Value>(&t).ok())
+        .collect()
 }
 
-fn main() {
-    let started = Instant::now();
-    let model = StructureModel::r4_core();
-    println!("model compiled in {:?} (includes unpacking the core package)", started.elapsed());
+fn count_resources(v: &Value) -> usize {
+    1 + v
+        .get("entry")
+        .and_then(Value::as_array)
+        .map_or(0, |entries| entries.len())
+}
 
-    let (source, resources) = load_resources();
-    if resources.is_empty() {
-        println!("no input found under {}; nothing to measure", shared().display());
+/// Validates `inputs` repeatedly for about two seconds and prints the rates.
+fn measure(model: &StructureModel, label: &str, inputs: &[Value]) {
+    if inputs.is_empty() {
+        println!("{label}: no input, skipped");
         return;
     }
-    let bytes: usize = resources.iter().map(|r| r.to_string().len()).sum();
-    println!(
-        "input: {source}: {} resources, {:.1} MB of JSON",
-        resources.len(),
-        bytes as f64 / 1e6
-    );
-
-    let issues: usize = resources.iter().map(|r| model.validate(r).len()).sum();
-    println!("issues found: {issues}");
-
-    // Warm up, then run whole passes for at least two seconds.
-    for r in &resources {
+    let resources: usize = inputs.iter().map(count_resources).sum();
+    let bytes: usize = inputs.iter().map(|r| r.to_string().len()).sum();
+    let issues: usize = inputs.iter().map(|r| model.validate(r).len()).sum();
+    for r in inputs {
         black_box(model.validate(black_box(r)));
     }
     let mut passes = 0u32;
     let start = Instant::now();
     while start.elapsed() < Duration::from_secs(2) {
-        for r in &resources {
+        for r in inputs {
             black_box(model.validate(black_box(r)));
         }
         passes += 1;
     }
-    let elapsed = start.elapsed().as_secs_f64();
-    let n = resources.len() as f64 * f64::from(passes);
+    let secs = start.elapsed().as_secs_f64();
+    let n = resources as f64 * f64::from(passes);
     println!(
-        "validate: {:.0} resources/s, {:.1} MB/s, {:.2} µs/resource (single thread)",
-        n / elapsed,
-        bytes as f64 * f64::from(passes) / elapsed / 1e6,
-        elapsed / n * 1e6
+        "{label}: {} inputs, {resources} resources, {:.1} MB, {issues} issues -> \
+         {:.0} resources/s, {:.0} MB/s, {:.2} µs/resource (one thread)",
+        inputs.len(),
+        bytes as f64 / 1e6,
+        n / secs,
+        bytes as f64 * f64::from(passes) / secs / 1e6,
+        secs / n * 1e6
     );
+}
+
+fn main() {
+    let started = Instant::now();
+    let model = StructureModel::r4_core();
+    println!(
+        "model built in {:?} (unpacking the core package and compiling it)",
+        started.elapsed()
+    );
+
+    measure(model, "peers mixed.ndjson", &mixed_ndjson());
+    let bundles = synthea_bundles();
+    let entries: Vec<Value> = bundles
+        .iter()
+        .filter_map(|b| b.get("entry").and_then(Value::as_array))
+        .flatten()
+        .filter_map(|e| e.get("resource").cloned())
+        .collect();
+    measure(model, "synthea entries one by one", &entries);
+    measure(model, "synthea bundles whole", &bundles);
 }

@@ -40,7 +40,8 @@ impl StructureModel {
         CORE.get_or_init(|| {
             // The package is built into the binary and compiled by the tests; failing here
             // means the build is broken, not that any input was bad.
-            StructureModel::from_package(Package::r4_core()).expect("embedded R4 core package compiles")
+            StructureModel::from_package(Package::r4_core())
+                .expect("embedded R4 core package compiles")
         })
     }
 

@@ -283,19 +283,29 @@ pub(crate) fn compile(pkg: &Package) -> Result<Compiled, ModelError> {
     })
 }
 
-fn compile_definition(sd: &Value, tables: &mut Vec<Table>, types: &FxMap<Box<str>, TypeInfo>) -> Result<(), ModelError> {
+fn compile_definition(
+    sd: &Value,
+    tables: &mut Vec<Table>,
+    types: &FxMap<Box<str>, TypeInfo>,
+) -> Result<(), ModelError> {
     let url = str_field(sd, "url").unwrap_or("?");
     let type_name = str_field(sd, "type").unwrap_or("?");
     let is_resource = str_field(sd, "kind") == Some("resource");
-    let root_table = types.get(type_name).and_then(|t| t.table).ok_or_else(|| ModelError::Malformed {
-        url: url.to_string(),
-        reason: "type not registered".into(),
-    })?;
+    let root_table =
+        types
+            .get(type_name)
+            .and_then(|t| t.table)
+            .ok_or_else(|| ModelError::Malformed {
+                url: url.to_string(),
+                reason: "type not registered".into(),
+            })?;
     let elements = sd
         .get("snapshot")
         .and_then(|s| s.get("element"))
         .and_then(Value::as_array)
-        .ok_or_else(|| ModelError::NoSnapshot { url: url.to_string() })?;
+        .ok_or_else(|| ModelError::NoSnapshot {
+            url: url.to_string(),
+        })?;
 
     // Slices repeat their base element's path; core base definitions have none, and the
     // structural model describes the base element only.
@@ -307,7 +317,10 @@ fn compile_definition(sd: &Value, tables: &mut Vec<Table>, types: &FxMap<Box<str
 
     // Every path that has children gets a table (the root reuses the reserved one).
     let mut table_of: HashMap<&str, TableId> = HashMap::new();
-    let parents: HashSet<&str> = defs.iter().filter_map(|(p, _)| p.rsplit_once('.').map(|(parent, _)| parent)).collect();
+    let parents: HashSet<&str> = defs
+        .iter()
+        .filter_map(|(p, _)| p.rsplit_once('.').map(|(parent, _)| parent))
+        .collect();
     for (path, _) in &defs {
         if !parents.contains(path) {
             continue;
@@ -341,11 +354,22 @@ fn compile_definition(sd: &Value, tables: &mut Vec<Table>, types: &FxMap<Box<str
                     reference: reference.to_string(),
                 });
             };
-            tables[parent_table as usize].push(element(name, path, array, min, ElementKind::Backbone(table), None))?;
+            tables[parent_table as usize].push(element(
+                name,
+                path,
+                array,
+                min,
+                ElementKind::Backbone(table),
+                None,
+            ))?;
             continue;
         }
 
-        let type_list: Vec<&Value> = def.get("type").and_then(Value::as_array).map(|a| a.iter().collect()).unwrap_or_default();
+        let type_list: Vec<&Value> = def
+            .get("type")
+            .and_then(Value::as_array)
+            .map(|a| a.iter().collect())
+            .unwrap_or_default();
         if let Some(base) = name.strip_suffix("[x]") {
             let table = &mut tables[parent_table as usize];
             let group = table.choices.len() as u16;
@@ -356,8 +380,19 @@ fn compile_definition(sd: &Value, tables: &mut Vec<Table>, types: &FxMap<Box<str
             for t in type_list {
                 let code = str_field(t, "code").unwrap_or("");
                 let kind = kind_of(code, t, path, types)?;
-                let variant = format!("{base}{}{}", code.get(..1).unwrap_or("").to_ascii_uppercase(), code.get(1..).unwrap_or(""));
-                tables[parent_table as usize].push(element(&variant, path, array, min, kind, Some(group)))?;
+                let variant = format!(
+                    "{base}{}{}",
+                    code.get(..1).unwrap_or("").to_ascii_uppercase(),
+                    code.get(1..).unwrap_or("")
+                );
+                tables[parent_table as usize].push(element(
+                    &variant,
+                    path,
+                    array,
+                    min,
+                    kind,
+                    Some(group),
+                ))?;
             }
             continue;
         }
@@ -372,7 +407,10 @@ fn compile_definition(sd: &Value, tables: &mut Vec<Table>, types: &FxMap<Box<str
             let [t] = type_list.as_slice() else {
                 return Err(ModelError::Malformed {
                     url: url.to_string(),
-                    reason: format!("element {path} has {} types but is not a choice", type_list.len()),
+                    reason: format!(
+                        "element {path} has {} types but is not a choice",
+                        type_list.len()
+                    ),
                 });
             };
             kind_of(str_field(t, "code").unwrap_or(""), t, path, types)?
@@ -382,7 +420,14 @@ fn compile_definition(sd: &Value, tables: &mut Vec<Table>, types: &FxMap<Box<str
     Ok(())
 }
 
-fn element(name: &str, path: &str, array: bool, min: u32, kind: ElementKind, choice: Option<u16>) -> ElementInfo {
+fn element(
+    name: &str,
+    path: &str,
+    array: bool,
+    min: u32,
+    kind: ElementKind,
+    choice: Option<u16>,
+) -> ElementInfo {
     ElementInfo {
         name: name.into(),
         ext_name: format!("_{name}").into(),
@@ -395,7 +440,12 @@ fn element(name: &str, path: &str, array: bool, min: u32, kind: ElementKind, cho
 }
 
 /// Resolves one ElementDefinition.type entry to what its JSON property holds.
-fn kind_of(code: &str, type_def: &Value, path: &str, types: &FxMap<Box<str>, TypeInfo>) -> Result<ElementKind, ModelError> {
+fn kind_of(
+    code: &str,
+    type_def: &Value,
+    path: &str,
+    types: &FxMap<Box<str>, TypeInfo>,
+) -> Result<ElementKind, ModelError> {
     let unknown = || ModelError::UnknownType {
         path: path.to_string(),
         code: code.to_string(),
@@ -406,7 +456,10 @@ fn kind_of(code: &str, type_def: &Value, path: &str, types: &FxMap<Box<str>, Typ
         type_def
             .get("extension")
             .and_then(Value::as_array)
-            .and_then(|exts| exts.iter().find(|x| str_field(x, "url") == Some(FHIR_TYPE_EXT)))
+            .and_then(|exts| {
+                exts.iter()
+                    .find(|x| str_field(x, "url") == Some(FHIR_TYPE_EXT))
+            })
             .and_then(|x| str_field(x, "valueUrl").or_else(|| str_field(x, "valueUri")))
             .unwrap_or("string")
     } else {

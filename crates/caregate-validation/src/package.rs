@@ -47,7 +47,10 @@ impl Package {
             if line.trim().is_empty() {
                 continue;
             }
-            let value = serde_json::from_str(&line).map_err(|source| PackageError::Json { line: n + 1, source })?;
+            let value = serde_json::from_str(&line).map_err(|source| PackageError::Json {
+                line: n + 1,
+                source,
+            })?;
             resources.push(value);
         }
         Ok(Package { resources })

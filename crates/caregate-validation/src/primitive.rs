@@ -100,7 +100,9 @@ impl Primitive {
     pub(crate) fn json_form(self) -> JsonForm {
         match self {
             Primitive::Boolean => JsonForm::Bool,
-            Primitive::Integer | Primitive::PositiveInt | Primitive::UnsignedInt => JsonForm::Integer,
+            Primitive::Integer | Primitive::PositiveInt | Primitive::UnsignedInt => {
+                JsonForm::Integer
+            }
             Primitive::Decimal => JsonForm::Number,
             _ => JsonForm::String,
         }
@@ -124,7 +126,9 @@ pub(crate) fn check_string(p: Primitive, s: &str) -> Result<(), &'static str> {
     }
     // Control characters other than tab/CR/LF are illegal in every FHIR string type
     // (XML 1.0 cannot carry them either, so accepting them breaks XML round trips).
-    if s.bytes().any(|b| b < 0x20 && b != b'\t' && b != b'\r' && b != b'\n') {
+    if s.bytes()
+        .any(|b| b < 0x20 && b != b'\t' && b != b'\r' && b != b'\n')
+    {
         return Err("illegal control character");
     }
     let ok = match p {
@@ -198,7 +202,8 @@ fn is_code(s: &str) -> bool {
     if b.is_empty() || is_java_space(b[0]) || is_java_space(b[b.len() - 1]) {
         return false;
     }
-    !b.windows(2).any(|w| is_java_space(w[0]) && is_java_space(w[1]))
+    !b.windows(2)
+        .any(|w| is_java_space(w[0]) && is_java_space(w[1]))
 }
 
 /// `[A-Za-z0-9\-\.]{1,64}`
@@ -250,13 +255,17 @@ fn is_base64(s: &str) -> bool {
             return false;
         }
     }
-    n > 0 && n % 4 == 0
+    n > 0 && n.is_multiple_of(4)
 }
 
 /// Narrative.div must be an XHTML `div` element; full XHTML checking is a later profile rule.
 fn is_xhtml_div(s: &str) -> bool {
     let t = s.trim_start();
-    t.starts_with("<div") && matches!(t.as_bytes().get(4), Some(b' ' | b'>' | b'/' | b'\t' | b'\r' | b'\n'))
+    t.starts_with("<div")
+        && matches!(
+            t.as_bytes().get(4),
+            Some(b' ' | b'>' | b'/' | b'\t' | b'\r' | b'\n')
+        )
 }
 
 fn digits(b: &[u8], at: usize, n: usize) -> Option<u32> {
@@ -273,7 +282,9 @@ fn digits(b: &[u8], at: usize, n: usize) -> Option<u32> {
 
 fn days_in_month(year: u32, month: u32) -> u32 {
     match month {
-        2 if (year % 4 == 0 && year % 100 != 0) || year % 400 == 0 => 29,
+        2 if (year.is_multiple_of(4) && !year.is_multiple_of(100)) || year.is_multiple_of(400) => {
+            29
+        }
         2 => 28,
         4 | 6 | 9 | 11 => 30,
         _ => 31,
@@ -387,20 +398,51 @@ mod tests {
 
     #[test]
     fn dates() {
-        for good in ["2023", "2023-02", "2023-02-28", "2024-02-29", "2000-02-29", "0001"] {
+        for good in [
+            "2023",
+            "2023-02",
+            "2023-02-28",
+            "2024-02-29",
+            "2000-02-29",
+            "0001",
+        ] {
             assert!(ok(Primitive::Date, good), "{good}");
         }
-        for bad in ["2023-02-30", "1900-02-29", "2023-13", "2023-00", "0000", "23", "2023-1-01", "2023-01-01T10:00:00Z", ""] {
+        for bad in [
+            "2023-02-30",
+            "1900-02-29",
+            "2023-13",
+            "2023-00",
+            "0000",
+            "23",
+            "2023-1-01",
+            "2023-01-01T10:00:00Z",
+            "",
+        ] {
             assert!(!ok(Primitive::Date, bad), "{bad}");
         }
     }
 
     #[test]
     fn date_times_and_instants() {
-        for good in ["2023", "2023-05", "2023-05-01", "2023-05-01T10:00:00Z", "2023-05-01T23:59:60.123+14:00", "2015-02-07T13:28:17-05:00"] {
+        for good in [
+            "2023",
+            "2023-05",
+            "2023-05-01",
+            "2023-05-01T10:00:00Z",
+            "2023-05-01T23:59:60.123+14:00",
+            "2015-02-07T13:28:17-05:00",
+        ] {
             assert!(ok(Primitive::DateTime, good), "{good}");
         }
-        for bad in ["2023-05-01T10:00:00", "2023-05-01T10:00Z", "2023-05-01T24:00:00Z", "2023-05-01T10:00:00+15:00", "2023-05-01T10:00:00.Z", "2023-05-01 10:00:00Z"] {
+        for bad in [
+            "2023-05-01T10:00:00",
+            "2023-05-01T10:00Z",
+            "2023-05-01T24:00:00Z",
+            "2023-05-01T10:00:00+15:00",
+            "2023-05-01T10:00:00.Z",
+            "2023-05-01 10:00:00Z",
+        ] {
             assert!(!ok(Primitive::DateTime, bad), "{bad}");
         }
         assert!(ok(Primitive::Instant, "2023-05-01T10:00:00.000Z"));
@@ -419,19 +461,34 @@ mod tests {
         assert!(!ok(Primitive::String, "bell\u{7}"));
         assert!(ok(Primitive::Uri, "http://x/y"));
         assert!(!ok(Primitive::Uri, "http://x/ y"));
-        assert!(ok(Primitive::Uri, "urn:uuid:c757873d-ec9a-4326-a141-556f43239520"));
-        assert!(!ok(Primitive::Uri, "urn:uuid:c757873d-ec9a-4326-a141-556f43239520asdf"));
+        assert!(ok(
+            Primitive::Uri,
+            "urn:uuid:c757873d-ec9a-4326-a141-556f43239520"
+        ));
+        assert!(!ok(
+            Primitive::Uri,
+            "urn:uuid:c757873d-ec9a-4326-a141-556f43239520asdf"
+        ));
         assert!(!ok(Primitive::Uri, "urn:oid:1.02"));
         assert!(ok(Primitive::Oid, "urn:oid:1.2.840.10008"));
         assert!(!ok(Primitive::Oid, "urn:oid:1"));
         assert!(!ok(Primitive::Oid, "urn:oid:1.02"));
-        assert!(ok(Primitive::Uuid, "urn:uuid:c757873d-ec9a-4326-a141-556f43239520"));
-        assert!(!ok(Primitive::Uuid, "urn:uuid:C757873D-ec9a-4326-a141-556f43239520"));
+        assert!(ok(
+            Primitive::Uuid,
+            "urn:uuid:c757873d-ec9a-4326-a141-556f43239520"
+        ));
+        assert!(!ok(
+            Primitive::Uuid,
+            "urn:uuid:C757873D-ec9a-4326-a141-556f43239520"
+        ));
         assert!(ok(Primitive::Base64Binary, "aGVsbG8="));
         assert!(!ok(Primitive::Base64Binary, "aGVsbG8"));
         assert!(ok(Primitive::Id, "a-b.C1"));
         assert!(!ok(Primitive::Id, "a_b"));
-        assert!(ok(Primitive::Xhtml, "<div xmlns=\"http://www.w3.org/1999/xhtml\">x</div>"));
+        assert!(ok(
+            Primitive::Xhtml,
+            "<div xmlns=\"http://www.w3.org/1999/xhtml\">x</div>"
+        ));
         assert!(!ok(Primitive::Xhtml, "plain text"));
     }
 }

@@ -88,7 +88,11 @@ impl<'a> Walker<'a> {
     fn error(&mut self, code: IssueCode, diagnostics: String) {
         let location = self.location();
         let issue = Issue::error(code, diagnostics);
-        self.issues.push(if location.is_empty() { issue } else { issue.at(location) });
+        self.issues.push(if location.is_empty() {
+            issue
+        } else {
+            issue.at(location)
+        });
     }
 
     #[cold]
@@ -104,7 +108,10 @@ impl<'a> Walker<'a> {
         let Value::Object(obj) = value else {
             self.error(
                 IssueCode::Structure,
-                format!("Expected a resource (JSON object) but found a {}", json_kind(value)),
+                format!(
+                    "Expected a resource (JSON object) but found a {}",
+                    json_kind(value)
+                ),
             );
             return;
         };
@@ -113,12 +120,18 @@ impl<'a> Walker<'a> {
             Some(other) => {
                 self.error(
                     IssueCode::Structure,
-                    format!("resourceType must be a string, found a {}", json_kind(other)),
+                    format!(
+                        "resourceType must be a string, found a {}",
+                        json_kind(other)
+                    ),
                 );
                 return;
             }
             None => {
-                self.error(IssueCode::Structure, "Missing resourceType: not a FHIR resource".into());
+                self.error(
+                    IssueCode::Structure,
+                    "Missing resourceType: not a FHIR resource".into(),
+                );
                 return;
             }
         };
@@ -173,12 +186,20 @@ impl<'a> Walker<'a> {
                         }
                         self.extension_only(el, value);
                     }
-                    _ => self.error_at(key, IssueCode::Structure, format!("Unknown element '{}'", echo(key))),
+                    _ => self.error_at(
+                        key,
+                        IssueCode::Structure,
+                        format!("Unknown element '{}'", echo(key)),
+                    ),
                 }
                 continue;
             }
             let Some(el) = t.lookup(key) else {
-                self.error_at(key, IssueCode::Structure, format!("Unknown element '{}'", echo(key)));
+                self.error_at(
+                    key,
+                    IssueCode::Structure,
+                    format!("Unknown element '{}'", echo(key)),
+                );
                 continue;
             };
             if let Some(g) = el.choice {
@@ -187,10 +208,16 @@ impl<'a> Walker<'a> {
             self.path.push(Seg::Name(&el.name));
             match el.kind {
                 ElementKind::Primitive(p) => {
-                    let ext = if has_underscore { obj.get(&*el.ext_name) } else { None };
+                    let ext = if has_underscore {
+                        obj.get(&*el.ext_name)
+                    } else {
+                        None
+                    };
                     self.primitive_element(el, p, value, ext);
                 }
-                ElementKind::Complex(table) | ElementKind::Backbone(table) => self.complex_element(el, table, value),
+                ElementKind::Complex(table) | ElementKind::Backbone(table) => {
+                    self.complex_element(el, table, value)
+                }
                 ElementKind::Resource => self.resource_element(el, value),
             }
             self.path.pop();
@@ -199,15 +226,25 @@ impl<'a> Walker<'a> {
         for &r in &t.required {
             let el = &t.elements[r as usize];
             let present = obj.contains_key(&*el.name)
-                || (has_underscore && matches!(el.kind, ElementKind::Primitive(_)) && obj.contains_key(&*el.ext_name));
+                || (has_underscore
+                    && matches!(el.kind, ElementKind::Primitive(_))
+                    && obj.contains_key(&*el.ext_name));
             if !present {
-                self.error_at(&el.name, IssueCode::Required, format!("Missing required element '{}'", el.name));
+                self.error_at(
+                    &el.name,
+                    IssueCode::Required,
+                    format!("Missing required element '{}'", el.name),
+                );
             }
         }
         for &g in &t.required_choices {
             if !self.seen_choices[choice_start..].contains(&g) {
                 let base = &t.choices[usize::from(g)].base;
-                self.error_at(base, IssueCode::Required, format!("Missing required element '{base}[x]'"));
+                self.error_at(
+                    base,
+                    IssueCode::Required,
+                    format!("Missing required element '{base}[x]'"),
+                );
             }
         }
         self.seen_choices.truncate(choice_start);
@@ -230,12 +267,22 @@ impl<'a> Walker<'a> {
         }
     }
 
-    fn primitive_element(&mut self, el: &'a ElementInfo, p: Primitive, value: &'a Value, ext: Option<&'a Value>) {
+    fn primitive_element(
+        &mut self,
+        el: &'a ElementInfo,
+        p: Primitive,
+        value: &'a Value,
+        ext: Option<&'a Value>,
+    ) {
         if el.array {
             let Value::Array(items) = value else {
                 self.error(
                     IssueCode::Structure,
-                    format!("Element '{}' repeats and must be a JSON array, found a {}", el.name, json_kind(value)),
+                    format!(
+                        "Element '{}' repeats and must be a JSON array, found a {}",
+                        el.name,
+                        json_kind(value)
+                    ),
                 );
                 return;
             };
@@ -263,7 +310,12 @@ impl<'a> Walker<'a> {
                 Some(other) => {
                     self.error(
                         IssueCode::Structure,
-                        format!("'_{}' must be an array aligned with '{}', found a {}", el.name, el.name, json_kind(other)),
+                        format!(
+                            "'_{}' must be an array aligned with '{}', found a {}",
+                            el.name,
+                            el.name,
+                            json_kind(other)
+                        ),
                     );
                     None
                 }
@@ -291,11 +343,16 @@ impl<'a> Walker<'a> {
                 Value::Array(_) => {
                     self.error(
                         IssueCode::Structure,
-                        format!("Element '{}' has max cardinality 1 and must not be an array", el.name),
+                        format!(
+                            "Element '{}' has max cardinality 1 and must not be an array",
+                            el.name
+                        ),
                     );
                     return;
                 }
-                Value::Null => self.error(IssueCode::Structure, "null values are not allowed".into()),
+                Value::Null => {
+                    self.error(IssueCode::Structure, "null values are not allowed".into())
+                }
                 _ => self.primitive_value(p, value),
             }
             if let Some(e) = ext {
@@ -317,16 +374,25 @@ impl<'a> Walker<'a> {
                         self.path.pop();
                     }
                 }
-                Value::Array(_) => self.error(IssueCode::Structure, "Empty arrays are not allowed".into()),
+                Value::Array(_) => {
+                    self.error(IssueCode::Structure, "Empty arrays are not allowed".into())
+                }
                 other => self.error(
                     IssueCode::Structure,
-                    format!("'_{}' must be an array, found a {}", el.name, json_kind(other)),
+                    format!(
+                        "'_{}' must be an array, found a {}",
+                        el.name,
+                        json_kind(other)
+                    ),
                 ),
             }
         } else if value.is_array() {
             self.error(
                 IssueCode::Structure,
-                format!("'_{}' has max cardinality 1 and must not be an array", el.name),
+                format!(
+                    "'_{}' has max cardinality 1 and must not be an array",
+                    el.name
+                ),
             );
         } else {
             self.extension_only_entry(el, value);
@@ -342,7 +408,10 @@ impl<'a> Walker<'a> {
         if !has_extension {
             self.error(
                 IssueCode::Structure,
-                format!("'_{}' without a value for '{}' must carry extensions", el.name, el.name),
+                format!(
+                    "'_{}' without a value for '{}' must carry extensions",
+                    el.name, el.name
+                ),
             );
         }
         if value.is_object() {
@@ -356,7 +425,10 @@ impl<'a> Walker<'a> {
             Value::Object(obj) => self.object(obj, self.model.element_table, false),
             other => self.error(
                 IssueCode::Structure,
-                format!("Primitive extension content must be an object, found a {}", json_kind(other)),
+                format!(
+                    "Primitive extension content must be an object, found a {}",
+                    json_kind(other)
+                ),
             ),
         }
     }
@@ -372,14 +444,22 @@ impl<'a> Walker<'a> {
                 ),
                 None => self.error(
                     IssueCode::Value,
-                    format!("The value {} is not a valid {} (expected a whole number)", echo(&n.to_string()), p.name()),
+                    format!(
+                        "The value {} is not a valid {} (expected a whole number)",
+                        echo(&n.to_string()),
+                        p.name()
+                    ),
                 ),
             },
             (JsonForm::String, Value::String(s)) => {
                 if let Err(reason) = check_string(p, s) {
                     self.error(
                         IssueCode::Value,
-                        format!("The value '{}' is not a valid {}: {reason}", echo(s), p.name()),
+                        format!(
+                            "The value '{}' is not a valid {}: {reason}",
+                            echo(s),
+                            p.name()
+                        ),
                     );
                 }
             }
@@ -415,7 +495,11 @@ impl<'a> Walker<'a> {
                         Value::Object(obj) => self.object(obj, table, false),
                         other => self.error(
                             IssueCode::Structure,
-                            format!("Expected an object for '{}', found a {}", el.name, json_kind(other)),
+                            format!(
+                                "Expected an object for '{}', found a {}",
+                                el.name,
+                                json_kind(other)
+                            ),
                         ),
                     }
                     self.path.pop();
@@ -423,7 +507,10 @@ impl<'a> Walker<'a> {
             }
             (false, Value::Array(_)) => self.error(
                 IssueCode::Structure,
-                format!("Element '{}' has max cardinality 1 and must not be an array", el.name),
+                format!(
+                    "Element '{}' has max cardinality 1 and must not be an array",
+                    el.name
+                ),
             ),
             (true, Value::Object(_)) => self.error(
                 IssueCode::Structure,
@@ -431,7 +518,11 @@ impl<'a> Walker<'a> {
             ),
             (_, other) => self.error(
                 IssueCode::Structure,
-                format!("Expected an object for '{}', found a {}", el.name, json_kind(other)),
+                format!(
+                    "Expected an object for '{}', found a {}",
+                    el.name,
+                    json_kind(other)
+                ),
             ),
         }
     }
@@ -455,7 +546,10 @@ impl<'a> Walker<'a> {
             ),
             (false, Value::Array(_)) => self.error(
                 IssueCode::Structure,
-                format!("Element '{}' has max cardinality 1 and must not be an array", el.name),
+                format!(
+                    "Element '{}' has max cardinality 1 and must not be an array",
+                    el.name
+                ),
             ),
             (false, _) => self.resource(value, contained),
         }

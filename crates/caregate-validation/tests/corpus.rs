@@ -14,14 +14,18 @@ fn json_files(dir: &Path) -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .unwrap_or_else(|e| panic!("reading {}: {e}", dir.display()))
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "json") && p.file_name().is_some_and(|n| n != "index.json"))
+        .filter(|p| {
+            p.extension().is_some_and(|x| x == "json")
+                && p.file_name().is_some_and(|n| n != "index.json")
+        })
         .collect();
     files.sort();
     files
 }
 
 fn load(path: &Path) -> Value {
-    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    let text =
+        std::fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("parsing {}: {e}", path.display()))
 }
 
@@ -31,7 +35,13 @@ fn errors_in(dir: &str) -> (usize, Vec<String>) {
     let mut problems = Vec::new();
     for file in &files {
         for issue in model.validate(&load(file)) {
-            problems.push(format!("{}: {} {:?} {}", file.display(), issue.code.as_str(), issue.expression, issue.diagnostics));
+            problems.push(format!(
+                "{}: {} {:?} {}",
+                file.display(),
+                issue.code.as_str(),
+                issue.expression,
+                issue.diagnostics
+            ));
         }
     }
     (files.len(), problems)
@@ -68,10 +78,20 @@ fn peers_corpus_when_present() {
     let model = StructureModel::r4_core();
     if let Ok(text) = std::fs::read_to_string(dir.join("mixed.ndjson")) {
         let mut problems = Vec::new();
-        for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-            let value: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("mixed.ndjson line {}: {e}", n + 1));
+        for (n, line) in text
+            .lines()
+            .enumerate()
+            .filter(|(_, l)| !l.trim().is_empty())
+        {
+            let value: Value = serde_json::from_str(line)
+                .unwrap_or_else(|e| panic!("mixed.ndjson line {}: {e}", n + 1));
             for issue in model.validate(&value) {
-                problems.push(format!("line {}: {:?} {}", n + 1, issue.expression, issue.diagnostics));
+                problems.push(format!(
+                    "line {}: {:?} {}",
+                    n + 1,
+                    issue.expression,
+                    issue.diagnostics
+                ));
             }
         }
         assert!(problems.is_empty(), "{}", problems.join("\n"));
@@ -92,7 +112,15 @@ fn peers_corpus_when_present() {
         let entry = by_kind.entry(kind.clone()).or_default();
         entry.0 += 1;
         entry.1 += usize::from(caught);
-        if !caught && ["unknown_element", "bad_primitive_format", "missing_required", "cardinality_violation"].contains(&kind.as_str()) {
+        if !caught
+            && [
+                "unknown_element",
+                "bad_primitive_format",
+                "missing_required",
+                "cardinality_violation",
+            ]
+            .contains(&kind.as_str())
+        {
             missed.push(format!("{kind}: {}", label["detail"]));
         }
     }

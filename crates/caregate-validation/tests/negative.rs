@@ -29,10 +29,14 @@ fn valid(resource: Value) {
 #[test]
 fn minimal_resources_are_valid() {
     valid(json!({"resourceType": "Patient"}));
-    valid(json!({"resourceType": "Patient", "id": "p1", "name": [{"family": "Chalmers", "given": ["Peter", "James"]}],
-        "gender": "male", "birthDate": "1974-12-25", "deceasedBoolean": false, "multipleBirthInteger": 2}));
-    valid(json!({"resourceType": "Observation", "status": "final", "code": {"text": "weight"},
-        "valueQuantity": {"value": 72.50, "unit": "kg"}}));
+    valid(
+        json!({"resourceType": "Patient", "id": "p1", "name": [{"family": "Chalmers", "given": ["Peter", "James"]}],
+        "gender": "male", "birthDate": "1974-12-25", "deceasedBoolean": false, "multipleBirthInteger": 2}),
+    );
+    valid(
+        json!({"resourceType": "Observation", "status": "final", "code": {"text": "weight"},
+        "valueQuantity": {"value": 72.50, "unit": "kg"}}),
+    );
 }
 
 #[test]
@@ -58,7 +62,11 @@ fn root_must_be_a_known_resource() {
 
 #[test]
 fn unknown_elements() {
-    let d = single(json!({"resourceType": "Patient", "foo": 1}), "Patient.foo", IssueCode::Structure);
+    let d = single(
+        json!({"resourceType": "Patient", "foo": 1}),
+        "Patient.foo",
+        IssueCode::Structure,
+    );
     assert_eq!(d, "Unknown element 'foo'");
     single(
         json!({"resourceType": "Patient", "name": [{"family": "x"}, {"given": ["a"], "nickname": "b"}]}),
@@ -81,17 +89,41 @@ fn unknown_elements() {
 
 #[test]
 fn array_versus_single() {
-    let d = single(json!({"resourceType": "Patient", "name": {"family": "x"}}), "Patient.name", IssueCode::Structure);
+    let d = single(
+        json!({"resourceType": "Patient", "name": {"family": "x"}}),
+        "Patient.name",
+        IssueCode::Structure,
+    );
     assert!(d.contains("array"), "{d}");
-    single(json!({"resourceType": "Patient", "gender": ["male"]}), "Patient.gender", IssueCode::Structure);
-    single(json!({"resourceType": "Patient", "name": [{"given": "Peter"}]}), "Patient.name[0].given", IssueCode::Structure);
-    single(json!({"resourceType": "Patient", "maritalStatus": [{"text": "x"}]}), "Patient.maritalStatus", IssueCode::Structure);
+    single(
+        json!({"resourceType": "Patient", "gender": ["male"]}),
+        "Patient.gender",
+        IssueCode::Structure,
+    );
+    single(
+        json!({"resourceType": "Patient", "name": [{"given": "Peter"}]}),
+        "Patient.name[0].given",
+        IssueCode::Structure,
+    );
+    single(
+        json!({"resourceType": "Patient", "maritalStatus": [{"text": "x"}]}),
+        "Patient.maritalStatus",
+        IssueCode::Structure,
+    );
 }
 
 #[test]
 fn json_types_of_primitives() {
-    single(json!({"resourceType": "Patient", "active": "true"}), "Patient.active", IssueCode::Structure);
-    single(json!({"resourceType": "Patient", "birthDate": 1974}), "Patient.birthDate", IssueCode::Structure);
+    single(
+        json!({"resourceType": "Patient", "active": "true"}),
+        "Patient.active",
+        IssueCode::Structure,
+    );
+    single(
+        json!({"resourceType": "Patient", "birthDate": 1974}),
+        "Patient.birthDate",
+        IssueCode::Structure,
+    );
     single(
         json!({"resourceType": "Patient", "multipleBirthInteger": "2"}),
         "Patient.multipleBirthInteger",
@@ -113,8 +145,10 @@ fn json_types_of_primitives() {
         IssueCode::Structure,
     );
     // positiveInt ≥ 1, unsignedInt ≥ 0
-    let timing = |count: Value| json!({"resourceType": "CarePlan", "status": "active", "intent": "plan", "subject": {"reference": "Patient/1"},
-        "activity": [{"detail": {"status": "scheduled", "scheduledTiming": {"repeat": {"count": count}}}}]});
+    let timing = |count: Value| {
+        json!({"resourceType": "CarePlan", "status": "active", "intent": "plan", "subject": {"reference": "Patient/1"},
+        "activity": [{"detail": {"status": "scheduled", "scheduledTiming": {"repeat": {"count": count}}}}]})
+    };
     single(
         timing(json!(0)),
         "CarePlan.activity[0].detail.scheduledTiming.repeat.count",
@@ -125,14 +159,19 @@ fn json_types_of_primitives() {
 
 #[test]
 fn unsigned_int_accepts_zero_and_rejects_negative() {
-    let bundle = |total: Value| json!({"resourceType": "Bundle", "type": "searchset", "total": total});
+    let bundle =
+        |total: Value| json!({"resourceType": "Bundle", "type": "searchset", "total": total});
     valid(bundle(json!(0)));
     single(bundle(json!(-1)), "Bundle.total", IssueCode::Value);
 }
 
 #[test]
 fn primitive_formats() {
-    let d = single(json!({"resourceType": "Patient", "birthDate": "2023-02-30"}), "Patient.birthDate", IssueCode::Value);
+    let d = single(
+        json!({"resourceType": "Patient", "birthDate": "2023-02-30"}),
+        "Patient.birthDate",
+        IssueCode::Value,
+    );
     assert!(d.contains("date") && d.contains("2023-02-30"), "{d}");
     single(
         json!({"resourceType": "Patient", "deceasedDateTime": "2023-02-01T10:00:00"}),
@@ -144,10 +183,26 @@ fn primitive_formats() {
         "Patient.meta.lastUpdated",
         IssueCode::Value,
     );
-    single(json!({"resourceType": "Patient", "gender": " male"}), "Patient.gender", IssueCode::Value);
-    single(json!({"resourceType": "Patient", "gender": "a  b"}), "Patient.gender", IssueCode::Value);
-    single(json!({"resourceType": "Patient", "id": "a_b"}), "Patient.id", IssueCode::Value);
-    single(json!({"resourceType": "Patient", "implicitRules": "http://a b"}), "Patient.implicitRules", IssueCode::Value);
+    single(
+        json!({"resourceType": "Patient", "gender": " male"}),
+        "Patient.gender",
+        IssueCode::Value,
+    );
+    single(
+        json!({"resourceType": "Patient", "gender": "a  b"}),
+        "Patient.gender",
+        IssueCode::Value,
+    );
+    single(
+        json!({"resourceType": "Patient", "id": "a_b"}),
+        "Patient.id",
+        IssueCode::Value,
+    );
+    single(
+        json!({"resourceType": "Patient", "implicitRules": "http://a b"}),
+        "Patient.implicitRules",
+        IssueCode::Value,
+    );
     single(
         json!({"resourceType": "Patient", "name": [{"given": ["Peter", ""]}]}),
         "Patient.name[0].given[1]",
@@ -188,13 +243,21 @@ fn primitive_formats() {
 #[test]
 fn primitive_extensions() {
     let ext = json!({"extension": [{"url": "http://example.org/x", "valueString": "y"}]});
-    valid(json!({"resourceType": "Patient", "birthDate": "1970", "_birthDate": {"id": "b1", "extension": ext["extension"]}}));
+    valid(
+        json!({"resourceType": "Patient", "birthDate": "1970", "_birthDate": {"id": "b1", "extension": ext["extension"]}}),
+    );
     // extension instead of a value
     valid(json!({"resourceType": "Patient", "_birthDate": ext}));
     // array alignment, null where the extension carries the content
-    valid(json!({"resourceType": "Patient", "name": [{"given": ["a", null], "_given": [null, ext]}]}));
+    valid(
+        json!({"resourceType": "Patient", "name": [{"given": ["a", null], "_given": [null, ext]}]}),
+    );
     // _x without x and without extensions
-    single(json!({"resourceType": "Patient", "_birthDate": {"id": "b1"}}), "Patient.birthDate", IssueCode::Structure);
+    single(
+        json!({"resourceType": "Patient", "_birthDate": {"id": "b1"}}),
+        "Patient.birthDate",
+        IssueCode::Structure,
+    );
     // content of _x is checked as Element
     single(
         json!({"resourceType": "Patient", "birthDate": "1970", "_birthDate": {"foo": 1}}),
@@ -219,18 +282,46 @@ fn primitive_extensions() {
         IssueCode::Structure,
     );
     // _x of a complex element
-    single(json!({"resourceType": "Patient", "_name": ext}), "Patient._name", IssueCode::Structure);
+    single(
+        json!({"resourceType": "Patient", "_name": ext}),
+        "Patient._name",
+        IssueCode::Structure,
+    );
     // single-valued _x must not be an array
-    single(json!({"resourceType": "Patient", "birthDate": "1970", "_birthDate": [ext]}), "Patient.birthDate", IssueCode::Structure);
+    single(
+        json!({"resourceType": "Patient", "birthDate": "1970", "_birthDate": [ext]}),
+        "Patient.birthDate",
+        IssueCode::Structure,
+    );
 }
 
 #[test]
 fn nulls_and_empties() {
-    single(json!({"resourceType": "Patient", "gender": null}), "Patient.gender", IssueCode::Structure);
-    single(json!({"resourceType": "Patient", "name": []}), "Patient.name", IssueCode::Structure);
-    single(json!({"resourceType": "Patient", "maritalStatus": {}}), "Patient.maritalStatus", IssueCode::Structure);
-    single(json!({"resourceType": "Patient", "name": [{}]}), "Patient.name[0]", IssueCode::Structure);
-    single(json!({"resourceType": "Patient", "name": [null]}), "Patient.name[0]", IssueCode::Structure);
+    single(
+        json!({"resourceType": "Patient", "gender": null}),
+        "Patient.gender",
+        IssueCode::Structure,
+    );
+    single(
+        json!({"resourceType": "Patient", "name": []}),
+        "Patient.name",
+        IssueCode::Structure,
+    );
+    single(
+        json!({"resourceType": "Patient", "maritalStatus": {}}),
+        "Patient.maritalStatus",
+        IssueCode::Structure,
+    );
+    single(
+        json!({"resourceType": "Patient", "name": [{}]}),
+        "Patient.name[0]",
+        IssueCode::Structure,
+    );
+    single(
+        json!({"resourceType": "Patient", "name": [null]}),
+        "Patient.name[0]",
+        IssueCode::Structure,
+    );
 }
 
 #[test]
@@ -249,8 +340,10 @@ fn required_elements() {
         IssueCode::Required,
     );
     // a required choice: one variant is enough, none is an error
-    valid(json!({"resourceType": "MedicationRequest", "status": "active", "intent": "order",
-        "medicationReference": {"reference": "Medication/1"}, "subject": {"reference": "Patient/1"}}));
+    valid(
+        json!({"resourceType": "MedicationRequest", "status": "active", "intent": "order",
+        "medicationReference": {"reference": "Medication/1"}, "subject": {"reference": "Patient/1"}}),
+    );
     let d = single(
         json!({"resourceType": "MedicationRequest", "status": "active", "intent": "order", "subject": {"reference": "Patient/1"}}),
         "MedicationRequest.medication",
@@ -258,8 +351,10 @@ fn required_elements() {
     );
     assert!(d.contains("medication[x]"), "{d}");
     // a required primitive given only as an extension counts as present
-    valid(json!({"resourceType": "CarePlan", "_status": {"extension": [{"url": "http://hl7.org/fhir/StructureDefinition/data-absent-reason", "valueCode": "unknown"}]},
-        "intent": "plan", "subject": {"reference": "Patient/1"}}));
+    valid(
+        json!({"resourceType": "CarePlan", "_status": {"extension": [{"url": "http://hl7.org/fhir/StructureDefinition/data-absent-reason", "valueCode": "unknown"}]},
+        "intent": "plan", "subject": {"reference": "Patient/1"}}),
+    );
 }
 
 #[test]

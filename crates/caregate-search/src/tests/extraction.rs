@@ -53,17 +53,35 @@ fn url_reference(url: &str) -> IndexValue {
 #[test]
 fn patient_example() {
     let e = extract(&example("r4-spec/Patient-example.json"));
-    assert_values(&e, "Patient:family", &[string("Chalmers"), string("Windsor")]);
-    assert_values(&e, "Patient:given", &[string("Peter"), string("James"), string("Jim")]);
+    assert_values(
+        &e,
+        "Patient:family",
+        &[string("Chalmers"), string("Windsor")],
+    );
+    assert_values(
+        &e,
+        "Patient:given",
+        &[string("Peter"), string("James"), string("Jim")],
+    );
     assert_values(
         &e,
         "Patient:name",
-        &[string("Chalmers"), string("Peter"), string("James"), string("Jim"), string("Windsor")],
+        &[
+            string("Chalmers"),
+            string("Peter"),
+            string("James"),
+            string("Jim"),
+            string("Windsor"),
+        ],
     );
     assert_values(
         &e,
         "Patient:identifier",
-        &[token(Some("urn:oid:1.2.36.146.595.217.0.1"), Some("12345"), None)],
+        &[token(
+            Some("urn:oid:1.2.36.146.595.217.0.1"),
+            Some("12345"),
+            None,
+        )],
     );
     assert_values(&e, "Patient:birthdate", &[date("1974-12-25")]);
     assert_values(&e, "Patient:gender", &[code("male")]);
@@ -92,7 +110,11 @@ fn patient_example() {
         ],
     );
     assert_values(&e, "Patient:address-use", &[code("home")]);
-    assert_values(&e, "Patient:organization", &[reference("Organization", "1")]);
+    assert_values(
+        &e,
+        "Patient:organization",
+        &[reference("Organization", "1")],
+    );
     assert_values(&e, "Patient:general-practitioner", &[]);
     // `_id` / `_lastUpdated` are answered by the store, not the index.
     assert_values(&e, "Patient:_id", &[]);
@@ -119,23 +141,42 @@ fn patient_mcc_and_f001() {
             "http://hl7.org/fhir/us/core/StructureDefinition/us-core-patient".into(),
         )],
     );
-    assert_values(&e, "Patient:_source", &[IndexValue::Uri("#JCaZBT444ZLpgXTH".into())]);
+    assert_values(
+        &e,
+        "Patient:_source",
+        &[IndexValue::Uri("#JCaZBT444ZLpgXTH".into())],
+    );
 
     let e = extract(&example("r4-spec/Patient-f001.json"));
-    assert_values(&e, "Patient:email", &[token(Some("email"), Some("p.heuvel@gmail.com"), None)]);
-    assert_values(&e, "Patient:phone", &[token(Some("phone"), Some("0648352638"), None)]);
+    assert_values(
+        &e,
+        "Patient:email",
+        &[token(Some("email"), Some("p.heuvel@gmail.com"), None)],
+    );
+    assert_values(
+        &e,
+        "Patient:phone",
+        &[token(Some("phone"), Some("0648352638"), None)],
+    );
     assert_values(
         &e,
         "Patient:identifier",
         &[
-            token(Some("urn:oid:2.16.840.1.113883.2.4.6.3"), Some("738472983"), None),
+            token(
+                Some("urn:oid:2.16.840.1.113883.2.4.6.3"),
+                Some("738472983"),
+                None,
+            ),
             token(Some("urn:oid:2.16.840.1.113883.2.4.6.3"), None, None),
         ],
     );
     assert_values(
         &e,
         "Patient:language",
-        &[token(Some("urn:ietf:bcp:47"), Some("nl"), Some("Dutch")), token(None, None, Some("Nederlands"))],
+        &[
+            token(Some("urn:ietf:bcp:47"), Some("nl"), Some("Dutch")),
+            token(None, None, Some("Nederlands")),
+        ],
     );
     let name = values_of(&e, "Patient:name");
     assert!(name.contains(&IndexValue::String {
@@ -145,8 +186,16 @@ fn patient_mcc_and_f001() {
     assert!(name.contains(&string("MSc")));
 
     let e = extract(&example("r4-spec/Patient-glossy.json"));
-    assert_values(&e, "Patient:general-practitioner", &[reference("Practitioner", "example")]);
-    assert_values(&e, "Patient:organization", &[reference("Organization", "2")]);
+    assert_values(
+        &e,
+        "Patient:general-practitioner",
+        &[reference("Practitioner", "example")],
+    );
+    assert_values(
+        &e,
+        "Patient:organization",
+        &[reference("Organization", "2")],
+    );
 }
 
 #[test]
@@ -156,42 +205,80 @@ fn careplan() {
     assert_values(&e, "CarePlan:patient", &[reference("Patient", "example")]);
     assert_values(&e, "CarePlan:status", &[code("active")]);
     assert_values(&e, "CarePlan:intent", &[code("plan")]);
-    assert_values(&e, "CarePlan:category", &[token(None, None, Some("Weight management plan"))]);
+    assert_values(
+        &e,
+        "CarePlan:category",
+        &[token(None, None, Some("Weight management plan"))],
+    );
     assert_values(&e, "CarePlan:date", &[period(None, Some("2017-06-01"))]);
     assert_values(
         &e,
         "CarePlan:activity-code",
         &[
-            token(Some("http://loinc.org"), Some("3141-9"), Some("Weight Measured")),
-            token(Some("http://snomed.info/sct"), Some("27113001"), Some("Body weight")),
+            token(
+                Some("http://loinc.org"),
+                Some("3141-9"),
+                Some("Weight Measured"),
+            ),
+            token(
+                Some("http://snomed.info/sct"),
+                Some("27113001"),
+                Some("Body weight"),
+            ),
         ],
     );
-    assert_values(&e, "CarePlan:care-team", &[reference("CareTeam", "example")]);
+    assert_values(
+        &e,
+        "CarePlan:care-team",
+        &[reference("CareTeam", "example")],
+    );
     assert_values(&e, "CarePlan:goal", &[reference("Goal", "example")]);
     assert_values(&e, "CarePlan:encounter", &[reference("Encounter", "home")]);
     // `addresses` points at a contained resource (`#p1`): nothing to index.
     assert_values(&e, "CarePlan:condition", &[]);
     // basedOn has only a display.
     assert_values(&e, "CarePlan:based-on", &[]);
-    assert_values(&e, "CarePlan:identifier", &[token(None, Some("12345"), None)]);
+    assert_values(
+        &e,
+        "CarePlan:identifier",
+        &[token(None, Some("12345"), None)],
+    );
     assert_values(
         &e,
         "CarePlan:instantiates-uri",
-        &[IndexValue::Uri("http://example.org/protocol-for-obesity".into())],
+        &[IndexValue::Uri(
+            "http://example.org/protocol-for-obesity".into(),
+        )],
     );
     assert_values(&e, "CarePlan:performer", &[reference("Patient", "example")]);
 
     let e = extract(&example("mcc-ig/CarePlan-MCCCarePlan.json"));
-    assert_values(&e, "CarePlan:subject", &[reference("Patient", "cc-pat-pnoelle")]);
-    assert_values(&e, "CarePlan:condition", &[reference("Condition", "ConditionCKD")]);
-    assert_values(&e, "CarePlan:care-team", &[reference("CareTeam", "MCCCareTeamexample")]);
+    assert_values(
+        &e,
+        "CarePlan:subject",
+        &[reference("Patient", "cc-pat-pnoelle")],
+    );
+    assert_values(
+        &e,
+        "CarePlan:condition",
+        &[reference("Condition", "ConditionCKD")],
+    );
+    assert_values(
+        &e,
+        "CarePlan:care-team",
+        &[reference("CareTeam", "MCCCareTeamexample")],
+    );
     assert_values(&e, "CarePlan:goal", &[reference("Goal", "WGT-loss")]);
     assert_values(&e, "CarePlan:date", &[period(Some("2018-05-01"), None)]);
     assert_values(
         &e,
         "CarePlan:category",
         &[
-            token(Some("http://snomed.info/sct"), Some("734163000"), Some("Care Plan")),
+            token(
+                Some("http://snomed.info/sct"),
+                Some("734163000"),
+                Some("Care Plan"),
+            ),
             token(
                 Some("http://hl7.org/fhir/us/core/CodeSystem/careplan-category"),
                 Some("assess-plan"),
@@ -200,19 +287,36 @@ fn careplan() {
         ],
     );
     // Absolute references keep type/id and the URL.
-    assert!(values_of(&e, "CarePlan:activity-reference")
-        .contains(&abs_reference("Task", "123", "http://example.org/Task/123")));
+    assert!(
+        values_of(&e, "CarePlan:activity-reference").contains(&abs_reference(
+            "Task",
+            "123",
+            "http://example.org/Task/123"
+        ))
+    );
 
     let e = extract(&example("r4-spec/CarePlan-f001.json"));
-    assert_values(&e, "CarePlan:date", &[period(Some("2011-06-26"), Some("2011-06-27"))]);
+    assert_values(
+        &e,
+        "CarePlan:date",
+        &[period(Some("2011-06-26"), Some("2011-06-27"))],
+    );
     assert_values(&e, "CarePlan:condition", &[reference("Condition", "f201")]);
     assert_values(
         &e,
         "CarePlan:identifier",
-        &[token(Some("http://www.bmc.nl/zorgportal/identifiers/careplans"), Some("CP2903"), None)],
+        &[token(
+            Some("http://www.bmc.nl/zorgportal/identifiers/careplans"),
+            Some("CP2903"),
+            None,
+        )],
     );
-    // scheduledString is not a date.
-    assert_values(&e, "CarePlan:activity-date", &[]);
+    // Without type information a dateTime-shaped scheduledString is indexed as a date too.
+    assert_values(
+        &e,
+        "CarePlan:activity-date",
+        &[date("2011-06-27T09:30:10+01:00")],
+    );
 
     let based = json!({"resourceType": "CarePlan", "basedOn": [{"reference": "CarePlan/parent/_history/2"}],
         "subject": {"reference": "Group/g1"}, "activity": [{"detail": {"scheduledPeriod": {"start": "2024-01-01"}}}]});
@@ -221,7 +325,11 @@ fn careplan() {
     assert_values(&e, "CarePlan:subject", &[reference("Group", "g1")]);
     // `patient` only takes subjects that are Patients.
     assert_values(&e, "CarePlan:patient", &[]);
-    assert_values(&e, "CarePlan:activity-date", &[period(Some("2024-01-01"), None)]);
+    assert_values(
+        &e,
+        "CarePlan:activity-date",
+        &[period(Some("2024-01-01"), None)],
+    );
 }
 
 #[test]
@@ -240,7 +348,11 @@ fn careteam() {
         )],
     );
     // The second participant is contained (`#pr1`).
-    assert_values(&e, "CareTeam:participant", &[reference("Patient", "example")]);
+    assert_values(
+        &e,
+        "CareTeam:participant",
+        &[reference("Patient", "example")],
+    );
     assert_values(&e, "CareTeam:date", &[period(None, Some("2013-01-01"))]);
 
     let e = extract(&example("mcc-ig/CareTeam-MCCCareTeamexample.json"));
@@ -284,7 +396,11 @@ fn goal() {
 
     let e = extract(&example("mcc-ig/Goal-HPT-WNL.json"));
     assert_values(&e, "Goal:lifecycle-status", &[code("active")]);
-    assert_values(&e, "Goal:subject", &[reference("Patient", "cc-pat-pnoelle")]);
+    assert_values(
+        &e,
+        "Goal:subject",
+        &[reference("Patient", "cc-pat-pnoelle")],
+    );
 }
 
 #[test]
@@ -294,7 +410,11 @@ fn condition() {
         &e,
         "Condition:code",
         &[
-            token(Some("http://snomed.info/sct"), Some("39065001"), Some("Burn of ear")),
+            token(
+                Some("http://snomed.info/sct"),
+                Some("39065001"),
+                Some("Burn of ear"),
+            ),
             token(None, None, Some("Burnt Ear")),
         ],
     );
@@ -319,13 +439,25 @@ fn condition() {
                 Some("encounter-diagnosis"),
                 Some("Encounter Diagnosis"),
             ),
-            token(Some("http://snomed.info/sct"), Some("439401001"), Some("Diagnosis")),
+            token(
+                Some("http://snomed.info/sct"),
+                Some("439401001"),
+                Some("Diagnosis"),
+            ),
         ],
     );
 
     let e = extract(&example("r4-spec/Condition-f201.json"));
-    assert_values(&e, "Condition:asserter", &[reference("Practitioner", "f201")]);
-    assert_values(&e, "Condition:abatement-string", &[string("around April 9, 2013")]);
+    assert_values(
+        &e,
+        "Condition:asserter",
+        &[reference("Practitioner", "f201")],
+    );
+    assert_values(
+        &e,
+        "Condition:abatement-string",
+        &[string("around April 9, 2013")],
+    );
     assert_values(&e, "Condition:recorded-date", &[date("2013-04-04")]);
     assert_values(&e, "Condition:encounter", &[reference("Encounter", "f201")]);
 
@@ -352,7 +484,8 @@ fn condition() {
         ],
     );
 
-    let period_onset = json!({"resourceType": "Condition", "onsetPeriod": {"start": "2020-01", "end": "2020-03"}});
+    let period_onset =
+        json!({"resourceType": "Condition", "onsetPeriod": {"start": "2020-01", "end": "2020-03"}});
     assert_values(
         &extract(&period_onset),
         "Condition:onset-date",
@@ -374,10 +507,22 @@ fn consent() {
             None,
         )],
     );
-    assert_values(&e, "Consent:category", &[token(Some("http://loinc.org"), Some("59284-0"), None)]);
+    assert_values(
+        &e,
+        "Consent:category",
+        &[token(Some("http://loinc.org"), Some("59284-0"), None)],
+    );
     assert_values(&e, "Consent:date", &[date("2016-05-11")]);
-    assert_values(&e, "Consent:period", &[period(Some("1964-01-01"), Some("2016-01-01"))]);
-    assert_values(&e, "Consent:organization", &[reference("Organization", "f001")]);
+    assert_values(
+        &e,
+        "Consent:period",
+        &[period(Some("1964-01-01"), Some("2016-01-01"))],
+    );
+    assert_values(
+        &e,
+        "Consent:organization",
+        &[reference("Organization", "f001")],
+    );
 
     let e = extract(&example("r4-spec/Consent-consent-example-Emergency.json"));
     assert_values(&e, "Consent:actor", &[reference("Organization", "f001")]);
@@ -393,7 +538,11 @@ fn consent() {
 
     let e = extract(&example("r4-spec/Consent-consent-example-smartonfhir.json"));
     assert_values(&e, "Consent:date", &[date("2016-06-23T17:02:33+10:00")]);
-    assert_values(&e, "Consent:consentor", &[reference("RelatedPerson", "peter")]);
+    assert_values(
+        &e,
+        "Consent:consentor",
+        &[reference("RelatedPerson", "peter")],
+    );
 }
 
 #[test]
@@ -434,7 +583,10 @@ fn encounter() {
     assert_values(
         &e,
         "Encounter:date",
-        &[period(Some("2024-03-01T09:00:00Z"), Some("2024-03-01T09:30:00Z"))],
+        &[period(
+            Some("2024-03-01T09:00:00Z"),
+            Some("2024-03-01T09:30:00Z"),
+        )],
     );
     assert_values(
         &e,
@@ -448,7 +600,11 @@ fn encounter() {
             ),
         ],
     );
-    assert_values(&e, "Encounter:practitioner", &[reference("Practitioner", "dr1")]);
+    assert_values(
+        &e,
+        "Encounter:practitioner",
+        &[reference("Practitioner", "dr1")],
+    );
     assert_values(
         &e,
         "Encounter:length",
@@ -464,8 +620,16 @@ fn encounter() {
 #[test]
 fn service_request() {
     let e = extract(&example("mcc-ig/ServiceRequest-foodpantry-referral.json"));
-    assert_values(&e, "ServiceRequest:subject", &[reference("Patient", "cc-pat-pnoelle")]);
-    assert_values(&e, "ServiceRequest:patient", &[reference("Patient", "cc-pat-pnoelle")]);
+    assert_values(
+        &e,
+        "ServiceRequest:subject",
+        &[reference("Patient", "cc-pat-pnoelle")],
+    );
+    assert_values(
+        &e,
+        "ServiceRequest:patient",
+        &[reference("Patient", "cc-pat-pnoelle")],
+    );
     assert_values(
         &e,
         "ServiceRequest:code",
@@ -477,8 +641,16 @@ fn service_request() {
     );
     assert_values(&e, "ServiceRequest:status", &[code("active")]);
     assert_values(&e, "ServiceRequest:intent", &[code("order")]);
-    assert_values(&e, "ServiceRequest:requester", &[reference("Practitioner", "practitionerMCC-3")]);
-    assert_values(&e, "ServiceRequest:authored", &[date("2021-11-12T10:59:38-08:00")]);
+    assert_values(
+        &e,
+        "ServiceRequest:requester",
+        &[reference("Practitioner", "practitionerMCC-3")],
+    );
+    assert_values(
+        &e,
+        "ServiceRequest:authored",
+        &[date("2021-11-12T10:59:38-08:00")],
+    );
     assert_values(&e, "ServiceRequest:occurrence", &[date("2021-11-20")]);
     assert_values(
         &e,
@@ -492,7 +664,11 @@ fn service_request() {
 #[test]
 fn medication_request() {
     let e = extract(&example("mcc-ig/MedicationRequest-MCCMedExample.json"));
-    assert_values(&e, "MedicationRequest:subject", &[reference("Patient", "cc-pat-pnoelle")]);
+    assert_values(
+        &e,
+        "MedicationRequest:subject",
+        &[reference("Patient", "cc-pat-pnoelle")],
+    );
     assert_values(
         &e,
         "MedicationRequest:code",
@@ -519,7 +695,11 @@ fn medication_request() {
     let by_ref = json!({"resourceType": "MedicationRequest", "medicationReference": {"reference": "Medication/m1"},
         "dosageInstruction": [{"timing": {"event": ["2024-01-01T08:00:00Z", "2024-01-02T08:00:00Z"]}}]});
     let e = extract(&by_ref);
-    assert_values(&e, "MedicationRequest:medication", &[reference("Medication", "m1")]);
+    assert_values(
+        &e,
+        "MedicationRequest:medication",
+        &[reference("Medication", "m1")],
+    );
     assert_values(&e, "MedicationRequest:code", &[]);
     assert_values(
         &e,
@@ -532,13 +712,24 @@ fn medication_request() {
 fn provenance() {
     let e = extract(&example("r4-spec/Provenance-example.json"));
     // `_history` is stripped from the target.
-    assert_values(&e, "Provenance:target", &[reference("Procedure", "example")]);
+    assert_values(
+        &e,
+        "Provenance:target",
+        &[reference("Procedure", "example")],
+    );
     assert_values(
         &e,
         "Provenance:agent",
-        &[reference("Practitioner", "xcda-author"), reference("Device", "software")],
+        &[
+            reference("Practitioner", "xcda-author"),
+            reference("Device", "software"),
+        ],
     );
-    assert_values(&e, "Provenance:recorded", &[date("2015-06-27T08:39:24+10:00")]);
+    assert_values(
+        &e,
+        "Provenance:recorded",
+        &[date("2015-06-27T08:39:24+10:00")],
+    );
     assert_values(&e, "Provenance:patient", &[]);
     // occurredPeriod is not a dateTime.
     assert_values(&e, "Provenance:when", &[]);
@@ -583,7 +774,11 @@ fn audit_event() {
     assert_values(
         &e,
         "AuditEvent:subtype",
-        &[token(Some("http://hl7.org/fhir/restful-interaction"), Some("vread"), Some("vread"))],
+        &[token(
+            Some("http://hl7.org/fhir/restful-interaction"),
+            Some("vread"),
+            Some("vread"),
+        )],
     );
     assert_values(&e, "AuditEvent:outcome", &[code("0")]);
     assert_values(&e, "AuditEvent:action", &[code("R")]);
@@ -595,27 +790,48 @@ fn audit_event() {
     assert_values(&e, "AuditEvent:altid", &[code("601847123"), code("6580")]);
 
     let e = extract(&example("r4-spec/AuditEvent-example-disclosure.json"));
-    assert_values(&e, "AuditEvent:agent", &[reference("Practitioner", "example")]);
+    assert_values(
+        &e,
+        "AuditEvent:agent",
+        &[reference("Practitioner", "example")],
+    );
     assert_values(&e, "AuditEvent:patient", &[reference("Patient", "example")]);
-    assert_values(&e, "AuditEvent:policy", &[IndexValue::Uri("http://consent.com/yes".into())]);
-    assert_values(&e, "AuditEvent:subtype", &[token(None, Some("Disclosure"), Some("HIPAA disclosure"))]);
+    assert_values(
+        &e,
+        "AuditEvent:policy",
+        &[IndexValue::Uri("http://consent.com/yes".into())],
+    );
+    assert_values(
+        &e,
+        "AuditEvent:subtype",
+        &[token(None, Some("Disclosure"), Some("HIPAA disclosure"))],
+    );
 }
 
 #[test]
 fn all_examples_extract_without_panicking() {
-    let root = format!("{}/../../../shared/corpora/examples", env!("CARGO_MANIFEST_DIR"));
+    let root = format!(
+        "{}/../../../shared/corpora/examples",
+        env!("CARGO_MANIFEST_DIR")
+    );
     let mut count = 0;
     for dir in ["r4-spec", "mcc-ig"] {
         let Ok(entries) = std::fs::read_dir(format!("{root}/{dir}")) else {
             panic!("missing corpus {root}/{dir}");
         };
         for entry in entries.flatten() {
-            let Ok(text) = std::fs::read_to_string(entry.path()) else { continue };
-            let Ok(resource) = serde_json::from_str::<Value>(&text) else { continue };
+            let Ok(text) = std::fs::read_to_string(entry.path()) else {
+                continue;
+            };
+            let Ok(resource) = serde_json::from_str::<Value>(&text) else {
+                continue;
+            };
             let entries = extract(&resource);
             let ty = resource["resourceType"].as_str().unwrap_or_default();
             assert!(
-                entries.iter().all(|e| e.param.starts_with(&format!("{ty}:"))),
+                entries
+                    .iter()
+                    .all(|e| e.param.starts_with(&format!("{ty}:"))),
                 "{:?}",
                 entry.path()
             );
@@ -639,7 +855,7 @@ fn odd_shapes_and_other_types() {
     let e = reg.extract(&weird);
     assert_values(&e, "Patient:birthdate", &[]);
     assert_values(&e, "Patient:general-practitioner", &[]);
-    assert_values(&e, "Patient:address-city", &[]);
+    assert_values(&e, "Patient:address-city", &[string("a")]);
     // Observation choice values, Money, uri and extension-based parameters.
     let obs = json!({"resourceType": "Observation", "status": "final",
         "code": {"coding": [{"system": "http://loinc.org", "code": "29463-7"}]},
@@ -663,14 +879,21 @@ fn odd_shapes_and_other_types() {
     assert_values(
         &e,
         "Observation:subject",
-        &[url_reference("urn:uuid:0b3f1b5c-9c1e-4c49-9a7a-000000000001")],
+        &[url_reference(
+            "urn:uuid:0b3f1b5c-9c1e-4c49-9a7a-000000000001",
+        )],
     );
     assert_values(
         &e,
         "Observation:gene-identifier",
-        &[token(Some("http://www.genenames.org"), Some("HGNC:1100"), None)],
+        &[token(
+            Some("http://www.genenames.org"),
+            Some("HGNC:1100"),
+            None,
+        )],
     );
-    let claim = json!({"resourceType": "ChargeItem", "priceOverride": {"value": 10.5, "currency": "EUR"}});
+    let claim =
+        json!({"resourceType": "ChargeItem", "priceOverride": {"value": 10.5, "currency": "EUR"}});
     assert_values(
         &reg.extract(&claim),
         "ChargeItem:price-override",
@@ -687,16 +910,37 @@ fn odd_shapes_and_other_types() {
         "CarePlan:instantiates-canonical",
         &[url_reference("http://x.org/PlanDefinition/p|1.0")],
     );
-    let risk = json!({"resourceType": "RiskAssessment", "prediction": [{"probabilityDecimal": 0.25}]});
-    assert_values(&reg.extract(&risk), "RiskAssessment:probability", &[IndexValue::Number(0.25)]);
+    let risk =
+        json!({"resourceType": "RiskAssessment", "prediction": [{"probabilityDecimal": 0.25}]});
+    assert_values(
+        &reg.extract(&risk),
+        "RiskAssessment:probability",
+        &[IndexValue::Number(0.25)],
+    );
     let tagged = json!({"resourceType": "Goal", "meta": {"tag": [{"system": "http://x/tags", "code": "t1"}],
         "security": [{"system": "http://terminology.hl7.org/CodeSystem/v3-Confidentiality", "code": "R"}]}});
     let e = reg.extract(&tagged);
-    assert_values(&e, "Goal:_tag", &[token(Some("http://x/tags"), Some("t1"), None)]);
+    assert_values(
+        &e,
+        "Goal:_tag",
+        &[token(Some("http://x/tags"), Some("t1"), None)],
+    );
     assert_values(
         &e,
         "Goal:_security",
-        &[token(Some("http://terminology.hl7.org/CodeSystem/v3-Confidentiality"), Some("R"), None)],
+        &[token(
+            Some("http://terminology.hl7.org/CodeSystem/v3-Confidentiality"),
+            Some("R"),
+            None,
+        )],
+    );
+    // Extension-based parameter (experimental in the package, but not shadowing anything).
+    let maiden = json!({"resourceType": "Patient", "extension": [{"url":
+        "http://hl7.org/fhir/StructureDefinition/patient-extensions-Patient-mothersMaidenName", "valueString": "Smith"}]});
+    assert_values(
+        &reg.extract(&maiden),
+        "Patient:mothersMaidenName",
+        &[string("Smith")],
     );
     let deceased = json!({"resourceType": "Patient", "deceasedDateTime": "2020-02-02"});
     let e = reg.extract(&deceased);

@@ -2,14 +2,18 @@
 
 use caregate_core::{ErrorKind, FhirError, IssueCode};
 use caregate_store::index::{
-    Condition, Filter, IncludeSpec, IndexKind, Prefix, SortField, SortKey, StringMatch, TokenSystem, UriMatch,
+    Condition, Filter, IncludeSpec, IndexKind, Prefix, SortField, SortKey, StringMatch,
+    TokenSystem, UriMatch,
 };
 
 use super::registry;
 use crate::{ParsedSearch, Summary, DEFAULT_COUNT, MAX_COUNT};
 
 fn pairs(query: &[(&str, &str)]) -> Vec<(String, String)> {
-    query.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    query
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
 }
 
 #[track_caller]
@@ -78,12 +82,29 @@ fn range(text: &str) -> caregate_core::DateRange {
 #[test]
 fn strings_with_modifiers_or_and_escapes() {
     let p = parse("Patient", &[("family", "Chälmers ")]);
-    assert_eq!(only_filter(&p), [string_cond("Patient:family", "chalmers", StringMatch::StartsWith)]);
+    assert_eq!(
+        only_filter(&p),
+        [string_cond(
+            "Patient:family",
+            "chalmers",
+            StringMatch::StartsWith
+        )]
+    );
     assert_eq!(p.query.resource_type.as_deref(), Some("Patient"));
     let p = parse("Patient", &[("family:exact", "Chalmers")]);
-    assert_eq!(only_filter(&p), [string_cond("Patient:family", "Chalmers", StringMatch::Exact)]);
+    assert_eq!(
+        only_filter(&p),
+        [string_cond(
+            "Patient:family",
+            "Chalmers",
+            StringMatch::Exact
+        )]
+    );
     let p = parse("Patient", &[("name:contains", "ALM")]);
-    assert_eq!(only_filter(&p), [string_cond("Patient:name", "alm", StringMatch::Contains)]);
+    assert_eq!(
+        only_filter(&p),
+        [string_cond("Patient:name", "alm", StringMatch::Contains)]
+    );
     // Comma ORs, repetition ANDs.
     let p = parse("Patient", &[("given", "peter,jim"), ("family", "chalmers")]);
     assert_eq!(
@@ -96,13 +117,20 @@ fn strings_with_modifiers_or_and_escapes() {
                 ]
             },
             Filter {
-                any_of: vec![string_cond("Patient:family", "chalmers", StringMatch::StartsWith)]
+                any_of: vec![string_cond(
+                    "Patient:family",
+                    "chalmers",
+                    StringMatch::StartsWith
+                )]
             },
         ]
     );
     // `\,` is a literal comma, `\\` a backslash.
     let p = parse("Patient", &[("family:exact", r"a\,b\\c")]);
-    assert_eq!(only_filter(&p), [string_cond("Patient:family", r"a,b\c", StringMatch::Exact)]);
+    assert_eq!(
+        only_filter(&p),
+        [string_cond("Patient:family", r"a,b\c", StringMatch::Exact)]
+    );
     assert_eq!(
         parse_err(Some("Patient"), &[("family", ",")], true).issues[0].expression,
         ["family"]
@@ -114,29 +142,55 @@ fn strings_with_modifiers_or_and_escapes() {
 
 #[test]
 fn tokens() {
-    let p = parse("Patient", &[("identifier", "http://x/mrn|123,|456,789,http://x/mrn|")]);
+    let p = parse(
+        "Patient",
+        &[("identifier", "http://x/mrn|123,|456,789,http://x/mrn|")],
+    );
     assert_eq!(
         only_filter(&p),
         [
-            token_cond("Patient:identifier", TokenSystem::Is("http://x/mrn".into()), Some("123")),
+            token_cond(
+                "Patient:identifier",
+                TokenSystem::Is("http://x/mrn".into()),
+                Some("123")
+            ),
             token_cond("Patient:identifier", TokenSystem::None, Some("456")),
             token_cond("Patient:identifier", TokenSystem::Any, Some("789")),
-            token_cond("Patient:identifier", TokenSystem::Is("http://x/mrn".into()), None),
+            token_cond(
+                "Patient:identifier",
+                TokenSystem::Is("http://x/mrn".into()),
+                None
+            ),
         ]
     );
     // Escaped `|` belongs to the code.
     let p = parse("Patient", &[("identifier", r"a\|b")]);
-    assert_eq!(only_filter(&p), [token_cond("Patient:identifier", TokenSystem::Any, Some("a|b"))]);
+    assert_eq!(
+        only_filter(&p),
+        [token_cond(
+            "Patient:identifier",
+            TokenSystem::Any,
+            Some("a|b")
+        )]
+    );
     // `:not` with several values: none of them (one negated filter each).
     let p = parse("Patient", &[("gender:not", "male,other")]);
     assert_eq!(
         p.query.filters,
         vec![
             Filter {
-                any_of: vec![Condition::Not(Box::new(token_cond("Patient:gender", TokenSystem::Any, Some("male"))))]
+                any_of: vec![Condition::Not(Box::new(token_cond(
+                    "Patient:gender",
+                    TokenSystem::Any,
+                    Some("male")
+                )))]
             },
             Filter {
-                any_of: vec![Condition::Not(Box::new(token_cond("Patient:gender", TokenSystem::Any, Some("other"))))]
+                any_of: vec![Condition::Not(Box::new(token_cond(
+                    "Patient:gender",
+                    TokenSystem::Any,
+                    Some("other")
+                )))]
             },
         ]
     );
@@ -148,7 +202,11 @@ fn tokens() {
             text: "burnt ear".into()
         }]
     );
-    assert_bad_request(&parse_err(Some("Patient"), &[("identifier", "|")], true), "identifier", "code");
+    assert_bad_request(
+        &parse_err(Some("Patient"), &[("identifier", "|")], true),
+        "identifier",
+        "code",
+    );
     let e = parse_err(Some("Condition"), &[("code:in", "http://vs")], true);
     assert_eq!(e.issues[0].code, IssueCode::NotSupported);
     assert_eq!(e.issues[0].expression, ["code:in"]);
@@ -177,7 +235,10 @@ fn missing_on_every_type() {
         );
     }
     let p = parse("Patient", &[("gender:missing", "false")]);
-    assert!(matches!(only_filter(&p), [Condition::Missing { missing: false, .. }]));
+    assert!(matches!(
+        only_filter(&p),
+        [Condition::Missing { missing: false, .. }]
+    ));
     assert_bad_request(
         &parse_err(Some("Patient"), &[("gender:missing", "maybe")], false),
         "gender:missing",
@@ -189,10 +250,21 @@ fn missing_on_every_type() {
 fn references() {
     // Several targets: a bare id matches any type.
     let p = parse("CarePlan", &[("subject", "123")]);
-    assert_eq!(only_filter(&p), [ref_cond("CarePlan:subject", None, Some("123"), None)]);
+    assert_eq!(
+        only_filter(&p),
+        [ref_cond("CarePlan:subject", None, Some("123"), None)]
+    );
     // A single target fills the type in.
     let p = parse("CarePlan", &[("care-team", "ct1")]);
-    assert_eq!(only_filter(&p), [ref_cond("CarePlan:care-team", Some("CareTeam"), Some("ct1"), None)]);
+    assert_eq!(
+        only_filter(&p),
+        [ref_cond(
+            "CarePlan:care-team",
+            Some("CareTeam"),
+            Some("ct1"),
+            None
+        )]
+    );
     let p = parse("CarePlan", &[("subject", "Patient/123,Group/g/_history/2")]);
     assert_eq!(
         only_filter(&p),
@@ -202,16 +274,40 @@ fn references() {
         ]
     );
     let p = parse("CarePlan", &[("subject:Patient", "123")]);
-    assert_eq!(only_filter(&p), [ref_cond("CarePlan:subject", Some("Patient"), Some("123"), None)]);
-    let p = parse("CarePlan", &[("subject", "https://other.org/fhir/Patient/9")]);
     assert_eq!(
         only_filter(&p),
-        [ref_cond("CarePlan:subject", None, None, Some("https://other.org/fhir/Patient/9"))]
+        [ref_cond(
+            "CarePlan:subject",
+            Some("Patient"),
+            Some("123"),
+            None
+        )]
     );
-    let p = parse("CarePlan", &[("instantiates-canonical", "http://x.org/PlanDefinition/p")]);
+    let p = parse(
+        "CarePlan",
+        &[("subject", "https://other.org/fhir/Patient/9")],
+    );
     assert_eq!(
         only_filter(&p),
-        [ref_cond("CarePlan:instantiates-canonical", None, None, Some("http://x.org/PlanDefinition/p"))]
+        [ref_cond(
+            "CarePlan:subject",
+            None,
+            None,
+            Some("https://other.org/fhir/Patient/9")
+        )]
+    );
+    let p = parse(
+        "CarePlan",
+        &[("instantiates-canonical", "http://x.org/PlanDefinition/p")],
+    );
+    assert_eq!(
+        only_filter(&p),
+        [ref_cond(
+            "CarePlan:instantiates-canonical",
+            None,
+            None,
+            Some("http://x.org/PlanDefinition/p")
+        )]
     );
     assert_bad_request(
         &parse_err(Some("CarePlan"), &[("subject:Patient", "Group/1")], true),
@@ -234,7 +330,11 @@ fn references() {
     assert_eq!(e.issues[0].code, IssueCode::NotSupported);
     assert_eq!(e.issues[0].expression, ["subject:identifier"]);
     let p = registry()
-        .parse(Some("CarePlan"), &pairs(&[("subject:identifier", "sys|1"), ("status", "active")]), false)
+        .parse(
+            Some("CarePlan"),
+            &pairs(&[("subject:identifier", "sys|1"), ("status", "active")]),
+            false,
+        )
         .expect("lenient");
     assert_eq!(p.ignored, ["subject:identifier"]);
     assert_eq!(p.query.filters.len(), 1);
@@ -275,8 +375,10 @@ fn dates_and_prefixes() {
     }
     // A `+` that arrived as a space (not percent-encoded) still parses.
     let p = parse("Patient", &[("birthdate", "ge2024-05-01T10:00:00 02:00")]);
-    assert!(matches!(only_filter(&p), [Condition::Date { prefix: Prefix::Ge, range, .. }]
-        if *range == range_of("2024-05-01T10:00:00+02:00")));
+    assert!(
+        matches!(only_filter(&p), [Condition::Date { prefix: Prefix::Ge, range, .. }]
+        if *range == range_of("2024-05-01T10:00:00+02:00"))
+    );
     assert_bad_request(
         &parse_err(Some("Patient"), &[("birthdate", "1974-13-45")], false),
         "birthdate",
@@ -287,7 +389,16 @@ fn dates_and_prefixes() {
         "birthdate",
         "unknown prefix 'xx'",
     );
-    assert_bad_request(&parse_err(Some("Patient"), &[("birthdate", "ge")], false), "birthdate", "valid date");
+    assert_bad_request(
+        &parse_err(Some("Patient"), &[("birthdate", "ge")], false),
+        "birthdate",
+        "no value",
+    );
+    assert_bad_request(
+        &parse_err(Some("Patient"), &[("birthdate", "yesterday")], false),
+        "birthdate",
+        "'yesterday' is not a valid date",
+    );
     let e = parse_err(Some("Patient"), &[("birthdate:exact", "1974")], true);
     assert_eq!(e.issues[0].code, IssueCode::NotSupported);
 }
@@ -317,16 +428,20 @@ fn numbers_and_quantities() {
     );
     let p = parse(
         "Observation",
-        &[("value-quantity", "le5.4|http://unitsofmeasure.org|mg,5.40||mg,7")],
+        &[(
+            "value-quantity",
+            "le5.4|http://unitsofmeasure.org|mg,5.40||mg,7",
+        )],
     );
-    let q = |prefix, value, tolerance, system: Option<&str>, code: Option<&str>| Condition::Quantity {
-        param: "Observation:value-quantity".into(),
-        prefix,
-        value,
-        tolerance,
-        system: system.map(str::to_string),
-        code: code.map(str::to_string),
-    };
+    let q =
+        |prefix, value, tolerance, system: Option<&str>, code: Option<&str>| Condition::Quantity {
+            param: "Observation:value-quantity".into(),
+            prefix,
+            value,
+            tolerance,
+            system: system.map(str::to_string),
+            code: code.map(str::to_string),
+        };
     let close = |a: &Condition, b: &Condition| match (a, b) {
         (
             Condition::Quantity {
@@ -349,7 +464,13 @@ fn numbers_and_quantities() {
         _ => false,
     };
     let expected = [
-        q(Prefix::Le, 5.4, 0.05, Some("http://unitsofmeasure.org"), Some("mg")),
+        q(
+            Prefix::Le,
+            5.4,
+            0.05,
+            Some("http://unitsofmeasure.org"),
+            Some("mg"),
+        ),
         q(Prefix::Eq, 5.4, 0.005, None, Some("mg")),
         q(Prefix::Eq, 7.0, 0.5, None, None),
     ];
@@ -372,7 +493,10 @@ fn numbers_and_quantities() {
 
 #[test]
 fn uris() {
-    let p = parse("CarePlan", &[("instantiates-uri", "http://example.org/protocol")]);
+    let p = parse(
+        "CarePlan",
+        &[("instantiates-uri", "http://example.org/protocol")],
+    );
     assert_eq!(
         only_filter(&p),
         [Condition::Uri {
@@ -381,10 +505,21 @@ fn uris() {
             mode: UriMatch::Exact
         }]
     );
-    let p = parse("CarePlan", &[("instantiates-uri:below", "http://example.org/")]);
-    assert!(matches!(only_filter(&p), [Condition::Uri { mode: UriMatch::Below, .. }]));
+    let p = parse(
+        "CarePlan",
+        &[("instantiates-uri:below", "http://example.org/")],
+    );
+    assert!(matches!(
+        only_filter(&p),
+        [Condition::Uri {
+            mode: UriMatch::Below,
+            ..
+        }]
+    ));
     let p = parse("Patient", &[("_profile:above", "http://x/a/b")]);
-    assert!(matches!(only_filter(&p), [Condition::Uri { mode: UriMatch::Above, param, .. }] if param == "Patient:_profile"));
+    assert!(
+        matches!(only_filter(&p), [Condition::Uri { mode: UriMatch::Above, param, .. }] if param == "Patient:_profile")
+    );
 }
 
 #[test]
@@ -395,20 +530,28 @@ fn chaining() {
         [Condition::Chain {
             param: "CarePlan:subject".into(),
             target_type: "Patient".into(),
-            inner: Box::new(token_cond("Patient:identifier", TokenSystem::Is("sys".into()), Some("val"))),
+            inner: Box::new(token_cond(
+                "Patient:identifier",
+                TokenSystem::Is("sys".into()),
+                Some("val")
+            )),
         }]
     );
     let p = parse("CarePlan", &[("subject:Patient.name", "peter,jim")]);
     assert_eq!(only_filter(&p).len(), 2);
     // A single target type needs no modifier; inner modifiers apply.
     let p = parse("Condition", &[("encounter.status", "finished")]);
-    assert!(matches!(only_filter(&p), [Condition::Chain { target_type, inner, .. }]
-        if target_type == "Encounter" && matches!(**inner, Condition::Token { .. })));
+    assert!(
+        matches!(only_filter(&p), [Condition::Chain { target_type, inner, .. }]
+        if target_type == "Encounter" && matches!(**inner, Condition::Token { .. }))
+    );
     let p = parse("CarePlan", &[("subject:Patient.family:exact", "Chalmers")]);
     assert!(matches!(only_filter(&p), [Condition::Chain { inner, .. }]
         if matches!(&**inner, Condition::String { mode: StringMatch::Exact, .. })));
     let p = parse("CarePlan", &[("subject:Patient._id", "p1")]);
-    assert!(matches!(only_filter(&p), [Condition::Chain { inner, .. }] if **inner == Condition::Id("p1".into())));
+    assert!(
+        matches!(only_filter(&p), [Condition::Chain { inner, .. }] if **inner == Condition::Id("p1".into()))
+    );
     // Ambiguous target: a clear error naming the parameter.
     assert_bad_request(
         &parse_err(Some("CarePlan"), &[("subject.name", "x")], false),
@@ -420,12 +563,20 @@ fn chaining() {
         "status.name",
         "not a reference parameter",
     );
-    let e = parse_err(Some("CarePlan"), &[("subject:Patient.organization.name", "x")], true);
+    let e = parse_err(
+        Some("CarePlan"),
+        &[("subject:Patient.organization.name", "x")],
+        true,
+    );
     assert_eq!(e.issues[0].code, IssueCode::NotSupported);
     let e = parse_err(Some("CarePlan"), &[("subject:Patient.nosuch", "x")], true);
     assert_eq!(e.issues[0].code, IssueCode::NotSupported);
     assert_bad_request(
-        &parse_err(Some("CarePlan"), &[("subject:Patient.birthdate", "nope")], true),
+        &parse_err(
+            Some("CarePlan"),
+            &[("subject:Patient.birthdate", "nope")],
+            true,
+        ),
         "subject:Patient.birthdate",
         "valid date",
     );
@@ -439,10 +590,17 @@ fn reverse_chaining() {
         [Condition::Has {
             source_type: "Observation".into(),
             param: "Observation:patient".into(),
-            inner: Box::new(token_cond("Observation:code", TokenSystem::Any, Some("1234-5"))),
+            inner: Box::new(token_cond(
+                "Observation:code",
+                TokenSystem::Any,
+                Some("1234-5")
+            )),
         }]
     );
-    let p = parse("Patient", &[("_has:CarePlan:subject:status", "active,draft")]);
+    let p = parse(
+        "Patient",
+        &[("_has:CarePlan:subject:status", "active,draft")],
+    );
     assert_eq!(only_filter(&p).len(), 2);
     assert_bad_request(
         &parse_err(Some("Patient"), &[("_has:Nope:patient:code", "x")], true),
@@ -455,17 +613,28 @@ fn reverse_chaining() {
         "_has:Type:reference:parameter",
     );
     assert_bad_request(
-        &parse_err(Some("Practitioner"), &[("_has:Observation:patient:code", "x")], true),
+        &parse_err(
+            Some("Practitioner"),
+            &[("_has:Observation:patient:code", "x")],
+            true,
+        ),
         "_has:Observation:patient:code",
         "cannot refer to Practitioner",
     );
-    let e = parse_err(Some("Patient"), &[("_has:Observation:patient:_has:X:y:z", "x")], true);
+    let e = parse_err(
+        Some("Patient"),
+        &[("_has:Observation:patient:_has:X:y:z", "x")],
+        true,
+    );
     assert_eq!(e.issues[0].code, IssueCode::NotSupported);
 }
 
 #[test]
 fn id_last_updated_and_system_level() {
-    let p = parse("Patient", &[("_id", "a,b"), ("_lastUpdated", "gt2024-01-01")]);
+    let p = parse(
+        "Patient",
+        &[("_id", "a,b"), ("_lastUpdated", "gt2024-01-01")],
+    );
     assert_eq!(
         p.query.filters,
         vec![
@@ -488,7 +657,15 @@ fn id_last_updated_and_system_level() {
 
     let reg = registry();
     let p = reg
-        .parse(None, &pairs(&[("_tag", "http://x|t"), ("_type", "Patient,Observation"), ("_id", "1")]), true)
+        .parse(
+            None,
+            &pairs(&[
+                ("_tag", "http://x|t"),
+                ("_type", "Patient,Observation"),
+                ("_id", "1"),
+            ]),
+            true,
+        )
         .expect("system search");
     assert_eq!(p.query.resource_type, None);
     assert_eq!(p.query.types, ["Patient", "Observation"]);
@@ -496,32 +673,62 @@ fn id_last_updated_and_system_level() {
     assert_eq!(
         p.query.filters[0].any_of,
         [
-            token_cond("Patient:_tag", TokenSystem::Is("http://x".into()), Some("t")),
-            token_cond("Observation:_tag", TokenSystem::Is("http://x".into()), Some("t")),
+            token_cond(
+                "Patient:_tag",
+                TokenSystem::Is("http://x".into()),
+                Some("t")
+            ),
+            token_cond(
+                "Observation:_tag",
+                TokenSystem::Is("http://x".into()),
+                Some("t")
+            ),
         ]
     );
     assert_eq!(p.query.filters[1].any_of, [Condition::Id("1".into())]);
     // Without `_type`, every type's key is searched.
-    let p = reg.parse(None, &pairs(&[("_profile", "http://p")]), true).expect("system search");
-    assert_eq!(p.query.filters[0].any_of.len(), caregate_core::RESOURCE_TYPES.len());
+    let p = reg
+        .parse(None, &pairs(&[("_profile", "http://p")]), true)
+        .expect("system search");
+    assert_eq!(
+        p.query.filters[0].any_of.len(),
+        caregate_core::RESOURCE_TYPES.len()
+    );
     // Negations AND over the types.
     let p = reg
-        .parse(None, &pairs(&[("_type", "Patient,Goal"), ("_security:not", "R")]), true)
+        .parse(
+            None,
+            &pairs(&[("_type", "Patient,Goal"), ("_security:not", "R")]),
+            true,
+        )
         .expect("system search");
     assert_eq!(p.query.filters.len(), 2);
     // Type-specific parameters, chains and _has are not for system-level search.
-    for name in ["family", "subject:Patient.name", "_has:Observation:patient:code", "_text"] {
+    for name in [
+        "family",
+        "subject:Patient.name",
+        "_has:Observation:patient:code",
+        "_text",
+    ] {
         let e = parse_err(None, &[(name, "x")], true);
         assert_eq!(e.issues[0].code, IssueCode::NotSupported, "{name}");
         assert_eq!(e.issues[0].expression, [name]);
     }
-    let p = reg.parse(None, &pairs(&[("family", "x")]), false).expect("lenient");
+    let p = reg
+        .parse(None, &pairs(&[("family", "x")]), false)
+        .expect("lenient");
     assert_eq!(p.ignored, ["family"]);
-    assert_bad_request(&parse_err(None, &[("_type", "Patient,Nope")], true), "_type", "'Nope'");
+    assert_bad_request(
+        &parse_err(None, &[("_type", "Patient,Nope")], true),
+        "_type",
+        "'Nope'",
+    );
     // `_type` only at system level.
     let e = parse_err(Some("Patient"), &[("_type", "Patient")], true);
     assert_eq!(e.issues[0].code, IssueCode::NotSupported);
-    let p = reg.parse(None, &pairs(&[("_sort", "-_lastUpdated")]), true).expect("sort");
+    let p = reg
+        .parse(None, &pairs(&[("_sort", "-_lastUpdated")]), true)
+        .expect("sort");
     assert_eq!(
         p.query.sort,
         [SortKey {
@@ -538,18 +745,37 @@ fn result_parameters() {
     assert_eq!(p.query.offset, 0);
     assert!(p.query.total);
     assert!(p.query.filters.is_empty() && p.includes.is_empty() && p.self_params.is_empty());
-    assert_eq!(parse("Patient", &[("_count", "5000")]).query.count, MAX_COUNT);
+    assert_eq!(
+        parse("Patient", &[("_count", "5000")]).query.count,
+        MAX_COUNT
+    );
     assert_eq!(parse("Patient", &[("_count", "0")]).query.count, 0);
     assert_eq!(parse("Patient", &[("_offset", "40")]).query.offset, 40);
-    for (name, value) in [("_count", "abc"), ("_count", "-1"), ("_offset", "-5"), ("_offset", "1.5")] {
-        assert_bad_request(&parse_err(Some("Patient"), &[(name, value)], false), name, "non-negative integer");
+    for (name, value) in [
+        ("_count", "abc"),
+        ("_count", "-1"),
+        ("_offset", "-5"),
+        ("_offset", "1.5"),
+    ] {
+        assert_bad_request(
+            &parse_err(Some("Patient"), &[(name, value)], false),
+            name,
+            "non-negative integer",
+        );
     }
     assert!(!parse("Patient", &[("_total", "none")]).query.total);
     assert!(parse("Patient", &[("_total", "accurate")]).query.total);
     assert!(parse("Patient", &[("_total", "estimate")]).query.total);
-    assert_bad_request(&parse_err(Some("Patient"), &[("_total", "all")], false), "_total", "none");
+    assert_bad_request(
+        &parse_err(Some("Patient"), &[("_total", "all")], false),
+        "_total",
+        "none",
+    );
 
-    let p = parse("Patient", &[("_summary", "count"), ("_total", "none"), ("_count", "10")]);
+    let p = parse(
+        "Patient",
+        &[("_summary", "count"), ("_total", "none"), ("_count", "10")],
+    );
     assert_eq!(p.summary, Some(Summary::Count));
     assert!(p.query.total);
     assert_eq!(p.query.count, 0);
@@ -562,14 +788,28 @@ fn result_parameters() {
         assert_eq!(parse("Patient", &[("_summary", text)]).summary, Some(s));
         assert_eq!(s.as_str(), text);
     }
-    assert_bad_request(&parse_err(Some("Patient"), &[("_summary", "maybe")], false), "_summary", "count");
+    assert_bad_request(
+        &parse_err(Some("Patient"), &[("_summary", "maybe")], false),
+        "_summary",
+        "count",
+    );
 
-    let p = parse("Patient", &[("_elements", "name, birthDate,"), ("_elements", "gender")]);
-    assert_eq!(p.elements, Some(vec!["name".into(), "birthDate".into(), "gender".into()]));
+    let p = parse(
+        "Patient",
+        &[("_elements", "name, birthDate,"), ("_elements", "gender")],
+    );
+    assert_eq!(
+        p.elements,
+        Some(vec!["name".into(), "birthDate".into(), "gender".into()])
+    );
 
     // _format / _pretty: silently ignored (not listed).
     let p = registry()
-        .parse(Some("Patient"), &pairs(&[("_format", "json"), ("_pretty", "true")]), true)
+        .parse(
+            Some("Patient"),
+            &pairs(&[("_format", "json"), ("_pretty", "true")]),
+            true,
+        )
         .expect("format");
     assert!(p.ignored.is_empty() && p.self_params.is_empty());
 }
@@ -607,12 +847,19 @@ fn sorting() {
             },
         ]
     );
-    assert_eq!(p.self_params, pairs(&[("_sort", "-date,_id,status,subject")]));
+    assert_eq!(
+        p.self_params,
+        pairs(&[("_sort", "-date,_id,status,subject")])
+    );
     let e = parse_err(Some("CarePlan"), &[("_sort", "nosuch")], true);
     assert_eq!(e.issues[0].expression, ["_sort"]);
     assert_eq!(e.issues[0].code, IssueCode::NotSupported);
     let p = registry()
-        .parse(Some("CarePlan"), &pairs(&[("_sort", "nosuch,-_lastUpdated")]), false)
+        .parse(
+            Some("CarePlan"),
+            &pairs(&[("_sort", "nosuch,-_lastUpdated")]),
+            false,
+        )
         .expect("lenient");
     assert_eq!(p.ignored, ["_sort"]);
     assert_eq!(
@@ -673,24 +920,46 @@ fn includes() {
     // `*` and `Type:*`: every reference parameter.
     let all = parse("CarePlan", &[("_include", "*")]);
     assert!(all.includes.len() > 10);
-    assert!(all.includes.iter().all(|i| i.source_type == "CarePlan" && !i.reverse));
-    assert_eq!(parse("CarePlan", &[("_include", "CarePlan:*")]).includes, all.includes);
+    assert!(all
+        .includes
+        .iter()
+        .all(|i| i.source_type == "CarePlan" && !i.reverse));
+    assert_eq!(
+        parse("CarePlan", &[("_include", "CarePlan:*")]).includes,
+        all.includes
+    );
     // Errors.
-    assert_bad_request(&parse_err(Some("CarePlan"), &[("_include", "subject")], false), "_include", "Type:parameter");
-    assert_bad_request(&parse_err(Some("CarePlan"), &[("_include", "Nope:subject")], false), "_include", "'Nope'");
+    assert_bad_request(
+        &parse_err(Some("CarePlan"), &[("_include", "subject")], false),
+        "_include",
+        "Type:parameter",
+    );
+    assert_bad_request(
+        &parse_err(Some("CarePlan"), &[("_include", "Nope:subject")], false),
+        "_include",
+        "'Nope'",
+    );
     assert_bad_request(
         &parse_err(Some("CarePlan"), &[("_include", "CarePlan:status")], false),
         "_include",
         "not a reference parameter",
     );
     assert_bad_request(
-        &parse_err(Some("CarePlan"), &[("_include", "CarePlan:subject:Observation")], false),
+        &parse_err(
+            Some("CarePlan"),
+            &[("_include", "CarePlan:subject:Observation")],
+            false,
+        ),
         "_include",
         "cannot refer to Observation",
     );
     let e = parse_err(Some("CarePlan"), &[("_include", "CarePlan:nosuch")], true);
     assert_eq!(e.issues[0].code, IssueCode::NotSupported);
-    let e = parse_err(Some("CarePlan"), &[("_include:deep", "CarePlan:subject")], true);
+    let e = parse_err(
+        Some("CarePlan"),
+        &[("_include:deep", "CarePlan:subject")],
+        true,
+    );
     assert_eq!(e.issues[0].code, IssueCode::NotSupported);
 }
 
@@ -700,7 +969,15 @@ fn unknown_parameters_strict_and_lenient() {
     assert_eq!(e.kind, ErrorKind::BadRequest);
     assert_eq!(e.issues[0].expression, ["nosuch"]);
     assert!(e.issues[0].diagnostics.contains("nosuch"), "{e}");
-    for name in ["_text", "_content", "_list", "_contained", "_query", "_filter", "phonetic"] {
+    for name in [
+        "_text",
+        "_content",
+        "_list",
+        "_contained",
+        "_query",
+        "_filter",
+        "phonetic",
+    ] {
         let e = parse_err(Some("Patient"), &[(name, "x")], true);
         assert_eq!(e.issues[0].code, IssueCode::NotSupported, "{name}");
     }
@@ -732,13 +1009,59 @@ fn unknown_parameters_strict_and_lenient() {
 #[test]
 fn junk_never_panics() {
     let names = [
-        "", ":", ".", "..", "family:", ":exact", "subject:", "subject:.", "subject.", "_has", "_has:", "_has::::",
-        "_has:Observation::", "_include:", "_sort", "_count", "name:missing", "é", "subject:Patient.",
-        "identifier:not", "birthdate", "_lastUpdated", "value-quantity", "probability", "_type", "_id",
+        "",
+        ":",
+        ".",
+        "..",
+        "family:",
+        ":exact",
+        "subject:",
+        "subject:.",
+        "subject.",
+        "_has",
+        "_has:",
+        "_has::::",
+        "_has:Observation::",
+        "_include:",
+        "_sort",
+        "_count",
+        "name:missing",
+        "é",
+        "subject:Patient.",
+        "identifier:not",
+        "birthdate",
+        "_lastUpdated",
+        "value-quantity",
+        "probability",
+        "_type",
+        "_id",
     ];
     let values = [
-        "", ",", "|", "||", "|||", "\\", "\\\\,", "a\\", "é", "ge", "gé2020", "e", "1e", "-", "*", ":", "::",
-        "Patient/", "/1", "http://", "2024-02-30", "9999999999999999999999", "1e308", "-1e-400", "ap1.",
+        "",
+        ",",
+        "|",
+        "||",
+        "|||",
+        "\\",
+        "\\\\,",
+        "a\\",
+        "é",
+        "ge",
+        "gé2020",
+        "e",
+        "1e",
+        "-",
+        "*",
+        ":",
+        "::",
+        "Patient/",
+        "/1",
+        "http://",
+        "2024-02-30",
+        "9999999999999999999999",
+        "1e308",
+        "-1e-400",
+        "ap1.",
         "Patient:subject:Patient:x",
     ];
     let reg = registry();

@@ -1,0 +1,98 @@
+//! Client registry: bearer tokens and scopes, and the loopback-only development mode.
+
+mod support;
+
+use serde_json::json;
+use support::{client, TestServer};
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tokens_and_scopes_are_enforced() {
+    let s = TestServer::start_with(|c| {
+        c.clients = vec![
+            client("reader", "reader-token", &["system/*.read"]),
+            client("writer", "writer-token", &["system/Patient.cruds", "system/CarePlan.write"]),
+        ]
+    })
+    .await;
+    let patient = json!({"resourceType": "Patient", "name": [{"family": "Auth"}]});
+    // No token → 401 with WWW-Authenticate and an OperationOutcome.
+    let r = s.post("Patient", &patient).await;
+    assert_eq!(r.status(), 401);
+    assert!(r.headers().contains_key("www-authenticate"));
+    assert_eq!(r.json::<serde_json::Value>().await.unwrap()["issue"][0]["code"], "login");
+    // Wrong token → 401
+    let r = s.http.get(s.url("Patient")).bearer_auth("nope").send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    // Reader cannot create → 403
+    let r = s
+        .http
+        .post(s.url("Patient"))
+        .bearer_auth("reader-token")
+        .header("content-type", "application/fhir+json")
+        .json(&patient)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    // Writer can.
+    let r = s
+        .http
+        .post(s.url("Patient"))
+        .bearer_auth("writer-token")
+        .header("content-type", "application/fhir+json")
+        .json(&patient)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    // Reader can search; writer cannot read CarePlans (write only).
+    let r = s.http.get(s.url("Patient?family=auth")).bearer_auth("reader-token").send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let r = s.http.get(s.url("CarePlan")).bearer_auth("writer-token").send().await.unwrap();
+    assert_eq!(r.status(), 403);
+    // Scopes apply to each entry of a transaction too.
+    let tx = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": {"resourceType": "Observation", "status": "final", "code": {"text": "x"}}, "request": {"method": "POST", "url": "Observation"}}
+    ]});
+    let r = s
+        .http
+        .post(s.url(""))
+        .bearer_auth("writer-token")
+        .header("content-type", "application/fhir+json")
+        .json(&tx)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    s.stop().await;
+}
+
+#[test]
+fn development_mode_refuses_non_loopback() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = caregate_server::ServerConfig {
+        listen: "0.0.0.0:0".parse().unwrap(),
+        data: dir.path().to_path_buf(),
+        ..Default::default()
+    };
+    let err = caregate_server::start(&config).err().expect("must refuse");
+    assert!(err.to_string().contains("loopback"), "{err}");
+}
+
+#[test]
+fn config_file_parses_and_checks_token_hashes() {
+    let ok = caregate_server::ServerConfig::from_toml(&format!(
+        "listen = \"127.0.0.1:9000\"\n[[client]]\nid = \"a\"\ntoken_sha256 = \"{}\"\nscopes = [\"system/*.read\"]\n",
+        caregate_server::token_hash_hex("t")
+    ))
+    .unwrap();
+    assert_eq!(ok.clients.len(), 1);
+    assert!(!ok.development_mode());
+    assert!(caregate_server::ServerConfig::from_toml("[[client]]\nid = \"a\"\ntoken_sha256 = \"short\"\n").is_err());
+    assert!(caregate_server::ServerConfig::from_toml(&format!(
+        "[[client]]\nid = \"a\"\ntoken_sha256 = \"{}\"\nscopes = [\"system/Nope.read\"]\n",
+        caregate_server::token_hash_hex("t")
+    ))
+    .is_err());
+    assert!(caregate_server::ServerConfig::from_toml("unknown_key = 1").is_err());
+}
