@@ -181,6 +181,10 @@ fn write_response(out: &WriteOutcome, ctx: &Ctx) -> HttpResponse {
                 Err(e) => ctx.fail(&e),
             }
         }
+        // The stored bytes are exactly the representation; no need to serialise again.
+        ReturnPreference::Representation if ctx.rendering.format == Format::Json && !ctx.rendering.pretty && r.content.is_some() => resp
+            .insert_header((header::CONTENT_TYPE, Format::Json.content_type()))
+            .body(r.content.clone().unwrap_or_default()),
         ReturnPreference::Representation => match crate::format::render(&out.resource, ctx.rendering) {
             Ok(body) => resp
                 .insert_header((header::CONTENT_TYPE, ctx.rendering.format.content_type()))

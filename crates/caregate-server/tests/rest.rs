@@ -513,3 +513,85 @@ async fn capability_statement_describes_the_server() {
     assert!(xml.contains("<CapabilityStatement xmlns=\"http://hl7.org/fhir\">"), "{xml}");
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn search_parameters_modifiers_and_handling() {
+    let s = TestServer::start().await;
+    let mut a = patient("Ångström");
+    a["birthDate"] = json!("1990-06-15");
+    a["telecom"] = json!([{"system": "email", "value": "a@example.org"}]);
+    let a_id = s.create(a).await;
+    let mut b = patient("Anders");
+    b["gender"] = json!("male");
+    b["birthDate"] = json!("2001-01-01");
+    let b_id = s.create(b).await;
+    let mut c = patient("Smith");
+    c.as_object_mut().unwrap().remove("birthDate");
+    let c_id = s.create(c).await;
+
+    let ids = |b: Value| -> Vec<String> {
+        let mut v: Vec<String> = b["entry"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+            .iter()
+            .filter(|e| e["search"]["mode"] == "match")
+            .map(|e| e["resource"]["id"].as_str().unwrap().to_string())
+            .collect();
+        v.sort();
+        v
+    };
+    let sorted = |mut v: Vec<String>| {
+        v.sort();
+        v
+    };
+    // Accent- and case-insensitive prefix; :exact is neither.
+    assert_eq!(ids(s.get_json("Patient?family=angs").await), vec![a_id.clone()]);
+    assert_eq!(ids(s.get_json("Patient?family:exact=Ångström").await), vec![a_id.clone()]);
+    assert!(ids(s.get_json("Patient?family:exact=ångström").await).is_empty());
+    assert_eq!(ids(s.get_json("Patient?name:contains=mit").await), vec![c_id.clone()]);
+    // OR within a parameter, AND across repeats.
+    assert_eq!(ids(s.get_json("Patient?family=smith,anders").await), sorted(vec![b_id.clone(), c_id.clone()]));
+    assert_eq!(ids(s.get_json("Patient?family=a&gender=male").await), vec![b_id.clone()]);
+    // Tokens, :not, :missing
+    assert_eq!(ids(s.get_json("Patient?identifier=urn:test:mrn|mrn-Smith").await), vec![c_id.clone()]);
+    assert_eq!(ids(s.get_json("Patient?gender:not=female").await), vec![b_id.clone()]);
+    assert_eq!(ids(s.get_json("Patient?birthdate:missing=true").await), vec![c_id.clone()]);
+    assert_eq!(ids(s.get_json("Patient?email=a@example.org").await), vec![a_id.clone()]);
+    // Dates with prefixes and precision
+    assert_eq!(ids(s.get_json("Patient?birthdate=1990").await), vec![a_id.clone()]);
+    assert_eq!(ids(s.get_json("Patient?birthdate=ge2000-01-01").await), vec![b_id.clone()]);
+    assert_eq!(ids(s.get_json("Patient?birthdate=lt1991&birthdate=gt1990-06-01").await), vec![a_id.clone()]);
+    assert_eq!(ids(s.get_json("Patient?_lastUpdated=gt2000-01-01").await).len(), 3);
+    assert!(ids(s.get_json("Patient?_lastUpdated=lt2000-01-01").await).is_empty());
+    // _has: Patients some CarePlan points at
+    let cp = json!({"resourceType": "CarePlan", "status": "active", "intent": "plan", "subject": {"reference": format!("Patient/{b_id}")}});
+    let cp_id = s.create(cp).await;
+    assert_eq!(ids(s.get_json("Patient?_has:CarePlan:subject:status=active").await), vec![b_id.clone()]);
+    // System-level search across types
+    let sys = s.get_json(&format!("?_id={cp_id},{a_id}")).await;
+    assert_eq!(sys["total"], 2);
+    // Unknown parameters: lenient reports them, strict refuses them.
+    let lenient = s.get_json("Patient?family=smith&frobnicate=1").await;
+    assert_eq!(lenient["total"], 1);
+    let outcome = lenient["entry"].as_array().unwrap().iter().find(|e| e["search"]["mode"] == "outcome").expect("outcome entry");
+    assert_eq!(outcome["resource"]["issue"][0]["expression"][0], "frobnicate");
+    let strict = s.http.get(s.url("Patient?frobnicate=1")).header("prefer", "handling=strict").send().await.unwrap();
+    assert_eq!(strict.status(), 400);
+    assert_eq!(first_expression(&strict.json().await.unwrap()), "frobnicate");
+    // POST _search with a form body
+    let r = s
+        .http
+        .post(s.url("Patient/_search"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("family=smith")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(ids(r.json().await.unwrap()), vec![c_id.clone()]);
+    // Deleted resources leave search
+    assert_eq!(s.delete(&format!("Patient/{c_id}")).await.status(), 204);
+    assert!(ids(s.get_json("Patient?family=smith").await).is_empty());
+    s.stop().await;
+}

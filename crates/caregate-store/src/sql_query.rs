@@ -43,12 +43,15 @@ impl Builder {
 pub(crate) fn build_search(q: &SearchQuery) -> BuiltQuery {
     let mut b = Builder { args: Vec::new() };
     let mut where_sql = String::from("r.deleted = 0");
+    // With filters, the index subqueries are far more selective than the type: the unary
+    // `+` keeps SQLite from scanning every resource of the type and probing each.
+    let type_column = if q.filters.iter().any(|f| !f.any_of.is_empty()) { "+r.rtype" } else { "r.rtype" };
     if let Some(t) = &q.resource_type {
         let p = b.text(t);
-        where_sql.push_str(&format!(" AND r.rtype = {p}"));
+        where_sql.push_str(&format!(" AND {type_column} = {p}"));
     } else if !q.types.is_empty() {
         let list: Vec<String> = q.types.iter().map(|t| b.text(t)).collect();
-        where_sql.push_str(&format!(" AND r.rtype IN ({})", list.join(", ")));
+        where_sql.push_str(&format!(" AND {type_column} IN ({})", list.join(", ")));
     }
     for filter in &q.filters {
         if filter.any_of.is_empty() {
@@ -171,7 +174,7 @@ fn condition(b: &mut Builder, c: &Condition, alias: &str) -> String {
             }
             match system {
                 TokenSystem::Any => {}
-                TokenSystem::None => pred.push_str(" AND system IS NULL"),
+                TokenSystem::None => pred.push_str(" AND system = ''"),
                 TokenSystem::Is(s) => {
                     let v = b.text(s);
                     pred.push_str(&format!(" AND system = {v}"));
@@ -238,7 +241,7 @@ fn condition(b: &mut Builder, c: &Condition, alias: &str) -> String {
             if let Some(cd) = code {
                 let v = b.text(cd);
                 let u = b.text(cd);
-                pred.push_str(&format!(" AND (code = {v} OR (code IS NULL AND unit = {u}))"));
+                pred.push_str(&format!(" AND (code = {v} OR (code = '' AND unit = {u}))"));
             }
             format!("{rid} IN (SELECT rid FROM ix_quantity WHERE param = {p} AND {pred})")
         }
