@@ -404,8 +404,9 @@ impl Pipeline {
                 let if_match = requests[i].if_match;
                 match &plans[i] {
                     Some(Plan::Create { id, .. }) => {
-                        let resource = admitted[i].clone().unwrap_or(Value::Null);
+                        let resource = admitted[i].take().unwrap_or(Value::Null);
                         let prepared = self.prepare(resource, id, None, WriteMethod::Post, now)?;
+                        admitted[i] = prepared.resource;
                         op_of_entry[i] = Some(ops.len());
                         created[i] = true;
                         ops.push(prepared.op);
@@ -420,8 +421,9 @@ impl Pipeline {
                             }
                         }
                         created[i] = current.as_ref().is_none_or(VersionRecord::is_deleted);
-                        let resource = admitted[i].clone().unwrap_or(Value::Null);
+                        let resource = admitted[i].take().unwrap_or(Value::Null);
                         let prepared = self.prepare(resource, id, version, WriteMethod::Put, now)?;
+                        admitted[i] = prepared.resource;
                         op_of_entry[i] = Some(ops.len());
                         ops.push(prepared.op);
                     }
@@ -464,11 +466,13 @@ impl Pipeline {
                 Err(e) => return Err(store_error(e)),
             }
         };
-        let parsed: Vec<Option<Value>> = ops
-            .iter()
-            .map(|op| op.content.as_deref().and_then(|c| serde_json::from_slice(c).ok()))
-            .collect();
-        let written: Vec<(&WriteOp, Option<&Value>)> = ops.iter().zip(parsed.iter().map(Option::as_ref)).collect();
+        // `admitted` now holds each written resource as stored (id and meta stamped).
+        let mut written: Vec<(&WriteOp, Option<&Value>)> = ops.iter().map(|op| (op, None)).collect();
+        for (i, op_index) in resources.iter().enumerate() {
+            if let Some(o) = op_index {
+                written[*o].1 = admitted[i].as_ref();
+            }
+        }
         self.after_commit(&written);
         self.audit(
             caller,
@@ -507,7 +511,7 @@ impl Pipeline {
                         hash: String::new(),
                     };
                     let status = if created[i] { "201 Created" } else { "200 OK" };
-                    write_entry(base, &record, parsed[o].as_ref(), status, prefer, &issues_by_entry[i])
+                    write_entry(base, &record, admitted[i].as_ref(), status, prefer, &issues_by_entry[i])
                 }
                 None => return Err(FhirError::internal("transaction entry without a plan")),
             };

@@ -112,6 +112,7 @@ pub struct SqliteStore {
     path: PathBuf,
     writer: Mutex<Option<Sender<CommitRequest>>>,
     writer_thread: Mutex<Option<thread::JoinHandle<()>>>,
+    checkpoints: Mutex<Option<(Sender<()>, thread::JoinHandle<()>)>>,
     readers: Mutex<Vec<Connection>>,
     options: SqliteOptions,
 }
@@ -139,6 +140,18 @@ impl SqliteStore {
                 )))
             }
         }
+        // Checkpoints run on their own thread so the writer never stalls on one; the writer
+        // only checkpoints itself if the WAL grows far past what the checkpointer keeps up with.
+        conn.pragma_update(None, "wal_autocheckpoint", 50_000)?;
+        // After the WAL restarts, shrink the file back rather than keep its peak size.
+        conn.pragma_update(None, "journal_size_limit", 64i64 << 20)?;
+        let checkpointer = Connection::open(path)?;
+        checkpointer.busy_timeout(std::time::Duration::from_secs(10))?;
+        let (stop_checkpoints, checkpoint_stop_rx) = bounded::<()>(1);
+        let checkpoint_thread = thread::Builder::new()
+            .name("caregate-sqlite-checkpoint".into())
+            .spawn(move || checkpoint_loop(checkpointer, checkpoint_stop_rx))
+            .map_err(|e| StoreError::Database(format!("cannot start checkpoint thread: {e}")))?;
         let (tx, rx) = bounded::<CommitRequest>(4096);
         let max_group = options.max_group.max(1);
         let handle = thread::Builder::new()
@@ -149,6 +162,7 @@ impl SqliteStore {
             path: path.to_path_buf(),
             writer: Mutex::new(Some(tx)),
             writer_thread: Mutex::new(Some(handle)),
+            checkpoints: Mutex::new(Some((stop_checkpoints, checkpoint_thread))),
             readers: Mutex::new(Vec::new()),
             options,
         }))
@@ -182,6 +196,10 @@ impl SqliteStore {
         if let Some(handle) = self.writer_thread.lock().take() {
             let _ = handle.join();
         }
+        if let Some((stop, handle)) = self.checkpoints.lock().take() {
+            let _ = stop.send(());
+            let _ = handle.join();
+        }
     }
 }
 
@@ -207,9 +225,24 @@ fn configure(conn: &Connection) -> Result<(), StoreError> {
 /// touches is copied out of the kernel with `pread`, which dominated profiles.
 fn tune_cache(conn: &Connection) -> Result<(), StoreError> {
     conn.pragma_update(None, "mmap_size", 1i64 << 34)?;
-    conn.pragma_update(None, "cache_size", -32_768)?;
+    conn.pragma_update(None, "cache_size", -8_192)?;
     conn.pragma_update(None, "temp_store", "MEMORY")?;
     Ok(())
+}
+
+/// Copies committed WAL frames into the database file in the background (PASSIVE: never
+/// blocks the writer or readers).
+fn checkpoint_loop(conn: Connection, stop: Receiver<()>) {
+    loop {
+        match stop.recv_timeout(std::time::Duration::from_millis(250)) {
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+                    tracing::warn!(target: "caregate::store", error = %e, "WAL checkpoint failed");
+                }
+            }
+            _ => return,
+        }
+    }
 }
 
 fn writer_loop(mut conn: Connection, rx: Receiver<CommitRequest>, max_group: usize) {
