@@ -32,6 +32,11 @@ impl Builder {
     fn text(&mut self, s: &str) -> String {
         self.arg(SqlArg::Text(s.to_string()))
     }
+    /// A parameter key, resolved to its integer id inside the query.
+    fn param(&mut self, key: &str) -> String {
+        let p = self.text(key);
+        format!("(SELECT pid FROM param WHERE key = {p})")
+    }
     fn int(&mut self, i: i64) -> String {
         self.arg(SqlArg::Int(i))
     }
@@ -70,7 +75,7 @@ pub(crate) fn build_search(q: &SearchQuery) -> BuiltQuery {
             SortField::Id => "r.id".to_string(),
             SortField::LastUpdated => "r.last_updated_ms".to_string(),
             SortField::Param { param, kind } => {
-                let p = b.text(param);
+                let p = b.param(param);
                 let agg = if key.descending { "MAX" } else { "MIN" };
                 let (table, col) = sort_column(*kind, key.descending);
                 format!("(SELECT {agg}({col}) FROM {table} s WHERE s.rid = r.rid AND s.param = {p})")
@@ -142,7 +147,7 @@ fn condition(b: &mut Builder, c: &Condition, alias: &str) -> String {
             range_predicate(b, *prefix, &col, &format!("({col} + 1)"), range.start, range.end)
         }
         Condition::String { param, value, mode } => {
-            let p = b.text(param);
+            let p = b.param(param);
             let pred = match mode {
                 StringMatch::Exact => {
                     let v = b.text(value);
@@ -166,7 +171,7 @@ fn condition(b: &mut Builder, c: &Condition, alias: &str) -> String {
             format!("{rid} IN (SELECT rid FROM ix_string WHERE param = {p} AND {pred})")
         }
         Condition::Token { param, system, code } => {
-            let p = b.text(param);
+            let p = b.param(param);
             let mut pred = String::new();
             if let Some(code) = code {
                 let v = b.text(code);
@@ -183,7 +188,7 @@ fn condition(b: &mut Builder, c: &Condition, alias: &str) -> String {
             format!("{rid} IN (SELECT rid FROM ix_token WHERE param = {p}{pred})")
         }
         Condition::TokenText { param, text } => {
-            let p = b.text(param);
+            let p = b.param(param);
             let v = b.text(&format!("{}%", escape_like(&text.to_lowercase())));
             format!("{rid} IN (SELECT rid FROM ix_token WHERE param = {p} AND text LIKE {v} ESCAPE '\\')")
         }
@@ -193,7 +198,7 @@ fn condition(b: &mut Builder, c: &Condition, alias: &str) -> String {
             target_id,
             url,
         } => {
-            let p = b.text(param);
+            let p = b.param(param);
             let mut pred = String::new();
             if let Some(id) = target_id {
                 let v = b.text(id);
@@ -210,7 +215,7 @@ fn condition(b: &mut Builder, c: &Condition, alias: &str) -> String {
             format!("{rid} IN (SELECT rid FROM ix_reference WHERE param = {p}{pred})")
         }
         Condition::Date { param, prefix, range } => {
-            let p = b.text(param);
+            let p = b.param(param);
             let pred = range_predicate(b, *prefix, "lo", "hi", range.start, range.end);
             format!("{rid} IN (SELECT rid FROM ix_date WHERE param = {p} AND {pred})")
         }
@@ -220,7 +225,7 @@ fn condition(b: &mut Builder, c: &Condition, alias: &str) -> String {
             value,
             tolerance,
         } => {
-            let p = b.text(param);
+            let p = b.param(param);
             let pred = number_predicate(b, *prefix, *value, *tolerance);
             format!("{rid} IN (SELECT rid FROM ix_number WHERE param = {p} AND {pred})")
         }
@@ -232,7 +237,7 @@ fn condition(b: &mut Builder, c: &Condition, alias: &str) -> String {
             system,
             code,
         } => {
-            let p = b.text(param);
+            let p = b.param(param);
             let mut pred = number_predicate(b, *prefix, *value, *tolerance);
             if let Some(s) = system {
                 let v = b.text(s);
@@ -246,7 +251,7 @@ fn condition(b: &mut Builder, c: &Condition, alias: &str) -> String {
             format!("{rid} IN (SELECT rid FROM ix_quantity WHERE param = {p} AND {pred})")
         }
         Condition::Uri { param, uri, mode } => {
-            let p = b.text(param);
+            let p = b.param(param);
             let pred = match mode {
                 UriMatch::Exact => {
                     let v = b.text(uri);
@@ -264,7 +269,7 @@ fn condition(b: &mut Builder, c: &Condition, alias: &str) -> String {
             format!("{rid} IN (SELECT rid FROM ix_uri WHERE param = {p} AND {pred})")
         }
         Condition::Missing { param, kind, missing } => {
-            let p = b.text(param);
+            let p = b.param(param);
             let table = table_of(*kind);
             let exists = format!("EXISTS (SELECT 1 FROM {table} m WHERE m.rid = {rid} AND m.param = {p})");
             if *missing {
@@ -282,7 +287,7 @@ fn condition(b: &mut Builder, c: &Condition, alias: &str) -> String {
             target_type,
             inner,
         } => {
-            let p = b.text(param);
+            let p = b.param(param);
             let t = b.text(target_type);
             let t2 = b.text(target_type);
             let inner_sql = condition(b, inner, "c");
@@ -296,7 +301,7 @@ fn condition(b: &mut Builder, c: &Condition, alias: &str) -> String {
             param,
             inner,
         } => {
-            let p = b.text(param);
+            let p = b.param(param);
             let s = b.text(source_type);
             let inner_sql = condition(b, inner, "h");
             format!(

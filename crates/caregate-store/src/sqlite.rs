@@ -50,26 +50,28 @@ CREATE INDEX IF NOT EXISTS version_by_time ON version (last_updated_ms);
 -- Search index over current versions only; rows are replaced on every write. Each table is
 -- clustered on the columns searches use (WITHOUT ROWID), so a row costs two B-tree inserts,
 -- not three. Absent optional values are stored as '' because key columns cannot be NULL.
-CREATE TABLE IF NOT EXISTS ix_string (param TEXT NOT NULL, norm TEXT NOT NULL, exact TEXT NOT NULL, rid INTEGER NOT NULL,
+-- Search parameter keys ("Patient:family") as small integers: index keys stay short.
+CREATE TABLE IF NOT EXISTS param (pid INTEGER PRIMARY KEY, key TEXT NOT NULL UNIQUE);
+CREATE TABLE IF NOT EXISTS ix_string (param INTEGER NOT NULL, norm TEXT NOT NULL, exact TEXT NOT NULL, rid INTEGER NOT NULL,
     PRIMARY KEY (param, norm, exact, rid)) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS ix_string_r ON ix_string (rid, param);
-CREATE TABLE IF NOT EXISTS ix_token (param TEXT NOT NULL, code TEXT NOT NULL, system TEXT NOT NULL, rid INTEGER NOT NULL, text TEXT,
+CREATE TABLE IF NOT EXISTS ix_token (param INTEGER NOT NULL, code TEXT NOT NULL, system TEXT NOT NULL, rid INTEGER NOT NULL, text TEXT,
     PRIMARY KEY (param, code, system, rid)) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS ix_token_r ON ix_token (rid, param);
-CREATE TABLE IF NOT EXISTS ix_reference (param TEXT NOT NULL, tid TEXT NOT NULL, ttype TEXT NOT NULL, url TEXT NOT NULL, rid INTEGER NOT NULL,
+CREATE TABLE IF NOT EXISTS ix_reference (param INTEGER NOT NULL, tid TEXT NOT NULL, ttype TEXT NOT NULL, url TEXT NOT NULL, rid INTEGER NOT NULL,
     PRIMARY KEY (param, tid, ttype, url, rid)) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS ix_reference_t ON ix_reference (ttype, tid);
 CREATE INDEX IF NOT EXISTS ix_reference_r ON ix_reference (rid, param);
-CREATE TABLE IF NOT EXISTS ix_date (param TEXT NOT NULL, lo INTEGER NOT NULL, hi INTEGER NOT NULL, rid INTEGER NOT NULL,
+CREATE TABLE IF NOT EXISTS ix_date (param INTEGER NOT NULL, lo INTEGER NOT NULL, hi INTEGER NOT NULL, rid INTEGER NOT NULL,
     PRIMARY KEY (param, lo, hi, rid)) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS ix_date_r ON ix_date (rid, param);
-CREATE TABLE IF NOT EXISTS ix_number (param TEXT NOT NULL, value REAL NOT NULL, rid INTEGER NOT NULL,
+CREATE TABLE IF NOT EXISTS ix_number (param INTEGER NOT NULL, value REAL NOT NULL, rid INTEGER NOT NULL,
     PRIMARY KEY (param, value, rid)) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS ix_number_r ON ix_number (rid, param);
-CREATE TABLE IF NOT EXISTS ix_quantity (param TEXT NOT NULL, value REAL NOT NULL, system TEXT NOT NULL, code TEXT NOT NULL, unit TEXT NOT NULL, rid INTEGER NOT NULL,
+CREATE TABLE IF NOT EXISTS ix_quantity (param INTEGER NOT NULL, value REAL NOT NULL, system TEXT NOT NULL, code TEXT NOT NULL, unit TEXT NOT NULL, rid INTEGER NOT NULL,
     PRIMARY KEY (param, value, system, code, unit, rid)) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS ix_quantity_r ON ix_quantity (rid, param);
-CREATE TABLE IF NOT EXISTS ix_uri (param TEXT NOT NULL, uri TEXT NOT NULL, rid INTEGER NOT NULL,
+CREATE TABLE IF NOT EXISTS ix_uri (param INTEGER NOT NULL, uri TEXT NOT NULL, rid INTEGER NOT NULL,
     PRIMARY KEY (param, uri, rid)) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS ix_uri_r ON ix_uri (rid, param);
 "#;
@@ -84,7 +86,7 @@ const DELETE_INDEX_ROWS: [&str; 7] = [
     "DELETE FROM ix_uri WHERE rid = ?1",
 ];
 
-const SCHEMA_VERSION: &str = "1";
+const SCHEMA_VERSION: &str = "2";
 
 #[derive(Debug, Clone)]
 pub struct SqliteOptions {
@@ -99,6 +101,40 @@ impl Default for SqliteOptions {
         SqliteOptions {
             max_group: 512,
             read_connections: 64,
+        }
+    }
+}
+
+/// The writer's cache of parameter ids. Ids created inside a transaction that is rolled
+/// back must be forgotten, so new ones stay `pending` until their transaction commits.
+#[derive(Default)]
+struct ParamIds {
+    known: std::collections::HashMap<String, i64>,
+    pending: Vec<String>,
+}
+
+impl ParamIds {
+    fn id(&mut self, tx: &Transaction<'_>, key: &str) -> Result<i64, StoreError> {
+        if let Some(id) = self.known.get(key) {
+            return Ok(*id);
+        }
+        tx.prepare_cached("INSERT OR IGNORE INTO param (key) VALUES (?1)")?.execute([key])?;
+        let id: i64 = tx
+            .prepare_cached("SELECT pid FROM param WHERE key = ?1")?
+            .query_row([key], |r| r.get(0))?;
+        self.known.insert(key.to_string(), id);
+        self.pending.push(key.to_string());
+        Ok(id)
+    }
+
+    fn committed(&mut self) {
+        self.pending.clear();
+    }
+
+    /// Forgets ids created since `mark` (their rows were rolled back).
+    fn rolled_back(&mut self, mark: usize) {
+        for key in self.pending.drain(mark..) {
+            self.known.remove(&key);
         }
     }
 }
@@ -246,6 +282,7 @@ fn checkpoint_loop(conn: Connection, stop: Receiver<()>) {
 }
 
 fn writer_loop(mut conn: Connection, rx: Receiver<CommitRequest>, max_group: usize) {
+    let mut ids = ParamIds::default();
     while let Ok(first) = rx.recv() {
         let mut group = vec![first];
         while group.len() < max_group {
@@ -254,7 +291,7 @@ fn writer_loop(mut conn: Connection, rx: Receiver<CommitRequest>, max_group: usi
                 Err(_) => break,
             }
         }
-        let results = commit_group(&mut conn, &group);
+        let results = commit_group(&mut conn, &group, &mut ids);
         for (req, result) in group.into_iter().zip(results) {
             // The requester may have gone away (client disconnected); nothing to tell then.
             let _ = req.reply.send(result);
@@ -267,21 +304,35 @@ fn writer_loop(mut conn: Connection, rx: Receiver<CommitRequest>, max_group: usi
 /// savepoint. Should a write fail for any other reason, the group is rolled back and
 /// replayed with one savepoint per request, so only the failing request fails. If the final
 /// COMMIT fails, every request of the group fails: none of them was acknowledged.
-fn commit_group(conn: &mut Connection, group: &[CommitRequest]) -> Vec<Result<(), StoreError>> {
-    match commit_group_fast(conn, group) {
+fn commit_group(conn: &mut Connection, group: &[CommitRequest], ids: &mut ParamIds) -> Vec<Result<(), StoreError>> {
+    let results = match commit_group_fast(conn, group, ids) {
         Ok(results) => results,
-        Err(_) => commit_group_isolated(conn, group),
+        Err(_) => {
+            ids.rolled_back(0);
+            commit_group_isolated(conn, group, ids)
+        }
+    };
+    if results.iter().any(|r| matches!(r, Err(StoreError::Database(_)))) && results.iter().all(Result::is_err) {
+        // The group's COMMIT failed: nothing of it exists, including new parameter ids.
+        ids.rolled_back(0);
+    } else {
+        ids.committed();
     }
+    results
 }
 
-fn commit_group_fast(conn: &mut Connection, group: &[CommitRequest]) -> Result<Vec<Result<(), StoreError>>, StoreError> {
+fn commit_group_fast(
+    conn: &mut Connection,
+    group: &[CommitRequest],
+    ids: &mut ParamIds,
+) -> Result<Vec<Result<(), StoreError>>, StoreError> {
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     let mut results = Vec::with_capacity(group.len());
     for req in group {
         match check_preconditions(&tx, &req.ops)? {
             Ok(current) => {
                 for (op, cur) in req.ops.iter().zip(current) {
-                    apply_op(&tx, op, cur)?;
+                    apply_op(&tx, op, cur, ids)?;
                 }
                 results.push(Ok(()));
             }
@@ -292,14 +343,14 @@ fn commit_group_fast(conn: &mut Connection, group: &[CommitRequest]) -> Result<V
     Ok(results)
 }
 
-fn commit_group_isolated(conn: &mut Connection, group: &[CommitRequest]) -> Vec<Result<(), StoreError>> {
+fn commit_group_isolated(conn: &mut Connection, group: &[CommitRequest], ids: &mut ParamIds) -> Vec<Result<(), StoreError>> {
     let tx = match conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate) {
         Ok(tx) => tx,
         Err(e) => return group.iter().map(|_| Err(StoreError::from(clone_err(&e)))).collect(),
     };
     let mut results = Vec::with_capacity(group.len());
     for req in group {
-        results.push(apply_in_savepoint(&tx, &req.ops));
+        results.push(apply_in_savepoint(&tx, &req.ops, ids));
     }
     if let Err(e) = tx.commit() {
         let msg = e.to_string();
@@ -339,25 +390,27 @@ fn clone_err(e: &rusqlite::Error) -> rusqlite::Error {
     rusqlite::Error::InvalidParameterName(e.to_string())
 }
 
-fn apply_in_savepoint(tx: &Transaction<'_>, ops: &[WriteOp]) -> Result<(), StoreError> {
+fn apply_in_savepoint(tx: &Transaction<'_>, ops: &[WriteOp], ids: &mut ParamIds) -> Result<(), StoreError> {
     tx.execute_batch("SAVEPOINT request")?;
-    match apply_ops(tx, ops) {
+    let mark = ids.pending.len();
+    match apply_ops(tx, ops, ids) {
         Ok(()) => {
             tx.execute_batch("RELEASE request")?;
             Ok(())
         }
         Err(e) => {
             tx.execute_batch("ROLLBACK TO request; RELEASE request")?;
+            ids.rolled_back(mark);
             Err(e)
         }
     }
 }
 
-fn apply_ops(tx: &Transaction<'_>, ops: &[WriteOp]) -> Result<(), StoreError> {
+fn apply_ops(tx: &Transaction<'_>, ops: &[WriteOp], ids: &mut ParamIds) -> Result<(), StoreError> {
     for (op_index, op) in ops.iter().enumerate() {
         // Checked op by op, so a request that touches one resource twice sees its own writes.
         match check_preconditions(tx, std::slice::from_ref(op))? {
-            Ok(mut cur) => apply_op(tx, op, cur.pop().flatten())?,
+            Ok(mut cur) => apply_op(tx, op, cur.pop().flatten(), ids)?,
             Err(StoreError::Conflict {
                 resource_type,
                 id,
@@ -380,7 +433,7 @@ fn apply_ops(tx: &Transaction<'_>, ops: &[WriteOp]) -> Result<(), StoreError> {
 }
 
 /// Writes one version whose precondition has been checked; `current` is its resource row.
-fn apply_op(tx: &Transaction<'_>, op: &WriteOp, current: Option<(i64, u64)>) -> Result<(), StoreError> {
+fn apply_op(tx: &Transaction<'_>, op: &WriteOp, current: Option<(i64, u64)>, ids: &mut ParamIds) -> Result<(), StoreError> {
     let deleted = op.content.is_none();
     let rid = match current {
         Some((rid, _)) => rid,
@@ -415,17 +468,18 @@ fn apply_op(tx: &Transaction<'_>, op: &WriteOp, current: Option<(i64, u64)>) -> 
         }
     }
     if !deleted {
-        write_index(tx, rid, &op.index)?;
+        write_index(tx, rid, &op.index, ids)?;
     }
     Ok(())
 }
 
-fn write_index(tx: &Transaction<'_>, rid: i64, entries: &[IndexEntry]) -> Result<(), StoreError> {
+fn write_index(tx: &Transaction<'_>, rid: i64, entries: &[IndexEntry], ids: &mut ParamIds) -> Result<(), StoreError> {
     for e in entries {
+        let param = ids.id(tx, &e.param)?;
         match &e.value {
             IndexValue::String { normalized, exact } => {
                 tx.prepare_cached("INSERT OR IGNORE INTO ix_string (rid, param, norm, exact) VALUES (?1, ?2, ?3, ?4)")?
-                    .execute(params![rid, e.param, normalized, exact])?;
+                    .execute(params![rid, param, normalized, exact])?;
             }
             IndexValue::Token { system, code, text } => {
                 tx.prepare_cached(
@@ -433,7 +487,7 @@ fn write_index(tx: &Transaction<'_>, rid: i64, entries: &[IndexEntry]) -> Result
                 )?
                 .execute(params![
                     rid,
-                    e.param,
+                    param,
                     or_empty(system),
                     or_empty(code),
                     text.as_ref().map(|t| t.to_lowercase())
@@ -447,15 +501,15 @@ fn write_index(tx: &Transaction<'_>, rid: i64, entries: &[IndexEntry]) -> Result
                 tx.prepare_cached(
                     "INSERT OR IGNORE INTO ix_reference (rid, param, ttype, tid, url) VALUES (?1, ?2, ?3, ?4, ?5)",
                 )?
-                .execute(params![rid, e.param, or_empty(target_type), or_empty(target_id), or_empty(url)])?;
+                .execute(params![rid, param, or_empty(target_type), or_empty(target_id), or_empty(url)])?;
             }
             IndexValue::Date(range) => {
                 tx.prepare_cached("INSERT OR IGNORE INTO ix_date (rid, param, lo, hi) VALUES (?1, ?2, ?3, ?4)")?
-                    .execute(params![rid, e.param, range.start, range.end])?;
+                    .execute(params![rid, param, range.start, range.end])?;
             }
             IndexValue::Number(value) => {
                 tx.prepare_cached("INSERT OR IGNORE INTO ix_number (rid, param, value) VALUES (?1, ?2, ?3)")?
-                    .execute(params![rid, e.param, value])?;
+                    .execute(params![rid, param, value])?;
             }
             IndexValue::Quantity {
                 value,
@@ -466,11 +520,11 @@ fn write_index(tx: &Transaction<'_>, rid: i64, entries: &[IndexEntry]) -> Result
                 tx.prepare_cached(
                     "INSERT OR IGNORE INTO ix_quantity (rid, param, value, system, code, unit) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                 )?
-                .execute(params![rid, e.param, value, or_empty(system), or_empty(code), or_empty(unit)])?;
+                .execute(params![rid, param, value, or_empty(system), or_empty(code), or_empty(unit)])?;
             }
             IndexValue::Uri(uri) => {
                 tx.prepare_cached("INSERT OR IGNORE INTO ix_uri (rid, param, uri) VALUES (?1, ?2, ?3)")?
-                    .execute(params![rid, e.param, uri])?;
+                    .execute(params![rid, param, uri])?;
             }
         }
     }
@@ -596,7 +650,7 @@ impl Store for SqliteStore {
                 let mut stmt = c.prepare_cached(&format!(
                     "SELECT {RECORD_COLUMNS} FROM ix_reference x
                      JOIN resource r ON r.rid = x.rid JOIN version v ON v.seq = r.seq
-                     WHERE x.param = ?1 AND x.ttype = ?2 AND x.tid = ?3 AND r.deleted = 0 AND r.rtype = ?4"
+                     WHERE x.param = (SELECT pid FROM param WHERE key = ?1) AND x.ttype = ?2 AND x.tid = ?3 AND r.deleted = 0 AND r.rtype = ?4"
                 ))?;
                 for (ty, id) in matches {
                     if spec.target_type.as_deref().is_some_and(|t| t != ty) {
@@ -610,7 +664,7 @@ impl Store for SqliteStore {
             } else {
                 let mut refs = c.prepare_cached(
                     "SELECT DISTINCT x.ttype, x.tid FROM resource r JOIN ix_reference x ON x.rid = r.rid
-                     WHERE r.rtype = ?1 AND r.id = ?2 AND x.param = ?3 AND x.tid != '' AND x.ttype != ''",
+                     WHERE r.rtype = ?1 AND r.id = ?2 AND x.param = (SELECT pid FROM param WHERE key = ?3) AND x.tid != '' AND x.ttype != ''",
                 )?;
                 let mut fetch = c.prepare_cached(&format!(
                     "SELECT {RECORD_COLUMNS} FROM resource r JOIN version v ON v.seq = r.seq
