@@ -9,6 +9,7 @@
 mod model;
 pub mod package;
 mod primitive;
+pub mod terminology;
 mod validate;
 
 use std::sync::OnceLock;
@@ -17,7 +18,8 @@ use caregate_core::Issue;
 use serde_json::Value;
 
 pub use model::ModelError;
-pub use package::Package;
+pub use package::{Package, PackageRef};
+pub use terminology::{CodeCheck, Terminology};
 pub use primitive::Primitive;
 
 use model::{FxMap, Table, TableId, TypeInfo, TypeKind};

@@ -102,6 +102,72 @@ pub(crate) struct ElementInfo {
     pub kind: ElementKind,
     /// For choice variants, the index of their group in [`Table::choices`].
     pub choice: Option<u16>,
+    /// Index into the model's bindings, for coded elements with a checked binding.
+    pub binding: Option<u32>,
+}
+
+/// ElementDefinition.binding.strength.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum BindingStrength {
+    Required,
+    Extensible,
+    Preferred,
+    Example,
+}
+
+impl BindingStrength {
+    pub fn from_code(s: &str) -> Option<BindingStrength> {
+        Some(match s {
+            "required" => BindingStrength::Required,
+            "extensible" => BindingStrength::Extensible,
+            "preferred" => BindingStrength::Preferred,
+            "example" => BindingStrength::Example,
+            _ => return None,
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BindingStrength::Required => "required",
+            BindingStrength::Extensible => "extensible",
+            BindingStrength::Preferred => "preferred",
+            BindingStrength::Example => "example",
+        }
+    }
+}
+
+/// How a bound value carries its code(s).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Coded {
+    /// `code`, `string`, `uri`: the value itself, system implied by the value set.
+    Code,
+    Coding,
+    CodeableConcept,
+    /// `Quantity.system` + `Quantity.code`.
+    Quantity,
+}
+
+impl Coded {
+    pub fn of_type(code: &str) -> Option<Coded> {
+        Some(match code {
+            "code" | "string" | "uri" => Coded::Code,
+            "Coding" => Coded::Coding,
+            "CodeableConcept" => Coded::CodeableConcept,
+            "Quantity" | "Age" | "Duration" | "Distance" | "Count" | "SimpleQuantity"
+            | "MoneyQuantity" => Coded::Quantity,
+            _ => return None,
+        })
+    }
+}
+
+/// A binding the structural walk checks (required, extensible and preferred; example
+/// bindings are documentation only and never compiled).
+#[derive(Debug)]
+pub(crate) struct BindingInfo {
+    pub strength: BindingStrength,
+    /// Canonical URL of the value set, as the definition states it (may carry `|version`).
+    pub value_set: Box<str>,
+    pub coded: Coded,
 }
 
 /// A choice element (`value[x]`): only one variant may appear, and one must when min ≥ 1.
@@ -194,6 +260,7 @@ pub enum ModelError {
 
 pub(crate) struct Compiled {
     pub tables: Vec<Table>,
+    pub bindings: Vec<BindingInfo>,
     pub types: FxMap<Box<str>, TypeInfo>,
     /// The `Element` table, used for the `_name` siblings of primitives.
     pub element_table: TableId,
@@ -220,6 +287,7 @@ pub(crate) fn compile(pkg: &Package) -> Result<Compiled, ModelError> {
     let mut tables: Vec<Table> = Vec::new();
     let mut types: FxMap<Box<str>, TypeInfo> = FxMap::default();
     let mut to_compile: Vec<&Value> = Vec::new();
+    let mut bindings: Vec<BindingInfo> = Vec::new();
 
     // Pass 1: name every type and reserve the root table of each structured one, so that
     // element types can be resolved in any order.
@@ -269,7 +337,7 @@ pub(crate) fn compile(pkg: &Package) -> Result<Compiled, ModelError> {
 
     // Pass 2: fill the tables from the snapshots.
     for sd in to_compile {
-        compile_definition(sd, &mut tables, &types)?;
+        compile_definition(sd, &mut tables, &types, &mut bindings)?;
     }
 
     let element_table = types
@@ -278,6 +346,7 @@ pub(crate) fn compile(pkg: &Package) -> Result<Compiled, ModelError> {
         .ok_or(ModelError::MissingType("Element"))?;
     Ok(Compiled {
         tables,
+        bindings,
         types,
         element_table,
     })
@@ -287,6 +356,7 @@ fn compile_definition(
     sd: &Value,
     tables: &mut Vec<Table>,
     types: &FxMap<Box<str>, TypeInfo>,
+    bindings: &mut Vec<BindingInfo>,
 ) -> Result<(), ModelError> {
     let url = str_field(sd, "url").unwrap_or("?");
     let type_name = str_field(sd, "type").unwrap_or("?");
@@ -345,6 +415,26 @@ fn compile_definition(
         };
         let min = def.get("min").and_then(Value::as_u64).unwrap_or(0) as u32;
         let array = str_field(def, "max").is_some_and(|m| m != "1");
+        let binding = def.get("binding").and_then(|b| {
+            let strength = BindingStrength::from_code(str_field(b, "strength")?)?;
+            let value_set = str_field(b, "valueSet")?;
+            (strength != BindingStrength::Example).then_some((strength, value_set))
+        });
+        let mut bind = |type_code: &str| -> Option<u32> {
+            let (strength, value_set) = binding?;
+            let coded = Coded::of_type(type_code)?;
+            // A Quantity's unit is only checked against a required binding: other
+            // strengths over UCUM units would only ever say "cannot check".
+            if coded == Coded::Quantity && strength != BindingStrength::Required {
+                return None;
+            }
+            bindings.push(BindingInfo {
+                strength,
+                value_set: value_set.into(),
+                coded,
+            });
+            Some(bindings.len() as u32 - 1)
+        };
 
         if let Some(reference) = str_field(def, "contentReference") {
             let target = reference.rsplit_once('#').map_or(reference, |(_, t)| t);
@@ -385,18 +475,14 @@ fn compile_definition(
                     code.get(..1).unwrap_or("").to_ascii_uppercase(),
                     code.get(1..).unwrap_or("")
                 );
-                tables[parent_table as usize].push(element(
-                    &variant,
-                    path,
-                    array,
-                    min,
-                    kind,
-                    Some(group),
-                ))?;
+                let mut info = element(&variant, path, array, min, kind, Some(group));
+                info.binding = bind(code);
+                tables[parent_table as usize].push(info)?;
             }
             continue;
         }
 
+        let mut bound = None;
         let kind = if let Some(&table) = table_of.get(path) {
             ElementKind::Backbone(table)
         } else if is_resource && name == "id" && parent == type_name {
@@ -413,9 +499,13 @@ fn compile_definition(
                     ),
                 });
             };
-            kind_of(str_field(t, "code").unwrap_or(""), t, path, types)?
+            let code = str_field(t, "code").unwrap_or("");
+            bound = bind(code);
+            kind_of(code, t, path, types)?
         };
-        tables[parent_table as usize].push(element(name, path, array, min, kind, None))?;
+        let mut info = element(name, path, array, min, kind, None);
+        info.binding = bound;
+        tables[parent_table as usize].push(info)?;
     }
     Ok(())
 }
@@ -436,6 +526,7 @@ fn element(
         min,
         kind,
         choice,
+        binding: None,
     }
 }
 

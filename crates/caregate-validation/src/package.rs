@@ -3,7 +3,8 @@
 //! no files beside the executable.
 
 use std::io::{BufRead, BufReader};
-use std::sync::OnceLock;
+use std::ops::Deref;
+use std::sync::{Arc, OnceLock};
 
 use flate2::read::GzDecoder;
 use serde_json::Value;
@@ -14,6 +15,31 @@ static R4_CORE_NDJSON_GZ: &[u8] = include_bytes!("../../../profiles/r4-core.ndjs
 #[derive(Debug, Default)]
 pub struct Package {
     resources: Vec<Value>,
+    /// `name` from package.json (`hl7.fhir.us.core`), when known.
+    pub name: Option<String>,
+    /// `version` from package.json, when known.
+    pub version: Option<String>,
+    /// `dependencies` from package.json: (name, version).
+    pub dependencies: Vec<(String, String)>,
+}
+
+/// A package held either for the whole process (the embedded core) or shared by the
+/// registries that loaded it. Lets the terminology and the profile registry refer to
+/// resources in place instead of copying them.
+#[derive(Debug, Clone)]
+pub enum PackageRef {
+    Static(&'static Package),
+    Shared(Arc<Package>),
+}
+
+impl Deref for PackageRef {
+    type Target = Package;
+    fn deref(&self) -> &Package {
+        match self {
+            PackageRef::Static(p) => p,
+            PackageRef::Shared(p) => p,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -53,11 +79,17 @@ impl Package {
             })?;
             resources.push(value);
         }
-        Ok(Package { resources })
+        let mut pkg = Package::from_resources(resources);
+        pkg.name = Some("hl7.fhir.r4.core".into());
+        pkg.version = Some("4.0.1".into());
+        Ok(pkg)
     }
 
     pub fn from_resources(resources: Vec<Value>) -> Package {
-        Package { resources }
+        Package {
+            resources,
+            ..Package::default()
+        }
     }
 
     pub fn resources(&self) -> &[Value] {
