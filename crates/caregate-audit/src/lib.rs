@@ -1,40 +1,336 @@
-//! Audit: one record per interaction, for the AuditEvent trail auditors read.
-//!
-//! The pipeline hands every interaction to an [`AuditSink`]. BALP AuditEvents on a hash
-//! chain come with the audit work; [`LogAudit`] records interactions to the log (without
-//! PHI) until then.
+//! AuditEvents for every interaction, shaped after IHE Basic Audit Log Patterns (BALP):
+//! `type` rest, `subtype` the interaction, action, outcome, the client and server agents
+//! (with purpose of use and network address), and entities for the patient, the data
+//! touched, the query and the request id. The store chains them by hash.
 
-/// What happened, in BALP terms.
+use serde_json::{json, Map, Value};
+
+const BALP: &str = "https://profiles.ihe.net/ITI/BALP/StructureDefinition";
+
+/// The FHIR interaction audited (`http://hl7.org/fhir/restful-interaction`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Subtype {
+    Read,
+    Vread,
+    Update,
+    Delete,
+    HistoryInstance,
+    HistoryType,
+    HistorySystem,
+    Create,
+    SearchType,
+    SearchSystem,
+    Batch,
+    Transaction,
+    Operation,
+}
+
+impl Subtype {
+    pub fn code(self) -> &'static str {
+        match self {
+            Subtype::Read => "read",
+            Subtype::Vread => "vread",
+            Subtype::Update => "update",
+            Subtype::Delete => "delete",
+            Subtype::HistoryInstance => "history-instance",
+            Subtype::HistoryType => "history-type",
+            Subtype::HistorySystem => "history-system",
+            Subtype::Create => "create",
+            Subtype::SearchType => "search-type",
+            Subtype::SearchSystem => "search-system",
+            Subtype::Batch => "batch",
+            Subtype::Transaction => "transaction",
+            Subtype::Operation => "operation",
+        }
+    }
+
+    /// AuditEvent.action: C, R, U, D or E.
+    pub fn action(self) -> &'static str {
+        match self {
+            Subtype::Create => "C",
+            Subtype::Read | Subtype::Vread | Subtype::HistoryInstance | Subtype::HistoryType | Subtype::HistorySystem => "R",
+            Subtype::Update => "U",
+            Subtype::Delete => "D",
+            Subtype::SearchType | Subtype::SearchSystem | Subtype::Batch | Subtype::Transaction | Subtype::Operation => "E",
+        }
+    }
+
+    /// The BALP profile the event conforms to (Patient* variants name a patient).
+    fn balp_profile(self, with_patient: bool) -> Option<String> {
+        let base = match self {
+            Subtype::Create => "Create",
+            Subtype::Update => "Update",
+            Subtype::Delete => "Delete",
+            Subtype::SearchType | Subtype::SearchSystem => "Query",
+            Subtype::Read | Subtype::Vread | Subtype::HistoryInstance | Subtype::HistoryType | Subtype::HistorySystem => "Read",
+            Subtype::Batch | Subtype::Transaction | Subtype::Operation => return None,
+        };
+        let patient = if with_patient { "Patient" } else { "" };
+        Some(format!("{BALP}/IHE.BasicAudit.{patient}{base}"))
+    }
+}
+
+/// AuditEvent.outcome.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Success,
+    /// 4: the request failed (client error).
+    MinorFailure(String),
+    /// 8: the server failed.
+    SeriousFailure(String),
+}
+
+impl Outcome {
+    pub fn code(&self) -> &'static str {
+        match self {
+            Outcome::Success => "0",
+            Outcome::MinorFailure(_) => "4",
+            Outcome::SeriousFailure(_) => "8",
+        }
+    }
+}
+
+/// Everything known about one interaction that an AuditEvent records. Never resource
+/// content: only references, ids and codes.
 #[derive(Debug, Clone)]
-pub struct Interaction {
-    /// `read`, `vread`, `search-type`, `create`, `update`, `delete`, `history`, `transaction`, ...
-    pub subtype: &'static str,
+pub struct AuditEntry {
+    pub subtype: Subtype,
+    pub outcome: Outcome,
     pub client_id: Option<String>,
-    pub resource_type: Option<String>,
-    /// Logical ids of the resources touched (never their content).
-    pub ids: Vec<String>,
-    /// 0 success, 4 minor failure, 8 serious failure (AuditEvent.outcome).
-    pub outcome: u8,
+    pub organization: Option<String>,
+    pub purpose_of_use: Option<String>,
+    pub network_address: Option<String>,
+    pub request_id: Option<String>,
+    /// `Patient/{id}` when the event is about one patient.
+    pub patient: Option<String>,
+    /// References of the resources touched, versioned where known.
+    pub entities: Vec<String>,
+    /// The search or history query string.
+    pub query: Option<String>,
+    /// A security alert (consent denial, break-the-glass) naming its basis.
+    pub security_alert: Option<String>,
 }
 
-pub trait AuditSink: Send + Sync {
-    fn record(&self, interaction: Interaction);
-}
+impl AuditEntry {
+    pub fn new(subtype: Subtype) -> AuditEntry {
+        AuditEntry {
+            subtype,
+            outcome: Outcome::Success,
+            client_id: None,
+            organization: None,
+            purpose_of_use: None,
+            network_address: None,
+            request_id: None,
+            patient: None,
+            entities: Vec::new(),
+            query: None,
+            security_alert: None,
+        }
+    }
 
-/// Writes one structured log line per interaction: ids and types only, never content.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct LogAudit;
-
-impl AuditSink for LogAudit {
-    fn record(&self, i: Interaction) {
-        tracing::debug!(
-            target: "caregate::audit",
-            subtype = i.subtype,
-            client = i.client_id.as_deref().unwrap_or("-"),
-            resource_type = i.resource_type.as_deref().unwrap_or("-"),
-            count = i.ids.len(),
-            outcome = i.outcome,
-            "interaction"
+    /// The AuditEvent resource for this entry.
+    pub fn to_resource(&self, id: &str, recorded: &str) -> Value {
+        let mut event = Map::new();
+        event.insert("resourceType".into(), json!("AuditEvent"));
+        event.insert("id".into(), json!(id));
+        if let Some(profile) = self.subtype.balp_profile(self.patient.is_some()) {
+            event.insert("meta".into(), json!({ "profile": [profile] }));
+        }
+        if let Some(alert) = &self.security_alert {
+            event.insert(
+                "type".into(),
+                json!({"system": "http://dicom.nema.org/resources/ontology/DCM", "code": "110113", "display": "Security Alert"}),
+            );
+            event.insert(
+                "subtype".into(),
+                json!([
+                    {"system": "http://hl7.org/fhir/restful-interaction", "code": self.subtype.code()},
+                ]),
+            );
+            event.insert("outcomeDesc".into(), json!(alert));
+        } else {
+            event.insert(
+                "type".into(),
+                json!({"system": "http://terminology.hl7.org/CodeSystem/audit-event-type", "code": "rest", "display": "RESTful Operation"}),
+            );
+            event.insert(
+                "subtype".into(),
+                json!([{"system": "http://hl7.org/fhir/restful-interaction", "code": self.subtype.code(), "display": self.subtype.code()}]),
+            );
+        }
+        event.insert("action".into(), json!(self.subtype.action()));
+        event.insert("recorded".into(), json!(recorded));
+        event.insert("outcome".into(), json!(self.outcome.code()));
+        match &self.outcome {
+            Outcome::MinorFailure(d) | Outcome::SeriousFailure(d) => {
+                event.insert("outcomeDesc".into(), json!(d));
+            }
+            Outcome::Success => {}
+        }
+        let mut client = Map::new();
+        client.insert(
+            "type".into(),
+            json!({"coding": [{"system": "http://dicom.nema.org/resources/ontology/DCM", "code": "110153", "display": "Source Role ID"}]}),
         );
+        client.insert(
+            "who".into(),
+            match &self.client_id {
+                Some(c) => json!({"identifier": {"system": "urn:caregate:client", "value": c}}),
+                None => json!({"display": "unauthenticated local development client"}),
+            },
+        );
+        client.insert("requestor".into(), json!(true));
+        if let Some(p) = &self.purpose_of_use {
+            client.insert(
+                "purposeOfUse".into(),
+                json!([{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActReason", "code": p}]}]),
+            );
+        }
+        if let Some(addr) = &self.network_address {
+            client.insert("network".into(), json!({"address": addr, "type": "2"}));
+        }
+        let mut agents = vec![Value::Object(client)];
+        if let Some(org) = &self.organization {
+            agents.push(json!({
+                "type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-RoleClass", "code": "PROV", "display": "healthcare provider"}]},
+                "who": {"reference": org},
+                "requestor": false
+            }));
+        }
+        agents.push(json!({
+            "type": {"coding": [{"system": "http://dicom.nema.org/resources/ontology/DCM", "code": "110152", "display": "Destination Role ID"}]},
+            "who": {"display": "caregate"},
+            "requestor": false
+        }));
+        event.insert("agent".into(), Value::Array(agents));
+        event.insert(
+            "source".into(),
+            json!({
+                "observer": {"display": "caregate"},
+                "type": [{"system": "http://terminology.hl7.org/CodeSystem/security-source-type", "code": "4", "display": "Application Server"}]
+            }),
+        );
+        let mut entities = Vec::new();
+        if let Some(p) = &self.patient {
+            entities.push(json!({
+                "what": {"reference": p},
+                "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-entity-type", "code": "1", "display": "Person"},
+                "role": {"system": "http://terminology.hl7.org/CodeSystem/object-role", "code": "1", "display": "Patient"}
+            }));
+        }
+        for e in &self.entities {
+            if Some(e) == self.patient.as_ref() {
+                continue;
+            }
+            entities.push(json!({
+                "what": {"reference": e},
+                "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-entity-type", "code": "2", "display": "System Object"},
+                "role": {"system": "http://terminology.hl7.org/CodeSystem/object-role", "code": "4", "display": "Domain Resource"}
+            }));
+        }
+        if let Some(q) = &self.query {
+            entities.push(json!({
+                "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-entity-type", "code": "2", "display": "System Object"},
+                "role": {"system": "http://terminology.hl7.org/CodeSystem/object-role", "code": "24", "display": "Query"},
+                "query": base64(q.as_bytes())
+            }));
+        }
+        if let Some(r) = &self.request_id {
+            entities.push(json!({
+                "what": {"identifier": {"value": r}},
+                "type": {"system": "http://hl7.org/fhir/resource-types", "code": "Transaction", "display": "Transaction"}
+            }));
+        }
+        if !entities.is_empty() {
+            event.insert("entity".into(), Value::Array(entities));
+        }
+        Value::Object(event)
+    }
+}
+
+/// Standard base64 (AuditEvent.entity.query is base64Binary).
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        out.push(ALPHABET[(n >> 18) as usize & 63] as char);
+        out.push(ALPHABET[(n >> 12) as usize & 63] as char);
+        out.push(if chunk.len() > 1 { ALPHABET[(n >> 6) as usize & 63] as char } else { '=' });
+        out.push(if chunk.len() > 2 { ALPHABET[n as usize & 63] as char } else { '=' });
+    }
+    out
+}
+
+/// The Patient a resource is about, from the common patient-pointing elements (a Patient
+/// is about itself). Used to write one AuditEvent per patient.
+pub fn patient_of(resource: &Value) -> Option<String> {
+    let resource_type = resource.get("resourceType")?.as_str()?;
+    if resource_type == "Patient" {
+        return resource.get("id")?.as_str().map(|id| format!("Patient/{id}"));
+    }
+    for element in ["patient", "subject", "beneficiary", "individual", "for"] {
+        let reference = match resource.get(element) {
+            Some(Value::Object(r)) => r.get("reference").and_then(Value::as_str),
+            Some(Value::Array(items)) => items
+                .iter()
+                .filter_map(|i| i.get("reference").and_then(Value::as_str))
+                .find(|r| r.starts_with("Patient/")),
+            _ => None,
+        };
+        if let Some(r) = reference.filter(|r| r.starts_with("Patient/")) {
+            return Some(r.split("/_history").next().unwrap_or(r).to_string());
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn balp_shape() {
+        let mut e = AuditEntry::new(Subtype::SearchType);
+        e.client_id = Some("psych-ehr".into());
+        e.purpose_of_use = Some("TREAT".into());
+        e.patient = Some("Patient/1".into());
+        e.query = Some("CarePlan?subject=Patient/1".into());
+        e.network_address = Some("127.0.0.1".into());
+        let v = e.to_resource("a1", "2024-01-01T00:00:00.000Z");
+        assert_eq!(v["type"]["code"], "rest");
+        assert_eq!(v["subtype"][0]["code"], "search-type");
+        assert_eq!(v["action"], "E");
+        assert_eq!(v["outcome"], "0");
+        assert_eq!(v["agent"][0]["requestor"], true);
+        assert_eq!(v["agent"][0]["who"]["identifier"]["value"], "psych-ehr");
+        assert_eq!(v["agent"][0]["purposeOfUse"][0]["coding"][0]["code"], "TREAT");
+        assert_eq!(v["entity"][0]["what"]["reference"], "Patient/1");
+        assert_eq!(v["entity"][1]["role"]["code"], "24");
+        assert_eq!(v["entity"][1]["query"], base64(b"CarePlan?subject=Patient/1"));
+    }
+
+    #[test]
+    fn base64_matches_rfc4648() {
+        assert_eq!(base64(b""), "");
+        assert_eq!(base64(b"f"), "Zg==");
+        assert_eq!(base64(b"fo"), "Zm8=");
+        assert_eq!(base64(b"foo"), "Zm9v");
+        assert_eq!(base64(b"foobar"), "Zm9vYmFy");
+    }
+
+    #[test]
+    fn patients_of_resources() {
+        assert_eq!(patient_of(&json!({"resourceType": "Patient", "id": "p"})).as_deref(), Some("Patient/p"));
+        assert_eq!(
+            patient_of(&json!({"resourceType": "CarePlan", "subject": {"reference": "Patient/x/_history/2"}})).as_deref(),
+            Some("Patient/x")
+        );
+        assert_eq!(
+            patient_of(&json!({"resourceType": "Consent", "patient": {"reference": "Patient/c"}})).as_deref(),
+            Some("Patient/c")
+        );
+        assert_eq!(patient_of(&json!({"resourceType": "Organization", "id": "o"})), None);
     }
 }

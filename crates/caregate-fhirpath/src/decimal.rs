@@ -411,7 +411,10 @@ mod tests {
         assert_eq!(d("0.1").checked_add(&d("0.2")).unwrap().to_string(), "0.3");
         assert_eq!(d("1.8").checked_sub(&d("1.2")).unwrap().to_string(), "0.6");
         assert_eq!(d("1.2").checked_mul(&d("1.8")).unwrap().to_string(), "2.16");
-        assert_eq!(d("1.2").checked_div(&d("1.8")).unwrap().to_string(), "0.66666667");
+        assert_eq!(
+            d("1.2").checked_div(&d("1.8")).unwrap().to_string(),
+            "0.66666667"
+        );
         assert_eq!(d("1").checked_div(&d("2")).unwrap().to_string(), "0.5");
         assert!(d("1").checked_div(&d("0")).is_none());
         assert_eq!(d("2.2").rem(&d("1.8")).unwrap().to_string(), "0.4");

@@ -11,9 +11,9 @@ pub(crate) enum Tok {
         delimited: bool,
     },
     Str(String),
-    /// The literal as written, parsed later (integers and decimals alike).
-    Num(f64),
-    /// `@2020-01-01`, `@T10:00`: kept as text.
+    /// A number as written (`1`, `1.50`), parsed by the parser so decimals stay exact.
+    Num(String),
+    /// `@2020-01-01`, `@2020T`, `@T10:00`: the text after `@`.
     DateTime(String),
     /// `%resource`, `%'x'`, ``%`x` ``.
     Var(String),
@@ -35,7 +35,13 @@ const PUNCTS: &[&str] = &[
     "-", "*", "/", "&",
 ];
 
+/// Longest source accepted; FHIR invariants are a few hundred characters.
+const MAX_SOURCE: usize = 64 * 1024;
+
 pub(crate) fn tokenize(src: &str) -> Result<Vec<Token>, FhirPathError> {
+    if src.len() > MAX_SOURCE {
+        return Err(FhirPathError::new(0, "expression is too long"));
+    }
     let chars: Vec<char> = src.chars().collect();
     let mut out = Vec::new();
     let mut i = 0;
@@ -100,19 +106,11 @@ pub(crate) fn tokenize(src: &str) -> Result<Vec<Token>, FhirPathError> {
                     i += 1;
                 }
             }
-            let text: String = chars[start..i].iter().collect();
-            let n = text
-                .parse::<f64>()
-                .map_err(|_| FhirPathError::new(start, format!("invalid number '{text}'")))?;
-            Tok::Num(n)
+            Tok::Num(chars[start..i].iter().collect())
         } else if c == '@' {
             i += 1;
             let start = i;
-            while i < chars.len()
-                && (chars[i].is_ascii_alphanumeric() || matches!(chars[i], '-' | ':' | '.' | '+'))
-            {
-                i += 1;
-            }
+            i = date_literal_end(&chars, i);
             if start == i {
                 return Err(FhirPathError::new(pos, "empty date/time literal"));
             }
@@ -169,6 +167,92 @@ pub(crate) fn tokenize(src: &str) -> Result<Vec<Token>, FhirPathError> {
         pos: chars.len(),
     });
     Ok(out)
+}
+
+/// End of a date/time literal body starting at `i` (after `@`), following the grammar:
+/// `YYYY(-MM(-DD)?)?(T(HH(:MM(:SS(.fff)?)?)?)?(Z|[+-]HH:MM)?)?` or `THH(:MM(:SS(.fff)?)?)?`.
+/// A `.` is only part of the literal when a digit follows, so `@2015.is(Date)` works.
+fn date_literal_end(chars: &[char], mut i: usize) -> usize {
+    let digits = |i: &mut usize, n: usize| -> bool {
+        if (0..n).all(|k| chars.get(*i + k).is_some_and(char::is_ascii_digit)) {
+            *i += n;
+            true
+        } else {
+            false
+        }
+    };
+    let time = |i: &mut usize| {
+        if !digits(i, 2) {
+            return;
+        }
+        if chars.get(*i) == Some(&':') {
+            let save = *i;
+            *i += 1;
+            if !digits(i, 2) {
+                *i = save;
+                return;
+            }
+            if chars.get(*i) == Some(&':') {
+                let save = *i;
+                *i += 1;
+                if !digits(i, 2) {
+                    *i = save;
+                    return;
+                }
+                if chars.get(*i) == Some(&'.')
+                    && chars.get(*i + 1).is_some_and(char::is_ascii_digit)
+                {
+                    *i += 1;
+                    while chars.get(*i).is_some_and(char::is_ascii_digit) {
+                        *i += 1;
+                    }
+                }
+            }
+        }
+    };
+    let tz = |i: &mut usize| match chars.get(*i) {
+        Some('Z') => *i += 1,
+        Some('+') | Some('-') => {
+            let save = *i;
+            *i += 1;
+            if !(digits(i, 2) && chars.get(*i) == Some(&':') && {
+                *i += 1;
+                digits(i, 2)
+            }) {
+                *i = save;
+            }
+        }
+        _ => {}
+    };
+    if chars.get(i) == Some(&'T') {
+        i += 1;
+        time(&mut i);
+        tz(&mut i);
+        return i;
+    }
+    if !digits(&mut i, 4) {
+        return i;
+    }
+    for _ in 0..2 {
+        if chars.get(i) == Some(&'-') && chars.get(i + 1).is_some_and(char::is_ascii_digit) {
+            let save = i;
+            i += 1;
+            if !digits(&mut i, 2) {
+                i = save;
+                break;
+            }
+        } else {
+            break;
+        }
+    }
+    if chars.get(i) == Some(&'T') {
+        i += 1;
+        time(&mut i);
+        tz(&mut i);
+    } else {
+        tz(&mut i);
+    }
+    i
 }
 
 /// Reads a `'string'` or `` `identifier` `` starting at the opening quote; returns the
@@ -241,8 +325,28 @@ mod tests {
     fn numbers_do_not_eat_path_dots() {
         let t = tokenize("x[0].y 1.5").unwrap();
         let toks: Vec<_> = t.into_iter().map(|t| t.tok).collect();
-        assert_eq!(toks[2], Tok::Num(0.0));
+        assert_eq!(toks[2], Tok::Num("0".into()));
         assert_eq!(toks[4], Tok::Punct("."));
-        assert_eq!(toks[6], Tok::Num(1.5));
+        assert_eq!(toks[6], Tok::Num("1.5".into()));
+    }
+
+    #[test]
+    fn date_literals_stop_before_invocations() {
+        let first = |s: &str| tokenize(s).unwrap()[0].tok.clone();
+        assert_eq!(first("@2015.is(Date)"), Tok::DateTime("2015".into()));
+        assert_eq!(
+            first("@2015-02-04T14:34:28.123.is(DateTime)"),
+            Tok::DateTime("2015-02-04T14:34:28.123".into())
+        );
+        assert_eq!(
+            first("@2017-11-05T01:30:00.0-04:00 > x"),
+            Tok::DateTime("2017-11-05T01:30:00.0-04:00".into())
+        );
+        assert_eq!(first("@T14:34:28Z"), Tok::DateTime("T14:34:28Z".into()));
+        assert_eq!(first("@2015T.is(DateTime)"), Tok::DateTime("2015T".into()));
+        assert_eq!(
+            first("@2014-12-14.toString()"),
+            Tok::DateTime("2014-12-14".into())
+        );
     }
 }

@@ -41,8 +41,9 @@ impl Precision {
     }
 }
 
-/// A date, date-time or time value. Fields below the precision are zero.
-#[derive(Clone, Copy, Debug)]
+/// A date, date-time or time value. Fields below the precision are zero. `==` is structural
+/// (same fields, same precision); use [`Temporal::compare`] for FHIRPath semantics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Temporal {
     pub kind: TemporalKind,
     pub precision: Precision,
@@ -369,12 +370,12 @@ impl Temporal {
     }
 
     /// This value shifted to UTC (only meaningful with an hour or finer and an offset).
-    fn to_utc(&self) -> Option<Temporal> {
+    fn in_utc(self) -> Option<Temporal> {
         let off = i64::from(self.tz?);
         if off == 0 {
-            return Some(*self);
+            return Some(self);
         }
-        let mut t = *self;
+        let mut t = self;
         let mins = days_from_civil(t.year, t.month.max(1), t.day.max(1)) * 1440
             + i64::from(t.hour) * 60
             + i64::from(t.minute)
@@ -400,7 +401,7 @@ impl Temporal {
         };
         let timed = a.precision >= Precision::Hour && b.precision >= Precision::Hour;
         let (a, b) = match (a.tz, b.tz) {
-            (Some(_), Some(_)) if timed => (a.to_utc()?, b.to_utc()?),
+            (Some(_), Some(_)) if timed => (a.in_utc()?, b.in_utc()?),
             (Some(_), None) | (None, Some(_)) if timed => return None,
             _ => (a, b),
         };
@@ -466,7 +467,11 @@ impl Temporal {
                 9 => Precision::Millisecond,
                 _ => return None,
             },
-            _ => match digits.unwrap_or(if self.kind == TemporalKind::Date { 8 } else { 17 }) {
+            _ => match digits.unwrap_or(if self.kind == TemporalKind::Date {
+                8
+            } else {
+                17
+            }) {
                 4 => Precision::Year,
                 6 => Precision::Month,
                 8 => Precision::Day,
@@ -692,8 +697,14 @@ mod tests {
         assert_eq!(dt("2015").precision, Precision::Year);
         assert_eq!(dt("2015T").precision, Precision::Year);
         assert_eq!(dt("2015-02-04T14").precision, Precision::Hour);
-        assert_eq!(dt("2015-02-04T14:34:28.123+10:00").to_string(), "2015-02-04T14:34:28.123+10:00");
-        assert_eq!(dt("2015-02-04T14:34:28Z").to_string(), "2015-02-04T14:34:28Z");
+        assert_eq!(
+            dt("2015-02-04T14:34:28.123+10:00").to_string(),
+            "2015-02-04T14:34:28.123+10:00"
+        );
+        assert_eq!(
+            dt("2015-02-04T14:34:28Z").to_string(),
+            "2015-02-04T14:34:28Z"
+        );
         assert!(Temporal::parse_datetime("2015-13").is_none());
         assert!(Temporal::parse_datetime("2015-02-30").is_none());
         assert!(Temporal::parse_date("2015-02-04T10").is_none());
@@ -706,8 +717,14 @@ mod tests {
         use Ordering::*;
         assert_eq!(dt("2018-03").compare(&dt("2018-03-01")), None);
         assert_eq!(dt("2018-02").compare(&dt("2018-03-01")), Some(Less));
-        assert_eq!(dt("2012-04-15T15:30:31").compare(&dt("2012-04-15T15:30:31.0")), Some(Equal));
-        assert_eq!(dt("2012-04-15T15:00:00Z").compare(&dt("2012-04-15T10:00:00")), None);
+        assert_eq!(
+            dt("2012-04-15T15:30:31").compare(&dt("2012-04-15T15:30:31.0")),
+            Some(Equal)
+        );
+        assert_eq!(
+            dt("2012-04-15T15:00:00Z").compare(&dt("2012-04-15T10:00:00")),
+            None
+        );
         assert_eq!(
             dt("2012-04-15T15:00:00+02:00").compare(&dt("2012-04-15T16:00:00+03:00")),
             Some(Equal)
@@ -727,28 +744,76 @@ mod tests {
     #[test]
     fn arithmetic_clamps_and_carries() {
         let d = Temporal::parse_date("1973-12-25").unwrap();
-        assert_eq!(d.add(7, CalendarUnit::Day).unwrap().to_string(), "1974-01-01");
-        assert_eq!(d.add(1, CalendarUnit::Month).unwrap().to_string(), "1974-01-25");
-        assert_eq!(d.add(-1, CalendarUnit::Month).unwrap().to_string(), "1973-11-25");
+        assert_eq!(
+            d.add(7, CalendarUnit::Day).unwrap().to_string(),
+            "1974-01-01"
+        );
+        assert_eq!(
+            d.add(1, CalendarUnit::Month).unwrap().to_string(),
+            "1974-01-25"
+        );
+        assert_eq!(
+            d.add(-1, CalendarUnit::Month).unwrap().to_string(),
+            "1973-11-25"
+        );
         let jan31 = Temporal::parse_date("2024-01-31").unwrap();
-        assert_eq!(jan31.add(1, CalendarUnit::Month).unwrap().to_string(), "2024-02-29");
+        assert_eq!(
+            jan31.add(1, CalendarUnit::Month).unwrap().to_string(),
+            "2024-02-29"
+        );
         let t = dt("1973-12-25T00:00:00.000+10:00");
-        assert_eq!(t.add(10, CalendarUnit::Millisecond).unwrap().to_string(), "1973-12-25T00:00:00.010+10:00");
-        assert_eq!(t.add(-1, CalendarUnit::Hour).unwrap().to_string(), "1973-12-24T23:00:00.000+10:00");
-        assert_eq!(d.add(25, CalendarUnit::Hour).unwrap().to_string(), "1973-12-26");
+        assert_eq!(
+            t.add(10, CalendarUnit::Millisecond).unwrap().to_string(),
+            "1973-12-25T00:00:00.010+10:00"
+        );
+        assert_eq!(
+            t.add(-1, CalendarUnit::Hour).unwrap().to_string(),
+            "1973-12-24T23:00:00.000+10:00"
+        );
+        assert_eq!(
+            d.add(25, CalendarUnit::Hour).unwrap().to_string(),
+            "1973-12-26"
+        );
     }
 
     #[test]
     fn boundaries() {
-        assert_eq!(Temporal::parse_date("2014").unwrap().boundary(Some(6), false).unwrap().to_string(), "2014-01");
-        assert_eq!(Temporal::parse_date("2014").unwrap().boundary(Some(6), true).unwrap().to_string(), "2014-12");
         assert_eq!(
-            dt("2014-01-01T08").boundary(Some(17), false).unwrap().to_string(),
+            Temporal::parse_date("2014")
+                .unwrap()
+                .boundary(Some(6), false)
+                .unwrap()
+                .to_string(),
+            "2014-01"
+        );
+        assert_eq!(
+            Temporal::parse_date("2014")
+                .unwrap()
+                .boundary(Some(6), true)
+                .unwrap()
+                .to_string(),
+            "2014-12"
+        );
+        assert_eq!(
+            dt("2014-01-01T08")
+                .boundary(Some(17), false)
+                .unwrap()
+                .to_string(),
             "2014-01-01T08:00:00.000+14:00"
         );
-        assert_eq!(dt("2014-01-01T08").boundary(Some(8), false).unwrap().to_string(), "2014-01-01");
         assert_eq!(
-            Temporal::parse_time("10:30").unwrap().boundary(Some(9), true).unwrap().to_string(),
+            dt("2014-01-01T08")
+                .boundary(Some(8), false)
+                .unwrap()
+                .to_string(),
+            "2014-01-01"
+        );
+        assert_eq!(
+            Temporal::parse_time("10:30")
+                .unwrap()
+                .boundary(Some(9), true)
+                .unwrap()
+                .to_string(),
             "10:30:59.999"
         );
     }

@@ -10,17 +10,25 @@ fn eval<'a>(expr: &str, resource: &'a Value) -> Vec<Item<'a>> {
         .evaluate(resource)
 }
 
+fn render(i: Item<'_>) -> String {
+    match i {
+        Item::Node {
+            value: Value::String(s),
+            ..
+        } => s.clone(),
+        Item::Node { value, .. } => value.to_string(),
+        Item::Str(s) => s,
+        Item::Bool(b) => b.to_string(),
+        Item::Integer(n) => n.to_string(),
+        Item::Decimal(d) => d.to_string(),
+        Item::Temporal(t) => t.to_string(),
+        Item::Quantity(q) => q.to_string(),
+        Item::TypeInfo { namespace, name } => format!("{namespace}.{name}"),
+    }
+}
+
 fn strings(expr: &str, resource: &Value) -> Vec<String> {
-    eval(expr, resource)
-        .into_iter()
-        .map(|i| match i {
-            Item::Node(Value::String(s)) => s.clone(),
-            Item::Node(other) => other.to_string(),
-            Item::Str(s) => s,
-            Item::Bool(b) => b.to_string(),
-            Item::Number(n) => n.to_string(),
-        })
-        .collect()
+    eval(expr, resource).into_iter().map(render).collect()
 }
 
 fn patient() -> Value {
@@ -216,21 +224,19 @@ fn bundle_entry_indexer() {
 }
 
 #[test]
-fn unsupported_features_are_compile_errors() {
+fn invalid_expressions_are_compile_errors() {
     for bad in [
         "Patient.name.foo()",
-        "Patient.name.memberOf('x')",
-        "5 'mg'",
-        "%unknown",
-        "$index",
-        "a div b",
-        "Patient.extension(%x)",
         "Patient.first(1)",
+        "where()",
+        "iif(a)",
+        "'a'.matches('(')",
+        "@2015-13-01",
+        "@T14:34:28Z",
+        "1 +",
+        "a.b(c",
     ] {
-        assert!(
-            Expression::compile(bad).is_err(),
-            "{bad} should be rejected"
-        );
+        assert!(Expression::compile(bad).is_err(), "{bad} should be rejected");
     }
     let err = Expression::compile("Patient.name.where(").unwrap_err();
     assert!(err.position > 0, "{err}");

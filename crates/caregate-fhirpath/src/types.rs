@@ -1,6 +1,6 @@
-//! What little of the FHIR type system the evaluator needs without StructureDefinitions:
-//! the data type names that can end a choice element's JSON key (`valueQuantity`), and a
-//! shape-based guess for values whose type the JSON key does not tell.
+//! Fallbacks for JSON the model does not describe (unknown elements, documents of another
+//! version): the data type names that can end a choice element's JSON key
+//! (`valueQuantity`), and a shape-based guess for values whose type nothing else tells.
 
 use serde_json::Value;
 
@@ -66,25 +66,6 @@ pub(crate) fn choice_suffix<'k>(key: &'k str, name: &str) -> Option<&'k str> {
     } else {
         None
     }
-}
-
-/// Whether a value known to be of type `actual` satisfies a test for `wanted`, allowing the
-/// Quantity specialisations (an `Age` is a `Quantity`). FHIR primitive names differ from the
-/// JSON key suffix only in the first letter's case (`dateTime` / `DateTime`).
-pub(crate) fn type_matches(actual: &str, wanted: &str) -> bool {
-    if actual.eq_ignore_ascii_case(wanted) {
-        return true;
-    }
-    let quantity_kind = [
-        "Age",
-        "Count",
-        "Distance",
-        "Duration",
-        "MoneyQuantity",
-        "SimpleQuantity",
-    ];
-    wanted.eq_ignore_ascii_case("Quantity")
-        && quantity_kind.iter().any(|q| q.eq_ignore_ascii_case(actual))
 }
 
 /// Best guess whether an untyped JSON value (not reached through a choice key) is a `wanted`.
@@ -161,9 +142,6 @@ mod tests {
 
     #[test]
     fn type_tests() {
-        assert!(type_matches("DateTime", "dateTime"));
-        assert!(type_matches("Age", "Quantity"));
-        assert!(!type_matches("Quantity", "Age"));
         assert!(shape_matches(
             &json!({"reference": "Patient/1"}),
             "Reference"

@@ -11,7 +11,8 @@ use caregate_store::{HistoryScope, StoreError, VersionRecord, WriteMethod, Write
 use serde_json::{json, Map, Value};
 
 use crate::references;
-use crate::write::{parse_record, precondition_failed};
+use crate::write::{parse_record, precondition_failed, refuse_audit_writes};
+use caregate_audit::{patient_of, Subtype};
 use crate::{check_resource_type, store_error, Caller, HistoryRequest, Permission, Pipeline};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -127,7 +128,7 @@ impl Pipeline {
                     .enumerate()
                     .map(|(i, e)| parse_entry(i, e, base))
                     .collect::<FhirResult<Vec<_>>>()?;
-                self.transaction(caller, requests, prefer, base)
+                self.audited(caller, Subtype::Transaction, None, || self.transaction(caller, requests, prefer, base))
             }
             BundleKind::Batch => Ok(self.batch(caller, entries, prefer, base)),
         }
@@ -237,6 +238,7 @@ impl Pipeline {
             let (rtype, id, query) = split_url(&req.url, base);
             if req.method != Method::Get {
                 check_resource_type(rtype).map_err(|e| e.located_under(&format!("Bundle.entry[{i}].request.url"), rtype))?;
+                refuse_audit_writes(rtype).map_err(|e| e.located_under(&format!("Bundle.entry[{i}].request.url"), rtype))?;
                 let permission = match req.method {
                     Method::Delete => Permission::Delete,
                     Method::Post => Permission::Create,
@@ -400,6 +402,7 @@ impl Pipeline {
             let mut ops: Vec<WriteOp> = Vec::new();
             let mut op_of_entry: Vec<Option<usize>> = vec![None; count];
             let mut created = vec![false; count];
+            let mut touched: Vec<(String, Option<String>)> = Vec::new();
             for &i in &order {
                 let if_match = requests[i].if_match;
                 match &plans[i] {
@@ -407,6 +410,10 @@ impl Pipeline {
                         let resource = admitted[i].take().unwrap_or(Value::Null);
                         let prepared = self.prepare(resource, id, None, WriteMethod::Post, now)?;
                         admitted[i] = prepared.resource;
+                        touched.push((
+                            format!("{}/{}/_history/{}", prepared.op.resource_type, id, prepared.op.version),
+                            admitted[i].as_ref().and_then(patient_of),
+                        ));
                         op_of_entry[i] = Some(ops.len());
                         created[i] = true;
                         ops.push(prepared.op);
@@ -424,6 +431,10 @@ impl Pipeline {
                         let resource = admitted[i].take().unwrap_or(Value::Null);
                         let prepared = self.prepare(resource, id, version, WriteMethod::Put, now)?;
                         admitted[i] = prepared.resource;
+                        touched.push((
+                            format!("{rtype}/{id}/_history/{}", prepared.op.version),
+                            admitted[i].as_ref().and_then(patient_of),
+                        ));
                         op_of_entry[i] = Some(ops.len());
                         ops.push(prepared.op);
                     }
@@ -440,6 +451,8 @@ impl Pipeline {
                                         return Err(precondition_failed(rtype, id, expected, Some(c.version)));
                                     }
                                 }
+                                let patient = parse_record(&c).ok().as_ref().and_then(patient_of);
+                                touched.push((format!("{rtype}/{id}/_history/{}", c.version + 1), patient));
                                 op_of_entry[i] = Some(ops.len());
                                 ops.push(Self::tombstone(rtype, id, c.version, now));
                             }
@@ -448,7 +461,12 @@ impl Pipeline {
                     _ => {}
                 }
             }
-            match self.store.commit(ops.clone()) {
+            let records = self
+                .per_patient_entries(caller, Subtype::Transaction, touched, None)
+                .iter()
+                .map(Self::audit_record)
+                .collect();
+            match self.store.commit(ops.clone(), records) {
                 Ok(()) => break (ops, op_of_entry, created),
                 Err(StoreError::Conflict { op_index, .. }) => {
                     let entry = op_of_entry.iter().position(|o| *o == Some(op_index));
@@ -474,13 +492,6 @@ impl Pipeline {
             }
         }
         self.after_commit(&written);
-        self.audit(
-            caller,
-            "transaction",
-            None,
-            ops.iter().map(|o| format!("{}/{}", o.resource_type, o.id)).collect(),
-            true,
-        );
 
         // 4. Reads run after the writes, then the response in request order.
         let mut out = Vec::with_capacity(count);

@@ -16,12 +16,12 @@ mod write;
 
 use std::sync::Arc;
 
-use caregate_audit::{AuditSink, Interaction, LogAudit};
+use caregate_audit::{AuditEntry, Outcome, Subtype};
 use caregate_careplan::{NoPatientLinking, NoSharedView, PatientLinker, SharedView};
 use caregate_consent::{Actor, ConsentNotEnforced, ConsentPolicy};
 use caregate_core::{ErrorKind, FhirError, FhirResult, Issue};
 use caregate_search::SearchRegistry;
-use caregate_store::{Store, StoreError};
+use caregate_store::{AuditRecord, Store, StoreError};
 use serde_json::Value;
 
 pub use bundle::{parse_etag, reason, BundleKind, ReturnPreference};
@@ -75,6 +75,10 @@ impl Notifier for NoNotifications {
 #[derive(Debug, Clone, Default)]
 pub struct Caller {
     pub actor: Actor,
+    /// The client's network address, for AuditEvent.agent.network.
+    pub network_address: Option<String>,
+    /// The request's id (`X-Request-Id`), recorded in AuditEvents.
+    pub request_id: Option<String>,
     /// What the client may do; `None` in local development mode (no client registry).
     pub scopes: Option<Scopes>,
 }
@@ -92,7 +96,6 @@ pub struct Stages {
     pub consent: Arc<dyn ConsentPolicy>,
     pub linker: Arc<dyn PatientLinker>,
     pub shared_view: Arc<dyn SharedView>,
-    pub audit: Arc<dyn AuditSink>,
     pub notifier: Arc<dyn Notifier>,
 }
 
@@ -105,7 +108,6 @@ impl Stages {
             consent: Arc::new(ConsentNotEnforced),
             linker: Arc::new(NoPatientLinking),
             shared_view: Arc::new(NoSharedView),
-            audit: Arc::new(LogAudit),
             notifier: Arc::new(NoNotifications),
         }
     }
@@ -156,14 +158,113 @@ impl Pipeline {
         &self.store
     }
 
-    fn audit(&self, caller: &Caller, subtype: &'static str, resource_type: Option<&str>, ids: Vec<String>, ok: bool) {
-        self.stages.audit.record(Interaction {
-            subtype,
-            client_id: caller.actor.client_id.clone(),
-            resource_type: resource_type.map(str::to_string),
-            ids,
-            outcome: if ok { 0 } else { 4 },
-        });
+    /// An AuditEvent entry for this caller.
+    pub(crate) fn audit_entry(&self, caller: &Caller, subtype: Subtype) -> AuditEntry {
+        let mut e = AuditEntry::new(subtype);
+        e.client_id = caller.actor.client_id.clone();
+        e.organization = caller.actor.organization.clone();
+        e.purpose_of_use = caller.actor.purpose_of_use.clone();
+        e.network_address = caller.network_address.clone();
+        e.request_id = caller.request_id.clone();
+        e
+    }
+
+    /// The stored form of an audit entry: the AuditEvent JSON plus its search columns.
+    pub(crate) fn audit_record(entry: &AuditEntry) -> AuditRecord {
+        let (now, recorded) = caregate_core::now_instant();
+        let id = uuid::Uuid::new_v4().to_string();
+        let content = serde_json::to_vec(&entry.to_resource(&id, &recorded)).unwrap_or_default();
+        AuditRecord {
+            id,
+            recorded_ms: now.timestamp_millis(),
+            patient: entry.patient.clone(),
+            client: entry.client_id.clone(),
+            event_type: if entry.security_alert.is_some() { "110113" } else { "rest" }.to_string(),
+            subtype: entry.subtype.code().to_string(),
+            outcome: entry.outcome.code().to_string(),
+            purpose: entry.purpose_of_use.clone(),
+            entities: entry.entities.clone(),
+            content,
+        }
+    }
+
+    /// Records AuditEvents for reads and failures without waiting for durability.
+    pub(crate) fn audit_async(&self, entries: &[AuditEntry]) {
+        let records: Vec<AuditRecord> = entries.iter().map(Self::audit_record).collect();
+        if let Err(e) = self.store.record_audit(records) {
+            tracing::error!(target: "caregate::audit", error = %e, "could not queue audit events");
+        }
+    }
+
+    /// Records a request refused for its credentials (BALP: security alert on login failure).
+    pub fn audit_rejected_credentials(&self, network_address: Option<String>, request_id: Option<String>, error: &FhirError) {
+        let mut entry = AuditEntry::new(Subtype::Operation);
+        entry.network_address = network_address;
+        entry.request_id = request_id;
+        let reason = error.issues.first().map(|i| i.diagnostics.clone()).unwrap_or_default();
+        entry.outcome = Outcome::MinorFailure(reason.clone());
+        entry.security_alert = Some(format!("request refused: {reason}"));
+        self.audit_async(&[entry]);
+    }
+
+    /// Runs one interaction and, when it fails, records a failure AuditEvent (outcome 4
+    /// for the client's errors, 8 for the server's).
+    pub(crate) fn audited<T>(
+        &self,
+        caller: &Caller,
+        subtype: Subtype,
+        what: Option<String>,
+        f: impl FnOnce() -> FhirResult<T>,
+    ) -> FhirResult<T> {
+        let result = f();
+        if let Err(e) = &result {
+            let mut entry = self.audit_entry(caller, subtype);
+            let description = e
+                .issues
+                .first()
+                .map(|i| i.diagnostics.clone())
+                .unwrap_or_else(|| format!("{:?}", e.kind));
+            entry.outcome = if e.kind.http_status() >= 500 {
+                Outcome::SeriousFailure(description)
+            } else {
+                Outcome::MinorFailure(description)
+            };
+            entry.entities.extend(what);
+            self.audit_async(&[entry]);
+        }
+        result
+    }
+
+    /// One AuditEvent per patient the given resources belong to (BALP asks for one event
+    /// per patient); resources that belong to no patient share one event.
+    /// `touched` holds each resource's reference and the patient it belongs to.
+    pub(crate) fn per_patient_entries(
+        &self,
+        caller: &Caller,
+        subtype: Subtype,
+        touched: impl IntoIterator<Item = (String, Option<String>)>,
+        query: Option<String>,
+    ) -> Vec<AuditEntry> {
+        let mut by_patient: Vec<(Option<String>, Vec<String>)> = Vec::new();
+        for (reference, patient) in touched {
+            match by_patient.iter_mut().find(|(p, _)| *p == patient) {
+                Some((_, refs)) => refs.push(reference),
+                None => by_patient.push((patient, vec![reference])),
+            }
+        }
+        if by_patient.is_empty() {
+            by_patient.push((None, Vec::new()));
+        }
+        by_patient
+            .into_iter()
+            .map(|(patient, refs)| {
+                let mut e = self.audit_entry(caller, subtype);
+                e.patient = patient;
+                e.entities = refs;
+                e.query = query.clone();
+                e
+            })
+            .collect()
     }
 }
 

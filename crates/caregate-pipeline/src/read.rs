@@ -4,10 +4,11 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::OnceLock;
 
+use caregate_audit::{patient_of, Subtype};
 use caregate_consent::{ConsentAction, ConsentRequest};
 use caregate_core::{parse_date_range, ErrorKind, FhirError, FhirResult};
 use caregate_search::Summary;
-use caregate_store::{HistoryQuery, HistoryScope, Key, VersionRecord, WriteMethod};
+use caregate_store::{AuditQuery, HistoryQuery, HistoryScope, Key, VersionRecord, WriteMethod};
 use serde_json::{json, Map, Value};
 
 use crate::write::parse_record;
@@ -30,8 +31,17 @@ pub struct HistoryRequest {
 impl Pipeline {
     /// `GET [type]/[id]`: the current version; 404 if it never existed, 410 if deleted.
     pub fn read(&self, caller: &Caller, resource_type: &str, id: &str) -> FhirResult<VersionRecord> {
+        self.audited(caller, Subtype::Read, Some(format!("{resource_type}/{id}")), || {
+            self.read_inner(caller, resource_type, id)
+        })
+    }
+
+    fn read_inner(&self, caller: &Caller, resource_type: &str, id: &str) -> FhirResult<VersionRecord> {
         check_resource_type(resource_type)?;
         caller.require(resource_type, Permission::Read)?;
+        if resource_type == "AuditEvent" {
+            return self.read_audit_event(caller, id);
+        }
         let record = self
             .store
             .read(resource_type, id)
@@ -44,14 +54,68 @@ impl Pipeline {
             ));
         }
         self.check_readable(caller, &record)?;
-        self.audit(caller, "read", Some(resource_type), vec![id.to_string()], true);
+        self.audit_read(caller, Subtype::Read, &record);
+        Ok(record)
+    }
+
+    /// One AuditEvent for a read of one version, naming its patient.
+    fn audit_read(&self, caller: &Caller, subtype: Subtype, record: &VersionRecord) {
+        let patient = record
+            .content
+            .as_deref()
+            .and_then(|c| serde_json::from_slice::<Value>(c).ok())
+            .and_then(|v| patient_of(&v));
+        let reference = format!("{}/{}/_history/{}", record.resource_type, record.id, record.version);
+        self.audit_async(&self.per_patient_entries(caller, subtype, [(reference, patient)], None));
+    }
+
+    fn read_audit_event(&self, caller: &Caller, id: &str) -> FhirResult<VersionRecord> {
+        let (found, _) = self
+            .store
+            .audit_search(&AuditQuery {
+                id: Some(id.to_string()),
+                count: 1,
+                ..AuditQuery::default()
+            })
+            .map_err(store_error)?;
+        let content = found
+            .into_iter()
+            .next()
+            .ok_or_else(|| FhirError::not_found(format!("AuditEvent/{id} is not known")))?;
+        let recorded = serde_json::from_slice::<Value>(&content)
+            .ok()
+            .and_then(|v| v.get("recorded").and_then(Value::as_str).map(str::to_string))
+            .unwrap_or_default();
+        let record = VersionRecord {
+            resource_type: "AuditEvent".into(),
+            id: id.to_string(),
+            version: 1,
+            last_updated_ms: parse_date_range(&recorded).map_or(0, |r| r.start),
+            last_updated: recorded,
+            method: WriteMethod::Post,
+            hash: caregate_store::content_hash(Some(&content)),
+            content: Some(content),
+        };
+        self.audit_read(caller, Subtype::Read, &record);
         Ok(record)
     }
 
     /// `GET [type]/[id]/_history/[vid]`.
     pub fn vread(&self, caller: &Caller, resource_type: &str, id: &str, version: &str) -> FhirResult<VersionRecord> {
+        self.audited(caller, Subtype::Vread, Some(format!("{resource_type}/{id}/_history/{version}")), || {
+            self.vread_inner(caller, resource_type, id, version)
+        })
+    }
+
+    fn vread_inner(&self, caller: &Caller, resource_type: &str, id: &str, version: &str) -> FhirResult<VersionRecord> {
         check_resource_type(resource_type)?;
         caller.require(resource_type, Permission::Read)?;
+        if resource_type == "AuditEvent" {
+            return match version {
+                "1" => self.read_audit_event(caller, id),
+                _ => Err(FhirError::not_found(format!("AuditEvent/{id} has only version 1"))),
+            };
+        }
         let version: u64 = version
             .parse()
             .map_err(|_| FhirError::not_found(format!("'{version}' is not a version of {resource_type}/{id}")))?;
@@ -67,7 +131,7 @@ impl Pipeline {
             ));
         }
         self.check_readable(caller, &record)?;
-        self.audit(caller, "vread", Some(resource_type), vec![id.to_string()], true);
+        self.audit_read(caller, Subtype::Vread, &record);
         Ok(record)
     }
 
@@ -112,12 +176,29 @@ impl Pipeline {
         strict: bool,
         base: &str,
     ) -> FhirResult<SearchOutcome> {
+        let subtype = if resource_type.is_some() { Subtype::SearchType } else { Subtype::SearchSystem };
+        self.audited(caller, subtype, resource_type.map(str::to_string), || {
+            self.search_inner(caller, resource_type, params, strict, base)
+        })
+    }
+
+    fn search_inner(
+        &self,
+        caller: &Caller,
+        resource_type: Option<&str>,
+        params: &[(String, String)],
+        strict: bool,
+        base: &str,
+    ) -> FhirResult<SearchOutcome> {
         match resource_type {
             Some(t) => {
                 check_resource_type(t)?;
                 caller.require(t, Permission::Search)?;
             }
             None => caller.require("*", Permission::Search)?,
+        }
+        if resource_type == Some("AuditEvent") {
+            return self.search_audit_events(caller, params, base);
         }
         let mut parsed = self.search.parse(resource_type, params, strict)?;
         parsed.query.count = parsed.query.count.min(self.options.max_page_size);
@@ -131,6 +212,7 @@ impl Pipeline {
 
         let mut entries = Vec::new();
         let mut match_ids = Vec::new();
+        let mut touched: Vec<(String, Option<String>)> = Vec::new();
         let mut seen: HashSet<Key> = HashSet::new();
         let mut match_keys: Vec<Key> = Vec::new();
         for record in &page.matches {
@@ -139,6 +221,10 @@ impl Pipeline {
                 continue;
             }
             let key = (record.resource_type.clone(), record.id.clone());
+            touched.push((
+                format!("{}/{}/_history/{}", record.resource_type, record.id, record.version),
+                patient_of(&resource),
+            ));
             seen.insert(key.clone());
             match_keys.push(key);
             match_ids.push(record.id.clone());
@@ -162,6 +248,10 @@ impl Pipeline {
                         continue;
                     }
                     next.push(key);
+                    touched.push((
+                        format!("{}/{}/_history/{}", record.resource_type, record.id, record.version),
+                        patient_of(&resource),
+                    ));
                     entries.push(self.search_entry(base, &record, resource, "include", &parsed.summary, &parsed.elements));
                 }
             }
@@ -227,7 +317,9 @@ impl Pipeline {
         if !entries.is_empty() {
             bundle.insert("entry".into(), Value::Array(entries));
         }
-        self.audit(caller, "search", resource_type, match_ids.clone(), true);
+        let query = query_string(resource_type, params);
+        let subtype = if resource_type.is_some() { Subtype::SearchType } else { Subtype::SearchSystem };
+        self.audit_async(&self.per_patient_entries(caller, subtype, touched, Some(query)));
         Ok(SearchOutcome {
             bundle: Value::Object(bundle),
             match_ids,
@@ -251,8 +343,113 @@ impl Pipeline {
         })
     }
 
+    /// `GET /AuditEvent?...`: served from the audit trail, which only clients granted
+    /// AuditEvent access (an auditor scope) reach.
+    fn search_audit_events(&self, caller: &Caller, params: &[(String, String)], base: &str) -> FhirResult<SearchOutcome> {
+        let mut q = AuditQuery {
+            count: 20,
+            ..AuditQuery::default()
+        };
+        let bad = |name: &str, value: &str, why: &str| {
+            FhirError::at(ErrorKind::BadRequest, name, format!("'{name}={value}': {why}"))
+        };
+        let code = |v: &str| v.rsplit('|').next().unwrap_or(v).to_string();
+        for (name, value) in params {
+            match name.as_str() {
+                "patient" => {
+                    q.patient = Some(if value.starts_with("Patient/") { value.clone() } else { format!("Patient/{value}") })
+                }
+                "agent" => q.client = Some(value.clone()),
+                "entity" => q.entity = Some(value.clone()),
+                "_id" => q.id = Some(value.clone()),
+                "type" => q.event_type = Some(code(value)),
+                "subtype" => q.subtype = Some(code(value)),
+                "outcome" => q.outcome = Some(code(value)),
+                "purpose" => q.purpose = Some(code(value)),
+                "date" => {
+                    let (prefix, date) = match value.get(..2) {
+                        Some(p @ ("ge" | "gt" | "le" | "lt" | "eq")) => (p, &value[2..]),
+                        _ => ("eq", value.as_str()),
+                    };
+                    let range = parse_date_range(date).ok_or_else(|| bad("date", value, "not a FHIR date"))?;
+                    match prefix {
+                        "ge" => q.from_ms = Some(range.start),
+                        "gt" => q.from_ms = Some(range.end),
+                        "le" => q.to_ms = Some(range.end),
+                        "lt" => q.to_ms = Some(range.start),
+                        _ => {
+                            q.from_ms = Some(range.start);
+                            q.to_ms = Some(range.end);
+                        }
+                    }
+                }
+                "_count" => q.count = value.parse().map_err(|_| bad("_count", value, "not a whole number"))?,
+                "_offset" => q.offset = value.parse().map_err(|_| bad("_offset", value, "not a whole number"))?,
+                "_format" | "_pretty" => {}
+                other => {
+                    return Err(FhirError::at(
+                        ErrorKind::BadRequest,
+                        other,
+                        format!("'{other}' is not supported on AuditEvent (patient, agent, entity, date, type, subtype, outcome, purpose, _id, _count)"),
+                    ))
+                }
+            }
+        }
+        q.count = q.count.min(self.options.max_page_size);
+        let (events, total) = self.store.audit_search(&q).map_err(store_error)?;
+        let mut entries = Vec::with_capacity(events.len());
+        let mut match_ids = Vec::new();
+        for content in &events {
+            let event: Value = serde_json::from_slice(content)
+                .map_err(|e| FhirError::internal(format!("stored AuditEvent is unreadable: {e}")))?;
+            let id = event.get("id").and_then(Value::as_str).unwrap_or_default().to_string();
+            entries.push(json!({
+                "fullUrl": format!("{base}/AuditEvent/{id}"),
+                "resource": event,
+                "search": {"mode": "match"}
+            }));
+            match_ids.push(id);
+        }
+        let path = format!("{base}/AuditEvent");
+        let mut own: Vec<(String, String)> = params.iter().filter(|(k, _)| k != "_offset").cloned().collect();
+        own.retain(|(k, _)| k != "_count");
+        let mut links = vec![link("self", &path, &own, Some(q.offset), q.count)];
+        if q.offset + events.len() < total as usize {
+            links.push(link("next", &path, &own, Some(q.offset + q.count), q.count));
+        }
+        let mut entry = self.audit_entry(caller, Subtype::SearchType);
+        entry.query = Some(query_string(Some("AuditEvent"), params));
+        self.audit_async(&[entry]);
+        Ok(SearchOutcome {
+            bundle: json!({
+                "resourceType": "Bundle",
+                "id": uuid::Uuid::new_v4().to_string(),
+                "type": "searchset",
+                "total": total,
+                "link": links,
+                "entry": entries,
+            }),
+            match_ids,
+        })
+    }
+
     /// Instance, type or system history, newest first, as a history Bundle.
     pub fn history(&self, caller: &Caller, request: &HistoryRequest, base: &str) -> FhirResult<Value> {
+        let subtype = match request.scope {
+            HistoryScope::System => Subtype::HistorySystem,
+            HistoryScope::Type(_) => Subtype::HistoryType,
+            HistoryScope::Instance(..) => Subtype::HistoryInstance,
+        };
+        self.audited(caller, subtype, None, || self.history_inner(caller, request, base))
+    }
+
+    fn history_inner(&self, caller: &Caller, request: &HistoryRequest, base: &str) -> FhirResult<Value> {
+        if matches!(&request.scope, HistoryScope::Type(t) | HistoryScope::Instance(t, _) if t == "AuditEvent") {
+            return Err(FhirError::new(
+                ErrorKind::MethodNotAllowed,
+                "AuditEvents have no history: each is written once and never changed",
+            ));
+        }
         let mut since = None;
         let mut before = None;
         let mut count = 20usize;
@@ -378,9 +575,27 @@ impl Pipeline {
         if !entries.is_empty() {
             bundle.insert("entry".into(), Value::Array(entries));
         }
-        self.audit(caller, "history", resource_type, Vec::new(), true);
+        let mut entry = self.audit_entry(caller, match request.scope {
+            HistoryScope::System => Subtype::HistorySystem,
+            HistoryScope::Type(_) => Subtype::HistoryType,
+            HistoryScope::Instance(..) => Subtype::HistoryInstance,
+        });
+        if let HistoryScope::Instance(t, id) = &request.scope {
+            entry.entities.push(format!("{t}/{id}"));
+        }
+        entry.query = Some(format!("{}/_history", resource_type.unwrap_or("")));
+        self.audit_async(&[entry]);
         Ok(Value::Object(bundle))
     }
+}
+
+/// The query as the client sent it, for AuditEvent.entity.query.
+fn query_string(resource_type: Option<&str>, params: &[(String, String)]) -> String {
+    let mut q = form_urlencoded::Serializer::new(String::new());
+    for (k, v) in params {
+        q.append_pair(k, v);
+    }
+    format!("{}?{}", resource_type.unwrap_or(""), q.finish())
 }
 
 fn ignored_is_empty(ignored: &[String]) -> bool {

@@ -89,9 +89,12 @@ impl Scopes {
     }
 
     pub fn allows(&self, resource_type: &str, permission: Permission) -> bool {
-        self.grants
-            .iter()
-            .any(|(ty, bits)| (ty == "*" || ty == resource_type) && bits & permission.bit() != 0)
+        // The audit trail is for auditors: a wildcard grant does not reach AuditEvent, only
+        // an explicit one (system/AuditEvent.read or .rs) does.
+        let wildcard_applies = resource_type != "AuditEvent";
+        self.grants.iter().any(|(ty, bits)| {
+            ((ty == "*" && wildcard_applies) || ty == resource_type) && bits & permission.bit() != 0
+        })
     }
 
     /// The intersection with another grant set (what a token may hold of what is registered).

@@ -1,5 +1,6 @@
 //! Single writes: create, update, delete and their conditional forms.
 
+use caregate_audit::{patient_of, Subtype};
 use caregate_careplan::Committed;
 use caregate_consent::{ConsentAction, ConsentRequest};
 use caregate_core::{format_instant, is_valid_id, ErrorKind, FhirError, FhirResult, Issue, IssueCode, Severity};
@@ -161,8 +162,21 @@ impl Pipeline {
         resource: Value,
         if_none_exist: Option<&str>,
     ) -> FhirResult<WriteOutcome> {
+        self.audited(caller, Subtype::Create, Some(resource_type.to_string()), || {
+            self.create_inner(caller, resource_type, resource, if_none_exist)
+        })
+    }
+
+    fn create_inner(
+        &self,
+        caller: &Caller,
+        resource_type: &str,
+        resource: Value,
+        if_none_exist: Option<&str>,
+    ) -> FhirResult<WriteOutcome> {
         check_resource_type(resource_type)?;
         caller.require(resource_type, Permission::Create)?;
+        refuse_audit_writes(resource_type)?;
         let admitted = self.admit(caller, resource_type, resource)?;
         if let Some(query) = if_none_exist {
             let found = self.find_matches(resource_type, query, 2)?;
@@ -171,7 +185,13 @@ impl Pipeline {
                 1 => {
                     let record = found.into_iter().next().ok_or_else(|| FhirError::internal("match vanished"))?;
                     let resource = parse_record(&record)?;
-                    self.audit(caller, "create", Some(resource_type), vec![record.id.clone()], true);
+                    let reference = format!("{}/{}/_history/{}", record.resource_type, record.id, record.version);
+                    self.audit_async(&self.per_patient_entries(
+                        caller,
+                        Subtype::Create,
+                        [(reference, patient_of(&resource))],
+                        Some(format!("If-None-Exist: {query}")),
+                    ));
                     return Ok(WriteOutcome {
                         record,
                         resource,
@@ -192,7 +212,7 @@ impl Pipeline {
         // A create ignores any id the client sent (http.html#create): the server assigns it.
         let id = uuid::Uuid::new_v4().to_string();
         let prepared = self.prepare(admitted.resource, &id, None, WriteMethod::Post, chrono::Utc::now())?;
-        self.commit_one(caller, "create", prepared, true, admitted.issues)
+        self.commit_one(caller, Subtype::Create, prepared, true, admitted.issues)
     }
 
     /// `PUT [type]/[id]`: update, or create with the client's id when it does not exist yet.
@@ -204,8 +224,22 @@ impl Pipeline {
         resource: Value,
         if_match: Option<u64>,
     ) -> FhirResult<WriteOutcome> {
+        self.audited(caller, Subtype::Update, Some(format!("{resource_type}/{id}")), || {
+            self.update_inner(caller, resource_type, id, resource, if_match)
+        })
+    }
+
+    fn update_inner(
+        &self,
+        caller: &Caller,
+        resource_type: &str,
+        id: &str,
+        resource: Value,
+        if_match: Option<u64>,
+    ) -> FhirResult<WriteOutcome> {
         check_resource_type(resource_type)?;
         caller.require(resource_type, Permission::Update)?;
+        refuse_audit_writes(resource_type)?;
         if !is_valid_id(id) {
             return Err(FhirError::bad_request(format!("'{id}' is not a valid resource id")));
         }
@@ -244,7 +278,8 @@ impl Pipeline {
                 WriteMethod::Put,
                 chrono::Utc::now(),
             )?;
-            match self.commit_one(caller, "update", prepared, created, admitted.issues.clone()) {
+            let subtype = if created { Subtype::Create } else { Subtype::Update };
+            match self.commit_one(caller, subtype, prepared, created, admitted.issues.clone()) {
                 Err(e) if e.kind == ErrorKind::Conflict && if_match.is_none() && attempts < self.options.write_retries => {
                     attempts += 1;
                 }
@@ -310,8 +345,15 @@ impl Pipeline {
 
     /// `DELETE [type]/[id]`. Deleting a deleted resource succeeds without a new version.
     pub fn delete(&self, caller: &Caller, resource_type: &str, id: &str, if_match: Option<u64>) -> FhirResult<DeleteOutcome> {
+        self.audited(caller, Subtype::Delete, Some(format!("{resource_type}/{id}")), || {
+            self.delete_inner(caller, resource_type, id, if_match)
+        })
+    }
+
+    fn delete_inner(&self, caller: &Caller, resource_type: &str, id: &str, if_match: Option<u64>) -> FhirResult<DeleteOutcome> {
         check_resource_type(resource_type)?;
         caller.require(resource_type, Permission::Delete)?;
+        refuse_audit_writes(resource_type)?;
         let mut attempts = 0;
         loop {
             let Some(current) = self.store.read(resource_type, id).map_err(store_error)? else {
@@ -328,20 +370,27 @@ impl Pipeline {
                     deleted_ids: Vec::new(),
                 });
             }
+            let current_resource = parse_record(&current)?;
             let decision = self.stages.consent.decide(&ConsentRequest {
                 actor: &caller.actor,
                 action: ConsentAction::Correct,
-                resource: &parse_record(&current)?,
+                resource: &current_resource,
             });
             if !decision.is_permit() {
                 return Err(FhirError::new(ErrorKind::Forbidden, decision.basis));
             }
             let op = Self::tombstone(resource_type, id, current.version, chrono::Utc::now());
             let version = op.version;
-            match self.store.commit(vec![op.clone()]) {
+            let audit = self.per_patient_entries(
+                caller,
+                Subtype::Delete,
+                [(format!("{resource_type}/{id}/_history/{version}"), patient_of(&current_resource))],
+                None,
+            );
+            let records = audit.iter().map(Self::audit_record).collect();
+            match self.store.commit(vec![op.clone()], records) {
                 Ok(()) => {
                     self.after_commit(&[(&op, None)]);
-                    self.audit(caller, "delete", Some(resource_type), vec![id.to_string()], true);
                     return Ok(DeleteOutcome {
                         version: Some(version),
                         deleted_ids: vec![id.to_string()],
@@ -387,17 +436,23 @@ impl Pipeline {
     fn commit_one(
         &self,
         caller: &Caller,
-        subtype: &'static str,
+        subtype: Subtype,
         prepared: Prepared,
         created: bool,
         issues: Vec<Issue>,
     ) -> FhirResult<WriteOutcome> {
         let Prepared { op, resource } = prepared;
         let resource = resource.ok_or_else(|| FhirError::internal("prepared write without content"))?;
-        match self.store.commit(vec![op.clone()]) {
+        let audit = self.per_patient_entries(
+            caller,
+            subtype,
+            [(format!("{}/{}/_history/{}", op.resource_type, op.id, op.version), patient_of(&resource))],
+            None,
+        );
+        let records = audit.iter().map(Self::audit_record).collect();
+        match self.store.commit(vec![op.clone()], records) {
             Ok(()) => {
                 self.after_commit(&[(&op, Some(&resource))]);
-                self.audit(caller, subtype, Some(&op.resource_type), vec![op.id.clone()], true);
                 let hash = caregate_store::content_hash(op.content.as_deref());
                 Ok(WriteOutcome {
                     record: VersionRecord {
@@ -437,6 +492,18 @@ impl Pipeline {
         parsed.query.offset = 0;
         parsed.query.total = false;
         Ok(self.store.search(&parsed.query).map_err(store_error)?.matches)
+    }
+}
+
+/// AuditEvents are written by caregate itself; the API never changes them.
+pub(crate) fn refuse_audit_writes(resource_type: &str) -> FhirResult<()> {
+    if resource_type == "AuditEvent" {
+        Err(FhirError::new(
+            ErrorKind::MethodNotAllowed,
+            "AuditEvents are recorded by caregate itself and cannot be created, changed or deleted through the API",
+        ))
+    } else {
+        Ok(())
     }
 }
 

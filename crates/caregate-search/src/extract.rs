@@ -36,18 +36,32 @@ pub(crate) fn index_item(key: &str, ty: ParamType, item: &Item<'_>, out: &mut Ve
         })
     };
     match item {
-        Item::Node(v) => index_value(ty, unwrap_extension(v), &mut push),
+        Item::Node { value, .. } => index_value(ty, unwrap_extension(value), &mut push),
         Item::Str(s) => index_value(ty, &Value::String(s.clone()), &mut push),
         Item::Bool(b) => {
             if ty == ParamType::Token {
                 push(token(None, Some(if *b { "true" } else { "false" }), None));
             }
         }
-        Item::Number(n) => match ty {
-            ParamType::Number => push(IndexValue::Number(*n)),
-            ParamType::Token => push(token(None, Some(&n.to_string()), None)),
-            _ => {}
-        },
+        Item::Integer(_) | Item::Decimal(_) => {
+            let text = match item {
+                Item::Integer(i) => i.to_string(),
+                Item::Decimal(d) => d.to_string(),
+                _ => return,
+            };
+            match ty {
+                ParamType::Number => {
+                    if let Ok(n) = text.parse::<f64>() {
+                        push(IndexValue::Number(n));
+                    }
+                }
+                ParamType::Token => push(token(None, Some(&text), None)),
+                _ => {}
+            }
+        }
+        // Computed dates and quantities index like their FHIR JSON form.
+        Item::Temporal(_) | Item::Quantity(_) => index_value(ty, &item.to_json(), &mut push),
+        Item::TypeInfo { .. } => {}
     }
 }
 

@@ -53,6 +53,7 @@ impl ClientRegistry {
                     ..Actor::default()
                 },
                 scopes: None,
+                ..Caller::default()
             });
         }
         let token = authorization
@@ -78,6 +79,7 @@ impl ClientRegistry {
                 purpose_of_use: purpose,
             },
             scopes: Some(client.scopes.clone()),
+            ..Caller::default()
         })
     }
 }

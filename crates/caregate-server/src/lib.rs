@@ -8,6 +8,8 @@ pub mod config;
 pub mod format;
 mod routes;
 
+pub use routes::RequestId;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -93,6 +95,21 @@ pub fn start(config: &ServerConfig) -> Result<RunningServer, StartError> {
     let mut server = HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
+            .wrap_fn(|req, srv| {
+                use actix_web::dev::Service;
+                use actix_web::HttpMessage;
+                let id = RequestId::from_header(req.headers().get("x-request-id").and_then(|v| v.to_str().ok()));
+                let header_value = actix_web::http::header::HeaderValue::from_str(&id.0).ok();
+                req.extensions_mut().insert(id);
+                let response = srv.call(req);
+                async move {
+                    let mut response = response.await?;
+                    if let Some(v) = header_value {
+                        response.headers_mut().insert(actix_web::http::header::HeaderName::from_static("x-request-id"), v);
+                    }
+                    Ok(response)
+                }
+            })
             .route("/metadata", web::get().to(routes::metadata))
             .route("/", web::post().to(routes::bundle))
             .route("/", web::get().to(routes::search_system))

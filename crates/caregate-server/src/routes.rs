@@ -6,7 +6,7 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use actix_web::http::header::{self, HeaderMap};
 use actix_web::http::{Method, StatusCode};
-use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web::{web, HttpMessage, HttpRequest, HttpResponse};
 use caregate_core::{ErrorKind, FhirError, OperationOutcome};
 use caregate_pipeline::{parse_etag, Caller, HistoryRequest, ReturnPreference, WriteOutcome};
 use caregate_store::{HistoryScope, VersionRecord};
@@ -15,6 +15,21 @@ use serde_json::Value;
 
 use crate::format::{error_response, negotiate, parse_body, resource_response, Format, Rendering};
 use crate::AppState;
+
+/// The id of one request: the client's `X-Request-Id` when it is a sane token, else new.
+#[derive(Debug, Clone)]
+pub struct RequestId(pub String);
+
+impl RequestId {
+    pub fn from_header(value: Option<&str>) -> RequestId {
+        match value {
+            Some(v) if !v.is_empty() && v.len() <= 64 && v.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b)) => {
+                RequestId(v.to_string())
+            }
+            _ => RequestId(uuid::Uuid::new_v4().to_string()),
+        }
+    }
+}
 
 /// Per-request context shared by the handlers.
 struct Ctx {
@@ -59,10 +74,19 @@ impl Ctx {
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
         let authorization = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-        let caller = state
-            .clients
-            .authenticate(authorization, purpose)
-            .map_err(|e| error_response(&e, rendering))?;
+        let network_address = req.peer_addr().map(|a| a.ip().to_string());
+        let request_id = req.extensions().get::<RequestId>().map(|r| r.0.clone());
+        let mut caller = match state.clients.authenticate(authorization, purpose) {
+            Ok(c) => c,
+            Err(e) => {
+                state
+                    .pipeline
+                    .audit_rejected_credentials(network_address, request_id, &e);
+                return Err(error_response(&e, rendering));
+            }
+        };
+        caller.network_address = network_address;
+        caller.request_id = request_id;
         let base = match &state.base_url {
             Some(b) => b.clone(),
             None => {

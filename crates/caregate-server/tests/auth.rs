@@ -96,3 +96,81 @@ fn config_file_parses_and_checks_token_hashes() {
     .is_err());
     assert!(caregate_server::ServerConfig::from_toml("unknown_key = 1").is_err());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn audit_events_are_for_auditors_only() {
+    let s = TestServer::start_with(|c| {
+        c.clients = vec![
+            client("ehr", "ehr-token", &["system/*.*"]),
+            client("auditor", "auditor-token", &["system/AuditEvent.rs"]),
+        ]
+    })
+    .await;
+    let r = s
+        .http
+        .post(s.url("Patient"))
+        .bearer_auth("ehr-token")
+        .header("content-type", "application/fhir+json")
+        .json(&json!({"resourceType": "Patient", "name": [{"family": "Audited"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let id = r.json::<serde_json::Value>().await.unwrap()["id"].as_str().unwrap().to_string();
+    // A wildcard grant does not reach the audit trail.
+    let r = s.http.get(s.url("AuditEvent")).bearer_auth("ehr-token").send().await.unwrap();
+    assert_eq!(r.status(), 403);
+    let r = s
+        .http
+        .get(s.url(&format!("AuditEvent?patient=Patient/{id}")))
+        .bearer_auth("auditor-token")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let b: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(b["total"], 1);
+    let event = &b["entry"][0]["resource"];
+    assert_eq!(event["subtype"][0]["code"], "create");
+    assert_eq!(event["agent"][0]["who"]["identifier"]["value"], "ehr");
+    assert_eq!(event["agent"][1]["who"]["reference"], "Organization/ehr");
+    // Nobody changes the trail through the API.
+    let r = s
+        .http
+        .post(s.url("AuditEvent"))
+        .bearer_auth("auditor-token")
+        .header("content-type", "application/fhir+json")
+        .json(event)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status() == 403 || r.status() == 405, "{}", r.status());
+    let eid = event["id"].as_str().unwrap();
+    let r = s.http.delete(s.url(&format!("AuditEvent/{eid}"))).bearer_auth("ehr-token").send().await.unwrap();
+    assert!(r.status() == 403 || r.status() == 405, "{}", r.status());
+    let r = s.http.get(s.url(&format!("AuditEvent/{eid}"))).bearer_auth("auditor-token").send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    // A refused token leaves a security-alert event.
+    let r = s.http.get(s.url("Patient")).bearer_auth("stolen").send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    let mut alerts = 0;
+    for _ in 0..50 {
+        let b: serde_json::Value = s
+            .http
+            .get(s.url("AuditEvent?type=110113"))
+            .bearer_auth("auditor-token")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        alerts = b["total"].as_u64().unwrap_or(0);
+        if alerts > 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(alerts, 1);
+    s.stop().await;
+}

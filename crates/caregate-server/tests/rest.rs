@@ -595,3 +595,45 @@ async fn search_parameters_modifiers_and_handling() {
     assert!(ids(s.get_json("Patient?family=smith").await).is_empty());
     s.stop().await;
 }
+
+/// Polls the audit trail until `query` finds `expected` events (read events are written
+/// without waiting for an fsync, so they land a moment after the response).
+async fn audit_total(s: &TestServer, query: &str, expected: u64) -> u64 {
+    let mut total = 0;
+    for _ in 0..60 {
+        total = s.get_json(&format!("AuditEvent?{query}")).await["total"].as_u64().unwrap_or(0);
+        if total == expected {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    total
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_interaction_leaves_an_audit_event() {
+    let s = TestServer::start().await;
+    let a = s.create(patient("AuditA")).await;
+    let b = s.create(patient("AuditB")).await;
+    for p in [&a, &b] {
+        let plan = json!({"resourceType": "CarePlan", "status": "active", "intent": "plan", "subject": {"reference": format!("Patient/{p}")}});
+        s.create(plan).await;
+    }
+    assert_eq!(audit_total(&s, &format!("patient={a}&subtype=create"), 2).await, 2);
+    // A search writes one event per patient returned, carrying the query.
+    let found = s.get_json("CarePlan?status=active").await;
+    assert_eq!(found["total"], 2);
+    assert_eq!(audit_total(&s, &format!("patient=Patient/{a}&subtype=search-type"), 1).await, 1);
+    assert_eq!(audit_total(&s, &format!("patient=Patient/{b}&subtype=search-type"), 1).await, 1);
+    let event = &s.get_json(&format!("AuditEvent?patient=Patient/{b}&subtype=search-type")).await["entry"][0]["resource"];
+    assert!(event["entity"].as_array().unwrap().iter().any(|e| e["role"]["code"] == "24"));
+    // Reads and failures are recorded too.
+    s.get_json(&format!("Patient/{a}")).await;
+    assert_eq!(audit_total(&s, &format!("patient=Patient/{a}&subtype=read"), 1).await, 1);
+    let r = s.post("Patient", &json!({"resourceType": "Patient", "birthDate": "nope"})).await;
+    assert_eq!(r.status(), 400);
+    assert_eq!(audit_total(&s, "outcome=4&subtype=create", 1).await, 1);
+    // By entity, and the chain of everything so far is intact.
+    assert!(audit_total(&s, &format!("entity=Patient/{a}"), 99).await >= 2);
+    s.stop().await;
+}

@@ -6,12 +6,14 @@
 //! The store never interprets FHIR content: callers hand it finished JSON bytes, the
 //! version number they expect to replace and the index entries the search layer extracted.
 
+pub mod audit;
 pub mod index;
 mod sqlite;
 mod sql_query;
 
 use std::fmt;
 
+pub use audit::{AuditQuery, AuditRecord, ChainBreak, ChainReport};
 pub use index::*;
 pub use sqlite::{SqliteOptions, SqliteStore};
 
@@ -179,8 +181,19 @@ pub trait Store: Send + Sync {
 
     fn vread(&self, resource_type: &str, id: &str, version: u64) -> Result<Option<VersionRecord>, StoreError>;
 
-    /// Applies all writes atomically and durably, or none of them.
-    fn commit(&self, ops: Vec<WriteOp>) -> Result<(), StoreError>;
+    /// Applies all writes atomically and durably, or none of them, together with the
+    /// AuditEvents that record them (appended to the audit chain in the same transaction).
+    fn commit(&self, ops: Vec<WriteOp>, audit: Vec<AuditRecord>) -> Result<(), StoreError>;
+
+    /// Appends AuditEvents without waiting for them to be durable (used on the read path,
+    /// which must not wait for an fsync).
+    fn record_audit(&self, audit: Vec<AuditRecord>) -> Result<(), StoreError>;
+
+    /// AuditEvent JSON, newest first, and the number of matches.
+    fn audit_search(&self, query: &AuditQuery) -> Result<(Vec<Vec<u8>>, u64), StoreError>;
+
+    /// Walks the audit chain from the start.
+    fn verify_audit_chain(&self) -> Result<ChainReport, StoreError>;
 
     fn search(&self, query: &SearchQuery) -> Result<SearchPage, StoreError>;
 

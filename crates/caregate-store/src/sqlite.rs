@@ -14,6 +14,7 @@ use crossbeam_channel::{bounded, Receiver, Sender};
 use parking_lot::Mutex;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Transaction};
 
+use crate::audit::{self, AuditQuery, AuditRecord, ChainHead, ChainReport};
 use crate::index::{IndexEntry, IndexValue, IncludeSpec, SearchQuery};
 use crate::sql_query::{build_search, SqlArg};
 use crate::{
@@ -86,7 +87,7 @@ const DELETE_INDEX_ROWS: [&str; 7] = [
     "DELETE FROM ix_uri WHERE rid = ?1",
 ];
 
-const SCHEMA_VERSION: &str = "2";
+const SCHEMA_VERSION: &str = "3";
 
 #[derive(Debug, Clone)]
 pub struct SqliteOptions {
@@ -141,7 +142,10 @@ impl ParamIds {
 
 struct CommitRequest {
     ops: Vec<WriteOp>,
-    reply: Sender<Result<(), StoreError>>,
+    /// AuditEvents committed with the writes (and only if they succeed).
+    audit: Vec<AuditRecord>,
+    /// `None` for fire-and-forget audit appends (reads), which must not wait for an fsync.
+    reply: Option<Sender<Result<(), StoreError>>>,
 }
 
 pub struct SqliteStore {
@@ -159,6 +163,7 @@ impl SqliteStore {
         let conn = Connection::open(path)?;
         configure(&conn)?;
         conn.execute_batch(SCHEMA)?;
+        conn.execute_batch(audit::SCHEMA)?;
         let found: Option<String> = conn
             .query_row("SELECT value FROM caregate_meta WHERE key = 'schema'", [], |r| r.get(0))
             .optional()?;
@@ -190,9 +195,10 @@ impl SqliteStore {
             .map_err(|e| StoreError::Database(format!("cannot start checkpoint thread: {e}")))?;
         let (tx, rx) = bounded::<CommitRequest>(4096);
         let max_group = options.max_group.max(1);
+        let chain = ChainHead::load(&conn)?;
         let handle = thread::Builder::new()
             .name("caregate-sqlite-writer".into())
-            .spawn(move || writer_loop(conn, rx, max_group))
+            .spawn(move || writer_loop(conn, rx, max_group, chain))
             .map_err(|e| StoreError::Database(format!("cannot start writer thread: {e}")))?;
         Ok(Arc::new(SqliteStore {
             path: path.to_path_buf(),
@@ -224,6 +230,12 @@ impl SqliteStore {
             pool.push(conn);
         }
         result
+    }
+
+    fn send(&self, request: CommitRequest) -> Result<(), StoreError> {
+        let writer = self.writer.lock();
+        let sender = writer.as_ref().ok_or(StoreError::Closed)?;
+        sender.send(request).map_err(|_| StoreError::Closed)
     }
 
     /// Stops the writer after it has committed everything already queued.
@@ -281,7 +293,7 @@ fn checkpoint_loop(conn: Connection, stop: Receiver<()>) {
     }
 }
 
-fn writer_loop(mut conn: Connection, rx: Receiver<CommitRequest>, max_group: usize) {
+fn writer_loop(mut conn: Connection, rx: Receiver<CommitRequest>, max_group: usize, mut chain: ChainHead) {
     let mut ids = ParamIds::default();
     while let Ok(first) = rx.recv() {
         let mut group = vec![first];
@@ -291,10 +303,19 @@ fn writer_loop(mut conn: Connection, rx: Receiver<CommitRequest>, max_group: usi
                 Err(_) => break,
             }
         }
-        let results = commit_group(&mut conn, &group, &mut ids);
+        let results = commit_group(&mut conn, &group, &mut ids, &mut chain);
         for (req, result) in group.into_iter().zip(results) {
-            // The requester may have gone away (client disconnected); nothing to tell then.
-            let _ = req.reply.send(result);
+            match req.reply {
+                // The requester may have gone away (client disconnected); nothing to tell then.
+                Some(reply) => {
+                    let _ = reply.send(result);
+                }
+                None => {
+                    if let Err(e) = result {
+                        tracing::error!(target: "caregate::audit", error = %e, "audit events could not be stored");
+                    }
+                }
+            }
         }
     }
 }
@@ -304,17 +325,26 @@ fn writer_loop(mut conn: Connection, rx: Receiver<CommitRequest>, max_group: usi
 /// savepoint. Should a write fail for any other reason, the group is rolled back and
 /// replayed with one savepoint per request, so only the failing request fails. If the final
 /// COMMIT fails, every request of the group fails: none of them was acknowledged.
-fn commit_group(conn: &mut Connection, group: &[CommitRequest], ids: &mut ParamIds) -> Vec<Result<(), StoreError>> {
-    let results = match commit_group_fast(conn, group, ids) {
+fn commit_group(
+    conn: &mut Connection,
+    group: &[CommitRequest],
+    ids: &mut ParamIds,
+    chain: &mut ChainHead,
+) -> Vec<Result<(), StoreError>> {
+    let chain_at_start = chain.clone();
+    let results = match commit_group_fast(conn, group, ids, chain) {
         Ok(results) => results,
         Err(_) => {
             ids.rolled_back(0);
-            commit_group_isolated(conn, group, ids)
+            *chain = chain_at_start.clone();
+            commit_group_isolated(conn, group, ids, chain)
         }
     };
     if results.iter().any(|r| matches!(r, Err(StoreError::Database(_)))) && results.iter().all(Result::is_err) {
-        // The group's COMMIT failed: nothing of it exists, including new parameter ids.
+        // The group's COMMIT failed: nothing of it exists, including new parameter ids
+        // and audit events.
         ids.rolled_back(0);
+        *chain = chain_at_start;
     } else {
         ids.committed();
     }
@@ -325,6 +355,7 @@ fn commit_group_fast(
     conn: &mut Connection,
     group: &[CommitRequest],
     ids: &mut ParamIds,
+    chain: &mut ChainHead,
 ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     let mut results = Vec::with_capacity(group.len());
@@ -334,6 +365,7 @@ fn commit_group_fast(
                 for (op, cur) in req.ops.iter().zip(current) {
                     apply_op(&tx, op, cur, ids)?;
                 }
+                audit::append(&tx, chain, &req.audit)?;
                 results.push(Ok(()));
             }
             Err(conflict) => results.push(Err(conflict)),
@@ -343,14 +375,19 @@ fn commit_group_fast(
     Ok(results)
 }
 
-fn commit_group_isolated(conn: &mut Connection, group: &[CommitRequest], ids: &mut ParamIds) -> Vec<Result<(), StoreError>> {
+fn commit_group_isolated(
+    conn: &mut Connection,
+    group: &[CommitRequest],
+    ids: &mut ParamIds,
+    chain: &mut ChainHead,
+) -> Vec<Result<(), StoreError>> {
     let tx = match conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate) {
         Ok(tx) => tx,
         Err(e) => return group.iter().map(|_| Err(StoreError::from(clone_err(&e)))).collect(),
     };
     let mut results = Vec::with_capacity(group.len());
     for req in group {
-        results.push(apply_in_savepoint(&tx, &req.ops, ids));
+        results.push(apply_in_savepoint(&tx, req, ids, chain));
     }
     if let Err(e) = tx.commit() {
         let msg = e.to_string();
@@ -390,10 +427,17 @@ fn clone_err(e: &rusqlite::Error) -> rusqlite::Error {
     rusqlite::Error::InvalidParameterName(e.to_string())
 }
 
-fn apply_in_savepoint(tx: &Transaction<'_>, ops: &[WriteOp], ids: &mut ParamIds) -> Result<(), StoreError> {
+fn apply_in_savepoint(
+    tx: &Transaction<'_>,
+    req: &CommitRequest,
+    ids: &mut ParamIds,
+    chain: &mut ChainHead,
+) -> Result<(), StoreError> {
     tx.execute_batch("SAVEPOINT request")?;
     let mark = ids.pending.len();
-    match apply_ops(tx, ops, ids) {
+    let chain_mark = chain.clone();
+    let applied = apply_ops(tx, &req.ops, ids).and_then(|()| audit::append(tx, chain, &req.audit));
+    match applied {
         Ok(()) => {
             tx.execute_batch("RELEASE request")?;
             Ok(())
@@ -401,6 +445,7 @@ fn apply_in_savepoint(tx: &Transaction<'_>, ops: &[WriteOp], ids: &mut ParamIds)
         Err(e) => {
             tx.execute_batch("ROLLBACK TO request; RELEASE request")?;
             ids.rolled_back(mark);
+            *chain = chain_mark;
             Err(e)
         }
     }
@@ -600,19 +645,36 @@ impl Store for SqliteStore {
         })
     }
 
-    fn commit(&self, ops: Vec<WriteOp>) -> Result<(), StoreError> {
-        if ops.is_empty() {
+    fn commit(&self, ops: Vec<WriteOp>, audit: Vec<AuditRecord>) -> Result<(), StoreError> {
+        if ops.is_empty() && audit.is_empty() {
             return Ok(());
         }
         let (reply, wait) = bounded(1);
-        {
-            let writer = self.writer.lock();
-            let sender = writer.as_ref().ok_or(StoreError::Closed)?;
-            sender
-                .send(CommitRequest { ops, reply })
-                .map_err(|_| StoreError::Closed)?;
-        }
+        self.send(CommitRequest {
+            ops,
+            audit,
+            reply: Some(reply),
+        })?;
         wait.recv().map_err(|_| StoreError::Closed)?
+    }
+
+    fn record_audit(&self, audit: Vec<AuditRecord>) -> Result<(), StoreError> {
+        if audit.is_empty() {
+            return Ok(());
+        }
+        self.send(CommitRequest {
+            ops: Vec::new(),
+            audit,
+            reply: None,
+        })
+    }
+
+    fn audit_search(&self, query: &AuditQuery) -> Result<(Vec<Vec<u8>>, u64), StoreError> {
+        self.with_reader(|c| audit::search(c, query))
+    }
+
+    fn verify_audit_chain(&self) -> Result<ChainReport, StoreError> {
+        self.with_reader(audit::verify)
     }
 
     fn search(&self, query: &SearchQuery) -> Result<SearchPage, StoreError> {

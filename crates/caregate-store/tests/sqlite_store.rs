@@ -5,6 +5,16 @@ use std::sync::Arc;
 use caregate_core::parse_date_range;
 use caregate_store::*;
 
+trait CommitOps {
+    fn commit_ops(&self, ops: Vec<WriteOp>) -> Result<(), StoreError>;
+}
+
+impl<S: Store + ?Sized> CommitOps for S {
+    fn commit_ops(&self, ops: Vec<WriteOp>) -> Result<(), StoreError> {
+        self.commit(ops, Vec::new())
+    }
+}
+
 fn open() -> (tempfile::TempDir, Arc<SqliteStore>) {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = SqliteStore::open(&dir.path().join("db.sqlite"), SqliteOptions::default()).expect("open");
@@ -45,10 +55,10 @@ fn family(v: &str) -> IndexEntry {
 #[test]
 fn versions_are_kept_and_conflicts_refused() {
     let (_dir, store) = open();
-    store.commit(vec![op("Patient", "a", None, Some("{\"v\":1}"), vec![])]).unwrap();
-    store.commit(vec![op("Patient", "a", Some(1), Some("{\"v\":2}"), vec![])]).unwrap();
+    store.commit_ops(vec![op("Patient", "a", None, Some("{\"v\":1}"), vec![])]).unwrap();
+    store.commit_ops(vec![op("Patient", "a", Some(1), Some("{\"v\":2}"), vec![])]).unwrap();
     let err = store
-        .commit(vec![op("Patient", "a", Some(1), Some("{\"v\":3}"), vec![])])
+        .commit_ops(vec![op("Patient", "a", Some(1), Some("{\"v\":3}"), vec![])])
         .unwrap_err();
     assert!(matches!(err, StoreError::Conflict { actual: Some(2), .. }), "{err:?}");
     let cur = store.read("Patient", "a").unwrap().unwrap();
@@ -57,7 +67,7 @@ fn versions_are_kept_and_conflicts_refused() {
     assert_eq!(cur.hash, content_hash(Some(b"{\"v\":2}")));
     let v1 = store.vread("Patient", "a", 1).unwrap().unwrap();
     assert_eq!(v1.content.as_deref(), Some(&b"{\"v\":1}"[..]));
-    store.commit(vec![op("Patient", "a", Some(2), None, vec![])]).unwrap();
+    store.commit_ops(vec![op("Patient", "a", Some(2), None, vec![])]).unwrap();
     let gone = store.read("Patient", "a").unwrap().unwrap();
     assert!(gone.is_deleted());
     assert_eq!(gone.version, 3);
@@ -80,8 +90,8 @@ fn versions_are_kept_and_conflicts_refused() {
 #[test]
 fn a_failed_commit_writes_nothing() {
     let (_dir, store) = open();
-    store.commit(vec![op("Patient", "b", None, Some("{}"), vec![])]).unwrap();
-    let err = store.commit(vec![
+    store.commit_ops(vec![op("Patient", "b", None, Some("{}"), vec![])]).unwrap();
+    let err = store.commit_ops(vec![
         op("Patient", "new", None, Some("{}"), vec![]),
         op("Patient", "b", None, Some("{}"), vec![]),
     ]);
@@ -92,11 +102,11 @@ fn a_failed_commit_writes_nothing() {
 #[test]
 fn concurrent_commits_with_the_same_expectation_one_wins() {
     let (_dir, store) = open();
-    store.commit(vec![op("Patient", "c", None, Some("{}"), vec![])]).unwrap();
+    store.commit_ops(vec![op("Patient", "c", None, Some("{}"), vec![])]).unwrap();
     let handles: Vec<_> = (0..8)
         .map(|_| {
             let s = store.clone();
-            std::thread::spawn(move || s.commit(vec![op("Patient", "c", Some(1), Some("{}"), vec![])]).is_ok())
+            std::thread::spawn(move || s.commit_ops(vec![op("Patient", "c", Some(1), Some("{}"), vec![])]).is_ok())
         })
         .collect();
     let wins = handles.into_iter().map(|h| h.join().unwrap()).filter(|w| *w).count();
@@ -108,7 +118,7 @@ fn search_by_string_prefix_sort_and_paging() {
     let (_dir, store) = open();
     for (i, name) in ["Smith", "Smythe", "Jones", "Smithers"].iter().enumerate() {
         store
-            .commit(vec![op("Patient", &format!("p{i}"), None, Some("{}"), vec![family(name)])])
+            .commit_ops(vec![op("Patient", &format!("p{i}"), None, Some("{}"), vec![family(name)])])
             .unwrap();
     }
     let mut q = SearchQuery::new(Some("Patient"));
@@ -143,9 +153,9 @@ fn search_by_string_prefix_sort_and_paging() {
 
     // Updating re-indexes; deleting removes from search.
     store
-        .commit(vec![op("Patient", "p0", Some(1), Some("{}"), vec![family("Brown")])])
+        .commit_ops(vec![op("Patient", "p0", Some(1), Some("{}"), vec![family("Brown")])])
         .unwrap();
-    store.commit(vec![op("Patient", "p3", Some(1), None, vec![])]).unwrap();
+    store.commit_ops(vec![op("Patient", "p3", Some(1), None, vec![])]).unwrap();
     assert_eq!(store.search(&q).unwrap().total, Some(0));
 }
 
@@ -173,7 +183,7 @@ fn dates_chains_and_includes() {
         },
     };
     store
-        .commit(vec![
+        .commit_ops(vec![
             op("Patient", "pat", None, Some("{}"), vec![date("Patient:birthdate", "1980-05-02"), token("Patient:identifier", "urn:mrn", "42")]),
             op("CarePlan", "cp1", None, Some("{}"), vec![reference("CarePlan:subject", "Patient", "pat")]),
             op("CarePlan", "cp2", None, Some("{}"), vec![reference("CarePlan:subject", "Patient", "other")]),
@@ -256,8 +266,82 @@ fn data_survives_reopen() {
     let path = dir.path().join("db.sqlite");
     {
         let store = SqliteStore::open(&path, SqliteOptions::default()).unwrap();
-        store.commit(vec![op("Patient", "kept", None, Some("{}"), vec![])]).unwrap();
+        store.commit_ops(vec![op("Patient", "kept", None, Some("{}"), vec![])]).unwrap();
     }
     let store = SqliteStore::open(&path, SqliteOptions::default()).unwrap();
     assert_eq!(store.read("Patient", "kept").unwrap().unwrap().version, 1);
+}
+
+fn audit(id: &str, patient: Option<&str>) -> AuditRecord {
+    AuditRecord {
+        id: id.into(),
+        recorded_ms: 1,
+        patient: patient.map(str::to_string),
+        client: Some("ehr".into()),
+        event_type: "rest".into(),
+        subtype: "create".into(),
+        outcome: "0".into(),
+        purpose: None,
+        entities: vec!["Patient/a/_history/1".into()],
+        content: format!("{{\"resourceType\":\"AuditEvent\",\"id\":\"{id}\"}}").into_bytes(),
+    }
+}
+
+#[test]
+fn audit_chain_detects_tampering() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db.sqlite");
+    {
+        let store = SqliteStore::open(&path, SqliteOptions::default()).unwrap();
+        store
+            .commit(vec![op("Patient", "a", None, Some("{}"), vec![])], vec![audit("e1", Some("Patient/a"))])
+            .unwrap();
+        // A failed write leaves no audit event of its own in the chain.
+        assert!(store
+            .commit(vec![op("Patient", "a", None, Some("{}"), vec![])], vec![audit("lost", None)])
+            .is_err());
+        store.commit(vec![], vec![audit("e2", None), audit("e3", Some("Patient/a"))]).unwrap();
+        store.record_audit(vec![audit("e4", None)]).unwrap();
+        store.close();
+        let store = SqliteStore::open(&path, SqliteOptions::default()).unwrap();
+        let report = store.verify_audit_chain().unwrap();
+        assert_eq!(report.events, 4);
+        assert!(report.first_break.is_none(), "{report:?}");
+        assert_eq!(report.head.as_ref().map(|h| h.0), Some(4));
+        let (found, total) = store
+            .audit_search(&AuditQuery {
+                patient: Some("Patient/a".into()),
+                count: 10,
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(total, 2);
+        assert_eq!(found.len(), 2);
+        let (by_entity, _) = store
+            .audit_search(&AuditQuery {
+                entity: Some("Patient/a".into()),
+                count: 10,
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(by_entity.len(), 4);
+    }
+    let tamper = |sql: &str| {
+        let c = rusqlite::Connection::open(&path).unwrap();
+        c.execute_batch(sql).unwrap();
+    };
+    let verify = || {
+        let store = SqliteStore::open(&path, SqliteOptions::default()).unwrap();
+        store.verify_audit_chain().unwrap()
+    };
+    tamper("UPDATE audit_event SET content = CAST('{\"resourceType\":\"AuditEvent\",\"id\":\"e2x\"}' AS BLOB) WHERE seq = 2");
+    let broken = verify().first_break.expect("edit detected");
+    assert_eq!(broken.seq, 2);
+    assert_eq!(broken.id, "e2");
+    tamper("UPDATE audit_event SET content = CAST('{\"resourceType\":\"AuditEvent\",\"id\":\"e2\"}' AS BLOB) WHERE seq = 2");
+    assert!(verify().first_break.is_none());
+    tamper("DELETE FROM audit_event WHERE seq = 3");
+    let broken = verify().first_break.expect("removal detected");
+    assert_eq!(broken.seq, 4);
+    assert!(broken.problem.contains("removed"), "{}", broken.problem);
 }

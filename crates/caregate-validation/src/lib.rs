@@ -9,20 +9,30 @@
 mod model;
 pub mod package;
 mod primitive;
+mod profile;
+pub mod registry;
+pub mod snapshot;
+mod validator;
 pub mod terminology;
 mod validate;
 
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use caregate_core::Issue;
 use serde_json::Value;
 
 pub use model::ModelError;
 pub use package::{Package, PackageRef};
+pub use registry::{LoadError, Registry, RegistryBuilder};
+pub use profile::Constraint;
+pub use snapshot::SnapshotError;
+pub use validator::{InvariantContext, InvariantEvaluator, InvariantOutcome, ValidationOptions, Validator};
 pub use terminology::{CodeCheck, Terminology};
 pub use primitive::Primitive;
 
-use model::{FxMap, Table, TableId, TypeInfo, TypeKind};
+pub use model::BindingStrength;
+use model::{BindingInfo, FxMap, Table, TableId, TypeInfo, TypeKind};
+use terminology::Expansion;
 
 /// Structural model of FHIR R4 compiled from StructureDefinition snapshots: for each
 /// resource type, complex datatype and backbone element, the JSON properties it allows.
@@ -33,6 +43,12 @@ pub struct StructureModel {
     tables: Vec<Table>,
     types: FxMap<Box<str>, TypeInfo>,
     element_table: TableId,
+    bindings: Vec<BindingInfo>,
+    /// The expansion of each binding's value set, resolved on first use so that start-up
+    /// does not pay for value sets no resource ever touches.
+    expansions: Vec<OnceLock<Option<Arc<Expansion>>>>,
+    /// Where bindings are checked against; `None` skips binding checks.
+    terminology: Option<Arc<Terminology>>,
 }
 
 impl StructureModel {
@@ -44,7 +60,30 @@ impl StructureModel {
             // means the build is broken, not that any input was bad.
             StructureModel::from_package(Package::r4_core())
                 .expect("embedded R4 core package compiles")
+                .with_terminology(Terminology::r4_core().clone())
         })
+    }
+
+    /// Checks bindings (required → error, extensible → warning, preferred → information
+    /// when the code cannot be checked) against `terminology`.
+    pub fn with_terminology(mut self, terminology: Arc<Terminology>) -> StructureModel {
+        self.terminology = Some(terminology);
+        self
+    }
+
+    /// The terminology bindings are checked against, if any.
+    pub fn terminology(&self) -> Option<&Arc<Terminology>> {
+        self.terminology.as_ref()
+    }
+
+    /// The expansion of binding `b`'s value set; `None` when not checkable at all.
+    pub(crate) fn binding_expansion(&self, b: u32) -> Option<&Arc<Expansion>> {
+        let terminology = self.terminology.as_ref()?;
+        let info = self.bindings.get(b as usize)?;
+        self.expansions
+            .get(b as usize)?
+            .get_or_init(|| terminology.expansion(&info.value_set))
+            .as_ref()
     }
 
     /// Compiles every base (specialization) resource type and datatype of a package.
@@ -54,6 +93,9 @@ impl StructureModel {
             tables: compiled.tables,
             types: compiled.types,
             element_table: compiled.element_table,
+            expansions: compiled.bindings.iter().map(|_| OnceLock::new()).collect(),
+            bindings: compiled.bindings,
+            terminology: None,
         })
     }
 
@@ -86,6 +128,15 @@ impl StructureModel {
             _ => None,
         }
     }
+}
+
+/// The model's own copy of a concrete resource type name (`'static` for the core model).
+pub(crate) fn model_type_name<'m>(model: &'m StructureModel, name: &str) -> Option<&'m str> {
+    model
+        .types
+        .get_key_value(name)
+        .filter(|(_, t)| t.kind == TypeKind::Resource && !t.is_abstract)
+        .map(|(k, _)| &**k)
 }
 
 #[cfg(test)]

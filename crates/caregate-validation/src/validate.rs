@@ -4,10 +4,11 @@
 //! FHIRPath string when it reports an issue, so a valid resource costs hash lookups and
 //! byte scans, no allocation per element.
 
-use caregate_core::{Issue, IssueCode};
+use caregate_core::{Issue, IssueCode, Severity};
 use serde_json::{Map, Value};
 
-use crate::model::{ElementInfo, ElementKind, TableId, TypeKind};
+use crate::model::{BindingStrength, Coded, ElementInfo, ElementKind, TableId, TypeKind};
+use crate::terminology::CodeCheck;
 use crate::primitive::{check_string, JsonForm, Primitive};
 use crate::StructureModel;
 
@@ -86,8 +87,13 @@ impl<'a> Walker<'a> {
 
     #[cold]
     fn error(&mut self, code: IssueCode, diagnostics: String) {
+        self.report(Severity::Error, code, diagnostics);
+    }
+
+    #[cold]
+    fn report(&mut self, severity: Severity, code: IssueCode, diagnostics: String) {
         let location = self.location();
-        let issue = Issue::error(code, diagnostics);
+        let issue = Issue::new(severity, code, diagnostics);
         self.issues.push(if location.is_empty() {
             issue
         } else {
@@ -206,6 +212,7 @@ impl<'a> Walker<'a> {
                 self.note_choice(el, &t.choices[usize::from(g)].base, choice_start);
             }
             self.path.push(Seg::Name(&el.name));
+            let issues_before = self.issues.len();
             match el.kind {
                 ElementKind::Primitive(p) => {
                     let ext = if has_underscore {
@@ -219,6 +226,10 @@ impl<'a> Walker<'a> {
                     self.complex_element(el, table, value)
                 }
                 ElementKind::Resource => self.resource_element(el, value),
+            }
+            // A value already reported as malformed is not also reported as a bad code.
+            if let Some(b) = el.binding.filter(|_| self.issues.len() == issues_before) {
+                self.binding(b, value);
             }
             self.path.pop();
         }
@@ -553,5 +564,162 @@ impl<'a> Walker<'a> {
             ),
             (false, _) => self.resource(value, contained),
         }
+    }
+
+    /// Checks a bound element (one value or each entry of an array) against its binding.
+    fn binding(&mut self, b: u32, value: &'a Value) {
+        match value {
+            Value::Array(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    self.path.push(Seg::Index(i));
+                    self.binding_value(b, item);
+                    self.path.pop();
+                }
+            }
+            other => self.binding_value(b, other),
+        }
+    }
+
+    fn binding_value(&mut self, b: u32, value: &'a Value) {
+        let model = self.model;
+        if model.terminology.is_none() {
+            return;
+        }
+        let Some(info) = model.bindings.get(b as usize) else {
+            return;
+        };
+        let expansion = model.binding_expansion(b);
+        let check = |system: Option<&str>, code: &str| match expansion {
+            Some(e) => e.check(system, code),
+            None => CodeCheck::CannotCheck(format!(
+                "the value set {} is not available",
+                info.value_set
+            )),
+        };
+        let str_of = |v: &'a Value, key: &str| v.get(key).and_then(Value::as_str);
+        match info.coded {
+            Coded::Code => {
+                if let Value::String(code) = value {
+                    let result = check(None, code);
+                    self.binding_outcome(info.strength, &info.value_set, result, || {
+                        format!("'{}'", echo(code))
+                    });
+                }
+            }
+            Coded::Coding | Coded::Quantity => {
+                let Some(code) = str_of(value, "code") else {
+                    return;
+                };
+                let system = str_of(value, "system");
+                let result = check(system, code);
+                self.binding_outcome(info.strength, &info.value_set, result, || {
+                    show_coding(system, code)
+                });
+            }
+            Coded::CodeableConcept => {
+                let codings: Vec<(Option<&str>, &str)> = value
+                    .get("coding")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|c| Some((str_of(c, "system"), str_of(c, "code")?)))
+                    .collect();
+                if codings.is_empty() {
+                    // Text only: acceptable wherever a code is not required.
+                    if info.strength == BindingStrength::Required {
+                        let label = self.value_set_label(&info.value_set);
+                        self.error(
+                            IssueCode::CodeInvalid,
+                            format!("No code provided, and a code from the value set {label} is required"),
+                        );
+                    }
+                    return;
+                }
+                let mut cannot: Option<String> = None;
+                for (system, code) in &codings {
+                    match check(*system, code) {
+                        CodeCheck::Valid => return,
+                        CodeCheck::CannotCheck(reason) => {
+                            cannot.get_or_insert(reason);
+                        }
+                        CodeCheck::Invalid => {}
+                    }
+                }
+                let result = match cannot {
+                    Some(reason) => CodeCheck::CannotCheck(reason),
+                    None => CodeCheck::Invalid,
+                };
+                self.binding_outcome(info.strength, &info.value_set, result, || {
+                    codings
+                        .iter()
+                        .map(|(s, c)| show_coding(*s, c))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                });
+            }
+        }
+    }
+
+    fn value_set_label(&self, url: &str) -> String {
+        match &self.model.terminology {
+            Some(t) => t.value_set_label(url),
+            None => format!("'{url}'"),
+        }
+    }
+
+    /// Turns a membership answer into an issue by binding strength: not a member of a
+    /// required value set is an error, of an extensible one a warning; undecidable
+    /// membership is a warning (information for preferred bindings), never a silent pass.
+    fn binding_outcome(
+        &mut self,
+        strength: BindingStrength,
+        value_set: &str,
+        result: CodeCheck,
+        shown: impl FnOnce() -> String,
+    ) {
+        match (result, strength) {
+            (CodeCheck::Valid, _) => {}
+            (CodeCheck::Invalid, BindingStrength::Required | BindingStrength::Extensible) => {
+                let label = self.value_set_label(value_set);
+                let severity = if strength == BindingStrength::Required {
+                    Severity::Error
+                } else {
+                    Severity::Warning
+                };
+                self.report(
+                    severity,
+                    IssueCode::CodeInvalid,
+                    format!(
+                        "The code {} is not in the value set {label}, which is {} for this element",
+                        shown(),
+                        strength.as_str()
+                    ),
+                );
+            }
+            (CodeCheck::Invalid, _) => {}
+            (CodeCheck::CannotCheck(reason), _) => {
+                let label = self.value_set_label(value_set);
+                let severity = match strength {
+                    BindingStrength::Required | BindingStrength::Extensible => Severity::Warning,
+                    _ => Severity::Information,
+                };
+                self.report(
+                    severity,
+                    IssueCode::NotFound,
+                    format!(
+                        "The code {} could not be checked against the value set {label} ({} binding): {reason}",
+                        shown(),
+                        strength.as_str()
+                    ),
+                );
+            }
+        }
+    }
+}
+
+fn show_coding(system: Option<&str>, code: &str) -> String {
+    match system {
+        Some(s) => format!("'{}#{}'", echo(s), echo(code)),
+        None => format!("'{}'", echo(code)),
     }
 }

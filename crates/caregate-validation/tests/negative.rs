@@ -426,3 +426,75 @@ fn content_references_reuse_backbone_tables() {
         IssueCode::Required,
     );
 }
+
+#[test]
+fn required_binding_on_code() {
+    let d = single(
+        json!({"resourceType": "Patient", "gender": "robot"}),
+        "Patient.gender",
+        IssueCode::CodeInvalid,
+    );
+    assert!(d.contains("robot") && d.contains("administrative-gender"), "{d}");
+    valid(json!({"resourceType": "Patient", "gender": "unknown"}));
+    // Repeating bound codes carry the index.
+    single(
+        json!({"resourceType": "Patient", "name": [{"family": "x", "use": "nick"}]}),
+        "Patient.name[0].use",
+        IssueCode::CodeInvalid,
+    );
+}
+
+#[test]
+fn required_binding_on_codeable_concept() {
+    let cc = |code: &str| {
+        json!({"resourceType": "Condition", "subject": {"reference": "Patient/1"},
+            "clinicalStatus": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-clinical", "code": code}]}})
+    };
+    valid(cc("active"));
+    let d = single(cc("dormant"), "Condition.clinicalStatus", IssueCode::CodeInvalid);
+    assert!(d.contains("dormant"), "{d}");
+    // Text alone does not satisfy a required binding.
+    single(
+        json!({"resourceType": "Condition", "subject": {"reference": "Patient/1"}, "clinicalStatus": {"text": "active"}}),
+        "Condition.clinicalStatus",
+        IssueCode::CodeInvalid,
+    );
+}
+
+#[test]
+fn extensible_and_uncheckable_bindings_warn() {
+    // Extensible: text only passes; a code outside the value set is a warning.
+    let text_only = issues(json!({"resourceType": "Patient", "maritalStatus": {"text": "it's complicated"}}));
+    assert!(text_only.is_empty(), "{text_only:?}");
+    let found = issues(json!({"resourceType": "Patient", "maritalStatus": {"coding": [{"system": "http://example.org/ms", "code": "X"}]}}));
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0].severity, Severity::Warning);
+    assert_eq!(found[0].expression, vec!["Patient.maritalStatus"]);
+    // Preferred LOINC binding: cannot be checked here, said so as information.
+    let found = issues(json!({"resourceType": "DiagnosticReport", "status": "final",
+        "code": {"coding": [{"system": "http://loinc.org", "code": "58410-2"}]}}));
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0].severity, Severity::Information);
+    assert!(found[0].diagnostics.contains("LOINC"), "{}", found[0].diagnostics);
+}
+
+#[test]
+fn quantity_units_under_required_binding() {
+    let age = |code: &str| {
+        json!({"resourceType": "Observation", "status": "final", "code": {"text": "x"},
+            "subject": {"reference": "Patient/1"},
+            "valueQuantity": {"value": 1},
+            "component": [{"code": {"text": "age"}, "valueQuantity": {"value": 3, "system": "http://unitsofmeasure.org", "code": code}}]})
+    };
+    // Observation.value[x] Quantity has no binding in core: anything passes.
+    valid(age("m"));
+    // Money.currency is required: ISO 4217 is carried locally.
+    single(
+        json!({"resourceType": "Claim", "status": "active", "type": {"text": "x"}, "use": "claim",
+            "patient": {"reference": "Patient/1"}, "created": "2020-01-01", "provider": {"reference": "Organization/1"},
+            "priority": {"text": "normal"}, "insurance": [{"sequence": 1, "focal": true, "coverage": {"reference": "Coverage/1"}}],
+            "total": {"value": 1, "currency": "XYZ"}}),
+        "Claim.total.currency",
+        IssueCode::CodeInvalid,
+    );
+}

@@ -52,6 +52,22 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Print the SHA-256 of a bearer token, for a client's `token_sha256` in the config.
     HashToken { token: String },
+    /// The audit trail.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Walk the AuditEvent hash chain; exit status 1 if any event was changed, removed or
+    /// reordered, naming the first.
+    Verify {
+        /// The gateway's data directory.
+        #[arg(long, default_value = "caregate-data")]
+        data: PathBuf,
+    },
 }
 
 fn main() {
@@ -72,6 +88,9 @@ fn run(cli: Cli) -> Result<i32> {
         Command::Validate { files } => validate(&files),
         Command::Fhirpath { input, expression } => fhirpath(input, &expression),
         Command::Bench(args) => bench::run(args),
+        Command::Audit {
+            command: AuditCommand::Verify { data },
+        } => audit_verify(&data),
         Command::HashToken { token } => {
             println!("{}", caregate_server::token_hash_hex(&token));
             Ok(0)
@@ -124,6 +143,36 @@ fn serve(listen: Option<std::net::SocketAddr>, data: Option<PathBuf>, config: Op
     Ok(0)
 }
 
+fn audit_verify(data: &std::path::Path) -> Result<i32> {
+    use caregate_store::Store;
+    let db = data.join("caregate.sqlite");
+    if !db.exists() {
+        bail!("no caregate database at {}", db.display());
+    }
+    let store = caregate_store::SqliteStore::open(&db, caregate_store::SqliteOptions::default())?;
+    let report = store.verify_audit_chain()?;
+    store.close();
+    match &report.first_break {
+        None => {
+            match &report.head {
+                Some((seq, hash)) => println!(
+                    "audit chain intact: {} events; head is event {seq} with hash {hash} (record it to detect truncation later)",
+                    report.events
+                ),
+                None => println!("audit chain intact: no events yet"),
+            }
+            Ok(0)
+        }
+        Some(b) => {
+            println!(
+                "audit chain BROKEN at event {} (AuditEvent/{}): {}",
+                b.seq, b.id, b.problem
+            );
+            Ok(1)
+        }
+    }
+}
+
 fn read_input(path: &PathBuf) -> Result<String> {
     if path.as_os_str() == "-" {
         let mut s = String::new();
@@ -170,6 +219,9 @@ fn validate(files: &[PathBuf]) -> Result<i32> {
     Ok(if failed > 0 { 1 } else { 0 })
 }
 
+/// `caregate fhirpath`: the result collection as a JSON array in FHIR JSON form. Exit status
+/// 2 for a syntax error, 1 for an evaluation error (the spec's errors, e.g. `single()` on
+/// several items), each with a message on stderr.
 fn fhirpath(input: Option<PathBuf>, expression: &str) -> Result<i32> {
     let compiled = match caregate_fhirpath::Expression::compile(expression) {
         Ok(c) => c,
@@ -183,16 +235,15 @@ fn fhirpath(input: Option<PathBuf>, expression: &str) -> Result<i32> {
         Ok(v) => v,
         Err(e) => bail!("the input is not JSON: {e}"),
     };
-    let items = compiled.evaluate(&resource);
-    let out: Vec<Value> = items
-        .into_iter()
-        .map(|item| match item {
-            caregate_fhirpath::Item::Node(v) => v.clone(),
-            caregate_fhirpath::Item::Str(s) => Value::String(s),
-            caregate_fhirpath::Item::Bool(b) => Value::Bool(b),
-            caregate_fhirpath::Item::Number(n) => serde_json::Number::from_f64(n).map_or(Value::Null, Value::Number),
-        })
-        .collect();
-    println!("{}", Value::Array(out));
-    Ok(0)
+    match compiled.evaluate_checked(&resource) {
+        Ok(items) => {
+            let out: Vec<Value> = items.iter().map(caregate_fhirpath::Item::to_json).collect();
+            println!("{}", Value::Array(out));
+            Ok(0)
+        }
+        Err(e) => {
+            eprintln!("evaluation error: {e}");
+            Ok(1)
+        }
+    }
 }

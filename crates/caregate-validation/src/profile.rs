@@ -1,0 +1,391 @@
+//! Profiles compiled for validation: a snapshot turned into a tree of element rules
+//! (children, slices, cardinality, types, fixed/pattern values, bindings, constraints).
+//!
+//! Compiled once per profile URL and cached in the [`Registry`]; the validator walks the
+//! instance and this tree side by side (see [`crate::validator`]).
+
+use std::sync::Arc;
+
+use caregate_core::Severity;
+use serde_json::Value;
+
+use crate::model::{BindingStrength, FxMap};
+use crate::registry::Registry;
+
+/// A compiled profile, or why it could not be compiled (unknown, snapshot failed, ...).
+pub(crate) type ProfileResult = Result<Arc<Profile>, String>;
+
+/// One ElementDefinition.constraint, as handed to an [`crate::InvariantEvaluator`].
+#[derive(Debug, Clone)]
+pub struct Constraint {
+    pub key: String,
+    pub severity: Severity,
+    pub human: String,
+    /// FHIRPath expression; `None` for constraints stated only in XPath.
+    pub expression: Option<String>,
+    /// Canonical URL of the definition that introduced it.
+    pub source: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct TypeRule {
+    pub code: String,
+    pub profiles: Vec<String>,
+    pub target_profiles: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum DiscKind {
+    Value,
+    Pattern,
+    Type,
+    Profile,
+    Exists,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Rules {
+    Open,
+    Closed,
+    OpenAtEnd,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Slicing {
+    pub discriminators: Vec<(DiscKind, String)>,
+    pub ordered: bool,
+    pub rules: Rules,
+}
+
+#[derive(Debug)]
+pub(crate) struct Elem {
+    pub id: String,
+    pub path: String,
+    /// Last path segment (`value[x]`, `category`).
+    pub name: String,
+    pub slice_name: Option<String>,
+    pub min: u32,
+    /// `None` = `*`.
+    pub max: Option<u32>,
+    pub base_min: u32,
+    pub base_max: Option<u32>,
+    pub types: Vec<TypeRule>,
+    pub fixed: Option<Value>,
+    pub pattern: Option<Value>,
+    pub binding: Option<(BindingStrength, String)>,
+    /// The binding is the one the core definition already has: the structural validator
+    /// checked it, so it is not checked twice.
+    pub binding_is_core: bool,
+    pub slicing: Option<Slicing>,
+    pub constraints: Vec<Constraint>,
+    /// Direct children (unsliced elements one level down).
+    pub children: Vec<usize>,
+    /// Slices of this element, in definition order.
+    pub slices: Vec<usize>,
+}
+
+#[derive(Debug)]
+pub struct Profile {
+    pub url: String,
+    /// The resource or datatype constrained (`Patient`, `Extension`).
+    pub type_name: String,
+    pub(crate) elems: Vec<Elem>,
+    /// Extension definitions: where the extension may be used.
+    pub(crate) contexts: Vec<(String, String)>,
+    /// `derivation = specialization` or no base: the type's own definition.
+    pub is_base: bool,
+}
+
+fn card(v: Option<&Value>) -> Option<u32> {
+    match v? {
+        Value::String(s) if s == "*" => None,
+        Value::String(s) => s.parse().ok(),
+        Value::Number(n) => n.as_u64().map(|n| n as u32),
+        _ => None,
+    }
+}
+
+fn strs(v: Option<&Value>) -> Vec<String> {
+    v.and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|x| x.as_str().map(str::to_string))
+        .collect()
+}
+
+fn strip_version(s: &str) -> &str {
+    s.split('|').next().unwrap_or(s)
+}
+
+/// `Observation.component:a.code` → parent `Observation.component:a`; a slice id
+/// (`Observation.component:a`) → its base element `Observation.component`.
+fn split_id(id: &str) -> (Option<&str>, Option<(&str, &str)>) {
+    let (head, last) = match id.rsplit_once('.') {
+        Some((h, l)) => (Some(h), l),
+        None => (None, id),
+    };
+    match last.split_once(':') {
+        Some((_, slice)) => {
+            let base_len = id.len() - slice.len() - 1;
+            (head, Some((&id[..base_len], slice)))
+        }
+        None => (head, None),
+    }
+}
+
+impl Profile {
+    /// Compiles a snapshot. `core_binding` answers the core binding at a base path, to
+    /// mark bindings the structural validator already checks.
+    pub(crate) fn compile(reg: &Registry, sd: &Value, elements: &[Value]) -> Profile {
+        let url = sd.get("url").and_then(Value::as_str).unwrap_or("").to_string();
+        let type_name = sd.get("type").and_then(Value::as_str).unwrap_or("").to_string();
+        let is_base = sd.get("derivation").and_then(Value::as_str) != Some("constraint");
+        let mut elems: Vec<Elem> = Vec::with_capacity(elements.len());
+        let mut by_id: FxMap<String, usize> = FxMap::default();
+        for e in elements {
+            let id = e
+                .get("id")
+                .or_else(|| e.get("path"))
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string();
+            let path = e.get("path").and_then(Value::as_str).unwrap_or("").to_string();
+            let name = path.rsplit('.').next().unwrap_or("").to_string();
+            let min = e.get("min").and_then(Value::as_u64).unwrap_or(0) as u32;
+            let max = card(e.get("max"));
+            let base = e.get("base");
+            let base_min = base
+                .and_then(|b| b.get("min"))
+                .and_then(Value::as_u64)
+                .map_or(min, |m| m as u32);
+            let base_max = match base.and_then(|b| b.get("max")) {
+                Some(m) => card(Some(m)),
+                None => max,
+            };
+            let types = e
+                .get("type")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .map(|t| TypeRule {
+                    code: type_code(t),
+                    profiles: strs(t.get("profile")),
+                    target_profiles: strs(t.get("targetProfile")),
+                })
+                .collect();
+            let mut fixed = None;
+            let mut pattern = None;
+            if let Value::Object(m) = e {
+                for (k, v) in m {
+                    if k.starts_with("fixed") {
+                        fixed = Some(v.clone());
+                    } else if k.starts_with("pattern") {
+                        pattern = Some(v.clone());
+                    }
+                }
+            }
+            let binding = e.get("binding").and_then(|b| {
+                let strength = BindingStrength::from_code(b.get("strength")?.as_str()?)?;
+                Some((strength, b.get("valueSet")?.as_str()?.to_string()))
+            });
+            let binding_is_core = match &binding {
+                None => true,
+                Some((strength, vs)) => {
+                    let base_path = base
+                        .and_then(|b| b.get("path"))
+                        .and_then(Value::as_str)
+                        .unwrap_or(&path);
+                    core_binding(reg, base_path).is_some_and(|(s, v)| {
+                        s == *strength && strip_version(&v) == strip_version(vs)
+                    })
+                }
+            };
+            let slicing = e.get("slicing").map(|s| Slicing {
+                discriminators: s
+                    .get("discriminator")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|d| {
+                        let kind = match d.get("type")?.as_str()? {
+                            "value" => DiscKind::Value,
+                            "pattern" => DiscKind::Pattern,
+                            "type" => DiscKind::Type,
+                            "profile" => DiscKind::Profile,
+                            "exists" => DiscKind::Exists,
+                            _ => return None,
+                        };
+                        Some((kind, d.get("path")?.as_str()?.to_string()))
+                    })
+                    .collect(),
+                ordered: s.get("ordered").and_then(Value::as_bool).unwrap_or(false),
+                rules: match s.get("rules").and_then(Value::as_str) {
+                    Some("closed") => Rules::Closed,
+                    Some("openAtEnd") => Rules::OpenAtEnd,
+                    _ => Rules::Open,
+                },
+            });
+            let constraints = e
+                .get("constraint")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(|c| {
+                    Some(Constraint {
+                        key: c.get("key")?.as_str()?.to_string(),
+                        severity: match c.get("severity").and_then(Value::as_str) {
+                            Some("warning") => Severity::Warning,
+                            _ => Severity::Error,
+                        },
+                        human: c.get("human").and_then(Value::as_str).unwrap_or("").to_string(),
+                        expression: c.get("expression").and_then(Value::as_str).map(str::to_string),
+                        source: c.get("source").and_then(Value::as_str).map(str::to_string),
+                    })
+                })
+                .collect();
+            let slice_name = split_id(&id).1.map(|(_, s)| s.to_string());
+            let idx = elems.len();
+            by_id.insert(id.clone(), idx);
+            elems.push(Elem {
+                id,
+                path,
+                name,
+                slice_name,
+                min,
+                max,
+                base_min,
+                base_max,
+                types,
+                fixed,
+                pattern,
+                binding,
+                binding_is_core,
+                slicing,
+                constraints,
+                children: Vec::new(),
+                slices: Vec::new(),
+            });
+        }
+        for i in 0..elems.len() {
+            let (parent, slice_of) = split_id(&elems[i].id);
+            match slice_of {
+                Some((base, _)) => {
+                    if let Some(&b) = by_id.get(base) {
+                        elems[b].slices.push(i);
+                    }
+                }
+                None => {
+                    if let Some(&p) = parent.and_then(|p| by_id.get(p)) {
+                        elems[p].children.push(i);
+                    }
+                }
+            }
+        }
+        let contexts = sd
+            .get("context")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|c| {
+                Some((
+                    c.get("type")?.as_str()?.to_string(),
+                    c.get("expression")?.as_str()?.to_string(),
+                ))
+            })
+            .collect();
+        Profile {
+            url,
+            type_name,
+            elems,
+            contexts,
+            is_base,
+        }
+    }
+}
+
+/// The FHIR type an ElementDefinition.type names (System types resolved to `string`...).
+fn type_code(t: &Value) -> String {
+    let code = t.get("code").and_then(Value::as_str).unwrap_or("");
+    if let Some(sys) = code.strip_prefix("http://hl7.org/fhirpath/System.") {
+        let ext = t
+            .get("extension")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .find_map(|x| x.get("valueUrl").or_else(|| x.get("valueUri")).and_then(Value::as_str));
+        return ext.unwrap_or(&sys.to_ascii_lowercase()).to_string();
+    }
+    code.to_string()
+}
+
+/// The binding the core definition of a type has at `path` (`ContactPoint.system`).
+fn core_binding(reg: &Registry, path: &str) -> Option<(BindingStrength, String)> {
+    let type_name = path.split('.').next()?;
+    let sd = reg.structure_definition(&format!("http://hl7.org/fhir/StructureDefinition/{type_name}"))?;
+    let e = sd
+        .get("snapshot")?
+        .get("element")?
+        .as_array()?
+        .iter()
+        .find(|e| e.get("path").and_then(Value::as_str) == Some(path))?;
+    let b = e.get("binding")?;
+    Some((
+        BindingStrength::from_code(b.get("strength")?.as_str()?)?,
+        b.get("valueSet")?.as_str()?.to_string(),
+    ))
+}
+
+impl Registry {
+    /// The compiled profile of that canonical (cached; errors are cached too).
+    pub(crate) fn profile(&self, canonical: &str) -> ProfileResult {
+        if let Some(hit) = self
+            .profiles
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(canonical)
+        {
+            return (**hit).clone();
+        }
+        let result = match self.structure_definition(canonical) {
+            None => Err(format!("the profile {canonical} is not known")),
+            Some(sd) => match self.snapshot(canonical) {
+                Ok(elements) => Ok(Arc::new(Profile::compile(self, sd, &elements))),
+                Err(e) => Err(format!("the profile {canonical} cannot be used: {e}")),
+            },
+        };
+        self.profiles
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(canonical.to_string(), Arc::new(result.clone()));
+        result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_split_into_parent_and_slice() {
+        assert_eq!(split_id("Observation.code"), (Some("Observation"), None));
+        assert_eq!(
+            split_id("Observation.component:a"),
+            (Some("Observation"), Some(("Observation.component", "a")))
+        );
+        assert_eq!(split_id("Observation.component:a.code"), (Some("Observation.component:a"), None));
+        assert_eq!(split_id("Observation"), (None, None));
+    }
+
+    #[test]
+    fn core_profile_compiles() {
+        let reg = Registry::standard();
+        let p = reg
+            .profile("http://hl7.org/fhir/StructureDefinition/Patient")
+            .expect("Patient");
+        assert!(p.is_base);
+        let root = &p.elems[0];
+        assert!(root.children.len() > 15);
+        let gender = p.elems.iter().find(|e| e.id == "Patient.gender").expect("gender");
+        assert!(gender.binding_is_core);
+    }
+}

@@ -1,0 +1,1352 @@
+//! Profile validation: a resource checked against the core definition of its type (reference
+//! targets, extensions, nested resources) and against every profile it claims
+//! (`meta.profile`) or the caller requires: cardinality, fixed/pattern values, bindings,
+//! type restrictions, reference target profiles, slicing and extensions.
+//!
+//! The structural walk ([`StructureModel`]) runs first; this pass adds what needs the
+//! profile tree and never repeats what the structural pass already reported (core
+//! cardinality, core bindings, JSON shapes).
+
+use std::sync::Arc;
+
+use caregate_core::{Issue, IssueCode, Severity};
+use serde_json::{Map, Value};
+
+use crate::model::{BindingStrength, FxMap};
+use crate::profile::{Constraint, DiscKind, Elem, Profile, Rules, TypeRule};
+use crate::registry::Registry;
+use crate::terminology::CodeCheck;
+use crate::StructureModel;
+
+/// Evaluates FHIRPath invariants (ElementDefinition.constraint). The validator calls it
+/// for each constraint of each element it visits; caregate-fhirpath provides the
+/// implementation. Without one, invariants are not evaluated.
+pub trait InvariantEvaluator: Send + Sync {
+    fn evaluate(&self, ctx: &InvariantContext<'_>) -> InvariantOutcome;
+}
+
+/// What an invariant is evaluated on.
+pub struct InvariantContext<'a> {
+    pub constraint: &'a Constraint,
+    /// The element the constraint is defined on (`$this`).
+    pub focus: &'a Value,
+    /// The resource containing the focus (`%resource`).
+    pub resource: &'a Value,
+    /// The outermost resource, e.g. the Bundle (`%rootResource`), for `resolve()`.
+    pub root: &'a Value,
+    /// FHIRPath location of the focus, for the issue.
+    pub location: &'a str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InvariantOutcome {
+    Satisfied,
+    Violated,
+    /// The expression could not be evaluated (unsupported function, syntax): a warning.
+    NotEvaluated(String),
+}
+
+/// Per-call choices.
+#[derive(Debug, Clone)]
+pub struct ValidationOptions {
+    /// Profiles the resource must meet in addition to those it claims (by configuration for
+    /// its source and type, `$validate?profile=`, `caregate validate --profile`).
+    pub profiles: Vec<String>,
+    /// Check the profiles listed in `meta.profile` (default true).
+    pub meta_profiles: bool,
+    /// Severity for a claimed or required profile that is not known (default error).
+    pub unknown_profile: Severity,
+    /// Severity for an extension whose definition is not known (default error, as the
+    /// reference validator; `None` ignores them).
+    pub unknown_extension: Option<Severity>,
+    /// Run the structural validator first (default true).
+    pub structure: bool,
+}
+
+impl Default for ValidationOptions {
+    fn default() -> Self {
+        ValidationOptions {
+            profiles: Vec::new(),
+            meta_profiles: true,
+            unknown_profile: Severity::Error,
+            unknown_extension: Some(Severity::Error),
+            structure: true,
+        }
+    }
+}
+
+/// The validator for `$validate`, `caregate validate` and (with configured profiles) the
+/// write path. Cheap to clone; shares the registry and the compiled profiles.
+#[derive(Clone)]
+pub struct Validator {
+    registry: Arc<Registry>,
+    model: &'static StructureModel,
+    invariants: Option<Arc<dyn InvariantEvaluator>>,
+}
+
+impl std::fmt::Debug for Validator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Validator")
+            .field("invariants", &self.invariants.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Deepest nesting of profiles-within-profiles (extensions of extensions, datatype
+/// profiles) followed; guards against definitions that refer to themselves.
+const MAX_DEPTH: u32 = 24;
+
+const CORE_SD: &str = "http://hl7.org/fhir/StructureDefinition/";
+
+impl Validator {
+    pub fn new(registry: Arc<Registry>) -> Validator {
+        Validator {
+            registry,
+            model: StructureModel::r4_core(),
+            invariants: None,
+        }
+    }
+
+    /// Evaluates invariants with `evaluator` (the FHIRPath engine).
+    pub fn with_invariants(mut self, evaluator: Arc<dyn InvariantEvaluator>) -> Validator {
+        self.invariants = Some(evaluator);
+        self
+    }
+
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.registry
+    }
+
+    /// All issues for one resource (a Bundle includes its entries), in walk order;
+    /// any error means invalid.
+    pub fn validate(&self, resource: &Value, opts: &ValidationOptions) -> Vec<Issue> {
+        let mut issues = if opts.structure {
+            self.model.validate(resource)
+        } else {
+            Vec::new()
+        };
+        let Some(rt) = resource.get("resourceType").and_then(Value::as_str) else {
+            return issues;
+        };
+        if !self.model.is_resource_type(rt) {
+            return issues;
+        }
+        let mut bundle: FxMap<&str, &Value> = FxMap::default();
+        if rt == "Bundle" {
+            for e in resource
+                .get("entry")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                if let (Some(url), Some(r)) = (e.get("fullUrl").and_then(Value::as_str), e.get("resource")) {
+                    bundle.insert(url, r);
+                }
+            }
+        }
+        let ctx = Ctx {
+            v: self,
+            opts,
+            root: resource,
+            bundle,
+        };
+        let mut out = Vec::new();
+        ctx.resource(resource, rt, resource, &opts.profiles, &mut out, 0);
+        // The profile passes may restate a problem another pass found; keep the first.
+        for issue in out {
+            if !issues.contains(&issue) {
+                issues.push(issue);
+            }
+        }
+        issues
+    }
+}
+
+struct Ctx<'v> {
+    v: &'v Validator,
+    opts: &'v ValidationOptions,
+    root: &'v Value,
+    bundle: FxMap<&'v str, &'v Value>,
+}
+
+/// One value found in the instance for an element definition.
+struct Item<'v> {
+    /// `None`: a primitive given only as `_name` (extensions, no value).
+    value: Option<&'v Value>,
+    loc: String,
+    /// The type of a choice variant (`Quantity` for `valueQuantity`).
+    type_code: Option<String>,
+    /// The `_name` entry of a primitive (its id and extensions).
+    ext: Option<&'v Value>,
+}
+
+fn capitalised(code: &str) -> String {
+    let mut c = code.chars();
+    match c.next() {
+        Some(f) => f.to_uppercase().chain(c).collect(),
+        None => String::new(),
+    }
+}
+
+fn issue(severity: Severity, code: IssueCode, loc: &str, msg: String) -> Issue {
+    Issue::new(severity, code, msg).at(loc)
+}
+
+/// The resource type a reference string points at (`Patient/1`, `http://x/fhir/Patient/1`,
+/// `Patient/1/_history/2`); `None` for `#contained`, `urn:` and unknown shapes.
+fn reference_type(reference: &str) -> Option<&str> {
+    let path = reference.split(['?', '#']).next().unwrap_or(reference);
+    let parts: Vec<&str> = path.split('/').collect();
+    let n = parts.len();
+    if n >= 4 && parts[n - 2] == "_history" {
+        return Some(parts[n - 4]);
+    }
+    if n >= 2 {
+        return Some(parts[n - 2]);
+    }
+    None
+}
+
+/// `pattern` ⊆ `value`: every property of the pattern present with a matching value; each
+/// array entry of the pattern matched by some entry of the value.
+fn pattern_matches(pattern: &Value, value: &Value) -> bool {
+    match (pattern, value) {
+        (Value::Object(p), Value::Object(v)) => p
+            .iter()
+            .all(|(k, pv)| v.get(k).is_some_and(|vv| pattern_matches(pv, vv))),
+        (Value::Array(p), Value::Array(v)) => p.iter().all(|pi| v.iter().any(|vi| pattern_matches(pi, vi))),
+        (Value::Array(p), single) => p.iter().all(|pi| pattern_matches(pi, single)),
+        (Value::Number(a), Value::Number(b)) => a.to_string() == b.to_string(),
+        (a, b) => a == b,
+    }
+}
+
+fn show(v: &Value) -> String {
+    let s = v.to_string();
+    if s.chars().count() > 120 {
+        let cut: String = s.chars().take(120).collect();
+        format!("{cut}...")
+    } else {
+        s
+    }
+}
+
+impl<'v> Ctx<'v> {
+    fn registry(&self) -> &'v Registry {
+        &self.v.registry
+    }
+
+    /// A resource at `loc`: base pass against its type's core definition, then each
+    /// claimed (and, for the root, required) profile.
+    fn resource(
+        &self,
+        res: &'v Value,
+        loc: &str,
+        container: &'v Value,
+        required: &[String],
+        out: &mut Vec<Issue>,
+        depth: u32,
+    ) {
+        if depth > MAX_DEPTH {
+            return;
+        }
+        let Some(rt) = res.get("resourceType").and_then(Value::as_str) else {
+            return;
+        };
+        if !self.v.model.is_resource_type(rt) {
+            return;
+        }
+        if let Ok(core) = self.registry().profile(&format!("{CORE_SD}{rt}")) {
+            let mut pass = Pass {
+                ctx: self,
+                profile: &core,
+                base: true,
+                resource: res,
+                container,
+                out,
+                depth,
+                alias: None,
+            };
+            pass.element(0, res, loc);
+        }
+        let mut claims: Vec<(String, String)> = Vec::new();
+        if self.opts.meta_profiles {
+            if let Some(list) = res
+                .get("meta")
+                .and_then(|m| m.get("profile"))
+                .and_then(Value::as_array)
+            {
+                for (i, p) in list.iter().enumerate() {
+                    if let Some(p) = p.as_str() {
+                        claims.push((p.to_string(), format!("{loc}.meta.profile[{i}]")));
+                    }
+                }
+            }
+        }
+        for p in required {
+            if !claims.iter().any(|(c, _)| c == p) {
+                claims.push((p.clone(), loc.to_string()));
+            }
+        }
+        for (url, at) in claims {
+            match self.registry().profile(&url) {
+                Err(reason) => out.push(issue(
+                    self.opts.unknown_profile,
+                    IssueCode::NotFound,
+                    &at,
+                    format!("Profile {url} could not be checked: {reason}"),
+                )),
+                Ok(p) if p.type_name != rt => out.push(issue(
+                    Severity::Error,
+                    IssueCode::Invalid,
+                    &at,
+                    format!("Profile {url} is a profile on {}, not on {rt}", p.type_name),
+                )),
+                Ok(p) => {
+                    let mut pass = Pass {
+                        ctx: self,
+                        profile: &p,
+                        base: false,
+                        resource: res,
+                        container,
+                        out,
+                        depth,
+                        alias: None,
+                    };
+                    pass.element(0, res, loc);
+                }
+            }
+        }
+    }
+
+    /// The type of what a reference points at: contained, in the Bundle, or from the URL.
+    fn target_type(&self, reference: &str, container: &'v Value) -> Option<&'v str> {
+        if let Some(id) = reference.strip_prefix('#') {
+            return container
+                .get("contained")
+                .and_then(Value::as_array)?
+                .iter()
+                .find(|c| c.get("id").and_then(Value::as_str) == Some(id))?
+                .get("resourceType")?
+                .as_str();
+        }
+        if let Some(r) = self.bundle.get(reference) {
+            return r.get("resourceType").and_then(Value::as_str);
+        }
+        if reference.starts_with("urn:") {
+            return None;
+        }
+        // Only resource type names count (not `fhir` in `http://x/fhir/1`).
+        let t = reference_type(reference)?;
+        crate::model_type_name(self.v.model, t)
+    }
+}
+
+struct Pass<'c, 'v> {
+    ctx: &'c Ctx<'v>,
+    profile: &'c Profile,
+    /// The core definition of the type: checks reference targets, extensions and nested
+    /// resources, and descends into datatypes.
+    base: bool,
+    resource: &'v Value,
+    container: &'v Value,
+    out: &'c mut Vec<Issue>,
+    depth: u32,
+    /// Path of the element a datatype sub-pass stands for (`Patient.address`), for
+    /// extension contexts.
+    alias: Option<String>,
+}
+
+impl<'c, 'v> Pass<'c, 'v> {
+    fn elem(&self, i: usize) -> &'c Elem {
+        &self.profile.elems[i]
+    }
+
+    fn push(&mut self, severity: Severity, code: IssueCode, loc: &str, msg: String) {
+        self.out.push(issue(severity, code, loc, msg));
+    }
+
+    /// Checks an object against element `e`'s children and constraints.
+    fn element(&mut self, e: usize, value: &'v Value, loc: &str) {
+        let Value::Object(obj) = value else {
+            return;
+        };
+        let children = &self.elem(e).children;
+        for &c in children {
+            self.child(c, obj, loc);
+        }
+        self.invariants(e, value, loc);
+    }
+
+    fn invariants(&mut self, e: usize, focus: &'v Value, loc: &str) {
+        let Some(evaluator) = self.ctx.v.invariants.clone() else {
+            return;
+        };
+        let el = self.elem(e);
+        for c in &el.constraints {
+            // Core invariants are evaluated in the base pass only.
+            let from_core = c
+                .source
+                .as_deref()
+                .is_none_or(|s| s.starts_with(CORE_SD) && !s[CORE_SD.len()..].contains('-'));
+            if !self.base && from_core && self.profile.is_base {
+                continue;
+            }
+            if !self.base && from_core {
+                continue;
+            }
+            let outcome = evaluator.evaluate(&InvariantContext {
+                constraint: c,
+                focus,
+                resource: self.resource,
+                root: self.ctx.root,
+                location: loc,
+            });
+            match outcome {
+                InvariantOutcome::Satisfied => {}
+                InvariantOutcome::Violated => self.push(
+                    c.severity,
+                    IssueCode::Invariant,
+                    loc,
+                    format!("Constraint failed: {}: {}", c.key, c.human),
+                ),
+                InvariantOutcome::NotEvaluated(reason) => self.push(
+                    Severity::Warning,
+                    IssueCode::Invariant,
+                    loc,
+                    format!("Constraint {} was not evaluated: {reason}", c.key),
+                ),
+            }
+        }
+    }
+
+    /// The instance values for child element `c` of `obj`.
+    fn items(&mut self, c: usize, obj: &'v Map<String, Value>, loc: &str) -> Vec<Item<'v>> {
+        let el = self.elem(c);
+        let mut items = Vec::new();
+        let mut add = |key: &str, value: &'v Value, ext: Option<&'v Value>, type_code: Option<String>| match value {
+            Value::Array(a) => {
+                for (i, v) in a.iter().enumerate() {
+                    let has_ext = ext.and_then(|e| e.get(i)).is_some_and(|x| !x.is_null());
+                    if v.is_null() && !has_ext {
+                        continue;
+                    }
+                    items.push(Item {
+                        value: (!v.is_null()).then_some(v),
+                        loc: format!("{loc}.{key}[{i}]"),
+                        type_code: type_code.clone(),
+                        ext: ext.and_then(|e| e.get(i)).filter(|x| x.is_object()),
+                    });
+                }
+            }
+            v => items.push(Item {
+                value: (!v.is_null()).then_some(v),
+                loc: format!("{loc}.{key}"),
+                type_code,
+                ext: ext.filter(|x| x.is_object()),
+            }),
+        };
+        if let Some(base) = el.name.strip_suffix("[x]") {
+            for (k, v) in obj {
+                let (key, underscore) = match k.strip_prefix('_') {
+                    Some(k) => (k, true),
+                    None => (k.as_str(), false),
+                };
+                let Some(rest) = key.strip_prefix(base) else {
+                    continue;
+                };
+                if !rest.starts_with(|ch: char| ch.is_ascii_uppercase()) {
+                    continue;
+                }
+                let Some(t) = el.types.iter().find(|t| capitalised(&t.code) == rest) else {
+                    // Only a real FHIR type name makes this a variant of the choice.
+                    let lower = {
+                        let mut c = rest.chars();
+                        c.next()
+                            .map(|f| f.to_lowercase().chain(c).collect::<String>())
+                            .unwrap_or_default()
+                    };
+                    let model = self.ctx.v.model;
+                    if !underscore && !self.base && (model.is_known_type(rest) || model.primitive(&lower).is_some()) {
+                        let types: Vec<&str> = el.types.iter().map(|t| t.code.as_str()).collect();
+                        self.out.push(issue(
+                            Severity::Error,
+                            IssueCode::Structure,
+                            &format!("{loc}.{key}"),
+                            format!(
+                                "The type {rest} is not allowed for '{}' by the profile {} (allowed: {})",
+                                el.name,
+                                self.profile.url,
+                                types.join(", ")
+                            ),
+                        ));
+                    }
+                    continue;
+                };
+                if underscore {
+                    if !obj.contains_key(key) {
+                        add(key, &Value::Null, Some(v), Some(t.code.clone()));
+                    }
+                    continue;
+                }
+                let ext = obj.get(&format!("_{key}"));
+                add(key, v, ext, Some(t.code.clone()));
+            }
+        } else {
+            let name = el.name.as_str();
+            match obj.get(name) {
+                Some(v) => {
+                    let ext = obj.get(&format!("_{name}"));
+                    add(name, v, ext, None);
+                }
+                None => {
+                    if let Some(x) = obj.get(&format!("_{name}")) {
+                        // `_name` alone: present, without a value.
+                        match x {
+                            Value::Array(a) => {
+                                for (i, e) in a.iter().enumerate() {
+                                    items.push(Item {
+                                        value: None,
+                                        loc: format!("{loc}.{name}[{i}]"),
+                                        type_code: None,
+                                        ext: Some(e).filter(|x| x.is_object()),
+                                    });
+                                }
+                            }
+                            other => items.push(Item {
+                                value: None,
+                                loc: format!("{loc}.{name}"),
+                                type_code: None,
+                                ext: Some(other).filter(|x| x.is_object()),
+                            }),
+                        }
+                    }
+                }
+            }
+        }
+        items
+    }
+
+    fn child(&mut self, c: usize, obj: &'v Map<String, Value>, loc: &str) {
+        let items = self.items(c, obj, loc);
+        let el = self.elem(c);
+        let count = items.len() as u32;
+        if count < el.min && el.min > el.base_min {
+            self.push(
+                Severity::Error,
+                IssueCode::Required,
+                &format!("{loc}.{}", el.name.replace("[x]", "")),
+                format!(
+                    "'{}' has {count} value(s) but the profile {} requires at least {}",
+                    el.path, self.profile.url, el.min
+                ),
+            );
+        }
+        if let Some(max) = el.max {
+            if count > max && el.base_max.is_none_or(|b| max < b) {
+                let at = items.get(max as usize).map_or(loc.to_string(), |i| i.loc.clone());
+                self.push(
+                    Severity::Error,
+                    IssueCode::Structure,
+                    &at,
+                    if max == 0 {
+                        format!("'{}' is not allowed by the profile {}", el.path, self.profile.url)
+                    } else {
+                        format!(
+                            "'{}' has {count} values but the profile {} allows at most {max}",
+                            el.path, self.profile.url
+                        )
+                    },
+                );
+            }
+        }
+        if items.is_empty() {
+            return;
+        }
+        let matched = if el.slices.is_empty() {
+            vec![None; items.len()]
+        } else {
+            self.slices(c, &items)
+        };
+        let is_ext = matches!(el.name.as_str(), "extension" | "modifierExtension");
+        for (item, slice) in items.iter().zip(&matched) {
+            if self.base {
+                self.primitive_extensions(item, &el.path.clone());
+            }
+            self.value(c, item);
+            if let Some(s) = slice {
+                self.value(*s, item);
+            } else if is_ext && self.base {
+                self.extension(item, &el.path.clone());
+            }
+        }
+    }
+
+    /// Checks one value against element `c`: fixed/pattern, binding, references, type
+    /// profiles, then its children.
+    fn value(&mut self, c: usize, item: &Item<'v>) {
+        let Some(value) = item.value else {
+            return;
+        };
+        let el = self.elem(c);
+        let loc = item.loc.as_str();
+        if let Some(f) = &el.fixed {
+            if !pattern_matches(f, value) || !pattern_matches(value, f) {
+                self.push(
+                    Severity::Error,
+                    IssueCode::Value,
+                    loc,
+                    format!("Value must be exactly {} (profile {}), found {}", show(f), self.profile.url, show(value)),
+                );
+            }
+        }
+        if let Some(p) = &el.pattern {
+            if !pattern_matches(p, value) {
+                self.push(
+                    Severity::Error,
+                    IssueCode::Value,
+                    loc,
+                    format!("Value does not match the pattern {} required by the profile {}", show(p), self.profile.url),
+                );
+            }
+        }
+        if let Some((strength, vs)) = &el.binding {
+            if !el.binding_is_core && matches!(strength, BindingStrength::Required | BindingStrength::Extensible) {
+                self.binding(*strength, vs, value, item, loc);
+            }
+        }
+        let type_rule: Option<&TypeRule> = match &item.type_code {
+            Some(t) => el.types.iter().find(|r| &r.code == t),
+            None => match el.types.as_slice() {
+                [one] => Some(one),
+                _ => None,
+            },
+        };
+        if let Some(t) = type_rule {
+            if t.code == "Reference" && !t.target_profiles.is_empty() {
+                self.reference(t, value, loc);
+            }
+            if t.code == "Resource" {
+                if self.base {
+                    let rt = value.get("resourceType").and_then(Value::as_str).unwrap_or("");
+                    let container = if el.name == "contained" {
+                        self.resource
+                    } else {
+                        value
+                    };
+                    let _ = rt;
+                    let ctx = self.ctx;
+                    ctx.resource(value, loc, container, &[], self.out, self.depth + 1);
+                }
+                for p in t.profiles.clone() {
+                    self.against_profile(&p, value, loc, None);
+                }
+                return;
+            }
+            let profiles: Vec<String> = t
+                .profiles
+                .iter()
+                .filter(|p| !p.starts_with(CORE_SD) || p[CORE_SD.len()..].contains('-') || p.ends_with("Quantity"))
+                .cloned()
+                .collect();
+            if !profiles.is_empty() && !(self.base && t.code == "Extension") {
+                self.against_any_profile(&profiles, value, loc, Some(el.path.clone()));
+            }
+        }
+        if !el.children.is_empty() {
+            self.element(c, value, loc);
+        } else if self.base && value.is_object() {
+            // The base definition does not list a datatype's elements: walk the datatype's
+            // own definition (references and extensions inside it).
+            if let Some(t) = type_rule {
+                if t.code != "Extension" && t.code.starts_with(|ch: char| ch.is_ascii_uppercase()) {
+                    if let Ok(dt) = self.ctx.registry().profile(&format!("{CORE_SD}{}", t.code)) {
+                        self.sub_pass(&dt, true, value, loc, Some(el.path.clone()));
+                    }
+                }
+            }
+        }
+    }
+
+    fn sub_pass(&mut self, p: &Profile, base: bool, value: &'v Value, loc: &str, alias: Option<String>) {
+        if self.depth >= MAX_DEPTH {
+            return;
+        }
+        let mut pass = Pass {
+            ctx: self.ctx,
+            profile: p,
+            base,
+            resource: self.resource,
+            container: self.container,
+            out: self.out,
+            depth: self.depth + 1,
+            alias,
+        };
+        pass.element(0, value, loc);
+    }
+
+    fn against_profile(&mut self, url: &str, value: &'v Value, loc: &str, alias: Option<String>) {
+        match self.ctx.registry().profile(url) {
+            Ok(p) => self.sub_pass(&p, false, value, loc, alias),
+            Err(reason) => self.push(
+                self.ctx.opts.unknown_profile,
+                IssueCode::NotFound,
+                loc,
+                format!("Profile {url} could not be checked: {reason}"),
+            ),
+        }
+    }
+
+    /// The value must conform to one of `profiles` (ElementDefinition.type.profile).
+    fn against_any_profile(&mut self, profiles: &[String], value: &'v Value, loc: &str, alias: Option<String>) {
+        if let [one] = profiles {
+            self.against_profile(one, value, loc, alias);
+            return;
+        }
+        let mut first: Option<Vec<Issue>> = None;
+        for p in profiles {
+            let issues = self.trial(p, value, loc, alias.clone());
+            if !issues.iter().any(|i| i.severity.is_error()) {
+                self.out.extend(issues);
+                return;
+            }
+            first.get_or_insert(issues);
+        }
+        self.out.extend(first.unwrap_or_default());
+    }
+
+    /// Validates against a profile into a separate list (slice and profile matching).
+    fn trial(&mut self, url: &str, value: &'v Value, loc: &str, alias: Option<String>) -> Vec<Issue> {
+        let mut issues = Vec::new();
+        let Ok(p) = self.ctx.registry().profile(url) else {
+            issues.push(issue(Severity::Error, IssueCode::NotFound, loc, format!("Profile {url} is not known")));
+            return issues;
+        };
+        if self.depth >= MAX_DEPTH {
+            return issues;
+        }
+        if let Some(rt) = value.get("resourceType").and_then(Value::as_str) {
+            if rt != p.type_name {
+                issues.push(issue(
+                    Severity::Error,
+                    IssueCode::Invalid,
+                    loc,
+                    format!("A {rt} cannot conform to {url}, a profile on {}", p.type_name),
+                ));
+                return issues;
+            }
+        }
+        let mut pass = Pass {
+            ctx: self.ctx,
+            profile: &p,
+            base: false,
+            resource: self.resource,
+            container: self.container,
+            out: &mut issues,
+            depth: self.depth + 1,
+            alias,
+        };
+        pass.element(0, value, loc);
+        issues
+    }
+
+    fn binding(&mut self, strength: BindingStrength, vs: &str, value: &Value, item: &Item<'v>, loc: &str) {
+        let terminology = self.ctx.registry().terminology().clone();
+        let check = |system: Option<&str>, code: &str| terminology.validate_code(vs, system, code);
+        let label = || terminology.value_set_label(vs);
+        let codings: Vec<(Option<&str>, &str)> = match value {
+            Value::String(code) => vec![(None, code.as_str())],
+            Value::Object(o) if o.contains_key("coding") || o.contains_key("text") && !o.contains_key("code") => o
+                .get("coding")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(|c| Some((c.get("system").and_then(Value::as_str), c.get("code")?.as_str()?)))
+                .collect(),
+            Value::Object(o) => match o.get("code").and_then(Value::as_str) {
+                Some(code) => vec![(o.get("system").and_then(Value::as_str), code)],
+                None => return,
+            },
+            _ => return,
+        };
+        let _ = item;
+        if codings.is_empty() {
+            if strength == BindingStrength::Required && value.get("text").is_some() {
+                self.push(
+                    Severity::Error,
+                    IssueCode::CodeInvalid,
+                    loc,
+                    format!("No code provided, and a code from the value set {} is required", label()),
+                );
+            }
+            return;
+        }
+        let mut cannot = None;
+        for (s, c) in &codings {
+            match check(*s, c) {
+                CodeCheck::Valid => return,
+                CodeCheck::CannotCheck(r) => {
+                    cannot.get_or_insert(r);
+                }
+                CodeCheck::Invalid => {}
+            }
+        }
+        let shown = codings
+            .iter()
+            .map(|(s, c)| match s {
+                Some(s) => format!("'{s}#{c}'"),
+                None => format!("'{c}'"),
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        match cannot {
+            Some(reason) => self.push(
+                Severity::Warning,
+                IssueCode::NotFound,
+                loc,
+                format!("The code {shown} could not be checked against the value set {} ({} binding): {reason}", label(), strength.as_str()),
+            ),
+            None => self.push(
+                if strength == BindingStrength::Required {
+                    Severity::Error
+                } else {
+                    Severity::Warning
+                },
+                IssueCode::CodeInvalid,
+                loc,
+                format!(
+                    "The code {shown} is not in the value set {}, which is {} for this element (profile {})",
+                    label(),
+                    strength.as_str(),
+                    self.profile.url
+                ),
+            ),
+        }
+    }
+
+    /// Reference target type against `targetProfile`s.
+    fn reference(&mut self, t: &TypeRule, value: &Value, loc: &str) {
+        let Some(reference) = value.get("reference").and_then(Value::as_str) else {
+            return;
+        };
+        let reg = self.ctx.registry();
+        let allowed: Vec<String> = t
+            .target_profiles
+            .iter()
+            .map(|p| {
+                reg.structure_definition(p)
+                    .and_then(|sd| sd.get("type").and_then(Value::as_str))
+                    .map(str::to_string)
+                    .unwrap_or_else(|| p.rsplit('/').next().unwrap_or(p).to_string())
+            })
+            .collect();
+        if allowed.iter().any(|a| a == "Resource" || a == "DomainResource") {
+            return;
+        }
+        let target = match self.ctx.target_type(reference, self.container) {
+            Some(t) => Some(t.to_string()),
+            None if reference.starts_with('#') => {
+                self.push(
+                    Severity::Error,
+                    IssueCode::NotFound,
+                    loc,
+                    format!("The contained resource '{reference}' is not found"),
+                );
+                return;
+            }
+            None => None,
+        };
+        let stated = value.get("type").and_then(Value::as_str).map(str::to_string);
+        for (ty, what) in [(target, "reference"), (stated, "Reference.type")] {
+            if let Some(ty) = ty {
+                if !allowed.iter().any(|a| *a == ty) {
+                    self.push(
+                        Severity::Error,
+                        IssueCode::Structure,
+                        loc,
+                        format!(
+                            "The {what} points to a {ty}, which is not a valid target here (allowed: {})",
+                            allowed.join(", ")
+                        ),
+                    );
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Extensions on a primitive value (`_birthDate.extension`), checked like any other.
+    fn primitive_extensions(&mut self, item: &Item<'v>, element_path: &str) {
+        let Some(list) = item.ext.and_then(|e| e.get("extension")).and_then(Value::as_array) else {
+            return;
+        };
+        let ext_path = format!("{element_path}.extension");
+        for (i, e) in list.iter().enumerate() {
+            let ext_item = Item {
+                value: Some(e),
+                loc: format!("{}.extension[{i}]", item.loc),
+                type_code: None,
+                ext: None,
+            };
+            self.extension(&ext_item, &ext_path);
+        }
+    }
+
+    /// An extension not matched by any slice: its definition must be known, used in an
+    /// allowed context, and the value must conform.
+    fn extension(&mut self, item: &Item<'v>, element_path: &str) {
+        let Some(value) = item.value else {
+            return;
+        };
+        let Some(url) = value.get("url").and_then(Value::as_str) else {
+            return;
+        };
+        let reg = self.ctx.registry();
+        let known = reg
+            .structure_definition(url)
+            .is_some_and(|sd| sd.get("type").and_then(Value::as_str) == Some("Extension"));
+        if !known {
+            if let Some(sev) = self.ctx.opts.unknown_extension {
+                let modifier = element_path.ends_with("modifierExtension");
+                // HL7's own extensions published after R4 (the extensions pack, IG
+                // tooling such as instance-name) are not in the core package; using one
+                // is no reason to reject a resource.
+                let hl7 = url.starts_with("http://hl7.org/fhir/");
+                let xver = is_cross_version(url);
+                let (severity, note) = match (modifier, hl7) {
+                    _ if xver => (
+                        Severity::Warning,
+                        " (a cross-version extension; its definition is derived from another FHIR version and is not checked here)",
+                    ),
+                    (true, _) => (Severity::Error, ""),
+                    (false, true) => (
+                        Severity::Warning,
+                        " (an HL7 extension not in the R4 core package; load the package that defines it to check it)",
+                    ),
+                    (false, false) => (sev, ""),
+                };
+                self.push(
+                    severity,
+                    IssueCode::Structure,
+                    &item.loc,
+                    format!("The extension {url} could not be found so is not allowed here{note}"),
+                );
+            }
+            return;
+        }
+        let Ok(p) = reg.profile(url) else {
+            return;
+        };
+        // Where it is used: the element holding the extension.
+        let host = element_path.rsplit_once('.').map_or(element_path, |(h, _)| h);
+        let alias_host = self.alias.clone();
+        if !context_allows(&p, host, alias_host.as_deref(), self.profile, self.ctx.v.model) {
+            let contexts: Vec<String> = p.contexts.iter().map(|(_, e)| e.clone()).collect();
+            self.push(
+                Severity::Error,
+                IssueCode::Structure,
+                &item.loc,
+                format!(
+                    "The extension {url} is not allowed to be used at this point (allowed: {})",
+                    contexts.join(", ")
+                ),
+            );
+        }
+        self.sub_pass(&p, false, value, &item.loc.clone(), None);
+    }
+
+    /// Assigns each item to the first slice it matches; checks slice cardinality, closed
+    /// and ordered slicing. Returns the slice of each item.
+    fn slices(&mut self, c: usize, items: &[Item<'v>]) -> Vec<Option<usize>> {
+        let el = self.elem(c);
+        let slices = el.slices.clone();
+        let slicing = el.slicing.clone();
+        let mut assigned = Vec::with_capacity(items.len());
+        for item in items {
+            let mut hit = None;
+            if let (Some(value), Some(slicing)) = (item.value, &slicing) {
+                for &s in &slices {
+                    if self.slice_matches(s, &slicing.discriminators, value, item) {
+                        hit = Some(s);
+                        break;
+                    }
+                }
+            }
+            assigned.push(hit);
+        }
+        let Some(slicing) = slicing else {
+            return assigned;
+        };
+        let mut counts: FxMap<usize, u32> = FxMap::default();
+        for s in assigned.iter().flatten() {
+            *counts.entry(*s).or_default() += 1;
+        }
+        let base_loc = items
+            .first()
+            .map(|i| i.loc.rsplit_once('[').map_or(i.loc.as_str(), |(h, _)| h).to_string())
+            .unwrap_or_default();
+        for &s in &slices {
+            let se = self.elem(s);
+            let n = counts.get(&s).copied().unwrap_or(0);
+            let name = se.slice_name.clone().unwrap_or_default();
+            if n < se.min {
+                self.push(
+                    Severity::Error,
+                    IssueCode::Structure,
+                    &base_loc,
+                    format!(
+                        "Slice '{name}' of '{}' requires at least {} value(s) but found {n} (profile {})",
+                        se.path, se.min, self.profile.url
+                    ),
+                );
+            }
+            if let Some(max) = se.max {
+                if n > max {
+                    self.push(
+                        Severity::Error,
+                        IssueCode::Structure,
+                        &base_loc,
+                        format!(
+                            "Slice '{name}' of '{}' allows at most {max} value(s) but found {n} (profile {})",
+                            se.path, self.profile.url
+                        ),
+                    );
+                }
+            }
+        }
+        let mut seen_match = false;
+        let mut last_slice_pos = 0usize;
+        for (item, a) in items.iter().zip(&assigned) {
+            match a {
+                None => {
+                    if slicing.rules == Rules::Closed {
+                        self.push(
+                            Severity::Error,
+                            IssueCode::Structure,
+                            &item.loc,
+                            format!("This element does not match any known slice of the closed slicing (profile {})", self.profile.url),
+                        );
+                    }
+                    if slicing.rules == Rules::OpenAtEnd {
+                        seen_match = true;
+                    }
+                }
+                Some(s) => {
+                    if slicing.rules == Rules::OpenAtEnd && seen_match {
+                        self.push(
+                            Severity::Error,
+                            IssueCode::Structure,
+                            &item.loc,
+                            "Unmatched elements must come after all slices (openAtEnd)".to_string(),
+                        );
+                    }
+                    let pos = slices.iter().position(|x| x == s).unwrap_or(0);
+                    if slicing.ordered && pos < last_slice_pos {
+                        self.push(
+                            Severity::Error,
+                            IssueCode::Structure,
+                            &item.loc,
+                            "The slices are out of the order the profile defines".to_string(),
+                        );
+                    }
+                    last_slice_pos = last_slice_pos.max(pos);
+                }
+            }
+        }
+        assigned
+    }
+
+    fn find_elem(&self, id: &str) -> Option<usize> {
+        self.profile.elems.iter().position(|e| e.id == id)
+    }
+
+    /// The element a discriminator path names inside slice `s` (`code` → `X:s.code`).
+    fn disc_elem(&self, s: usize, path: &str) -> Option<usize> {
+        let se = self.elem(s);
+        if path == "$this" {
+            return Some(s);
+        }
+        let mut id = se.id.clone();
+        for seg in path.split('.') {
+            let seg = seg.trim();
+            if seg.starts_with("ofType(") || seg == "$this" {
+                continue;
+            }
+            let plain = format!("{id}.{seg}");
+            if self.find_elem(&plain).is_some() {
+                id = plain;
+                continue;
+            }
+            // `value` for `value[x]`, or `valueQuantity` for its type slice.
+            let choice = format!("{id}.{seg}[x]");
+            if self.find_elem(&choice).is_some() {
+                id = choice;
+                continue;
+            }
+            return None;
+        }
+        self.find_elem(&id)
+    }
+
+    fn slice_matches(&mut self, s: usize, discs: &[(DiscKind, String)], value: &'v Value, item: &Item<'v>) -> bool {
+        for (kind, path) in discs {
+            let ok = match kind {
+                DiscKind::Value | DiscKind::Pattern => self.disc_value(s, path, value),
+                DiscKind::Exists => {
+                    let found = !eval_path(value, path).is_empty();
+                    match self.disc_elem(s, path).map(|d| self.elem(d)) {
+                        Some(d) if d.min >= 1 => found,
+                        Some(d) if d.max == Some(0) => !found,
+                        _ => true,
+                    }
+                }
+                DiscKind::Type => {
+                    let se = self.elem(s);
+                    let types: Vec<String> = match self.disc_elem(s, path.trim_end_matches(".resolve()")) {
+                        Some(d) => self.elem(d).types.iter().map(|t| t.code.clone()).collect(),
+                        None => se.types.iter().map(|t| t.code.clone()).collect(),
+                    };
+                    let actual: Option<String> = if path == "$this" {
+                        item.type_code
+                            .clone()
+                            .or_else(|| value.get("resourceType").and_then(Value::as_str).map(str::to_string))
+                    } else if path.ends_with("resolve()") {
+                        eval_path(value, path.trim_end_matches(".resolve()").trim_end_matches("resolve()"))
+                            .first()
+                            .and_then(|r| r.get("reference").and_then(Value::as_str))
+                            .and_then(|r| self.ctx.target_type(r, self.container))
+                            .map(str::to_string)
+                    } else {
+                        None
+                    };
+                    match actual {
+                        Some(a) => types.iter().any(|t| *t == a),
+                        None => true,
+                    }
+                }
+                DiscKind::Profile if path.ends_with("resolve()") => {
+                    let ref_path = path.trim_end_matches("resolve()").trim_end_matches('.');
+                    let targets: Vec<String> = self
+                        .disc_elem(s, ref_path)
+                        .map(|d| self.elem(d).types.iter().flat_map(|t| t.target_profiles.clone()).collect())
+                        .unwrap_or_default();
+                    if targets.is_empty() {
+                        true
+                    } else {
+                        let reg = self.ctx.registry();
+                        let types: Vec<&str> = targets
+                            .iter()
+                            .filter_map(|p| reg.structure_definition(p)?.get("type")?.as_str())
+                            .collect();
+                        let actual = eval_path(value, ref_path)
+                            .first()
+                            .and_then(|r| r.get("reference").and_then(Value::as_str))
+                            .and_then(|r| self.ctx.target_type(r, self.container));
+                        match actual {
+                            Some(a) => types.contains(&a),
+                            None => false,
+                        }
+                    }
+                }
+                DiscKind::Profile => {
+                    let de = self.disc_elem(s, path).unwrap_or(s);
+                    let profiles: Vec<String> =
+                        self.elem(de).types.iter().flat_map(|t| t.profiles.clone()).collect();
+                    if profiles.is_empty() {
+                        true
+                    } else {
+                        let target = if path == "$this" {
+                            Some(value)
+                        } else {
+                            eval_path(value, path.trim_end_matches(".resolve()")).into_iter().next()
+                        };
+                        match target {
+                            Some(t) => profiles.iter().any(|p| {
+                                !self.trial(p, t, &item.loc, None).iter().any(|i| i.severity.is_error())
+                            }),
+                            None => false,
+                        }
+                    }
+                }
+            };
+            if !ok {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// value/pattern discriminator: the instance at `path` must equal the slice's fixed
+    /// value, contain its pattern, or be in its required value set. When the path goes
+    /// below the element that carries the value (`role.coding.code` under a pattern on
+    /// `role`), the pattern is followed along the rest of the path.
+    fn disc_value(&self, s: usize, path: &str, value: &'v Value) -> bool {
+        let se = self.elem(s);
+        // Extensions are sliced by url: the slice's url is its definition's URL.
+        if path == "url" {
+            if let Some(p) = se.types.iter().find(|t| t.code == "Extension").and_then(|t| t.profiles.first()) {
+                let want = p.split('|').next().unwrap_or(p);
+                if self.disc_elem(s, path).is_none_or(|d| self.elem(d).fixed.is_none()) {
+                    return value.get("url").and_then(Value::as_str) == Some(want);
+                }
+            }
+        }
+        let found = eval_path(value, path);
+        let segs = split_path(path);
+        // The deepest element along the path that states a value.
+        for cut in (0..=segs.len()).rev() {
+            let prefix = if cut == 0 { "$this".to_string() } else { segs[..cut].join(".") };
+            let Some(d) = self.disc_elem(s, &prefix) else {
+                continue;
+            };
+            let de = self.elem(d);
+            let rest = segs[cut..].join(".");
+            if let Some(f) = &de.fixed {
+                let expected = eval_path(f, &rest);
+                return found.iter().any(|v| expected.iter().any(|e| pattern_matches(e, v) && pattern_matches(v, e)));
+            }
+            if let Some(p) = &de.pattern {
+                let expected = eval_path(p, &rest);
+                return found.iter().any(|v| expected.iter().any(|e| pattern_matches(e, v)));
+            }
+            if cut == segs.len() {
+                if let Some((BindingStrength::Required, vs)) = &de.binding {
+                    let t = self.ctx.registry().terminology();
+                    // Undecidable membership (value set or code system not available) does
+                    // not exclude the slice.
+                    let member = |r: CodeCheck| r != CodeCheck::Invalid;
+                    return found.iter().any(|v| match v {
+                        Value::String(c) => member(t.validate_code(vs, None, c)),
+                        Value::Object(o) => {
+                            let codings: Vec<&Value> = match o.get("coding").and_then(Value::as_array) {
+                                Some(a) => a.iter().collect(),
+                                None => vec![v],
+                            };
+                            codings.iter().any(|c| {
+                                c.get("code").and_then(Value::as_str).is_some_and(|code| {
+                                    member(t.validate_code(vs, c.get("system").and_then(Value::as_str), code))
+                                })
+                            })
+                        }
+                        _ => false,
+                    });
+                }
+            }
+        }
+        // The slice states no value here: this discriminator does not tell slices apart.
+        true
+    }
+}
+
+/// Evaluates the simple FHIRPath a discriminator uses: names, `$this`,
+/// `extension('url')`, `ofType(T)` (ignored), `resolve()` (stops).
+fn eval_path<'a>(value: &'a Value, path: &str) -> Vec<&'a Value> {
+    let mut cur = vec![value];
+    for seg in split_path(path) {
+        let seg = seg.trim();
+        if seg.is_empty() || seg == "$this" || seg.starts_with("ofType(") {
+            continue;
+        }
+        if seg == "resolve()" {
+            break;
+        }
+        let mut next = Vec::new();
+        if let Some(arg) = seg.strip_prefix("extension(").and_then(|r| r.strip_suffix(')')) {
+            let url = arg.trim_matches(|c| c == '\'' || c == '"');
+            for v in &cur {
+                for e in v.get("extension").and_then(Value::as_array).into_iter().flatten() {
+                    if e.get("url").and_then(Value::as_str) == Some(url) {
+                        next.push(e);
+                    }
+                }
+            }
+        } else {
+            for v in &cur {
+                let Value::Object(o) = v else {
+                    continue;
+                };
+                match o.get(seg) {
+                    Some(Value::Array(a)) => next.extend(a.iter()),
+                    Some(x) => next.push(x),
+                    None => {
+                        // A choice element named without its type (`value`).
+                        for (k, x) in o {
+                            if k.len() > seg.len()
+                                && k.starts_with(seg)
+                                && k[seg.len()..].starts_with(|c: char| c.is_ascii_uppercase())
+                            {
+                                match x {
+                                    Value::Array(a) => next.extend(a.iter()),
+                                    x => next.push(x),
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        cur = next;
+    }
+    cur
+}
+
+/// Splits a path at dots outside parentheses and quotes.
+fn split_path(path: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let (mut depth, mut quote, mut start) = (0i32, false, 0usize);
+    for (i, ch) in path.char_indices() {
+        match ch {
+            '\'' => quote = !quote,
+            '(' if !quote => depth += 1,
+            ')' if !quote => depth -= 1,
+            '.' if !quote && depth == 0 => {
+                out.push(&path[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    out.push(&path[start..]);
+    out
+}
+
+/// Whether an extension definition allows use on the element at `host` (a profile path
+/// such as `Patient` or `Address`, with `alias` the outer element a datatype stands for).
+fn context_allows(ext: &Profile, host: &str, alias: Option<&str>, within: &Profile, model: &StructureModel) -> bool {
+    if ext.contexts.is_empty() {
+        return true;
+    }
+    let host_type = host.split('.').next().unwrap_or(host);
+    ext.contexts.iter().any(|(kind, expr)| {
+        if kind != "element" {
+            // fhirpath contexts need the FHIRPath engine; extension contexts name the
+            // extension that nests this one.
+            return kind != "extension" || within.url == *expr || within.type_name == "Extension";
+        }
+        let expr = expr.as_str();
+        let expr_root = expr.split('.').next().unwrap_or(expr);
+        matches!(expr, "Element" | "Resource" | "DomainResource" | "BackboneElement")
+            // Types of later FHIR versions (CanonicalResource) cannot be judged here.
+            || !model.is_known_type(expr_root)
+            // An element or one of its own elements (primitive extensions sit on the
+            // element that holds the value).
+            || expr == host
+            || expr.strip_prefix(host).is_some_and(|r| r.starts_with('.'))
+            || alias.is_some_and(|a| a == expr)
+            || (expr == host_type && !host.contains('.'))
+            || (!host.contains('.') && is_domain_resource(host) && expr == "DomainResource")
+            || within.type_name == expr && host == within.type_name
+    })
+}
+
+/// `http://hl7.org/fhir/5.0/StructureDefinition/extension-DeviceRequest.doNotPerform`:
+/// an element of another FHIR version used as an extension.
+fn is_cross_version(url: &str) -> bool {
+    url.strip_prefix("http://hl7.org/fhir/")
+        .and_then(|r| r.split_once("/StructureDefinition/extension-"))
+        .is_some_and(|(v, _)| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit() || b == b'.'))
+}
+
+fn is_domain_resource(name: &str) -> bool {
+    !matches!(name, "Bundle" | "Binary" | "Parameters")
+}
