@@ -1,11 +1,18 @@
 //! Consent decisions: may this caller contribute or see this resource, given the patient's
 //! FHIR `Consent` resources? The pipeline asks on every write and every read.
 //!
-//! Only the interface and the policy that permits everything exist so far; the Consent
-//! engine (provisions, actors, purposes, security labels, break-the-glass) fills in
-//! [`ConsentPolicy`] without touching the pipeline or the routes.
+//! [`ConsentEngine`] evaluates R4 Consents (scope `patient-privacy`, status `active`):
+//! the root provision's `type` is the base decision and nested provisions are exceptions —
+//! the deepest matching provision decides. Within a provision, present elements are ANDed
+//! conditions and absent ones wildcards; repeats of one element are ORed. See
+//! [`engine`] for the matching rules of each element.
+
+pub mod engine;
+pub mod labels;
 
 use serde_json::Value;
+
+pub use engine::{ConsentEngine, DefaultPolicy};
 
 /// The `consentaction` a request performs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -17,6 +24,18 @@ pub enum ConsentAction {
     Correct,
 }
 
+impl ConsentAction {
+    pub fn code(self) -> &'static str {
+        match self {
+            ConsentAction::Collect => "collect",
+            ConsentAction::Access => "access",
+            ConsentAction::Use => "use",
+            ConsentAction::Disclose => "disclose",
+            ConsentAction::Correct => "correct",
+        }
+    }
+}
+
 /// Who is asking and why.
 #[derive(Debug, Clone, Default)]
 pub struct Actor {
@@ -24,8 +43,23 @@ pub struct Actor {
     pub client_id: Option<String>,
     /// The Organization the client acts for, as `Organization/{id}`.
     pub organization: Option<String>,
+    /// The acting Practitioner or PractitionerRole, when the token names one.
+    pub practitioner: Option<String>,
+    /// The CareTeams the organization or practitioner belongs to (`CareTeam/{id}`).
+    pub care_teams: Vec<String>,
     /// v3-ActReason code (TREAT, ETREAT, HPAYMT, ...).
     pub purpose_of_use: Option<String>,
+}
+
+impl Actor {
+    /// Every reference that identifies this actor, for matching `provision.actor.reference`.
+    pub fn references(&self) -> impl Iterator<Item = &str> {
+        self.organization
+            .iter()
+            .chain(self.practitioner.iter())
+            .chain(self.care_teams.iter())
+            .map(String::as_str)
+    }
 }
 
 /// One question to the consent engine.
@@ -34,19 +68,38 @@ pub struct ConsentRequest<'a> {
     pub action: ConsentAction,
     /// The resource written or read.
     pub resource: &'a Value,
+    /// The Consent resources of the resource's patient (any status; the engine filters).
+    pub consents: &'a [Value],
+    /// The decision time, epoch millis.
+    pub now_ms: i64,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
     Permit,
     Deny,
+}
+
+/// Where a decision came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DecisionSource {
+    /// A provision of a Consent: `Consent/{id}` and the provision's path.
+    Consent { consent: String, provision: String },
+    /// No Consent applied; the configured default (or the rule that sensitive data needs an
+    /// explicit permit) decided.
+    NoApplicableConsent,
+    /// An emergency (ETREAT/BTG) purpose overrode the Consents.
+    BreakTheGlass,
+    /// Consent enforcement is switched off.
+    NotEnforced,
 }
 
 /// A decision and what it rests on, so it can be explained and audited.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decision {
     pub verdict: Verdict,
-    /// Human-readable basis, e.g. which Consent and provision matched.
+    pub source: DecisionSource,
+    /// Human-readable basis.
     pub basis: String,
 }
 
@@ -59,15 +112,15 @@ impl Decision {
 pub trait ConsentPolicy: Send + Sync {
     fn decide(&self, request: &ConsentRequest<'_>) -> Decision;
 
-    /// Whether reads must be decided resource by resource. A policy that permits every
-    /// read says `false`, letting the read path skip parsing stored resources.
+    /// Whether decisions need the patient's Consents and the resource; a policy that permits
+    /// everything says `false`, letting the read path skip parsing stored resources.
     fn filters_reads(&self) -> bool {
         true
     }
 }
 
-/// Permits everything: the behaviour until Consent evaluation is configured. Named so that
-/// logs and decisions say plainly that no consent rules were applied.
+/// Permits everything. Named so that logs and decisions say plainly that no consent rules
+/// were applied.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct ConsentNotEnforced;
 
@@ -75,6 +128,7 @@ impl ConsentPolicy for ConsentNotEnforced {
     fn decide(&self, _request: &ConsentRequest<'_>) -> Decision {
         Decision {
             verdict: Verdict::Permit,
+            source: DecisionSource::NotEnforced,
             basis: "consent enforcement is not enabled on this gateway".into(),
         }
     }
@@ -96,8 +150,11 @@ mod tests {
             actor: &actor,
             action: ConsentAction::Access,
             resource: &r,
+            consents: &[],
+            now_ms: 0,
         });
         assert!(d.is_permit());
+        assert_eq!(d.source, DecisionSource::NotEnforced);
         assert!(d.basis.contains("not enabled"));
     }
 }

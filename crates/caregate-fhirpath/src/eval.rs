@@ -79,6 +79,21 @@ const SYSTEM_TYPES: &[&str] = &[
     "Boolean", "String", "Integer", "Decimal", "Date", "DateTime", "Time", "Quantity",
 ];
 
+/// An operand: one literal item without a vector, or a collection.
+enum Small<'a> {
+    One(Val<'a>),
+    Many(Coll<'a>),
+}
+
+impl<'a> Small<'a> {
+    fn as_slice(&self) -> &[Val<'a>] {
+        match self {
+            Small::One(v) => std::slice::from_ref(v),
+            Small::Many(c) => c,
+        }
+    }
+}
+
 /// A resolved type specifier.
 enum WantType {
     System(&'static str),
@@ -383,24 +398,14 @@ impl<'a> Env<'a, '_> {
                 .collect()),
             Expr::Total => Ok(sc.total.map(<[Val<'a>]>::to_vec).unwrap_or_default()),
             Expr::Var(v) => self.var(v),
-            Expr::Ident(name) => {
+            Expr::Ident(name, r4) => {
                 let mut out = Vec::new();
                 for item in sc.this {
-                    self.ident(item, name, &mut out)?;
+                    self.ident(item, name, *r4, &mut out)?;
                 }
                 Ok(out)
             }
-            Expr::Member(r, name) => {
-                if self.strict {
-                    self.check_declared_member(r, name)?;
-                }
-                let input = self.eval(r, sc)?;
-                let mut out = Vec::with_capacity(input.len());
-                for item in &input {
-                    self.navigate(item, name, &mut out)?;
-                }
-                Ok(out)
-            }
+            Expr::Member(..) => self.path(e, sc),
             Expr::Call(c) => self.call(c, sc),
             Expr::Indexer(b, i) => {
                 let base = self.eval(b, sc)?;
@@ -455,12 +460,68 @@ impl<'a> Env<'a, '_> {
         }
     }
 
+    /// A chain of member steps (`a.b.c`): the base once, then each step into one of two
+    /// buffers that are swapped and reused, instead of a new vector per step.
+    fn path(&self, e: &Expr, sc: Scope<'_, 'a>) -> R<Coll<'a>> {
+        // Up to 16 steps without allocating; a longer chain evaluates its base recursively.
+        let mut names: [&str; 16] = [""; 16];
+        let mut n = 0;
+        let mut cur = e;
+        while let Expr::Member(r, name) = cur {
+            if n == names.len() {
+                break;
+            }
+            if self.strict {
+                self.check_declared_member(r, name)?;
+            }
+            names[n] = name;
+            n += 1;
+            cur = r;
+        }
+        let mut input = match cur {
+            Expr::Ident(name, r4) => {
+                let mut out = Vec::new();
+                for item in sc.this {
+                    self.ident(item, name, *r4, &mut out)?;
+                }
+                out
+            }
+            other => self.eval(other, sc)?,
+        };
+        let mut out = Vec::with_capacity(input.len());
+        for name in names[..n].iter().rev() {
+            out.clear();
+            for item in &input {
+                self.navigate(item, name, &mut out)?;
+            }
+            std::mem::swap(&mut input, &mut out);
+            if input.is_empty() {
+                break;
+            }
+        }
+        Ok(input)
+    }
+
+    /// Like `eval`, but a literal operand does not need a vector.
+    fn eval_small(&self, e: &Expr, sc: Scope<'_, 'a>) -> R<Small<'a>> {
+        Ok(match e {
+            Expr::Lit(l) => Small::One(lit_val(l)),
+            other => Small::Many(self.eval(other, sc)?),
+        })
+    }
+
     /// Evaluates in a boolean context without building the intermediate collections of the
     /// common shapes (`a and b`, `x.exists()`, `not()`).
     pub fn eval_bool(&self, e: &Expr, sc: Scope<'_, 'a>) -> R<Option<bool>> {
         match e {
             Expr::Bin(op @ (Op::And | Op::Or | Op::Implies), l, r) => {
                 self.eval_bool_bin(*op, l, r, sc)
+            }
+            Expr::Bin(op @ (Op::Eq | Op::Ne), l, r) => {
+                let a = self.eval_small(l, sc)?;
+                let b = self.eval_small(r, sc)?;
+                let eq = self.coll_eq(a.as_slice(), b.as_slice());
+                Ok(if *op == Op::Eq { eq } else { eq.map(|e| !e) })
             }
             Expr::Call(c) if c.args.is_empty() && matches!(c.fun, Fun::Exists | Fun::Empty) => {
                 let nonempty = match &c.recv {
@@ -480,10 +541,10 @@ impl<'a> Env<'a, '_> {
     /// Whether `e` yields anything, stopping at the first item of a path where possible.
     fn exists(&self, e: &Expr, sc: Scope<'_, 'a>) -> R<bool> {
         match e {
-            Expr::Ident(name) if !self.strict => {
+            Expr::Ident(name, r4) if !self.strict => {
                 for item in sc.this {
                     let mut out = Vec::new();
-                    self.ident(item, name, &mut out)?;
+                    self.ident(item, name, *r4, &mut out)?;
                     if !out.is_empty() {
                         return Ok(true);
                     }
@@ -549,11 +610,16 @@ impl<'a> Env<'a, '_> {
 
     /// An identifier at the start of a path: a type name selecting a resource of that type,
     /// or a child element.
-    fn ident(&self, item: &Val<'a>, name: &str, out: &mut Coll<'a>) -> R<()> {
+    fn ident(&self, item: &Val<'a>, name: &str, r4: Option<TypeId>, out: &mut Coll<'a>) -> R<()> {
         if name.starts_with(|c: char| c.is_ascii_uppercase()) {
             if let Val::Node(n) = item {
                 if is_resource(n, self.model) {
-                    match self.model.type_id(name) {
+                    let id = if std::ptr::eq(self.model, ModelInfo::r4()) {
+                        r4
+                    } else {
+                        self.model.type_id(name)
+                    };
+                    match id {
                         Some(t) if self.model.is_subtype(n.ty, t) => out.push(item.clone()),
                         Some(_) if self.strict => {
                             return err(format!(
@@ -952,26 +1018,29 @@ impl<'a> Env<'a, '_> {
             }
             _ => {}
         }
-        let a = self.eval(l, sc)?;
-        let b = self.eval(r, sc)?;
-        match op {
-            Op::Union => {
-                let mut out = Vec::with_capacity(a.len() + b.len());
-                for v in a.into_iter().chain(b) {
-                    self.push_distinct(&mut out, v);
-                }
-                Ok(out)
+        if op == Op::Union {
+            let mut a = self.eval(l, sc)?;
+            let b = self.eval(r, sc)?;
+            let mut out = Vec::with_capacity(a.len() + b.len());
+            for v in a.drain(..).chain(b) {
+                self.push_distinct(&mut out, v);
             }
-            Op::Xor => Ok(one_bool(match (to_bool3(&a)?, to_bool3(&b)?) {
+            return Ok(out);
+        }
+        let a = self.eval_small(l, sc)?;
+        let b = self.eval_small(r, sc)?;
+        let (a, b) = (a.as_slice(), b.as_slice());
+        match op {
+            Op::Xor => Ok(one_bool(match (to_bool3(a)?, to_bool3(b)?) {
                 (Some(x), Some(y)) => Some(x != y),
                 _ => None,
             })),
-            Op::Eq => Ok(one_bool(self.coll_eq(&a, &b))),
-            Op::Ne => Ok(one_bool(self.coll_eq(&a, &b).map(|e| !e))),
-            Op::Equiv => Ok(vec![Val::Bool(self.coll_equiv(&a, &b))]),
-            Op::NotEquiv => Ok(vec![Val::Bool(!self.coll_equiv(&a, &b))]),
+            Op::Eq => Ok(one_bool(self.coll_eq(a, b))),
+            Op::Ne => Ok(one_bool(self.coll_eq(a, b).map(|e| !e))),
+            Op::Equiv => Ok(vec![Val::Bool(self.coll_equiv(a, b))]),
+            Op::NotEquiv => Ok(vec![Val::Bool(!self.coll_equiv(a, b))]),
             Op::Lt | Op::Gt | Op::Le | Op::Ge => {
-                let (Some(x), Some(y)) = (single(&a, "a comparison")?, single(&b, "a comparison")?)
+                let (Some(x), Some(y)) = (single(a, "a comparison")?, single(b, "a comparison")?)
                 else {
                     return Ok(Vec::new());
                 };
@@ -987,14 +1056,14 @@ impl<'a> Env<'a, '_> {
                 })))
             }
             Op::In | Op::Contains => {
-                let (needle, hay) = if op == Op::In { (&a, &b) } else { (&b, &a) };
+                let (needle, hay) = if op == Op::In { (a, b) } else { (b, a) };
                 match single(needle, "in/contains")? {
                     None => Ok(Vec::new()),
                     Some(x) => Ok(vec![Val::Bool(self.contains_item(hay, x))]),
                 }
             }
             Op::Concat => {
-                let s = |c: &Coll<'a>| -> R<String> {
+                let s = |c: &[Val<'a>]| -> R<String> {
                     Ok(match single(c, "&")? {
                         None => String::new(),
                         Some(v) => match to_prim(v, self.model) {
@@ -1003,10 +1072,10 @@ impl<'a> Env<'a, '_> {
                         },
                     })
                 };
-                Ok(vec![Val::Str(Arc::from(s(&a)? + &s(&b)?))])
+                Ok(vec![Val::Str(Arc::from(s(a)? + &s(b)?))])
             }
             Op::Add | Op::Sub | Op::Mul | Op::Div | Op::IntDiv | Op::Mod => {
-                let (Some(x), Some(y)) = (single(&a, "arithmetic")?, single(&b, "arithmetic")?)
+                let (Some(x), Some(y)) = (single(a, "arithmetic")?, single(b, "arithmetic")?)
                 else {
                     return Ok(Vec::new());
                 };
@@ -1015,7 +1084,7 @@ impl<'a> Env<'a, '_> {
                 };
                 self.arith(op, p, q)
             }
-            Op::And | Op::Or | Op::Implies => Ok(Vec::new()),
+            Op::And | Op::Or | Op::Implies | Op::Union => Ok(Vec::new()),
         }
     }
 

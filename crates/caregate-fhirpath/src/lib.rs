@@ -256,6 +256,8 @@ pub type TraceFn<'a> = dyn Fn(&str, &[Item<'a>]) + 'a;
 pub struct Context<'a> {
     model: &'a ModelInfo,
     resource: &'a Value,
+    /// The resource's type, looked up once.
+    resource_ty: model::TypeId,
     root_resource: Option<&'a Value>,
     focus: Option<(&'a Value, Option<&'a str>)>,
     vars: HashMap<String, Vec<Val<'a>>>,
@@ -271,9 +273,11 @@ impl<'a> Context<'a> {
     /// Evaluation over `resource`, which is also `%resource`, `%rootResource`, `%context`
     /// and the initial focus; the R4 model.
     pub fn new(resource: &'a Value) -> Context<'a> {
+        let model = ModelInfo::r4();
         Context {
-            model: ModelInfo::r4(),
+            model,
             resource,
+            resource_ty: value::infer_type(resource, model),
             root_resource: None,
             focus: None,
             vars: HashMap::new(),
@@ -289,6 +293,7 @@ impl<'a> Context<'a> {
     /// Another model (another FHIR version, or one built from extra StructureDefinitions).
     pub fn model(mut self, model: &'a ModelInfo) -> Self {
         self.model = model;
+        self.resource_ty = value::infer_type(self.resource, model);
         self
     }
 
@@ -414,7 +419,7 @@ impl Expression {
     fn env<'a, 'e>(&self, ctx: &'e Context<'a>) -> Env<'a, 'e> {
         Env {
             model: ctx.model,
-            resource: Some(ctx.resource_val(ctx.resource)),
+            resource: Some(Val::node(ctx.resource, ctx.resource_ty)),
             root_resource: ctx.root_resource.map(|r| ctx.resource_val(r)),
             context: Some(self.focus_val(ctx)),
             vars: &ctx.vars,
@@ -440,7 +445,7 @@ impl Expression {
                     ty: t,
                 })
             }
-            None => ctx.resource_val(ctx.resource),
+            None => Val::node(ctx.resource, ctx.resource_ty),
         }
     }
 

@@ -210,8 +210,9 @@ pub(crate) enum Expr {
     Index,
     Total,
     Var(VarRef),
-    /// An identifier starting a path: a child of `$this`, or a type name matching it.
-    Ident(Arc<str>),
+    /// An identifier starting a path: a child of `$this`, or a type name matching it. The
+    /// second field is the name's type in the R4 model, looked up once at compile time.
+    Ident(Arc<str>, Option<crate::model::TypeId>),
     /// `receiver.name`
     Member(Box<Expr>, Arc<str>),
     /// `receiver.f(args)`; no receiver means the function applies to `$this`.
@@ -264,7 +265,7 @@ pub(crate) fn parse(src: &str) -> Result<Expr, FhirPathError> {
 
 /// Deepest AST accepted: evaluation recurses once per level, so this bounds its stack use
 /// (long operator chains nest as deeply as parentheses do).
-const MAX_TREE_DEPTH: usize = 256;
+const MAX_TREE_DEPTH: usize = 128;
 
 /// The AST's depth, computed without recursion so that measuring cannot overflow either.
 fn tree_depth(root: &Expr) -> usize {
@@ -688,7 +689,13 @@ impl Parser {
         if !self.is_punct("(") {
             return Ok(match receiver {
                 Some(r) => Expr::Member(Box::new(r), Arc::from(name.as_str())),
-                None => Expr::Ident(Arc::from(name.as_str())),
+                None => {
+                    let r4 = name
+                        .starts_with(|c: char| c.is_ascii_uppercase())
+                        .then(|| crate::model::ModelInfo::r4().type_id(&name))
+                        .flatten();
+                    Expr::Ident(Arc::from(name.as_str()), r4)
+                }
             });
         }
         self.bump();

@@ -236,7 +236,10 @@ fn invalid_expressions_are_compile_errors() {
         "1 +",
         "a.b(c",
     ] {
-        assert!(Expression::compile(bad).is_err(), "{bad} should be rejected");
+        assert!(
+            Expression::compile(bad).is_err(),
+            "{bad} should be rejected"
+        );
     }
     let err = Expression::compile("Patient.name.where(").unwrap_err();
     assert!(err.position > 0, "{err}");

@@ -19,12 +19,18 @@ fn texts(items: &[Item<'_>]) -> Vec<String> {
 
 fn eval(expr: &str, r: &Value) -> Vec<String> {
     let e = Expression::compile(expr).unwrap_or_else(|err| panic!("{expr}: {err}"));
-    texts(&e.evaluate_checked(r).unwrap_or_else(|err| panic!("{expr}: {err}")))
+    texts(
+        &e.evaluate_checked(r)
+            .unwrap_or_else(|err| panic!("{expr}: {err}")),
+    )
 }
 
 fn eval_ctx(expr: &str, ctx: &Context<'_>) -> Vec<String> {
     let e = Expression::compile(expr).unwrap_or_else(|err| panic!("{expr}: {err}"));
-    texts(&e.evaluate_in(ctx).unwrap_or_else(|err| panic!("{expr}: {err}")))
+    texts(
+        &e.evaluate_in(ctx)
+            .unwrap_or_else(|err| panic!("{expr}: {err}")),
+    )
 }
 
 fn is_err(expr: &str, r: &Value) -> bool {
@@ -40,7 +46,10 @@ fn variables_and_environment() {
         .variable("limit", vec![Item::Integer(3)])
         .variable("who", vec![Item::Str("Doe".into())]);
     assert_eq!(eval_ctx("%limit + 1", &ctx), ["4"]);
-    assert_eq!(eval_ctx("name.where(family = %who).exists()", &ctx), ["true"]);
+    assert_eq!(
+        eval_ctx("name.where(family = %who).exists()", &ctx),
+        ["true"]
+    );
     assert_eq!(eval_ctx("%resource.id", &ctx), ["p1"]);
     assert_eq!(eval_ctx("%rootResource.id", &ctx), ["p1"]);
     assert_eq!(eval_ctx("%context.id", &ctx), ["p1"]);
@@ -94,8 +103,14 @@ fn resolve_in_contained_and_bundles() {
     let entry_obs = &bundle["entry"][2]["resource"];
     let ctx = Context::new(entry_obs).root_resource(&bundle);
     assert_eq!(eval_ctx("subject.resolve().name.family", &ctx), ["Uuid"]);
-    assert_eq!(eval_ctx("performer.resolve().name.family", &ctx), ["Abs", "Abs"]);
-    assert_eq!(eval("Bundle.entry[2].resource.subject.resolve().id", &bundle), ["a1"]);
+    assert_eq!(
+        eval_ctx("performer.resolve().name.family", &ctx),
+        ["Abs", "Abs"]
+    );
+    assert_eq!(
+        eval("Bundle.entry[2].resource.subject.resolve().id", &bundle),
+        ["a1"]
+    );
 
     // The resolver callback answers what the document cannot.
     struct Store(Value);
@@ -138,7 +153,10 @@ fn member_of_uses_the_terminology_callback() {
     let ctx = Context::new(&r).terminology(&term);
     let vs = "'http://example.org/vs/colors'";
     assert_eq!(eval_ctx(&format!("code.memberOf({vs})"), &ctx), ["true"]);
-    assert_eq!(eval_ctx(&format!("code.coding.memberOf({vs})"), &ctx), ["true"]);
+    assert_eq!(
+        eval_ctx(&format!("code.coding.memberOf({vs})"), &ctx),
+        ["true"]
+    );
     assert_eq!(eval_ctx(&format!("value.memberOf({vs})"), &ctx), ["false"]);
     assert_eq!(eval_ctx(&format!("'green'.memberOf({vs})"), &ctx), ["true"]);
     // Unknown value set, or no terminology at all: unknown, i.e. empty.
@@ -148,7 +166,10 @@ fn member_of_uses_the_terminology_callback() {
 
 #[test]
 fn decimals_are_exact() {
-    let r = json!({"resourceType": "Observation", "valueQuantity": {"value": 1.50, "unit": "mg"}});
+    let r: Value = serde_json::from_str(
+        r#"{"resourceType": "Observation", "valueQuantity": {"value": 1.50, "unit": "mg"}}"#,
+    )
+    .unwrap();
     assert_eq!(eval("0.1 + 0.2 = 0.3", &r), ["true"]);
     assert_eq!(eval("0.1 + 0.2", &r), ["0.3"]);
     assert_eq!(eval("1.2 * 1.8", &r), ["2.16"]);
@@ -180,12 +201,20 @@ fn dates_and_times_follow_precision_rules() {
     assert_eq!(eval("birthDate ~ @1974-12-25", &p), ["false"]);
     assert_eq!(eval("birthDate = @1974-12", &p), ["true"]);
     // instant vs dateTime across zones.
-    assert_eq!(eval("meta.lastUpdated = @2024-10-14T09:00:00+02:00", &p), ["true"]);
+    assert_eq!(
+        eval("meta.lastUpdated = @2024-10-14T09:00:00+02:00", &p),
+        ["true"]
+    );
     assert!(eval("meta.lastUpdated = @2024-10-14T07:00:00", &p).is_empty());
-    assert_eq!(eval("meta.lastUpdated > @2024-10-14", &p), ["true"]);
+    // Same day, but the date has no time: unknown.
+    assert!(eval("meta.lastUpdated > @2024-10-14", &p).is_empty());
+    assert_eq!(eval("meta.lastUpdated > @2024-10-13", &p), ["true"]);
     // Calendar arithmetic clamps to the month's end and crosses years.
     assert_eq!(eval("@2024-01-31 + 1 month", &p), ["2024-02-29"]);
-    assert_eq!(eval("@2023-12-31T23:30:00Z + 45 minutes", &p), ["2024-01-01T00:15:00Z"]);
+    assert_eq!(
+        eval("@2023-12-31T23:30:00Z + 45 minutes", &p),
+        ["2024-01-01T00:15:00Z"]
+    );
     assert_eq!(eval("@2024-03-01 - 1 day", &p), ["2024-02-29"]);
     assert!(is_err("@2024-03-01 + 1 'mo'", &p));
     assert_eq!(eval("@T23:30 + 1 hour", &p), ["00:30"]);
@@ -218,7 +247,7 @@ fn ucum_comparisons() {
     assert!(eval("1 year = 1 'a'", &r).is_empty());
     assert_eq!(eval("1 year = 12 months", &r), ["true"]);
     assert_eq!(eval("4 'g' ~ 4040 'mg'", &r), ["true"]);
-    assert_eq!(eval("(10 'mg').toQuantity('g')", &r), ["{\"code\":\"g\",\"system\":\"http://unitsofmeasure.org\",\"unit\":\"g\",\"value\":0.01}"]);
+    assert_eq!(eval("(10 'mg').toQuantity('g').value", &r), ["0.010"]);
 }
 
 #[test]
@@ -243,7 +272,8 @@ fn evaluation_errors_are_reported() {
 fn trace_reports_to_the_callback() {
     let p = json!({"resourceType": "Patient", "name": [{"given": ["a", "b"]}]});
     let seen = RefCell::new(Vec::new());
-    let f = |name: &str, items: &[Item<'_>]| seen.borrow_mut().push(format!("{name}:{}", items.len()));
+    let f =
+        |name: &str, items: &[Item<'_>]| seen.borrow_mut().push(format!("{name}:{}", items.len()));
     let ctx = Context::new(&p).trace(&f);
     assert_eq!(eval_ctx("name.given.trace('g').count()", &ctx), ["2"]);
     assert_eq!(seen.borrow().as_slice(), ["g:2"]);
@@ -256,13 +286,22 @@ fn typing_from_the_model() {
         "contact": [{"name": {"family": "K"}}], "multipleBirthInteger": 2});
     assert_eq!(eval("gender.type().name", &p), ["code"]);
     assert_eq!(eval("birthDate.is(date)", &p), ["true"]);
-    assert_eq!(eval("birthDate.extension('http://x/time').value.is(time)", &p), ["true"]);
+    assert_eq!(
+        eval("birthDate.extension('http://x/time').value.is(time)", &p),
+        ["true"]
+    );
     assert_eq!(eval("contact.name.family", &p), ["K"]);
     assert_eq!(eval("multipleBirth.ofType(integer) + 1", &p), ["3"]);
     assert_eq!(eval("multipleBirth is boolean", &p), ["false"]);
-    assert_eq!(eval("children().count()", &p), ["5"]);
+    assert_eq!(eval("children().count()", &p), ["4"]);
     assert_eq!(eval("descendants().ofType(HumanName).family", &p), ["K"]);
-    assert_eq!(eval("conformsTo('http://hl7.org/fhir/StructureDefinition/Patient')", &p), ["true"]);
+    assert_eq!(
+        eval(
+            "conformsTo('http://hl7.org/fhir/StructureDefinition/Patient')",
+            &p
+        ),
+        ["true"]
+    );
 }
 
 #[test]
@@ -272,17 +311,42 @@ fn hostile_input_never_panics() {
     assert!(Expression::compile(&deep).is_err());
     let chain = "name".to_string() + &".where(given.exists())".repeat(300);
     let _ = Expression::compile(&chain).map(|e| e.evaluate(&p));
-    let nested = "name.where(".repeat(40) + "true" + &")".repeat(40);
-    let e = Expression::compile(&nested).expect("40 nested where() compile");
+    let nested = "name.where(".to_string() + &"where(".repeat(19) + "true" + &")".repeat(20);
+    let e = Expression::compile(&nested).expect("20 nested where() compile");
     assert_eq!(e.evaluate(&p).len(), 1);
     let ops = (0..2000).map(|_| "1").collect::<Vec<_>>().join(" + ");
     assert!(Expression::compile(&ops).is_err());
-    for s in ["'\\u'", "@", "@T", "@2020-", "1 'm[", "(1 'm((((').toQuantity('g')", "''.matches('a{99999999}')",
-        "'x'.replaceMatches('(', 'y')", "1.toQuantity('((((((((((((((((((((m')", "descendants().descendants().count()",
-        "repeat($this).count()", "aggregate($total + $this, 0)", "%resource.repeat(children())",
-        "'a'.substring(-5, 99999999999)", "'abc'.substring(1, -3)", "1.lowBoundary(2147483647)",
-        "99999999999999999999999999999999999999.0 * 99999999999999999999999999999999999.0"]
-    {
+    // The deepest trees accepted evaluate within a test thread's stack (debug build).
+    for op in [" + ", " and ", " | ", " = "] {
+        let src = (0..120)
+            .map(|_| "name.given.first()")
+            .collect::<Vec<_>>()
+            .join(op);
+        if let Ok(e) = Expression::compile(&src) {
+            let _ = e.evaluate(&p);
+        }
+    }
+    let src = (0..120).map(|_| "(name.given").collect::<String>() + &")".repeat(120);
+    let _ = Expression::compile(&src).map(|e| e.evaluate(&p));
+    for s in [
+        "'\\u'",
+        "@",
+        "@T",
+        "@2020-",
+        "1 'm[",
+        "(1 'm((((').toQuantity('g')",
+        "''.matches('a{99999999}')",
+        "'x'.replaceMatches('(', 'y')",
+        "1.toQuantity('((((((((((((((((((((m')",
+        "descendants().descendants().count()",
+        "repeat($this).count()",
+        "aggregate($total + $this, 0)",
+        "%resource.repeat(children())",
+        "'a'.substring(-5, 99999999999)",
+        "'abc'.substring(1, -3)",
+        "1.lowBoundary(2147483647)",
+        "99999999999999999999999999999999999999.0 * 99999999999999999999999999999999999.0",
+    ] {
         if let Ok(e) = Expression::compile(s) {
             let _ = e.evaluate(&p);
             let _ = e.evaluate_checked(&p);

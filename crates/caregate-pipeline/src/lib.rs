@@ -9,6 +9,7 @@
 //! Everything here is synchronous: the server runs it on a blocking thread pool.
 
 mod bundle;
+mod consent;
 mod read;
 mod references;
 mod scopes;

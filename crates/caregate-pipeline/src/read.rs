@@ -5,7 +5,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::OnceLock;
 
 use caregate_audit::{patient_of, Subtype};
-use caregate_consent::{ConsentAction, ConsentRequest};
+use crate::consent::ConsentScope;
 use caregate_core::{parse_date_range, ErrorKind, FhirError, FhirResult};
 use caregate_search::Summary;
 use caregate_store::{AuditQuery, HistoryQuery, HistoryScope, Key, VersionRecord, WriteMethod};
@@ -135,35 +135,23 @@ impl Pipeline {
         Ok(record)
     }
 
+    /// A single read the patient's consent does not allow is refused with the reason.
     fn check_readable(&self, caller: &Caller, record: &VersionRecord) -> FhirResult<()> {
         if !self.stages.consent.filters_reads() {
             return Ok(());
         }
         let resource = parse_record(record)?;
-        let decision = self.stages.consent.decide(&ConsentRequest {
-            actor: &caller.actor,
-            action: ConsentAction::Access,
-            resource: &resource,
-        });
+        let mut scope = self.consent_scope(caller)?;
+        let decision = scope.decide(caregate_consent::ConsentAction::Access, &resource)?;
+        scope.audit_alerts(caller, Subtype::Read);
         if decision.is_permit() {
             Ok(())
         } else {
-            Err(FhirError::new(ErrorKind::Forbidden, decision.basis))
+            Err(FhirError::new(
+                ErrorKind::Forbidden,
+                format!("The patient's consent does not allow this access: {}", decision.basis),
+            ))
         }
-    }
-
-    fn readable(&self, caller: &Caller, resource: &Value) -> bool {
-        if !self.stages.consent.filters_reads() {
-            return true;
-        }
-        self.stages
-            .consent
-            .decide(&ConsentRequest {
-                actor: &caller.actor,
-                action: ConsentAction::Access,
-                resource,
-            })
-            .is_permit()
     }
 
     /// Type-level (`resource_type` given) or system-level search, answered as a searchset
@@ -208,6 +196,26 @@ impl Pipeline {
             parsed.query.count = 0;
             parsed.query.total = true;
         }
+        let mut scope = self.consent_scope(caller)?;
+        if count_only && scope.enforced() {
+            // Counts must not reveal hidden resources: count only what this caller may see.
+            let total = self.visible_total(&mut scope, &parsed.query)?;
+            scope.audit_alerts(caller, Subtype::SearchType);
+            let path = match resource_type {
+                Some(t) => format!("{base}/{t}"),
+                None => base.to_string(),
+            };
+            return Ok(SearchOutcome {
+                bundle: json!({
+                    "resourceType": "Bundle",
+                    "id": uuid::Uuid::new_v4().to_string(),
+                    "type": "searchset",
+                    "total": total,
+                    "link": [link("self", &path, &parsed.self_params, None, requested)],
+                }),
+                match_ids: Vec::new(),
+            });
+        }
         let page = self.store.search(&parsed.query).map_err(store_error)?;
 
         let mut entries = Vec::new();
@@ -217,7 +225,7 @@ impl Pipeline {
         let mut match_keys: Vec<Key> = Vec::new();
         for record in &page.matches {
             let resource = parse_record(record)?;
-            if !self.readable(caller, &resource) {
+            if !scope.readable(&resource)? {
                 continue;
             }
             let key = (record.resource_type.clone(), record.id.clone());
@@ -244,7 +252,7 @@ impl Pipeline {
                         continue;
                     }
                     let resource = parse_record(&record)?;
-                    if !self.readable(caller, &resource) {
+                    if !scope.readable(&resource)? {
                         continue;
                     }
                     next.push(key);
@@ -294,10 +302,21 @@ impl Pipeline {
         bundle.insert("id".into(), json!(uuid::Uuid::new_v4().to_string()));
         bundle.insert("meta".into(), json!({ "lastUpdated": caregate_core::now_instant().1 }));
         bundle.insert("type".into(), json!("searchset"));
-        if let Some(total) = page.total {
-            // Resources hidden by consent must not show through the count.
-            let hidden = page.matches.len() - match_ids.len();
-            bundle.insert("total".into(), json!(total.saturating_sub(hidden as u64)));
+        let hidden = page.matches.len() - match_ids.len();
+        match page.total {
+            // Resources hidden by consent must not show through the count: with consent
+            // enforced the total counts what this caller may see, checking each match (up
+            // to VISIBLE_COUNT_LIMIT matches; beyond that no total is given).
+            Some(total) if !scope.enforced() => {
+                bundle.insert("total".into(), json!(total));
+            }
+            Some(total) if parsed.query.offset == 0 && (total as usize) == page.matches.len() => {
+                bundle.insert("total".into(), json!(total - hidden as u64));
+            }
+            Some(total) if total <= VISIBLE_COUNT_LIMIT => {
+                bundle.insert("total".into(), json!(self.visible_total(&mut scope, &parsed.query)?));
+            }
+            _ => {}
         }
         bundle.insert("link".into(), Value::Array(links));
         if !ignored_is_empty(&parsed.ignored) {
@@ -319,6 +338,7 @@ impl Pipeline {
         }
         let query = query_string(resource_type, params);
         let subtype = if resource_type.is_some() { Subtype::SearchType } else { Subtype::SearchSystem };
+        scope.audit_alerts(caller, subtype);
         self.audit_async(&self.per_patient_entries(caller, subtype, touched, Some(query)));
         Ok(SearchOutcome {
             bundle: Value::Object(bundle),
@@ -341,6 +361,27 @@ impl Pipeline {
             "resource": resource,
             "search": { "mode": mode }
         })
+    }
+
+    /// How many matches of `query` this caller may see, checking each.
+    fn visible_total(&self, scope: &mut ConsentScope<'_>, query: &caregate_store::SearchQuery) -> FhirResult<u64> {
+        let mut q = query.clone();
+        q.total = false;
+        q.count = 500;
+        q.offset = 0;
+        let mut visible = 0u64;
+        loop {
+            let page = self.store.search(&q).map_err(store_error)?;
+            for record in &page.matches {
+                if scope.readable(&parse_record(record)?)? {
+                    visible += 1;
+                }
+            }
+            if page.matches.len() < q.count {
+                return Ok(visible);
+            }
+            q.offset += q.count;
+        }
     }
 
     /// `GET /AuditEvent?...`: served from the audit trail, which only clients granted
@@ -522,6 +563,7 @@ impl Pipeline {
                 return Err(FhirError::not_found(format!("{t}/{id} is not known")));
             }
         }
+        let mut scope = self.consent_scope(caller)?;
         let mut entries = Vec::new();
         let mut hidden = 0u64;
         for v in &page.versions {
@@ -529,7 +571,7 @@ impl Pipeline {
             entry.insert("fullUrl".into(), json!(format!("{base}/{}/{}", v.resource_type, v.id)));
             if v.content.is_some() {
                 let resource = parse_record(v)?;
-                if !self.readable(caller, &resource) {
+                if !scope.readable(&resource)? {
                     hidden += 1;
                     continue;
                 }
@@ -570,7 +612,35 @@ impl Pipeline {
         bundle.insert("resourceType".into(), json!("Bundle"));
         bundle.insert("id".into(), json!(uuid::Uuid::new_v4().to_string()));
         bundle.insert("type".into(), json!("history"));
-        bundle.insert("total".into(), json!(page.total.saturating_sub(hidden)));
+        // With consent enforced a total could reveal hidden versions; it is given only when
+        // this page holds the whole history.
+        if !scope.enforced() || (offset == 0 && page.versions.len() as u64 == page.total) {
+            bundle.insert("total".into(), json!(page.total.saturating_sub(hidden)));
+        } else if page.total <= VISIBLE_COUNT_LIMIT {
+            let mut q = HistoryQuery {
+                scope: request.scope.clone(),
+                since,
+                before,
+                count: 500,
+                offset: 0,
+            };
+            let mut visible = 0u64;
+            loop {
+                let chunk = self.store.history(&q).map_err(store_error)?;
+                for v in &chunk.versions {
+                    // Deletions carry no content and are visible as such.
+                    if v.content.is_none() || scope.readable(&parse_record(v)?)? {
+                        visible += 1;
+                    }
+                }
+                if chunk.versions.len() < q.count {
+                    break;
+                }
+                q.offset += q.count;
+            }
+            bundle.insert("total".into(), json!(visible));
+        }
+        scope.audit_alerts(caller, Subtype::HistoryInstance);
         bundle.insert("link".into(), Value::Array(links));
         if !entries.is_empty() {
             bundle.insert("entry".into(), Value::Array(entries));
@@ -588,6 +658,10 @@ impl Pipeline {
         Ok(Value::Object(bundle))
     }
 }
+
+/// Above this many matches, a consent-filtered total is not computed (it would mean
+/// deciding every match); the Bundle then carries no total.
+const VISIBLE_COUNT_LIMIT: u64 = 10_000;
 
 /// The query as the client sent it, for AuditEvent.entity.query.
 fn query_string(resource_type: Option<&str>, params: &[(String, String)]) -> String {

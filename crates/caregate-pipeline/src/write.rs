@@ -2,7 +2,7 @@
 
 use caregate_audit::{patient_of, Subtype};
 use caregate_careplan::Committed;
-use caregate_consent::{ConsentAction, ConsentRequest};
+use caregate_consent::{ConsentAction, DecisionSource};
 use caregate_core::{format_instant, is_valid_id, ErrorKind, FhirError, FhirResult, Issue, IssueCode, Severity};
 use caregate_store::{IndexEntry, StoreError, VersionRecord, WriteMethod, WriteOp};
 use serde_json::{Map, Value};
@@ -70,18 +70,36 @@ impl Pipeline {
             return Err(FhirError::with_issues(ErrorKind::BadRequest, issues));
         }
         self.stages.labeler.label(&mut resource);
-        let decision = self.stages.consent.decide(&ConsentRequest {
-            actor: &caller.actor,
-            action: ConsentAction::Collect,
-            resource: &resource,
-        });
-        if !decision.is_permit() {
-            return Err(FhirError::new(ErrorKind::Forbidden, decision.basis).with_code(IssueCode::Forbidden));
-        }
+        self.check_contribution(caller, ConsentAction::Collect, &resource)?;
         Ok(Admitted {
             resource,
             issues,
         })
+    }
+
+    /// May this caller add (or correct) this resource in the patient's record? Only an
+    /// explicit deny in one of the patient's Consents refuses it: data that no Consent
+    /// covers is stored, and the read side decides who sees it. Patients and Consents
+    /// themselves are always accepted, so a patient can always state or change consent.
+    fn check_contribution(&self, caller: &Caller, action: ConsentAction, resource: &Value) -> FhirResult<()> {
+        if !self.stages.consent.filters_reads()
+            || matches!(resource.get("resourceType").and_then(Value::as_str), Some("Patient" | "Consent"))
+        {
+            return Ok(());
+        }
+        let mut scope = self.consent_scope(caller)?;
+        let decision = scope.decide(action, resource)?;
+        let explicit_deny = !decision.is_permit() && matches!(decision.source, DecisionSource::Consent { .. });
+        let subtype = if action == ConsentAction::Correct { Subtype::Delete } else { Subtype::Create };
+        if explicit_deny {
+            scope.audit_alerts(caller, subtype);
+            return Err(FhirError::new(
+                ErrorKind::Forbidden,
+                format!("The patient's consent does not allow this contribution: {}", decision.basis),
+            )
+            .with_code(IssueCode::Forbidden));
+        }
+        Ok(())
     }
 
     /// Stamps id and meta, serialises, and extracts the search index.
@@ -371,14 +389,7 @@ impl Pipeline {
                 });
             }
             let current_resource = parse_record(&current)?;
-            let decision = self.stages.consent.decide(&ConsentRequest {
-                actor: &caller.actor,
-                action: ConsentAction::Correct,
-                resource: &current_resource,
-            });
-            if !decision.is_permit() {
-                return Err(FhirError::new(ErrorKind::Forbidden, decision.basis));
-            }
+            self.check_contribution(caller, ConsentAction::Correct, &current_resource)?;
             let op = Self::tombstone(resource_type, id, current.version, chrono::Utc::now());
             let version = op.version;
             let audit = self.per_patient_entries(

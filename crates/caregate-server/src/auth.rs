@@ -13,6 +13,8 @@ struct RegisteredClient {
     organization: Option<String>,
     token_hash: [u8; 32],
     scopes: Scopes,
+    /// Purposes of use the client may assert; empty means any.
+    purposes: Vec<String>,
 }
 
 /// The registered clients; empty in local development mode.
@@ -34,6 +36,7 @@ impl ClientRegistry {
                 organization: c.organization.clone(),
                 token_hash,
                 scopes,
+                purposes: c.purposes.clone(),
             });
         }
         Ok(ClientRegistry { clients: out })
@@ -72,11 +75,21 @@ impl ClientRegistry {
             }
         }
         let client = found.ok_or_else(|| unauthorized("The bearer token is not valid"))?;
+        if let Some(p) = &purpose {
+            if !client.purposes.is_empty() && !client.purposes.contains(p) {
+                return Err(FhirError::new(
+                    ErrorKind::Forbidden,
+                    format!("Client '{}' may not assert the purpose of use '{p}'", client.id),
+                )
+                .with_code(IssueCode::Forbidden));
+            }
+        }
         Ok(Caller {
             actor: Actor {
                 client_id: Some(client.id.clone()),
                 organization: client.organization.clone(),
                 purpose_of_use: purpose,
+                ..Actor::default()
             },
             scopes: Some(client.scopes.clone()),
             ..Caller::default()

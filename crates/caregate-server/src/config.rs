@@ -36,6 +36,37 @@ pub struct ServerConfig {
     pub workers: Option<usize>,
     #[serde(default, rename = "client")]
     pub clients: Vec<ClientConfig>,
+    #[serde(default)]
+    pub consent: ConsentConfig,
+}
+
+/// `[consent]`: how the patient's Consent resources are enforced.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsentConfig {
+    /// Decide every read and write from the patients' Consents (default true).
+    #[serde(default = "default_true")]
+    pub enforce: bool,
+    /// `opt-out` (share unless the patient objected; the default) or `opt-in`.
+    #[serde(default = "default_policy")]
+    pub default: String,
+}
+
+impl Default for ConsentConfig {
+    fn default() -> Self {
+        ConsentConfig {
+            enforce: true,
+            default: default_policy(),
+        }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_policy() -> String {
+    "opt-out".into()
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -74,6 +105,7 @@ impl Default for ServerConfig {
             max_body_bytes: default_max_body(),
             workers: None,
             clients: Vec::new(),
+            consent: ConsentConfig::default(),
         }
     }
 }
@@ -94,6 +126,12 @@ impl ServerConfig {
     }
 
     pub fn check(&self) -> Result<(), ConfigError> {
+        if !matches!(self.consent.default.as_str(), "opt-out" | "opt-in") {
+            return Err(ConfigError::Invalid(format!(
+                "consent.default must be \"opt-out\" or \"opt-in\", not \"{}\"",
+                self.consent.default
+            )));
+        }
         for c in &self.clients {
             if c.token_sha256.len() != 64 || !c.token_sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
                 return Err(ConfigError::Invalid(format!(

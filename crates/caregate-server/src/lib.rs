@@ -16,13 +16,14 @@ use std::sync::Arc;
 use actix_web::dev::ServerHandle;
 use actix_web::{web, App, HttpServer};
 use caregate_pipeline::{Pipeline, PipelineOptions, Stages, Validator};
+use caregate_consent::{ConsentEngine, DefaultPolicy};
 use caregate_search::SearchRegistry;
 use caregate_store::{SqliteOptions, SqliteStore, Store};
 use caregate_validation::{Package, StructureModel};
 use serde_json::Value;
 
 pub use auth::{token_hash_hex, ClientRegistry};
-pub use config::{ClientConfig, ConfigError, ServerConfig};
+pub use config::{ClientConfig, ConfigError, ConsentConfig, ServerConfig};
 
 /// What every handler shares.
 pub struct AppState {
@@ -59,8 +60,19 @@ impl Validator for StructureValidator {
 /// Assembles the pipeline over a store: the search registry from the R4 core
 /// SearchParameters, structural validation, and the named no-op stages not yet built.
 pub fn build_pipeline(store: Arc<dyn Store>) -> Pipeline {
+    build_pipeline_with(store, &config::ConsentConfig::default())
+}
+
+/// As [`build_pipeline`], with the configured consent policy.
+pub fn build_pipeline_with(store: Arc<dyn Store>, consent: &config::ConsentConfig) -> Pipeline {
     let search = Arc::new(SearchRegistry::from_definitions(Package::r4_core().of_type("SearchParameter")));
-    let stages = Stages::with_validator(Arc::new(StructureValidator(StructureModel::r4_core())));
+    let mut stages = Stages::with_validator(Arc::new(StructureValidator(StructureModel::r4_core())));
+    if consent.enforce {
+        stages.consent = Arc::new(ConsentEngine {
+            default: if consent.default == "opt-in" { DefaultPolicy::OptIn } else { DefaultPolicy::OptOut },
+            ..ConsentEngine::default()
+        });
+    }
     Pipeline::new(store, search, stages, PipelineOptions::default())
 }
 
@@ -82,7 +94,7 @@ pub fn start(config: &ServerConfig) -> Result<RunningServer, StartError> {
         source,
     })?;
     let store = SqliteStore::open(&config.data.join("caregate.sqlite"), SqliteOptions::default())?;
-    let pipeline = Arc::new(build_pipeline(store));
+    let pipeline = Arc::new(build_pipeline_with(store, &config.consent));
     let clients = ClientRegistry::new(&config.clients).map_err(StartError::Config)?;
     let capability = capability::capability_statement(pipeline.search_registry(), config.base_url.as_deref(), config.development_mode());
     let state = web::Data::new(AppState {

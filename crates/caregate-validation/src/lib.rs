@@ -1,10 +1,21 @@
 //! Validation of inbound resources against StructureDefinitions, and the registry of the
 //! conformance packages they come from.
 //!
-//! [`StructureModel`] is the write-path check: the R4 core snapshots compiled into hash
-//! tables once, then a single walk over each inbound resource that reports unknown
-//! elements, wrong JSON shapes, bad primitive values and missing required elements as
-//! `OperationOutcome` issues located by FHIRPath.
+//! * [`StructureModel`] is the write-path check: the R4 core snapshots compiled into hash
+//!   tables once, then a single walk over each inbound resource that reports unknown
+//!   elements, wrong JSON shapes, bad primitive values, missing required elements and
+//!   core bindings (required → error, extensible → warning) as `OperationOutcome` issues
+//!   located by FHIRPath.
+//! * [`Terminology`] expands ValueSets from the loaded CodeSystems and answers
+//!   [`Terminology::validate_code`] (also the entry point for FHIRPath `memberOf()`).
+//! * [`Registry`] holds the core package, caregate's own profiles and user IG packages
+//!   (folders, `.tgz`, single files) by canonical URL, generating snapshots for
+//!   differential-only profiles ([`snapshot`]).
+//! * [`Validator`] is the full check for `$validate`, `caregate validate` and configured
+//!   profiles on ingest: the structural walk, then the core definition (reference targets,
+//!   extensions, nested resources) and every claimed or required profile (cardinality,
+//!   fixed/pattern, bindings, types, slicing). FHIRPath invariants are evaluated through
+//!   the [`InvariantEvaluator`] hook.
 
 mod model;
 pub mod package;
@@ -12,9 +23,9 @@ mod primitive;
 mod profile;
 pub mod registry;
 pub mod snapshot;
-mod validator;
 pub mod terminology;
 mod validate;
+mod validator;
 
 use std::sync::{Arc, OnceLock};
 
@@ -23,12 +34,14 @@ use serde_json::Value;
 
 pub use model::ModelError;
 pub use package::{Package, PackageRef};
-pub use registry::{LoadError, Registry, RegistryBuilder};
-pub use profile::Constraint;
-pub use snapshot::SnapshotError;
-pub use validator::{InvariantContext, InvariantEvaluator, InvariantOutcome, ValidationOptions, Validator};
-pub use terminology::{CodeCheck, Terminology};
 pub use primitive::Primitive;
+pub use profile::Constraint;
+pub use registry::{LoadError, Registry, RegistryBuilder};
+pub use snapshot::SnapshotError;
+pub use terminology::{CodeCheck, Terminology};
+pub use validator::{
+    InvariantContext, InvariantEvaluator, InvariantOutcome, ValidationOptions, Validator,
+};
 
 pub use model::BindingStrength;
 use model::{BindingInfo, FxMap, Table, TableId, TypeInfo, TypeKind};

@@ -92,8 +92,6 @@ pub struct Profile {
     pub(crate) elems: Vec<Elem>,
     /// Extension definitions: where the extension may be used.
     pub(crate) contexts: Vec<(String, String)>,
-    /// `derivation = specialization` or no base: the type's own definition.
-    pub is_base: bool,
 }
 
 fn card(v: Option<&Value>) -> Option<u32> {
@@ -137,9 +135,16 @@ impl Profile {
     /// Compiles a snapshot. `core_binding` answers the core binding at a base path, to
     /// mark bindings the structural validator already checks.
     pub(crate) fn compile(reg: &Registry, sd: &Value, elements: &[Value]) -> Profile {
-        let url = sd.get("url").and_then(Value::as_str).unwrap_or("").to_string();
-        let type_name = sd.get("type").and_then(Value::as_str).unwrap_or("").to_string();
-        let is_base = sd.get("derivation").and_then(Value::as_str) != Some("constraint");
+        let url = sd
+            .get("url")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
+        let type_name = sd
+            .get("type")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
         let mut elems: Vec<Elem> = Vec::with_capacity(elements.len());
         let mut by_id: FxMap<String, usize> = FxMap::default();
         for e in elements {
@@ -149,7 +154,11 @@ impl Profile {
                 .and_then(Value::as_str)
                 .unwrap_or("")
                 .to_string();
-            let path = e.get("path").and_then(Value::as_str).unwrap_or("").to_string();
+            let path = e
+                .get("path")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string();
             let name = path.rsplit('.').next().unwrap_or("").to_string();
             let min = e.get("min").and_then(Value::as_u64).unwrap_or(0) as u32;
             let max = card(e.get("max"));
@@ -237,8 +246,15 @@ impl Profile {
                             Some("warning") => Severity::Warning,
                             _ => Severity::Error,
                         },
-                        human: c.get("human").and_then(Value::as_str).unwrap_or("").to_string(),
-                        expression: c.get("expression").and_then(Value::as_str).map(str::to_string),
+                        human: c
+                            .get("human")
+                            .and_then(Value::as_str)
+                            .unwrap_or("")
+                            .to_string(),
+                        expression: c
+                            .get("expression")
+                            .and_then(Value::as_str)
+                            .map(str::to_string),
                         source: c.get("source").and_then(Value::as_str).map(str::to_string),
                     })
                 })
@@ -298,7 +314,6 @@ impl Profile {
             type_name,
             elems,
             contexts,
-            is_base,
         }
     }
 }
@@ -312,7 +327,11 @@ fn type_code(t: &Value) -> String {
             .and_then(Value::as_array)
             .into_iter()
             .flatten()
-            .find_map(|x| x.get("valueUrl").or_else(|| x.get("valueUri")).and_then(Value::as_str));
+            .find_map(|x| {
+                x.get("valueUrl")
+                    .or_else(|| x.get("valueUri"))
+                    .and_then(Value::as_str)
+            });
         return ext.unwrap_or(&sys.to_ascii_lowercase()).to_string();
     }
     code.to_string()
@@ -321,7 +340,9 @@ fn type_code(t: &Value) -> String {
 /// The binding the core definition of a type has at `path` (`ContactPoint.system`).
 fn core_binding(reg: &Registry, path: &str) -> Option<(BindingStrength, String)> {
     let type_name = path.split('.').next()?;
-    let sd = reg.structure_definition(&format!("http://hl7.org/fhir/StructureDefinition/{type_name}"))?;
+    let sd = reg.structure_definition(&format!(
+        "http://hl7.org/fhir/StructureDefinition/{type_name}"
+    ))?;
     let e = sd
         .get("snapshot")?
         .get("element")?
@@ -372,7 +393,10 @@ mod tests {
             split_id("Observation.component:a"),
             (Some("Observation"), Some(("Observation.component", "a")))
         );
-        assert_eq!(split_id("Observation.component:a.code"), (Some("Observation.component:a"), None));
+        assert_eq!(
+            split_id("Observation.component:a.code"),
+            (Some("Observation.component:a"), None)
+        );
         assert_eq!(split_id("Observation"), (None, None));
     }
 
@@ -382,10 +406,13 @@ mod tests {
         let p = reg
             .profile("http://hl7.org/fhir/StructureDefinition/Patient")
             .expect("Patient");
-        assert!(p.is_base);
         let root = &p.elems[0];
         assert!(root.children.len() > 15);
-        let gender = p.elems.iter().find(|e| e.id == "Patient.gender").expect("gender");
+        let gender = p
+            .elems
+            .iter()
+            .find(|e| e.id == "Patient.gender")
+            .expect("gender");
         assert!(gender.binding_is_core);
     }
 }

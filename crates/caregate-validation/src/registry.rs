@@ -273,6 +273,9 @@ fn load_tgz(path: &Path, bytes: &[u8]) -> Result<Package, LoadError> {
     Ok(pkg)
 }
 
+/// A snapshot (shared) or why it could not be produced; cached either way.
+type SnapshotResult = Result<Arc<Vec<Value>>, SnapshotError>;
+
 /// All conformance resources by canonical URL, their terminology, and generated snapshots.
 ///
 /// Built once and shared (`Send + Sync`); snapshots are generated lazily and cached.
@@ -281,7 +284,7 @@ pub struct Registry {
     packages: Vec<PackageRef>,
     by_url: FxMap<Box<str>, Vec<Entry>>,
     terminology: Arc<Terminology>,
-    snapshots: RwLock<FxMap<String, Arc<Result<Arc<Vec<Value>>, SnapshotError>>>>,
+    snapshots: RwLock<FxMap<String, Arc<SnapshotResult>>>,
     /// Compiled profiles for validation (see [`crate::profile`]).
     pub(crate) profiles: RwLock<FxMap<String, Arc<crate::profile::ProfileResult>>>,
     missing: Vec<String>,
@@ -372,7 +375,12 @@ impl Registry {
         };
         let entries = self.by_url.get(url)?;
         let entry = version
-            .and_then(|v| entries.iter().rev().find(|e| e.version.as_deref() == Some(v)))
+            .and_then(|v| {
+                entries
+                    .iter()
+                    .rev()
+                    .find(|e| e.version.as_deref() == Some(v))
+            })
             .or_else(|| entries.last())?;
         self.packages
             .get(entry.loc.pkg as usize)?
@@ -382,8 +390,9 @@ impl Registry {
 
     /// The StructureDefinition with that canonical, if loaded.
     pub fn structure_definition(&self, canonical: &str) -> Option<&Value> {
-        self.resolve(canonical)
-            .filter(|r| r.get("resourceType").and_then(Value::as_str) == Some("StructureDefinition"))
+        self.resolve(canonical).filter(|r| {
+            r.get("resourceType").and_then(Value::as_str) == Some("StructureDefinition")
+        })
     }
 
     /// Every StructureDefinition loaded (all packages, in load order).
@@ -464,15 +473,22 @@ mod tests {
             .structure_definition("http://hl7.org/fhir/StructureDefinition/Patient|4.0.1")
             .is_some());
         let own = r
-            .structure_definition("http://caregate.example/fhir/StructureDefinition/caregate-careplan")
+            .structure_definition(
+                "http://caregate.example/fhir/StructureDefinition/caregate-careplan",
+            )
             .expect("own profile");
         assert!(own.get("snapshot").is_none(), "written as a differential");
-        assert!(r.dependency_problems().is_empty(), "{:?}", r.dependency_problems());
+        assert!(
+            r.dependency_problems().is_empty(),
+            "{:?}",
+            r.dependency_problems()
+        );
     }
 
     #[test]
     fn loads_package_folder_tgz_and_single_files() {
-        let corpora = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/corpora/profiles");
+        let corpora =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/corpora/profiles");
         let us_core = corpora.join("hl7.fhir.us.core-3.1.0");
         if !us_core.is_dir() {
             return;
@@ -501,12 +517,21 @@ mod tests {
             .expect("single file");
         let r = b.build();
         assert!(r
-            .structure_definition("http://hl7.org/fhir/us/core/StructureDefinition/us-core-patient|3.1.0")
+            .structure_definition(
+                "http://hl7.org/fhir/us/core/StructureDefinition/us-core-patient|3.1.0"
+            )
             .is_some());
-        assert!(r.dependency_problems().is_empty(), "{:?}", r.dependency_problems());
+        assert!(
+            r.dependency_problems().is_empty(),
+            "{:?}",
+            r.dependency_problems()
+        );
         assert_eq!(
-            r.terminology()
-                .validate_code("http://hl7.org/fhir/us/core/ValueSet/birthsex", None, "F"),
+            r.terminology().validate_code(
+                "http://hl7.org/fhir/us/core/ValueSet/birthsex",
+                None,
+                "F"
+            ),
             crate::CodeCheck::Valid
         );
 

@@ -118,7 +118,11 @@ impl IdTracker {
         let mut id = path.to_string();
         let mut best = 0;
         for (p, sid) in &self.slices {
-            if p.len() > best && path.len() > p.len() && path.starts_with(p.as_str()) && path.as_bytes()[p.len()] == b'.' {
+            if p.len() > best
+                && path.len() > p.len()
+                && path.starts_with(p.as_str())
+                && path.as_bytes()[p.len()] == b'.'
+            {
                 best = p.len();
                 id = format!("{sid}{}", &path[p.len()..]);
             }
@@ -126,14 +130,16 @@ impl IdTracker {
         match s(d, "sliceName") {
             Some(slice) => {
                 let sid = format!("{id}:{slice}");
-                self.slices.retain(|(p, _)| p != path && !p.starts_with(&format!("{path}.")));
+                self.slices
+                    .retain(|(p, _)| p != path && !p.starts_with(&format!("{path}.")));
                 self.slices.push((path.to_string(), sid.clone()));
                 sid
             }
             None => {
                 // The unsliced element itself ends any slice context at or below it.
                 if best == 0 {
-                    self.slices.retain(|(p, _)| p != path && !p.starts_with(&format!("{path}.")));
+                    self.slices
+                        .retain(|(p, _)| p != path && !p.starts_with(&format!("{path}.")));
                 }
                 id
             }
@@ -156,9 +162,11 @@ impl Gen<'_> {
 
     fn has_children(&self, idx: usize) -> bool {
         let id = id_of(&self.elems[idx]);
-        self.elems
-            .get(idx + 1)
-            .is_some_and(|n| id_of(n).strip_prefix(id).is_some_and(|r| r.starts_with('.')))
+        self.elems.get(idx + 1).is_some_and(|n| {
+            id_of(n)
+                .strip_prefix(id)
+                .is_some_and(|r| r.starts_with('.'))
+        })
     }
 
     /// Index after the element's subtree including its slices (where a new slice goes).
@@ -310,7 +318,11 @@ impl Gen<'_> {
                 };
                 match many.iter().find(|c| capitalised(c) == h || **c == h) {
                     Some(c) => c.to_string(),
-                    None => return Err(self.err(&id, format!("cannot tell which of {many:?} to expand"))),
+                    None => {
+                        return Err(
+                            self.err(&id, format!("cannot tell which of {many:?} to expand"))
+                        )
+                    }
                 }
             }
         };
@@ -333,7 +345,12 @@ impl Gen<'_> {
         self.expand_from(idx, code, None)
     }
 
-    fn expand_from(&mut self, idx: usize, code: &str, profile: Option<&str>) -> Result<(), SnapshotError> {
+    fn expand_from(
+        &mut self,
+        idx: usize,
+        code: &str,
+        profile: Option<&str>,
+    ) -> Result<(), SnapshotError> {
         let id = id_of(&self.elems[idx]).to_string();
         let path = s(&self.elems[idx], "path").unwrap_or(&id).to_string();
         let type_url = if code.contains(':') {
@@ -378,15 +395,25 @@ impl Gen<'_> {
         Ok(())
     }
 
-    fn expand_content_reference(&mut self, idx: usize, reference: &str) -> Result<(), SnapshotError> {
+    fn expand_content_reference(
+        &mut self,
+        idx: usize,
+        reference: &str,
+    ) -> Result<(), SnapshotError> {
         let id = id_of(&self.elems[idx]).to_string();
         let path = s(&self.elems[idx], "path").unwrap_or(&id).to_string();
-        let target = reference.rsplit_once('#').map_or(reference, |(_, t)| t).to_string();
+        let target = reference
+            .rsplit_once('#')
+            .map_or(reference, |(_, t)| t)
+            .to_string();
         let prefix = format!("{target}.");
         // The referenced element's children as the base defines them, not as this
         // profile has constrained them so far.
         let original = self.original.clone();
-        let source: &[Value] = if original.iter().any(|e| id_of(e).starts_with(prefix.as_str())) {
+        let source: &[Value] = if original
+            .iter()
+            .any(|e| id_of(e).starts_with(prefix.as_str()))
+        {
             &original
         } else {
             &self.elems
@@ -397,7 +424,11 @@ impl Gen<'_> {
             .map(|e| {
                 let mut c = e.clone();
                 let cid = id_of(e)[target.len()..].to_string();
-                let cpath = s(e, "path").unwrap_or("").get(target.len()..).unwrap_or("").to_string();
+                let cpath = s(e, "path")
+                    .unwrap_or("")
+                    .get(target.len()..)
+                    .unwrap_or("")
+                    .to_string();
                 if let Value::Object(m) = &mut c {
                     m.insert("id".into(), Value::String(format!("{id}{cid}")));
                     m.insert("path".into(), Value::String(format!("{path}{cpath}")));
@@ -411,7 +442,10 @@ impl Gen<'_> {
         if let Value::Object(m) = &mut self.elems[idx] {
             // The element now carries its own children.
             m.remove("contentReference");
-            m.insert("type".into(), serde_json::json!([{"code": "BackboneElement"}]));
+            m.insert(
+                "type".into(),
+                serde_json::json!([{"code": "BackboneElement"}]),
+            );
         }
         let at = idx + 1;
         self.elems.splice(at..at, children);
@@ -433,10 +467,11 @@ impl Gen<'_> {
         };
         let src_end = {
             let mut j = src_idx + 1;
-            while source
-                .get(j)
-                .is_some_and(|e| id_of(e).strip_prefix(base_id.as_str()).is_some_and(|r| r.starts_with('.') || r.starts_with(':')))
-            {
+            while source.get(j).is_some_and(|e| {
+                id_of(e)
+                    .strip_prefix(base_id.as_str())
+                    .is_some_and(|r| r.starts_with('.') || r.starts_with(':'))
+            }) {
                 j += 1;
             }
             j
@@ -487,7 +522,9 @@ fn merge(e: &mut Value, d: &Value) {
         return;
     };
     // fixed[x]/pattern[x] replace whatever value constraint the base had.
-    if d.keys().any(|k| k.starts_with("fixed") || k.starts_with("pattern")) {
+    if d.keys()
+        .any(|k| k.starts_with("fixed") || k.starts_with("pattern"))
+    {
         e.retain(|k, _| !k.starts_with("fixed") && !k.starts_with("pattern"));
     }
     for (k, v) in d {
@@ -549,7 +586,10 @@ mod tests {
     #[test]
     fn ids_are_derived_when_missing() {
         let mut t = IdTracker::default();
-        assert_eq!(t.id_for(&json!({"path": "Observation.component"})), "Observation.component");
+        assert_eq!(
+            t.id_for(&json!({"path": "Observation.component"})),
+            "Observation.component"
+        );
         assert_eq!(
             t.id_for(&json!({"path": "Observation.component", "sliceName": "a"})),
             "Observation.component:a"
@@ -558,6 +598,9 @@ mod tests {
             t.id_for(&json!({"path": "Observation.component.code"})),
             "Observation.component:a.code"
         );
-        assert_eq!(t.id_for(&json!({"path": "Observation.status"})), "Observation.status");
+        assert_eq!(
+            t.id_for(&json!({"path": "Observation.status"})),
+            "Observation.status"
+        );
     }
 }

@@ -252,7 +252,8 @@ fn is_language_tag(s: &str) -> bool {
         || first.eq_ignore_ascii_case("x")
         || first.eq_ignore_ascii_case("i"))
         && first.bytes().all(|b| b.is_ascii_alphabetic());
-    first_ok && parts.all(|p| (1..=8).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_alphanumeric()))
+    first_ok
+        && parts.all(|p| (1..=8).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_alphanumeric()))
 }
 
 /// ISO 4217 alphabetic codes (current list, sorted for binary search).
@@ -433,22 +434,34 @@ impl CsIndex {
         let hierarchy = matches!(property, "concept" | "code");
         let code = |c: &str| self.codes.get(c).copied();
         match (hierarchy, op) {
-            (true, "is-a") => Some(code(value).map_or_else(FxSet::default, |r| self.descendants(r, true))),
+            (true, "is-a") => {
+                Some(code(value).map_or_else(FxSet::default, |r| self.descendants(r, true)))
+            }
             (true, "descendent-of") => {
                 Some(code(value).map_or_else(FxSet::default, |r| self.descendants(r, false)))
             }
             (true, "is-not-a") => {
                 let below = code(value).map_or_else(FxSet::default, |r| self.descendants(r, true));
-                Some((0..self.names.len() as u32).filter(|c| !below.contains(c)).collect())
+                Some(
+                    (0..self.names.len() as u32)
+                        .filter(|c| !below.contains(c))
+                        .collect(),
+                )
             }
-            (true, "generalizes") => Some(code(value).map_or_else(FxSet::default, |r| self.ancestors(r))),
+            (true, "generalizes") => {
+                Some(code(value).map_or_else(FxSet::default, |r| self.ancestors(r)))
+            }
             (true, "in") => Some(value.split(',').filter_map(|c| code(c.trim())).collect()),
             (true, "=") => Some(code(value).into_iter().collect()),
             (false, "=") if property == "parent" => {
-                Some(code(value).map_or_else(FxSet::default, |r| self.children[r as usize].iter().copied().collect()))
+                Some(code(value).map_or_else(FxSet::default, |r| {
+                    self.children[r as usize].iter().copied().collect()
+                }))
             }
             (false, "=") if property == "child" => {
-                Some(code(value).map_or_else(FxSet::default, |r| self.parents[r as usize].iter().copied().collect()))
+                Some(code(value).map_or_else(FxSet::default, |r| {
+                    self.parents[r as usize].iter().copied().collect()
+                }))
             }
             (false, "=") => Some(
                 self.properties
@@ -477,7 +490,9 @@ impl CsIndex {
                 Some(if value == "true" {
                     has
                 } else {
-                    (0..self.names.len() as u32).filter(|c| !has.contains(c)).collect()
+                    (0..self.names.len() as u32)
+                        .filter(|c| !has.contains(c))
+                        .collect()
                 })
             }
             _ => None,
@@ -587,7 +602,11 @@ impl Terminology {
     /// Picks the slot with the requested version, else the last loaded one: a version we do
     /// not have is answered with the one we do (R4 core value sets are cited as `|4.0.1`
     /// while the resources themselves carry that version anyway).
-    fn pick<'s, S>(slots: &'s [S], version: Option<&str>, v: impl Fn(&S) -> Option<&str>) -> Option<&'s S> {
+    fn pick<'s, S>(
+        slots: &'s [S],
+        version: Option<&str>,
+        v: impl Fn(&S) -> Option<&str>,
+    ) -> Option<&'s S> {
         version
             .and_then(|want| slots.iter().rev().find(|s| v(s) == Some(want)))
             .or_else(|| slots.last())
@@ -603,7 +622,9 @@ impl Terminology {
     /// The CodeSystem resource of that canonical.
     pub fn code_system(&self, canonical: &str) -> Option<&Value> {
         let (url, version) = strip_version(canonical);
-        let slot = Self::pick(self.code_systems.get(url)?, version, |s| s.version.as_deref())?;
+        let slot = Self::pick(self.code_systems.get(url)?, version, |s| {
+            s.version.as_deref()
+        })?;
         self.resource(slot.loc)
     }
 
@@ -659,7 +680,7 @@ impl Terminology {
         let mut out = Expansion::default();
         let Some(compose) = vs.get("compose") else {
             // Expansion-only value sets (rare in packages): take the listed codes.
-            return self.from_stated_expansion(vs);
+            return self.stated_expansion(vs);
         };
         for inc in compose
             .get("include")
@@ -692,7 +713,7 @@ impl Terminology {
         out
     }
 
-    fn from_stated_expansion(&self, vs: &Value) -> Expansion {
+    fn stated_expansion(&self, vs: &Value) -> Expansion {
         let mut out = Expansion::default();
         fn walk(out: &mut Expansion, items: &[Value]) {
             for c in items {
@@ -775,7 +796,9 @@ impl Terminology {
                 copy
             }
             None => Expansion {
-                incomplete: Some(format!("the imported value set {canonical} is not available")),
+                incomplete: Some(format!(
+                    "the imported value set {canonical} is not available"
+                )),
                 ..Expansion::default()
             },
         }
@@ -797,7 +820,9 @@ impl Terminology {
         }
         // A CodeSystem resource with content `not-present` (SNOMED CT in the core package)
         // is as good as none.
-        let index = self.cs_index(system).filter(|i| i.complete || !i.names.is_empty());
+        let index = self
+            .cs_index(system)
+            .filter(|i| i.complete || !i.names.is_empty());
         match (filters, index) {
             (Some(filters), Some(index)) => {
                 let mut selected: Option<FxSet<u32>> = None;
@@ -826,7 +851,10 @@ impl Terminology {
                         .filter_map(|i| names.get(i as usize).map(|n| &**n)),
                 );
                 if !index.complete {
-                    out.add_open(system, format!("the code system {system} is only partly available locally"));
+                    out.add_open(
+                        system,
+                        format!("the code system {system} is only partly available locally"),
+                    );
                 }
             }
             (Some(_), None) => out.add_open(system, not_available(system)),
@@ -894,8 +922,14 @@ mod tests {
         assert_eq!(t.validate_code(vs, sys, "female"), CodeCheck::Valid);
         assert_eq!(t.validate_code(vs, None, "other"), CodeCheck::Valid);
         assert_eq!(t.validate_code(vs, None, "robot"), CodeCheck::Invalid);
-        assert_eq!(t.validate_code(&format!("{vs}|4.0.1"), sys, "male"), CodeCheck::Valid);
-        assert_eq!(t.validate_code(vs, Some("http://other"), "male"), CodeCheck::Invalid);
+        assert_eq!(
+            t.validate_code(&format!("{vs}|4.0.1"), sys, "male"),
+            CodeCheck::Valid
+        );
+        assert_eq!(
+            t.validate_code(vs, Some("http://other"), "male"),
+            CodeCheck::Invalid
+        );
         assert!(t.expansion(vs).expect("expands").is_closed());
     }
 
@@ -907,7 +941,10 @@ mod tests {
         assert_eq!(t.validate_code(vs, sys, "AMB"), CodeCheck::Valid);
         assert_eq!(t.validate_code(vs, sys, "IMP"), CodeCheck::Valid);
         // The root is excluded; codes outside the branch are not members.
-        assert_eq!(t.validate_code(vs, sys, "_ActEncounterCode"), CodeCheck::Invalid);
+        assert_eq!(
+            t.validate_code(vs, sys, "_ActEncounterCode"),
+            CodeCheck::Invalid
+        );
         assert_eq!(t.validate_code(vs, sys, "CASH"), CodeCheck::Invalid);
     }
 
@@ -921,7 +958,10 @@ mod tests {
             other => panic!("{other:?}"),
         }
         // A system the value set does not include at all is not a member.
-        assert_eq!(t.validate_code(vs, Some("http://example.org/x"), "1"), CodeCheck::Invalid);
+        assert_eq!(
+            t.validate_code(vs, Some("http://example.org/x"), "1"),
+            CodeCheck::Invalid
+        );
         assert!(matches!(
             t.validate_code("http://example.org/no-such-vs", None, "x"),
             CodeCheck::CannotCheck(_)
@@ -955,8 +995,14 @@ mod tests {
         let t = core();
         let mime = "http://hl7.org/fhir/ValueSet/mimetypes";
         let bcp13 = Some("urn:ietf:bcp:13");
-        assert_eq!(t.validate_code(mime, bcp13, "application/pdf"), CodeCheck::Valid);
-        assert_eq!(t.validate_code(mime, None, "text/plain; charset=utf-8"), CodeCheck::Valid);
+        assert_eq!(
+            t.validate_code(mime, bcp13, "application/pdf"),
+            CodeCheck::Valid
+        );
+        assert_eq!(
+            t.validate_code(mime, None, "text/plain; charset=utf-8"),
+            CodeCheck::Valid
+        );
         assert_eq!(t.validate_code(mime, None, "pdf"), CodeCheck::Invalid);
         let cur = "http://hl7.org/fhir/ValueSet/currencies";
         assert_eq!(t.validate_code(cur, None, "USD"), CodeCheck::Valid);
@@ -974,24 +1020,60 @@ mod tests {
         let vs = |id: &str, compose: Value| json!({"resourceType": "ValueSet", "url": format!("http://x/vs/{id}"), "compose": compose});
         let pkg = crate::Package::from_resources(vec![
             cs,
-            vs("isa", json!({"include": [{"system": "http://x/cs", "filter": [{"property": "concept", "op": "is-a", "value": "a"}]}]})),
-            vs("desc", json!({"include": [{"system": "http://x/cs", "filter": [{"property": "concept", "op": "descendent-of", "value": "root"}]}]})),
-            vs("eq", json!({"include": [{"system": "http://x/cs", "filter": [{"property": "colour", "op": "=", "value": "red"}]}]})),
-            vs("loop1", json!({"include": [{"valueSet": ["http://x/vs/loop2"]}, {"system": "http://x/cs", "concept": [{"code": "a"}]}]})),
-            vs("loop2", json!({"include": [{"valueSet": ["http://x/vs/loop1"]}]})),
+            vs(
+                "isa",
+                json!({"include": [{"system": "http://x/cs", "filter": [{"property": "concept", "op": "is-a", "value": "a"}]}]}),
+            ),
+            vs(
+                "desc",
+                json!({"include": [{"system": "http://x/cs", "filter": [{"property": "concept", "op": "descendent-of", "value": "root"}]}]}),
+            ),
+            vs(
+                "eq",
+                json!({"include": [{"system": "http://x/cs", "filter": [{"property": "colour", "op": "=", "value": "red"}]}]}),
+            ),
+            vs(
+                "loop1",
+                json!({"include": [{"valueSet": ["http://x/vs/loop2"]}, {"system": "http://x/cs", "concept": [{"code": "a"}]}]}),
+            ),
+            vs(
+                "loop2",
+                json!({"include": [{"valueSet": ["http://x/vs/loop1"]}]}),
+            ),
         ]);
         let t = Terminology::new(vec![PackageRef::Shared(Arc::new(pkg))]);
         let s = Some("http://x/cs");
-        assert_eq!(t.validate_code("http://x/vs/isa", s, "a1"), CodeCheck::Valid);
+        assert_eq!(
+            t.validate_code("http://x/vs/isa", s, "a1"),
+            CodeCheck::Valid
+        );
         assert_eq!(t.validate_code("http://x/vs/isa", s, "a"), CodeCheck::Valid);
-        assert_eq!(t.validate_code("http://x/vs/isa", s, "b"), CodeCheck::Invalid);
-        assert_eq!(t.validate_code("http://x/vs/desc", s, "root"), CodeCheck::Invalid);
+        assert_eq!(
+            t.validate_code("http://x/vs/isa", s, "b"),
+            CodeCheck::Invalid
+        );
+        assert_eq!(
+            t.validate_code("http://x/vs/desc", s, "root"),
+            CodeCheck::Invalid
+        );
         // `c` is below `b` through its parent property.
-        assert_eq!(t.validate_code("http://x/vs/desc", s, "c"), CodeCheck::Valid);
+        assert_eq!(
+            t.validate_code("http://x/vs/desc", s, "c"),
+            CodeCheck::Valid
+        );
         assert_eq!(t.validate_code("http://x/vs/eq", s, "b"), CodeCheck::Valid);
-        assert_eq!(t.validate_code("http://x/vs/eq", s, "a"), CodeCheck::Invalid);
-        assert_eq!(t.validate_code("http://x/vs/loop1", s, "a"), CodeCheck::Valid);
-        assert!(matches!(t.validate_code("http://x/vs/loop1", s, "b"), CodeCheck::CannotCheck(_)));
+        assert_eq!(
+            t.validate_code("http://x/vs/eq", s, "a"),
+            CodeCheck::Invalid
+        );
+        assert_eq!(
+            t.validate_code("http://x/vs/loop1", s, "a"),
+            CodeCheck::Valid
+        );
+        assert!(matches!(
+            t.validate_code("http://x/vs/loop1", s, "b"),
+            CodeCheck::CannotCheck(_)
+        ));
     }
 
     #[test]

@@ -8,8 +8,8 @@ use caregate_core::{Issue, IssueCode, Severity};
 use serde_json::{Map, Value};
 
 use crate::model::{BindingStrength, Coded, ElementInfo, ElementKind, TableId, TypeKind};
-use crate::terminology::CodeCheck;
 use crate::primitive::{check_string, JsonForm, Primitive};
+use crate::terminology::CodeCheck;
 use crate::StructureModel;
 
 #[derive(Clone, Copy)]
@@ -591,10 +591,9 @@ impl<'a> Walker<'a> {
         let expansion = model.binding_expansion(b);
         let check = |system: Option<&str>, code: &str| match expansion {
             Some(e) => e.check(system, code),
-            None => CodeCheck::CannotCheck(format!(
-                "the value set {} is not available",
-                info.value_set
-            )),
+            None => {
+                CodeCheck::CannotCheck(format!("the value set {} is not available", info.value_set))
+            }
         };
         let str_of = |v: &'a Value, key: &str| v.get(key).and_then(Value::as_str);
         match info.coded {

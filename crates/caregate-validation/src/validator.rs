@@ -139,7 +139,9 @@ impl Validator {
                 .into_iter()
                 .flatten()
             {
-                if let (Some(url), Some(r)) = (e.get("fullUrl").and_then(Value::as_str), e.get("resource")) {
+                if let (Some(url), Some(r)) =
+                    (e.get("fullUrl").and_then(Value::as_str), e.get("resource"))
+                {
                     bundle.insert(url, r);
                 }
             }
@@ -214,7 +216,9 @@ fn pattern_matches(pattern: &Value, value: &Value) -> bool {
         (Value::Object(p), Value::Object(v)) => p
             .iter()
             .all(|(k, pv)| v.get(k).is_some_and(|vv| pattern_matches(pv, vv))),
-        (Value::Array(p), Value::Array(v)) => p.iter().all(|pi| v.iter().any(|vi| pattern_matches(pi, vi))),
+        (Value::Array(p), Value::Array(v)) => p
+            .iter()
+            .all(|pi| v.iter().any(|vi| pattern_matches(pi, vi))),
         (Value::Array(p), single) => p.iter().all(|pi| pattern_matches(pi, single)),
         (Value::Number(a), Value::Number(b)) => a.to_string() == b.to_string(),
         (a, b) => a == b,
@@ -385,13 +389,12 @@ impl<'c, 'v> Pass<'c, 'v> {
         let el = self.elem(e);
         for c in &el.constraints {
             // Core invariants are evaluated in the base pass only.
+            // Core invariants (the R4 snapshots name their source) are evaluated in the
+            // base pass only; a profile pass evaluates what the profile added.
             let from_core = c
                 .source
                 .as_deref()
-                .is_none_or(|s| s.starts_with(CORE_SD) && !s[CORE_SD.len()..].contains('-'));
-            if !self.base && from_core && self.profile.is_base {
-                continue;
-            }
+                .is_some_and(|s| s.starts_with(CORE_SD) && !s[CORE_SD.len()..].contains('-'));
             if !self.base && from_core {
                 continue;
             }
@@ -424,7 +427,10 @@ impl<'c, 'v> Pass<'c, 'v> {
     fn items(&mut self, c: usize, obj: &'v Map<String, Value>, loc: &str) -> Vec<Item<'v>> {
         let el = self.elem(c);
         let mut items = Vec::new();
-        let mut add = |key: &str, value: &'v Value, ext: Option<&'v Value>, type_code: Option<String>| match value {
+        let mut add = |key: &str,
+                       value: &'v Value,
+                       ext: Option<&'v Value>,
+                       type_code: Option<String>| match value {
             Value::Array(a) => {
                 for (i, v) in a.iter().enumerate() {
                     let has_ext = ext.and_then(|e| e.get(i)).is_some_and(|x| !x.is_null());
@@ -467,7 +473,10 @@ impl<'c, 'v> Pass<'c, 'v> {
                             .unwrap_or_default()
                     };
                     let model = self.ctx.v.model;
-                    if !underscore && !self.base && (model.is_known_type(rest) || model.primitive(&lower).is_some()) {
+                    if !underscore
+                        && !self.base
+                        && (model.is_known_type(rest) || model.primitive(&lower).is_some())
+                    {
                         let types: Vec<&str> = el.types.iter().map(|t| t.code.as_str()).collect();
                         self.out.push(issue(
                             Severity::Error,
@@ -544,13 +553,18 @@ impl<'c, 'v> Pass<'c, 'v> {
         }
         if let Some(max) = el.max {
             if count > max && el.base_max.is_none_or(|b| max < b) {
-                let at = items.get(max as usize).map_or(loc.to_string(), |i| i.loc.clone());
+                let at = items
+                    .get(max as usize)
+                    .map_or(loc.to_string(), |i| i.loc.clone());
                 self.push(
                     Severity::Error,
                     IssueCode::Structure,
                     &at,
                     if max == 0 {
-                        format!("'{}' is not allowed by the profile {}", el.path, self.profile.url)
+                        format!(
+                            "'{}' is not allowed by the profile {}",
+                            el.path, self.profile.url
+                        )
                     } else {
                         format!(
                             "'{}' has {count} values but the profile {} allows at most {max}",
@@ -596,7 +610,12 @@ impl<'c, 'v> Pass<'c, 'v> {
                     Severity::Error,
                     IssueCode::Value,
                     loc,
-                    format!("Value must be exactly {} (profile {}), found {}", show(f), self.profile.url, show(value)),
+                    format!(
+                        "Value must be exactly {} (profile {}), found {}",
+                        show(f),
+                        self.profile.url,
+                        show(value)
+                    ),
                 );
             }
         }
@@ -606,12 +625,21 @@ impl<'c, 'v> Pass<'c, 'v> {
                     Severity::Error,
                     IssueCode::Value,
                     loc,
-                    format!("Value does not match the pattern {} required by the profile {}", show(p), self.profile.url),
+                    format!(
+                        "Value does not match the pattern {} required by the profile {}",
+                        show(p),
+                        self.profile.url
+                    ),
                 );
             }
         }
         if let Some((strength, vs)) = &el.binding {
-            if !el.binding_is_core && matches!(strength, BindingStrength::Required | BindingStrength::Extensible) {
+            if !el.binding_is_core
+                && matches!(
+                    strength,
+                    BindingStrength::Required | BindingStrength::Extensible
+                )
+            {
                 self.binding(*strength, vs, value, item, loc);
             }
         }
@@ -628,7 +656,10 @@ impl<'c, 'v> Pass<'c, 'v> {
             }
             if t.code == "Resource" {
                 if self.base {
-                    let rt = value.get("resourceType").and_then(Value::as_str).unwrap_or("");
+                    let rt = value
+                        .get("resourceType")
+                        .and_then(Value::as_str)
+                        .unwrap_or("");
                     let container = if el.name == "contained" {
                         self.resource
                     } else {
@@ -646,16 +677,20 @@ impl<'c, 'v> Pass<'c, 'v> {
             let profiles: Vec<String> = t
                 .profiles
                 .iter()
-                .filter(|p| !p.starts_with(CORE_SD) || p[CORE_SD.len()..].contains('-') || p.ends_with("Quantity"))
+                .filter(|p| {
+                    !p.starts_with(CORE_SD)
+                        || p[CORE_SD.len()..].contains('-')
+                        || p.ends_with("Quantity")
+                })
                 .cloned()
                 .collect();
-            if !profiles.is_empty() && !(self.base && t.code == "Extension") {
+            if !(profiles.is_empty() || self.base && t.code == "Extension") {
                 self.against_any_profile(&profiles, value, loc, Some(el.path.clone()));
             }
         }
         if !el.children.is_empty() {
             self.element(c, value, loc);
-        } else if self.base && value.is_object() {
+        } else if self.base && value.is_object() && has_checkable(value) {
             // The base definition does not list a datatype's elements: walk the datatype's
             // own definition (references and extensions inside it).
             if let Some(t) = type_rule {
@@ -668,7 +703,14 @@ impl<'c, 'v> Pass<'c, 'v> {
         }
     }
 
-    fn sub_pass(&mut self, p: &Profile, base: bool, value: &'v Value, loc: &str, alias: Option<String>) {
+    fn sub_pass(
+        &mut self,
+        p: &Profile,
+        base: bool,
+        value: &'v Value,
+        loc: &str,
+        alias: Option<String>,
+    ) {
         if self.depth >= MAX_DEPTH {
             return;
         }
@@ -698,7 +740,13 @@ impl<'c, 'v> Pass<'c, 'v> {
     }
 
     /// The value must conform to one of `profiles` (ElementDefinition.type.profile).
-    fn against_any_profile(&mut self, profiles: &[String], value: &'v Value, loc: &str, alias: Option<String>) {
+    fn against_any_profile(
+        &mut self,
+        profiles: &[String],
+        value: &'v Value,
+        loc: &str,
+        alias: Option<String>,
+    ) {
         if let [one] = profiles {
             self.against_profile(one, value, loc, alias);
             return;
@@ -716,10 +764,21 @@ impl<'c, 'v> Pass<'c, 'v> {
     }
 
     /// Validates against a profile into a separate list (slice and profile matching).
-    fn trial(&mut self, url: &str, value: &'v Value, loc: &str, alias: Option<String>) -> Vec<Issue> {
+    fn trial(
+        &mut self,
+        url: &str,
+        value: &'v Value,
+        loc: &str,
+        alias: Option<String>,
+    ) -> Vec<Issue> {
         let mut issues = Vec::new();
         let Ok(p) = self.ctx.registry().profile(url) else {
-            issues.push(issue(Severity::Error, IssueCode::NotFound, loc, format!("Profile {url} is not known")));
+            issues.push(issue(
+                Severity::Error,
+                IssueCode::NotFound,
+                loc,
+                format!("Profile {url} is not known"),
+            ));
             return issues;
         };
         if self.depth >= MAX_DEPTH {
@@ -731,7 +790,10 @@ impl<'c, 'v> Pass<'c, 'v> {
                     Severity::Error,
                     IssueCode::Invalid,
                     loc,
-                    format!("A {rt} cannot conform to {url}, a profile on {}", p.type_name),
+                    format!(
+                        "A {rt} cannot conform to {url}, a profile on {}",
+                        p.type_name
+                    ),
                 ));
                 return issues;
             }
@@ -750,19 +812,35 @@ impl<'c, 'v> Pass<'c, 'v> {
         issues
     }
 
-    fn binding(&mut self, strength: BindingStrength, vs: &str, value: &Value, item: &Item<'v>, loc: &str) {
+    fn binding(
+        &mut self,
+        strength: BindingStrength,
+        vs: &str,
+        value: &Value,
+        item: &Item<'v>,
+        loc: &str,
+    ) {
         let terminology = self.ctx.registry().terminology().clone();
         let check = |system: Option<&str>, code: &str| terminology.validate_code(vs, system, code);
         let label = || terminology.value_set_label(vs);
         let codings: Vec<(Option<&str>, &str)> = match value {
             Value::String(code) => vec![(None, code.as_str())],
-            Value::Object(o) if o.contains_key("coding") || o.contains_key("text") && !o.contains_key("code") => o
-                .get("coding")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-                .filter_map(|c| Some((c.get("system").and_then(Value::as_str), c.get("code")?.as_str()?)))
-                .collect(),
+            Value::Object(o)
+                if o.contains_key("coding")
+                    || o.contains_key("text") && !o.contains_key("code") =>
+            {
+                o.get("coding")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|c| {
+                        Some((
+                            c.get("system").and_then(Value::as_str),
+                            c.get("code")?.as_str()?,
+                        ))
+                    })
+                    .collect()
+            }
             Value::Object(o) => match o.get("code").and_then(Value::as_str) {
                 Some(code) => vec![(o.get("system").and_then(Value::as_str), code)],
                 None => return,
@@ -776,7 +854,10 @@ impl<'c, 'v> Pass<'c, 'v> {
                     Severity::Error,
                     IssueCode::CodeInvalid,
                     loc,
-                    format!("No code provided, and a code from the value set {} is required", label()),
+                    format!(
+                        "No code provided, and a code from the value set {} is required",
+                        label()
+                    ),
                 );
             }
             return;
@@ -840,7 +921,10 @@ impl<'c, 'v> Pass<'c, 'v> {
                     .unwrap_or_else(|| p.rsplit('/').next().unwrap_or(p).to_string())
             })
             .collect();
-        if allowed.iter().any(|a| a == "Resource" || a == "DomainResource") {
+        if allowed
+            .iter()
+            .any(|a| a == "Resource" || a == "DomainResource")
+        {
             return;
         }
         let target = match self.ctx.target_type(reference, self.container) {
@@ -856,10 +940,13 @@ impl<'c, 'v> Pass<'c, 'v> {
             }
             None => None,
         };
-        let stated = value.get("type").and_then(Value::as_str).map(str::to_string);
+        let stated = value
+            .get("type")
+            .and_then(Value::as_str)
+            .map(str::to_string);
         for (ty, what) in [(target, "reference"), (stated, "Reference.type")] {
             if let Some(ty) = ty {
-                if !allowed.iter().any(|a| *a == ty) {
+                if !allowed.contains(&ty) {
                     self.push(
                         Severity::Error,
                         IssueCode::Structure,
@@ -877,7 +964,11 @@ impl<'c, 'v> Pass<'c, 'v> {
 
     /// Extensions on a primitive value (`_birthDate.extension`), checked like any other.
     fn primitive_extensions(&mut self, item: &Item<'v>, element_path: &str) {
-        let Some(list) = item.ext.and_then(|e| e.get("extension")).and_then(Value::as_array) else {
+        let Some(list) = item
+            .ext
+            .and_then(|e| e.get("extension"))
+            .and_then(Value::as_array)
+        else {
             return;
         };
         let ext_path = format!("{element_path}.extension");
@@ -938,9 +1029,17 @@ impl<'c, 'v> Pass<'c, 'v> {
             return;
         };
         // Where it is used: the element holding the extension.
-        let host = element_path.rsplit_once('.').map_or(element_path, |(h, _)| h);
+        let host = element_path
+            .rsplit_once('.')
+            .map_or(element_path, |(h, _)| h);
         let alias_host = self.alias.clone();
-        if !context_allows(&p, host, alias_host.as_deref(), self.profile, self.ctx.v.model) {
+        if !context_allows(
+            &p,
+            host,
+            alias_host.as_deref(),
+            self.profile,
+            self.ctx.v.model,
+        ) {
             let contexts: Vec<String> = p.contexts.iter().map(|(_, e)| e.clone()).collect();
             self.push(
                 Severity::Error,
@@ -983,7 +1082,12 @@ impl<'c, 'v> Pass<'c, 'v> {
         }
         let base_loc = items
             .first()
-            .map(|i| i.loc.rsplit_once('[').map_or(i.loc.as_str(), |(h, _)| h).to_string())
+            .map(|i| {
+                i.loc
+                    .rsplit_once('[')
+                    .map_or(i.loc.as_str(), |(h, _)| h)
+                    .to_string()
+            })
             .unwrap_or_default();
         for &s in &slices {
             let se = self.elem(s);
@@ -1088,7 +1192,13 @@ impl<'c, 'v> Pass<'c, 'v> {
         self.find_elem(&id)
     }
 
-    fn slice_matches(&mut self, s: usize, discs: &[(DiscKind, String)], value: &'v Value, item: &Item<'v>) -> bool {
+    fn slice_matches(
+        &mut self,
+        s: usize,
+        discs: &[(DiscKind, String)],
+        value: &'v Value,
+        item: &Item<'v>,
+    ) -> bool {
         for (kind, path) in discs {
             let ok = match kind {
                 DiscKind::Value | DiscKind::Pattern => self.disc_value(s, path, value),
@@ -1102,25 +1212,33 @@ impl<'c, 'v> Pass<'c, 'v> {
                 }
                 DiscKind::Type => {
                     let se = self.elem(s);
-                    let types: Vec<String> = match self.disc_elem(s, path.trim_end_matches(".resolve()")) {
-                        Some(d) => self.elem(d).types.iter().map(|t| t.code.clone()).collect(),
-                        None => se.types.iter().map(|t| t.code.clone()).collect(),
-                    };
+                    let types: Vec<String> =
+                        match self.disc_elem(s, path.trim_end_matches(".resolve()")) {
+                            Some(d) => self.elem(d).types.iter().map(|t| t.code.clone()).collect(),
+                            None => se.types.iter().map(|t| t.code.clone()).collect(),
+                        };
                     let actual: Option<String> = if path == "$this" {
-                        item.type_code
-                            .clone()
-                            .or_else(|| value.get("resourceType").and_then(Value::as_str).map(str::to_string))
+                        item.type_code.clone().or_else(|| {
+                            value
+                                .get("resourceType")
+                                .and_then(Value::as_str)
+                                .map(str::to_string)
+                        })
                     } else if path.ends_with("resolve()") {
-                        eval_path(value, path.trim_end_matches(".resolve()").trim_end_matches("resolve()"))
-                            .first()
-                            .and_then(|r| r.get("reference").and_then(Value::as_str))
-                            .and_then(|r| self.ctx.target_type(r, self.container))
-                            .map(str::to_string)
+                        eval_path(
+                            value,
+                            path.trim_end_matches(".resolve()")
+                                .trim_end_matches("resolve()"),
+                        )
+                        .first()
+                        .and_then(|r| r.get("reference").and_then(Value::as_str))
+                        .and_then(|r| self.ctx.target_type(r, self.container))
+                        .map(str::to_string)
                     } else {
                         None
                     };
                     match actual {
-                        Some(a) => types.iter().any(|t| *t == a),
+                        Some(a) => types.contains(&a),
                         None => true,
                     }
                 }
@@ -1128,7 +1246,13 @@ impl<'c, 'v> Pass<'c, 'v> {
                     let ref_path = path.trim_end_matches("resolve()").trim_end_matches('.');
                     let targets: Vec<String> = self
                         .disc_elem(s, ref_path)
-                        .map(|d| self.elem(d).types.iter().flat_map(|t| t.target_profiles.clone()).collect())
+                        .map(|d| {
+                            self.elem(d)
+                                .types
+                                .iter()
+                                .flat_map(|t| t.target_profiles.clone())
+                                .collect()
+                        })
                         .unwrap_or_default();
                     if targets.is_empty() {
                         true
@@ -1150,19 +1274,28 @@ impl<'c, 'v> Pass<'c, 'v> {
                 }
                 DiscKind::Profile => {
                     let de = self.disc_elem(s, path).unwrap_or(s);
-                    let profiles: Vec<String> =
-                        self.elem(de).types.iter().flat_map(|t| t.profiles.clone()).collect();
+                    let profiles: Vec<String> = self
+                        .elem(de)
+                        .types
+                        .iter()
+                        .flat_map(|t| t.profiles.clone())
+                        .collect();
                     if profiles.is_empty() {
                         true
                     } else {
                         let target = if path == "$this" {
                             Some(value)
                         } else {
-                            eval_path(value, path.trim_end_matches(".resolve()")).into_iter().next()
+                            eval_path(value, path.trim_end_matches(".resolve()"))
+                                .into_iter()
+                                .next()
                         };
                         match target {
                             Some(t) => profiles.iter().any(|p| {
-                                !self.trial(p, t, &item.loc, None).iter().any(|i| i.severity.is_error())
+                                !self
+                                    .trial(p, t, &item.loc, None)
+                                    .iter()
+                                    .any(|i| i.severity.is_error())
                             }),
                             None => false,
                         }
@@ -1184,9 +1317,17 @@ impl<'c, 'v> Pass<'c, 'v> {
         let se = self.elem(s);
         // Extensions are sliced by url: the slice's url is its definition's URL.
         if path == "url" {
-            if let Some(p) = se.types.iter().find(|t| t.code == "Extension").and_then(|t| t.profiles.first()) {
+            if let Some(p) = se
+                .types
+                .iter()
+                .find(|t| t.code == "Extension")
+                .and_then(|t| t.profiles.first())
+            {
                 let want = p.split('|').next().unwrap_or(p);
-                if self.disc_elem(s, path).is_none_or(|d| self.elem(d).fixed.is_none()) {
+                if self
+                    .disc_elem(s, path)
+                    .is_none_or(|d| self.elem(d).fixed.is_none())
+                {
                     return value.get("url").and_then(Value::as_str) == Some(want);
                 }
             }
@@ -1195,7 +1336,11 @@ impl<'c, 'v> Pass<'c, 'v> {
         let segs = split_path(path);
         // The deepest element along the path that states a value.
         for cut in (0..=segs.len()).rev() {
-            let prefix = if cut == 0 { "$this".to_string() } else { segs[..cut].join(".") };
+            let prefix = if cut == 0 {
+                "$this".to_string()
+            } else {
+                segs[..cut].join(".")
+            };
             let Some(d) = self.disc_elem(s, &prefix) else {
                 continue;
             };
@@ -1203,11 +1348,17 @@ impl<'c, 'v> Pass<'c, 'v> {
             let rest = segs[cut..].join(".");
             if let Some(f) = &de.fixed {
                 let expected = eval_path(f, &rest);
-                return found.iter().any(|v| expected.iter().any(|e| pattern_matches(e, v) && pattern_matches(v, e)));
+                return found.iter().any(|v| {
+                    expected
+                        .iter()
+                        .any(|e| pattern_matches(e, v) && pattern_matches(v, e))
+                });
             }
             if let Some(p) = &de.pattern {
                 let expected = eval_path(p, &rest);
-                return found.iter().any(|v| expected.iter().any(|e| pattern_matches(e, v)));
+                return found
+                    .iter()
+                    .any(|v| expected.iter().any(|e| pattern_matches(e, v)));
             }
             if cut == segs.len() {
                 if let Some((BindingStrength::Required, vs)) = &de.binding {
@@ -1218,13 +1369,18 @@ impl<'c, 'v> Pass<'c, 'v> {
                     return found.iter().any(|v| match v {
                         Value::String(c) => member(t.validate_code(vs, None, c)),
                         Value::Object(o) => {
-                            let codings: Vec<&Value> = match o.get("coding").and_then(Value::as_array) {
-                                Some(a) => a.iter().collect(),
-                                None => vec![v],
-                            };
+                            let codings: Vec<&Value> =
+                                match o.get("coding").and_then(Value::as_array) {
+                                    Some(a) => a.iter().collect(),
+                                    None => vec![v],
+                                };
                             codings.iter().any(|c| {
                                 c.get("code").and_then(Value::as_str).is_some_and(|code| {
-                                    member(t.validate_code(vs, c.get("system").and_then(Value::as_str), code))
+                                    member(t.validate_code(
+                                        vs,
+                                        c.get("system").and_then(Value::as_str),
+                                        code,
+                                    ))
                                 })
                             })
                         }
@@ -1235,6 +1391,21 @@ impl<'c, 'v> Pass<'c, 'v> {
         }
         // The slice states no value here: this discriminator does not tell slices apart.
         true
+    }
+}
+
+/// Whether a datatype value holds anything the base pass checks inside it (extensions,
+/// references); most Codings, Periods and HumanNames do not, and skipping them keeps the
+/// base pass cheap.
+fn has_checkable(v: &Value) -> bool {
+    match v {
+        Value::Object(o) => o.iter().any(|(k, x)| {
+            matches!(k.as_str(), "extension" | "modifierExtension" | "reference")
+                || k.starts_with('_')
+                || has_checkable(x)
+        }),
+        Value::Array(a) => a.iter().any(has_checkable),
+        _ => false,
     }
 }
 
@@ -1251,10 +1422,18 @@ fn eval_path<'a>(value: &'a Value, path: &str) -> Vec<&'a Value> {
             break;
         }
         let mut next = Vec::new();
-        if let Some(arg) = seg.strip_prefix("extension(").and_then(|r| r.strip_suffix(')')) {
+        if let Some(arg) = seg
+            .strip_prefix("extension(")
+            .and_then(|r| r.strip_suffix(')'))
+        {
             let url = arg.trim_matches(|c| c == '\'' || c == '"');
             for v in &cur {
-                for e in v.get("extension").and_then(Value::as_array).into_iter().flatten() {
+                for e in v
+                    .get("extension")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                {
                     if e.get("url").and_then(Value::as_str) == Some(url) {
                         next.push(e);
                     }
@@ -1312,7 +1491,13 @@ fn split_path(path: &str) -> Vec<&str> {
 
 /// Whether an extension definition allows use on the element at `host` (a profile path
 /// such as `Patient` or `Address`, with `alias` the outer element a datatype stands for).
-fn context_allows(ext: &Profile, host: &str, alias: Option<&str>, within: &Profile, model: &StructureModel) -> bool {
+fn context_allows(
+    ext: &Profile,
+    host: &str,
+    alias: Option<&str>,
+    within: &Profile,
+    model: &StructureModel,
+) -> bool {
     if ext.contexts.is_empty() {
         return true;
     }

@@ -42,7 +42,12 @@ fn errors_in(dir: &str) -> (usize, Vec<String>) {
                 let key = format!("{} {}", issue.severity.as_str(), issue.code.as_str());
                 *others.entry(key).or_default() += 1;
                 if std::env::var_os("CORPUS_VERBOSE").is_some() {
-                    eprintln!("{}: {:?} {}", file.display(), issue.expression, issue.diagnostics);
+                    eprintln!(
+                        "{}: {:?} {}",
+                        file.display(),
+                        issue.expression,
+                        issue.diagnostics
+                    );
                 }
                 continue;
             }

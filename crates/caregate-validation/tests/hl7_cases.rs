@@ -165,9 +165,10 @@ fn hl7_validator_cases_with_profiles() {
     let mut missed = Vec::new();
     for case in doc["cases"].as_array().expect("cases") {
         let id = case["id"].as_str().unwrap_or("?");
-        let Some(resource) = std::fs::read_to_string(dir().join(case["file"].as_str().unwrap_or("")))
-            .ok()
-            .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+        let Some(resource) =
+            std::fs::read_to_string(dir().join(case["file"].as_str().unwrap_or("")))
+                .ok()
+                .and_then(|t| serde_json::from_str::<Value>(&t).ok())
         else {
             continue;
         };
@@ -176,7 +177,13 @@ fn hl7_validator_cases_with_profiles() {
         }
         let mut b = Registry::builder();
         let against = case["validate_against"]["file"].as_str();
-        for p in case["profiles"].as_array().into_iter().flatten().filter_map(Value::as_str).chain(against) {
+        for p in case["profiles"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .chain(against)
+        {
             // Supporting files that are not JSON resources (XML originals) are skipped.
             let _ = b.load_path(&dir().join(p));
         }
@@ -192,7 +199,8 @@ fn hl7_validator_cases_with_profiles() {
             ..ValidationOptions::default()
         };
         let issues = validator.validate(&resource, &opts);
-        let errors: Vec<&caregate_core::Issue> = issues.iter().filter(|i| i.severity.is_error()).collect();
+        let errors: Vec<&caregate_core::Issue> =
+            issues.iter().filter(|i| i.severity.is_error()).collect();
         let expected_valid = case["expected"]["valid"].as_bool().unwrap_or(false);
         let tx = case["needs_terminology_server"].as_bool().unwrap_or(true);
         let invalid = !errors.is_empty();
@@ -212,7 +220,10 @@ fn hl7_validator_cases_with_profiles() {
             if invalid {
                 let line = format!(
                     "{id}: {:?}",
-                    errors.iter().map(|i| format!("{:?} {}", i.expression, i.diagnostics)).collect::<Vec<_>>()
+                    errors
+                        .iter()
+                        .map(|i| format!("{:?} {}", i.expression, i.diagnostics))
+                        .collect::<Vec<_>>()
                 );
                 if tx {
                     tx_disagreements.push(line);

@@ -434,7 +434,10 @@ fn required_binding_on_code() {
         "Patient.gender",
         IssueCode::CodeInvalid,
     );
-    assert!(d.contains("robot") && d.contains("administrative-gender"), "{d}");
+    assert!(
+        d.contains("robot") && d.contains("administrative-gender"),
+        "{d}"
+    );
     valid(json!({"resourceType": "Patient", "gender": "unknown"}));
     // Repeating bound codes carry the index.
     single(
@@ -451,7 +454,11 @@ fn required_binding_on_codeable_concept() {
             "clinicalStatus": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-clinical", "code": code}]}})
     };
     valid(cc("active"));
-    let d = single(cc("dormant"), "Condition.clinicalStatus", IssueCode::CodeInvalid);
+    let d = single(
+        cc("dormant"),
+        "Condition.clinicalStatus",
+        IssueCode::CodeInvalid,
+    );
     assert!(d.contains("dormant"), "{d}");
     // Text alone does not satisfy a required binding.
     single(
@@ -464,18 +471,27 @@ fn required_binding_on_codeable_concept() {
 #[test]
 fn extensible_and_uncheckable_bindings_warn() {
     // Extensible: text only passes; a code outside the value set is a warning.
-    let text_only = issues(json!({"resourceType": "Patient", "maritalStatus": {"text": "it's complicated"}}));
+    let text_only =
+        issues(json!({"resourceType": "Patient", "maritalStatus": {"text": "it's complicated"}}));
     assert!(text_only.is_empty(), "{text_only:?}");
-    let found = issues(json!({"resourceType": "Patient", "maritalStatus": {"coding": [{"system": "http://example.org/ms", "code": "X"}]}}));
+    let found = issues(
+        json!({"resourceType": "Patient", "maritalStatus": {"coding": [{"system": "http://example.org/ms", "code": "X"}]}}),
+    );
     assert_eq!(found.len(), 1, "{found:?}");
     assert_eq!(found[0].severity, Severity::Warning);
     assert_eq!(found[0].expression, vec!["Patient.maritalStatus"]);
     // Preferred LOINC binding: cannot be checked here, said so as information.
-    let found = issues(json!({"resourceType": "DiagnosticReport", "status": "final",
-        "code": {"coding": [{"system": "http://loinc.org", "code": "58410-2"}]}}));
+    let found = issues(
+        json!({"resourceType": "DiagnosticReport", "status": "final",
+        "code": {"coding": [{"system": "http://loinc.org", "code": "58410-2"}]}}),
+    );
     assert_eq!(found.len(), 1, "{found:?}");
     assert_eq!(found[0].severity, Severity::Information);
-    assert!(found[0].diagnostics.contains("LOINC"), "{}", found[0].diagnostics);
+    assert!(
+        found[0].diagnostics.contains("LOINC"),
+        "{}",
+        found[0].diagnostics
+    );
 }
 
 #[test]

@@ -87,7 +87,8 @@ fn us_core_3_1_snapshots_match_published() {
     let reg = b.build();
     let verbose = std::env::var_os("SNAPSHOT_VERBOSE").is_some();
 
-    let (mut published_total, mut matched, mut missing, mut extra) = (0usize, 0usize, 0usize, 0usize);
+    let (mut published_total, mut matched, mut missing, mut extra) =
+        (0usize, 0usize, 0usize, 0usize);
     let mut by_fact: BTreeMap<&str, usize> = BTreeMap::new();
     let mut failures = Vec::new();
     let mut profiles = 0;
@@ -104,9 +105,13 @@ fn us_core_3_1_snapshots_match_published() {
                 continue;
             }
         };
-        let published = sd["snapshot"]["element"].as_array().expect("published snapshot");
-        let ours_by_id: BTreeMap<&str, &Value> =
-            ours.iter().filter_map(|e| Some((e["id"].as_str()?, e))).collect();
+        let published = sd["snapshot"]["element"]
+            .as_array()
+            .expect("published snapshot");
+        let ours_by_id: BTreeMap<&str, &Value> = ours
+            .iter()
+            .filter_map(|e| Some((e["id"].as_str()?, e)))
+            .collect();
         let theirs: BTreeSet<&str> = published.iter().filter_map(|e| e["id"].as_str()).collect();
         for e in published {
             published_total += 1;
@@ -173,7 +178,9 @@ fn us_core_6_1_and_mcc_generate_from_differentials() {
     let mut failures = Vec::new();
     for sd in reg.structure_definitions() {
         let url = sd["url"].as_str().unwrap_or("").to_string();
-        if !(url.starts_with("http://hl7.org/fhir/us/core/") || url.starts_with("http://hl7.org/fhir/us/mcc/")) {
+        if !(url.starts_with("http://hl7.org/fhir/us/core/")
+            || url.starts_with("http://hl7.org/fhir/us/mcc/"))
+        {
             continue;
         }
         assert!(sd.get("snapshot").is_none(), "{url} ships a snapshot");

@@ -56,7 +56,8 @@ impl Phase {
 }
 
 const FAMILIES: [&str; 12] = [
-    "Smith", "Johnson", "Garcia", "Nguyen", "Okafor", "Müller", "Kowalski", "Haddad", "Tanaka", "Silva", "Ivanova", "Brown",
+    "Smith", "Johnson", "Garcia", "Nguyen", "Okafor", "Müller", "Kowalski", "Haddad", "Tanaka",
+    "Silva", "Ivanova", "Brown",
 ];
 
 const GENDERS: [&str; 4] = ["female", "male", "other", "unknown"];
@@ -112,7 +113,13 @@ fn progress(name: &str, done: usize, total: usize) {
 }
 
 /// Runs `total` requests spread over `workers` tasks; `make(i)` builds the i-th request.
-async fn run_phase<F>(name: &'static str, workers: usize, total: usize, resources_per_op: usize, make: F) -> Phase
+async fn run_phase<F>(
+    name: &'static str,
+    workers: usize,
+    total: usize,
+    resources_per_op: usize,
+    make: F,
+) -> Phase
 where
     F: Fn(usize) -> reqwest::RequestBuilder + Send + Sync + 'static,
 {
@@ -143,7 +150,10 @@ where
                         if errors <= 3 {
                             let status = r.status();
                             let body = r.text().await.unwrap_or_default();
-                            eprintln!("\n  {name}: HTTP {status}: {}", body.chars().take(300).collect::<String>());
+                            eprintln!(
+                                "\n  {name}: HTTP {status}: {}",
+                                body.chars().take(300).collect::<String>()
+                            );
                         }
                     }
                     Err(e) => {
@@ -168,7 +178,11 @@ where
         }
     }
     let elapsed = started.elapsed();
-    eprintln!("\r  {name}: done in {:.2}s{}", elapsed.as_secs_f64(), " ".repeat(20));
+    eprintln!(
+        "\r  {name}: done in {:.2}s{}",
+        elapsed.as_secs_f64(),
+        " ".repeat(20)
+    );
     Phase {
         name,
         ops: total,
@@ -181,7 +195,9 @@ where
 
 pub fn run(args: BenchArgs) -> Result<i32> {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(run_async(args))
 }
 
@@ -196,7 +212,10 @@ async fn run_async(args: BenchArgs) -> Result<i32> {
     if !meta.status().is_success() {
         bail!("{base}/metadata answered {}", meta.status());
     }
-    eprintln!("caregate bench against {base}: {} clients, {} resources per phase", args.clients, args.count);
+    eprintln!(
+        "caregate bench against {base}: {} clients, {} resources per phase",
+        args.clients, args.count
+    );
     let run_id = uuid::Uuid::new_v4().simple().to_string();
     let mut phases = Vec::new();
 
@@ -207,20 +226,37 @@ async fn run_async(args: BenchArgs) -> Result<i32> {
     };
 
     let seq_count = (args.count / 4).max(1);
-    let bodies: Arc<Vec<Vec<u8>>> = Arc::new((0..seq_count).map(|i| body_of(i, 0, &run_id)).collect());
+    let bodies: Arc<Vec<Vec<u8>>> =
+        Arc::new((0..seq_count).map(|i| body_of(i, 0, &run_id)).collect());
     let (h, b, u) = (http.clone(), bodies.clone(), format!("{base}/Patient"));
     phases.push(
         run_phase("create, 1 client", 1, seq_count, 1, move |i| {
-            h.post(&u).header("content-type", "application/fhir+json").header("prefer", "return=minimal").body(b[i].clone())
+            h.post(&u)
+                .header("content-type", "application/fhir+json")
+                .header("prefer", "return=minimal")
+                .body(b[i].clone())
         })
         .await,
     );
-    let bodies: Arc<Vec<Vec<u8>>> = Arc::new((0..args.count).map(|i| body_of(i, seq_count, &run_id)).collect());
+    let bodies: Arc<Vec<Vec<u8>>> = Arc::new(
+        (0..args.count)
+            .map(|i| body_of(i, seq_count, &run_id))
+            .collect(),
+    );
     let (h, b, u) = (http.clone(), bodies.clone(), format!("{base}/Patient"));
     phases.push(
-        run_phase("create, concurrent", args.clients, args.count, 1, move |i| {
-            h.post(&u).header("content-type", "application/fhir+json").header("prefer", "return=minimal").body(b[i].clone())
-        })
+        run_phase(
+            "create, concurrent",
+            args.clients,
+            args.count,
+            1,
+            move |i| {
+                h.post(&u)
+                    .header("content-type", "application/fhir+json")
+                    .header("prefer", "return=minimal")
+                    .body(b[i].clone())
+            },
+        )
         .await,
     );
 
@@ -228,7 +264,8 @@ async fn run_async(args: BenchArgs) -> Result<i32> {
     let mut bundle_files: Vec<PathBuf> = std::fs::read_dir(&args.bundles)
         .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
         .unwrap_or_default();
-    bundle_files.retain(|p| p.extension().is_some_and(|e| e == "json") && !p.ends_with("index.json"));
+    bundle_files
+        .retain(|p| p.extension().is_some_and(|e| e == "json") && !p.ends_with("index.json"));
     bundle_files.sort();
     if !bundle_files.is_empty() {
         let mut bodies = Vec::new();
@@ -242,9 +279,18 @@ async fn run_async(args: BenchArgs) -> Result<i32> {
         let n = bodies.len();
         let per = resources / n.max(1);
         let (h, b, u) = (http.clone(), Arc::new(bodies), base.clone());
-        let mut phase = run_phase("transaction import", args.clients.min(4), n, per, move |i| {
-            h.post(&u).header("content-type", "application/fhir+json").header("prefer", "return=minimal").body(b[i].clone())
-        })
+        let mut phase = run_phase(
+            "transaction import",
+            args.clients.min(4),
+            n,
+            per,
+            move |i| {
+                h.post(&u)
+                    .header("content-type", "application/fhir+json")
+                    .header("prefer", "return=minimal")
+                    .body(b[i].clone())
+            },
+        )
         .await;
         phase.resources = resources;
         phases.push(phase);
@@ -269,7 +315,11 @@ async fn run_async(args: BenchArgs) -> Result<i32> {
         .json()
         .await
         .unwrap_or(Value::Null);
-    for e in listing["entry"].as_array().map(Vec::as_slice).unwrap_or_default() {
+    for e in listing["entry"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+    {
         if let Some(id) = e["resource"]["id"].as_str() {
             ids.push(id.to_string());
         }
@@ -279,18 +329,26 @@ async fn run_async(args: BenchArgs) -> Result<i32> {
     }
     let (h, ids, b) = (http.clone(), Arc::new(ids), base.clone());
     phases.push(
-        run_phase("read by id", args.clients, args.count * 2, 1, move |i| h.get(format!("{b}/Patient/{}", ids[i % ids.len()])))
-            .await,
+        run_phase("read by id", args.clients, args.count * 2, 1, move |i| {
+            h.get(format!("{b}/Patient/{}", ids[i % ids.len()]))
+        })
+        .await,
     );
     let (h, b) = (http.clone(), base.clone());
     phases.push(
         run_phase("search family=", args.clients, args.count, 1, move |i| {
-            h.get(format!("{b}/Patient?family={}&_count=10", FAMILIES[i % FAMILIES.len()].to_lowercase()))
+            h.get(format!(
+                "{b}/Patient?family={}&_count=10",
+                FAMILIES[i % FAMILIES.len()].to_lowercase()
+            ))
         })
         .await,
     );
 
-    println!("{:<22} {:>8} {:>10} {:>12} {:>10} {:>10} {:>7}", "phase", "requests", "resources", "resources/s", "p50 ms", "p99 ms", "errors");
+    println!(
+        "{:<22} {:>8} {:>10} {:>12} {:>10} {:>10} {:>7}",
+        "phase", "requests", "resources", "resources/s", "p50 ms", "p99 ms", "errors"
+    );
     for p in &phases {
         println!(
             "{:<22} {:>8} {:>10} {:>12.0} {:>10.2} {:>10.2} {:>7}",

@@ -15,7 +15,11 @@ use clap::{Parser, Subcommand};
 use serde_json::Value;
 
 #[derive(Parser)]
-#[command(name = "caregate", version, about = "A FHIR R4 gateway for coordinated mental-health care")]
+#[command(
+    name = "caregate",
+    version,
+    about = "A FHIR R4 gateway for coordinated mental-health care"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -84,7 +88,11 @@ fn main() {
 
 fn run(cli: Cli) -> Result<i32> {
     match cli.command {
-        Command::Serve { listen, data, config } => serve(listen, data, config),
+        Command::Serve {
+            listen,
+            data,
+            config,
+        } => serve(listen, data, config),
         Command::Validate { files } => validate(&files),
         Command::Fhirpath { input, expression } => fhirpath(input, &expression),
         Command::Bench(args) => bench::run(args),
@@ -98,15 +106,21 @@ fn run(cli: Cli) -> Result<i32> {
     }
 }
 
-fn serve(listen: Option<std::net::SocketAddr>, data: Option<PathBuf>, config: Option<PathBuf>) -> Result<i32> {
+fn serve(
+    listen: Option<std::net::SocketAddr>,
+    data: Option<PathBuf>,
+    config: Option<PathBuf>,
+) -> Result<i32> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
     let mut cfg = match &config {
         Some(path) => {
-            let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
             caregate_server::ServerConfig::from_toml(&text)?
         }
         None => caregate_server::ServerConfig::default(),
@@ -117,7 +131,9 @@ fn serve(listen: Option<std::net::SocketAddr>, data: Option<PathBuf>, config: Op
     if let Some(d) = data {
         cfg.data = d;
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(async move {
         let running = caregate_server::start(&cfg)?;
         if cfg.development_mode() {
@@ -191,28 +207,45 @@ fn validate(files: &[PathBuf]) -> Result<i32> {
         let text = read_input(path)?;
         let trimmed = text.trim_start();
         let resources: Vec<(String, Result<Value, String>)> = if trimmed.starts_with('<') {
-            vec![(path.display().to_string(), caregate_format::xml_to_json(&text).map_err(|e| e.to_string()))]
+            vec![(
+                path.display().to_string(),
+                caregate_format::xml_to_json(&text).map_err(|e| e.to_string()),
+            )]
         } else if path.extension().is_some_and(|e| e == "ndjson") {
             text.lines()
                 .enumerate()
                 .filter(|(_, l)| !l.trim().is_empty())
-                .map(|(n, l)| (format!("{}:{}", path.display(), n + 1), serde_json::from_str(l).map_err(|e| e.to_string())))
+                .map(|(n, l)| {
+                    (
+                        format!("{}:{}", path.display(), n + 1),
+                        serde_json::from_str(l).map_err(|e| e.to_string()),
+                    )
+                })
                 .collect()
         } else {
-            vec![(path.display().to_string(), serde_json::from_str(&text).map_err(|e| e.to_string()))]
+            vec![(
+                path.display().to_string(),
+                serde_json::from_str(&text).map_err(|e| e.to_string()),
+            )]
         };
         for (name, parsed) in resources {
             total += 1;
             let issues = match parsed {
                 Ok(v) => model.validate(&v),
-                Err(e) => vec![caregate_core::Issue::error(caregate_core::IssueCode::Structure, format!("not parseable: {e}"))],
+                Err(e) => vec![caregate_core::Issue::error(
+                    caregate_core::IssueCode::Structure,
+                    format!("not parseable: {e}"),
+                )],
             };
             let errors = issues.iter().filter(|i| i.severity.is_error()).count();
             if errors > 0 {
                 failed += 1;
             }
             let outcome = caregate_core::OperationOutcome { issues }.to_json();
-            println!("{}", serde_json::json!({ "source": name, "valid": errors == 0, "outcome": outcome }));
+            println!(
+                "{}",
+                serde_json::json!({ "source": name, "valid": errors == 0, "outcome": outcome })
+            );
         }
     }
     eprintln!("{total} resources, {failed} with errors");

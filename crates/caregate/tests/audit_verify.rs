@@ -18,7 +18,10 @@ fn verify(data: &std::path::Path) -> (i32, String) {
         .arg(data)
         .output()
         .expect("run caregate audit verify");
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned())
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -38,7 +41,12 @@ async fn verify_names_the_first_tampered_event() {
     let http = reqwest::Client::new();
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        if http.get(format!("{base}/metadata")).send().await.is_ok_and(|r| r.status().is_success()) {
+        if http
+            .get(format!("{base}/metadata"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
             break;
         }
         assert!(Instant::now() < deadline, "server did not start");

@@ -85,18 +85,32 @@ async fn acknowledged_creates_survive_sigkill() {
         let _ = w.await;
     }
     let ids = acknowledged.lock().unwrap().clone();
-    assert!(ids.len() >= 300, "only {} creates acknowledged before the kill", ids.len());
+    assert!(
+        ids.len() >= 300,
+        "only {} creates acknowledged before the kill",
+        ids.len()
+    );
 
     let mut child = spawn_server(port, dir.path());
     wait_ready(&http, &base).await;
     let mut missing = Vec::new();
     for id in &ids {
-        let r = http.get(format!("{base}/Patient/{id}")).send().await.expect("read");
+        let r = http
+            .get(format!("{base}/Patient/{id}"))
+            .send()
+            .await
+            .expect("read");
         if r.status() != 200 {
             missing.push(id.clone());
         }
     }
     let _ = child.kill();
     let _ = child.wait();
-    assert!(missing.is_empty(), "{} of {} acknowledged creates lost: {:?}", missing.len(), ids.len(), &missing[..missing.len().min(5)]);
+    assert!(
+        missing.is_empty(),
+        "{} of {} acknowledged creates lost: {:?}",
+        missing.len(),
+        ids.len(),
+        &missing[..missing.len().min(5)]
+    );
 }

@@ -1,0 +1,121 @@
+//! Consent on the pipeline's paths: gathers what the engine needs (the patient's Consents,
+//! the caller's CareTeams) once per request, asks, and remembers what must be audited as a
+//! security alert (denials and break-the-glass).
+
+use std::collections::HashMap;
+
+use caregate_audit::{patient_of, Subtype};
+use caregate_consent::{Actor, ConsentAction, ConsentRequest, Decision, DecisionSource, Verdict};
+use caregate_core::FhirResult;
+use serde_json::Value;
+
+use crate::write::parse_record;
+use crate::{store_error, Caller, Pipeline};
+
+/// Consent state for one request.
+pub(crate) struct ConsentScope<'p> {
+    pipeline: &'p Pipeline,
+    enforced: bool,
+    actor: Actor,
+    consents: HashMap<String, Vec<Value>>,
+    /// (basis, patient) of decisions to audit as security alerts.
+    alerts: Vec<(String, Option<String>)>,
+    now_ms: i64,
+}
+
+impl Pipeline {
+    pub(crate) fn consent_scope(&self, caller: &Caller) -> FhirResult<ConsentScope<'_>> {
+        let enforced = self.stages.consent.filters_reads();
+        let mut actor = caller.actor.clone();
+        if enforced && actor.care_teams.is_empty() {
+            // CareTeam membership counts as the actor: find the teams the caller is in.
+            let members: Vec<String> = actor.organization.iter().chain(actor.practitioner.iter()).cloned().collect();
+            for member in members {
+                let params = vec![("participant".to_string(), member)];
+                let mut parsed = self.search.parse(Some("CareTeam"), &params, true)?;
+                parsed.query.count = 200;
+                parsed.query.total = false;
+                for team in self.store.search(&parsed.query).map_err(store_error)?.matches {
+                    actor.care_teams.push(format!("CareTeam/{}", team.id));
+                }
+            }
+        }
+        Ok(ConsentScope {
+            pipeline: self,
+            enforced,
+            actor,
+            consents: HashMap::new(),
+            alerts: Vec::new(),
+            now_ms: chrono::Utc::now().timestamp_millis(),
+        })
+    }
+}
+
+impl ConsentScope<'_> {
+    pub(crate) fn enforced(&self) -> bool {
+        self.enforced
+    }
+
+    fn consents_of(&mut self, patient: &str) -> FhirResult<&[Value]> {
+        if !self.consents.contains_key(patient) {
+            let params = vec![("patient".to_string(), patient.to_string())];
+            let mut parsed = self.pipeline.search.parse(Some("Consent"), &params, true)?;
+            parsed.query.count = 200;
+            parsed.query.total = false;
+            let records = self.pipeline.store.search(&parsed.query).map_err(store_error)?.matches;
+            let consents = records.iter().map(parse_record).collect::<FhirResult<Vec<_>>>()?;
+            self.consents.insert(patient.to_string(), consents);
+        }
+        Ok(self.consents.get(patient).map(Vec::as_slice).unwrap_or_default())
+    }
+
+    /// The engine's decision for one resource.
+    pub(crate) fn decide(&mut self, action: ConsentAction, resource: &Value) -> FhirResult<Decision> {
+        let patient = patient_of(resource);
+        let consents: Vec<Value> = match &patient {
+            Some(p) if self.enforced => self.consents_of(p)?.to_vec(),
+            _ => Vec::new(),
+        };
+        let decision = self.pipeline.stages.consent.decide(&ConsentRequest {
+            actor: &self.actor,
+            action,
+            resource,
+            consents: &consents,
+            now_ms: self.now_ms,
+        });
+        let alert = match (&decision.verdict, &decision.source) {
+            (_, DecisionSource::BreakTheGlass) => true,
+            (Verdict::Deny, DecisionSource::Consent { .. }) => true,
+            _ => false,
+        };
+        if alert && !self.alerts.iter().any(|(b, p)| *b == decision.basis && *p == patient) {
+            self.alerts.push((decision.basis.clone(), patient));
+        }
+        Ok(decision)
+    }
+
+    /// May this resource be shown? Hidden resources are simply left out of results.
+    pub(crate) fn readable(&mut self, resource: &Value) -> FhirResult<bool> {
+        if !self.enforced {
+            return Ok(true);
+        }
+        Ok(self.decide(ConsentAction::Access, resource)?.is_permit())
+    }
+
+    /// Writes one security-alert AuditEvent per distinct denial or emergency access.
+    pub(crate) fn audit_alerts(&mut self, caller: &Caller, subtype: Subtype) {
+        let alerts = std::mem::take(&mut self.alerts);
+        let entries: Vec<_> = alerts
+            .into_iter()
+            .map(|(basis, patient)| {
+                let mut e = self.pipeline.audit_entry(caller, subtype);
+                e.patient = patient;
+                e.security_alert = Some(basis);
+                e
+            })
+            .collect();
+        if !entries.is_empty() {
+            self.pipeline.audit_async(&entries);
+        }
+    }
+}

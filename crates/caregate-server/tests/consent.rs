@@ -1,0 +1,135 @@
+//! Consent end to end: the patient's Consent decides who sees and who contributes, hidden
+//! data does not leak through counts, denials and emergency access raise security alerts.
+
+mod support;
+
+use serde_json::{json, Value};
+use support::{client, TestServer};
+
+async fn as_client(s: &TestServer, token: &str, method: reqwest::Method, path: &str, body: Option<&Value>, purpose: Option<&str>) -> reqwest::Response {
+    let mut r = s.http.request(method, s.url(path)).bearer_auth(token);
+    if let Some(b) = body {
+        r = r.header("content-type", "application/fhir+json").json(b);
+    }
+    if let Some(p) = purpose {
+        r = r.header("x-purpose-of-use", p);
+    }
+    r.send().await.expect("request")
+}
+
+fn condition(patient: &str, labels: &[&str]) -> Value {
+    let security: Vec<Value> = labels
+        .iter()
+        .map(|c| json!({"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": c}))
+        .collect();
+    let mut c = json!({
+        "resourceType": "Condition",
+        "clinicalStatus": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-clinical", "code": "active"}]},
+        "code": {"coding": [{"system": "http://snomed.info/sct", "code": "35489007", "display": "Depressive disorder"}]},
+        "subject": {"reference": patient}
+    });
+    if !security.is_empty() {
+        c["meta"] = json!({"security": security});
+    }
+    c
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_patients_consent_decides() {
+    let s = TestServer::start_with(|c| {
+        c.clients = vec![
+            client("clinic-a", "a-token", &["system/*.*"]),
+            client("clinic-b", "b-token", &["system/*.*"]),
+            client("auditor", "audit-token", &["system/AuditEvent.rs"]),
+        ]
+    })
+    .await;
+    let get = reqwest::Method::GET;
+    let post = reqwest::Method::POST;
+    let r = as_client(&s, "a-token", post.clone(), "Patient", Some(&json!({"resourceType": "Patient", "name": [{"family": "Consenting"}]})), None).await;
+    assert_eq!(r.status(), 201);
+    let pid = r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string();
+    let patient = format!("Patient/{pid}");
+    // Deny by default; clinic A may see data for treatment; nobody may add data from clinic B.
+    let consent = json!({
+        "resourceType": "Consent", "status": "active", "dateTime": "2024-01-01",
+        "scope": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy"}]},
+        "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
+        "patient": {"reference": patient},
+        "provision": {"type": "deny", "provision": [
+            {"type": "permit",
+             "actor": [{"role": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType", "code": "IRCP"}]},
+                        "reference": {"reference": "Organization/clinic-a"}}],
+             "purpose": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActReason", "code": "TREAT"}],
+             "action": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentaction", "code": "access"}]},
+                        {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentaction", "code": "collect"}]}]}
+        ]}
+    });
+    assert_eq!(as_client(&s, "a-token", post.clone(), "Consent", Some(&consent), None).await.status(), 201);
+    let r = as_client(&s, "a-token", post.clone(), "Condition", Some(&condition(&patient, &[])), Some("TREAT")).await;
+    assert_eq!(r.status(), 201);
+    let cid = r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string();
+    let r = as_client(&s, "a-token", post.clone(), "Condition", Some(&condition(&patient, &["SUD", "42CFRPart2"])), Some("TREAT")).await;
+    assert_eq!(r.status(), 201);
+
+    // Clinic A, treating: sees the ordinary Condition, not the Part 2 one (never named).
+    let r = as_client(&s, "a-token", get.clone(), &format!("Condition/{cid}"), None, Some("TREAT")).await;
+    assert_eq!(r.status(), 200);
+    let b: Value = as_client(&s, "a-token", get.clone(), &format!("Condition?subject={patient}"), None, Some("TREAT")).await.json().await.unwrap();
+    assert_eq!(b["total"], 1);
+    // Without the purpose the permit does not apply.
+    let b: Value = as_client(&s, "a-token", get.clone(), &format!("Condition?subject={patient}"), None, None).await.json().await.unwrap();
+    assert_eq!(b["total"], 0);
+    // Clinic B sees nothing, not even through a count, and a direct read explains why.
+    let b: Value = as_client(&s, "b-token", get.clone(), &format!("Condition?subject={patient}&_summary=count"), None, None).await.json().await.unwrap();
+    assert_eq!(b["total"], 0);
+    let r = as_client(&s, "b-token", get.clone(), &format!("Condition/{cid}"), None, None).await;
+    assert_eq!(r.status(), 403);
+    let oo: Value = r.json().await.unwrap();
+    assert!(oo["issue"][0]["diagnostics"].as_str().unwrap().contains("Consent/"), "{oo}");
+    // Clinic B may not contribute to this patient's record.
+    let r = as_client(&s, "b-token", post.clone(), "Condition", Some(&condition(&patient, &[])), None).await;
+    assert_eq!(r.status(), 403);
+    // Break the glass: emergency treatment reads anyway, and it is flagged.
+    let r = as_client(&s, "b-token", get.clone(), &format!("Condition/{cid}"), None, Some("ETREAT")).await;
+    assert_eq!(r.status(), 200);
+    let mut alerts = 0;
+    for _ in 0..60 {
+        let b: Value = as_client(&s, "audit-token", get.clone(), &format!("AuditEvent?type=110113&patient={patient}"), None, None)
+            .await
+            .json()
+            .await
+            .unwrap();
+        alerts = b["total"].as_u64().unwrap_or(0);
+        if alerts >= 3 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(alerts >= 3, "expected alerts for the denials and the emergency access, found {alerts}");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sensitive_data_is_withheld_without_an_explicit_permit() {
+    // Development mode, consent enforced with the default opt-out policy.
+    let s = TestServer::start().await;
+    let pid = s.create(json!({"resourceType": "Patient", "name": [{"family": "Labelled"}]})).await;
+    let patient = format!("Patient/{pid}");
+    s.create(condition(&patient, &[])).await;
+    s.create(condition(&patient, &["PSY"])).await;
+    let b = s.get_json(&format!("Condition?subject={patient}")).await;
+    assert_eq!(b["total"], 1);
+    // The patient permits mental-health data explicitly.
+    let consent = json!({
+        "resourceType": "Consent", "status": "active", "dateTime": "2024-01-01",
+        "scope": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy"}]},
+        "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
+        "patient": {"reference": patient},
+        "provision": {"type": "permit", "securityLabel": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "PSY"}]}
+    });
+    s.create(consent).await;
+    let b = s.get_json(&format!("Condition?subject={patient}")).await;
+    assert_eq!(b["total"], 2);
+    s.stop().await;
+}
