@@ -122,6 +122,11 @@ pub struct PipelineOptions {
     pub write_retries: usize,
     /// Largest number of entries accepted in one Bundle.
     pub max_bundle_entries: usize,
+    /// A read of a resource the consent hides answers 403 with the reason instead of a
+    /// 404 indistinguishable from a missing resource.
+    pub explain_hidden_reads: bool,
+    /// Search Bundles say (neutrally, without counts) when consent withheld something.
+    pub withheld_notice: bool,
 }
 
 impl Default for PipelineOptions {
@@ -130,6 +135,8 @@ impl Default for PipelineOptions {
             max_page_size: 1000,
             write_retries: 8,
             max_bundle_entries: 20_000,
+            explain_hidden_reads: false,
+            withheld_notice: true,
         }
     }
 }

@@ -146,11 +146,14 @@ impl Pipeline {
         scope.audit_alerts(caller, Subtype::Read);
         if decision.is_permit() {
             Ok(())
-        } else {
+        } else if self.options.explain_hidden_reads {
             Err(FhirError::new(
                 ErrorKind::Forbidden,
                 format!("The patient's consent does not allow this access: {}", decision.basis),
             ))
+        } else {
+            // Indistinguishable from a resource that does not exist: hiding must not leak.
+            Err(FhirError::not_found(format!("{}/{} is not known", record.resource_type, record.id)))
         }
     }
 
@@ -221,6 +224,7 @@ impl Pipeline {
         let mut entries = Vec::new();
         let mut match_ids = Vec::new();
         let mut touched: Vec<(String, Option<String>)> = Vec::new();
+        let mut hidden_includes = 0usize;
         let mut seen: HashSet<Key> = HashSet::new();
         let mut match_keys: Vec<Key> = Vec::new();
         for record in &page.matches {
@@ -253,6 +257,7 @@ impl Pipeline {
                     }
                     let resource = parse_record(&record)?;
                     if !scope.readable(&resource)? {
+                        hidden_includes += 1;
                         continue;
                     }
                     next.push(key);
@@ -297,12 +302,12 @@ impl Pipeline {
                 requested,
             ));
         }
+        let hidden = page.matches.len() - match_ids.len() + hidden_includes;
         let mut bundle = Map::new();
         bundle.insert("resourceType".into(), json!("Bundle"));
         bundle.insert("id".into(), json!(uuid::Uuid::new_v4().to_string()));
         bundle.insert("meta".into(), json!({ "lastUpdated": caregate_core::now_instant().1 }));
         bundle.insert("type".into(), json!("searchset"));
-        let hidden = page.matches.len() - match_ids.len();
         match page.total {
             // Resources hidden by consent must not show through the count: with consent
             // enforced the total counts what this caller may see, checking each match (up
@@ -319,6 +324,19 @@ impl Pipeline {
             _ => {}
         }
         bundle.insert("link".into(), Value::Array(links));
+        if hidden > 0 && self.options.withheld_notice {
+            entries.push(json!({
+                "resource": {
+                    "resourceType": "OperationOutcome",
+                    "issue": [{
+                        "severity": "information",
+                        "code": "suppressed",
+                        "diagnostics": "Some information was withheld in accordance with the patient's consent."
+                    }]
+                },
+                "search": { "mode": "outcome" }
+            }));
+        }
         if !ignored_is_empty(&parsed.ignored) {
             entries.push(json!({
                 "resource": {

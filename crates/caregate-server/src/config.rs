@@ -50,6 +50,12 @@ pub struct ConsentConfig {
     /// `opt-out` (share unless the patient objected; the default) or `opt-in`.
     #[serde(default = "default_policy")]
     pub default: String,
+    /// Answer reads of hidden resources with 403 and the reason (default: 404, as if missing).
+    #[serde(default)]
+    pub explain_denials: bool,
+    /// Tell searchers, neutrally, that something was withheld (default true).
+    #[serde(default = "default_true")]
+    pub withheld_notice: bool,
 }
 
 impl Default for ConsentConfig {
@@ -57,6 +63,8 @@ impl Default for ConsentConfig {
         ConsentConfig {
             enforce: true,
             default: default_policy(),
+            explain_denials: false,
+            withheld_notice: true,
         }
     }
 }

@@ -73,7 +73,12 @@ pub fn build_pipeline_with(store: Arc<dyn Store>, consent: &config::ConsentConfi
             ..ConsentEngine::default()
         });
     }
-    Pipeline::new(store, search, stages, PipelineOptions::default())
+    let options = PipelineOptions {
+        explain_hidden_reads: consent.explain_denials,
+        withheld_notice: consent.withheld_notice,
+        ..PipelineOptions::default()
+    };
+    Pipeline::new(store, search, stages, options)
 }
 
 /// A started server.

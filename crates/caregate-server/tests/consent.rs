@@ -80,13 +80,16 @@ async fn the_patients_consent_decides() {
     // Without the purpose the permit does not apply.
     let b: Value = as_client(&s, "a-token", get.clone(), &format!("Condition?subject={patient}"), None, None).await.json().await.unwrap();
     assert_eq!(b["total"], 0);
-    // Clinic B sees nothing, not even through a count, and a direct read explains why.
+    // Clinic B sees nothing, not even through a count; a direct read looks like a missing resource.
     let b: Value = as_client(&s, "b-token", get.clone(), &format!("Condition?subject={patient}&_summary=count"), None, None).await.json().await.unwrap();
     assert_eq!(b["total"], 0);
     let r = as_client(&s, "b-token", get.clone(), &format!("Condition/{cid}"), None, None).await;
-    assert_eq!(r.status(), 403);
-    let oo: Value = r.json().await.unwrap();
-    assert!(oo["issue"][0]["diagnostics"].as_str().unwrap().contains("Consent/"), "{oo}");
+    assert_eq!(r.status(), 404);
+    let r = as_client(&s, "b-token", get.clone(), &format!("Condition?subject={patient}"), None, None).await;
+    let page: Value = r.json().await.unwrap();
+    assert_eq!(page["total"], 0);
+    let notice = page["entry"].as_array().map(Vec::as_slice).unwrap_or_default().iter().any(|e| e["resource"]["issue"][0]["code"] == "suppressed");
+    assert!(notice, "{page}");
     // Clinic B may not contribute to this patient's record.
     let r = as_client(&s, "b-token", post.clone(), "Condition", Some(&condition(&patient, &[])), None).await;
     assert_eq!(r.status(), 403);
@@ -131,5 +134,21 @@ async fn sensitive_data_is_withheld_without_an_explicit_permit() {
     s.create(consent).await;
     let b = s.get_json(&format!("Condition?subject={patient}")).await;
     assert_eq!(b["total"], 2);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn denials_can_be_explained_when_configured() {
+    let s = TestServer::start_with(|c| {
+        c.consent.explain_denials = true;
+        c.consent.default = "opt-in".into();
+    })
+    .await;
+    let pid = s.create(json!({"resourceType": "Patient", "name": [{"family": "OptIn"}]})).await;
+    let cid = s.create(condition(&format!("Patient/{pid}"), &[])).await;
+    let r = s.get(&format!("Condition/{cid}")).await;
+    assert_eq!(r.status(), 403);
+    let oo: Value = r.json().await.unwrap();
+    assert!(oo["issue"][0]["diagnostics"].as_str().unwrap().contains("opt-in"), "{oo}");
     s.stop().await;
 }
