@@ -8,11 +8,13 @@
 //! [`engine`] for the matching rules of each element.
 
 pub mod engine;
+pub mod labelling;
 pub mod labels;
 
 use serde_json::Value;
 
 pub use engine::{ConsentEngine, DefaultPolicy};
+pub use labelling::LabelRules;
 
 /// The `consentaction` a request performs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

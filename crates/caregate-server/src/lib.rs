@@ -57,6 +57,15 @@ impl Validator for StructureValidator {
     }
 }
 
+/// DS4P labelling rules as the pipeline's labelling stage.
+struct RuleLabeler(caregate_consent::LabelRules);
+
+impl caregate_pipeline::Labeler for RuleLabeler {
+    fn label(&self, resource: &mut Value) {
+        self.0.label(resource);
+    }
+}
+
 /// Assembles the pipeline over a store: the search registry from the R4 core
 /// SearchParameters, structural validation, and the named no-op stages not yet built.
 pub fn build_pipeline(store: Arc<dyn Store>) -> Pipeline {
@@ -67,6 +76,10 @@ pub fn build_pipeline(store: Arc<dyn Store>) -> Pipeline {
 pub fn build_pipeline_with(store: Arc<dyn Store>, consent: &config::ConsentConfig) -> Pipeline {
     let search = Arc::new(SearchRegistry::from_definitions(Package::r4_core().of_type("SearchParameter")));
     let mut stages = Stages::with_validator(Arc::new(StructureValidator(StructureModel::r4_core())));
+    match caregate_consent::LabelRules::default_rules() {
+        Ok(rules) => stages.labeler = Arc::new(RuleLabeler(rules)),
+        Err(e) => tracing::error!("labelling rules not loaded: {e}"),
+    }
     if consent.enforce {
         stages.consent = Arc::new(ConsentEngine {
             default: if consent.default == "opt-in" { DefaultPolicy::OptIn } else { DefaultPolicy::OptOut },

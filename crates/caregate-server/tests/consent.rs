@@ -25,7 +25,7 @@ fn condition(patient: &str, labels: &[&str]) -> Value {
     let mut c = json!({
         "resourceType": "Condition",
         "clinicalStatus": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-clinical", "code": "active"}]},
-        "code": {"coding": [{"system": "http://snomed.info/sct", "code": "35489007", "display": "Depressive disorder"}]},
+        "code": {"coding": [{"system": "http://snomed.info/sct", "code": "44054006", "display": "Diabetes mellitus type 2"}]},
         "subject": {"reference": patient}
     });
     if !security.is_empty() {
@@ -150,5 +150,23 @@ async fn denials_can_be_explained_when_configured() {
     assert_eq!(r.status(), 403);
     let oo: Value = r.json().await.unwrap();
     assert!(oo["issue"][0]["diagnostics"].as_str().unwrap().contains("opt-in"), "{oo}");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ingest_labels_sensitive_data() {
+    let s = TestServer::start().await;
+    let pid = s.create(json!({"resourceType": "Patient", "name": [{"family": "Labels"}]})).await;
+    let mut oud = condition(&format!("Patient/{pid}"), &[]);
+    oud["code"] = json!({"coding": [{"system": "http://hl7.org/fhir/sid/icd-10-cm", "code": "F11.20", "display": "Opioid dependence, uncomplicated"}]});
+    let r = s.post("Condition", &oud).await;
+    assert_eq!(r.status(), 201);
+    let stored: Value = r.json().await.unwrap();
+    let codes: Vec<&str> = stored["meta"]["security"].as_array().unwrap().iter().filter_map(|l| l["code"].as_str()).collect();
+    for expected in ["ETH", "42CFRPart2", "R", "NORDSCLCD"] {
+        assert!(codes.contains(&expected), "{codes:?}");
+    }
+    // Without the patient's explicit permit the labelled Condition stays out of searches.
+    assert_eq!(s.get_json(&format!("Condition?subject=Patient/{pid}")).await["total"], 0);
     s.stop().await;
 }
