@@ -310,6 +310,17 @@ impl ConsentEngine {
 }
 
 impl ConsentPolicy for ConsentEngine {
+    fn permits_without_consent(&self) -> bool {
+        self.default == DefaultPolicy::OptOut
+    }
+
+    fn overrides_for(&self, actor: &crate::Actor) -> bool {
+        actor
+            .purpose_of_use
+            .as_deref()
+            .is_some_and(|p| self.break_glass_purposes.iter().any(|b| b == p))
+    }
+
     fn decide(&self, req: &ConsentRequest<'_>) -> Decision {
         // Sensitivity rules govern release; collecting or correcting labelled data is
         // decided like any other data.

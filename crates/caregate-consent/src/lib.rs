@@ -119,6 +119,16 @@ pub trait ConsentPolicy: Send + Sync {
     fn filters_reads(&self) -> bool {
         true
     }
+
+    /// Whether ordinary (unlabelled) data is released when the patient has no Consent at all.
+    fn permits_without_consent(&self) -> bool {
+        false
+    }
+
+    /// Whether this actor's requests bypass the Consents altogether (emergency access).
+    fn overrides_for(&self, _actor: &Actor) -> bool {
+        false
+    }
 }
 
 /// Permits everything. Named so that logs and decisions say plainly that no consent rules
@@ -137,6 +147,14 @@ impl ConsentPolicy for ConsentNotEnforced {
 
     fn filters_reads(&self) -> bool {
         false
+    }
+
+    fn permits_without_consent(&self) -> bool {
+        true
+    }
+
+    fn overrides_for(&self, _actor: &Actor) -> bool {
+        true
     }
 }
 

@@ -21,6 +21,8 @@ pub(crate) struct ConsentScope<'p> {
     /// (basis, patient) of decisions to audit as security alerts.
     alerts: Vec<(String, Option<String>)>,
     now_ms: i64,
+    /// How many Consent resources the store holds (looked up once per request).
+    consent_count: Option<u64>,
 }
 
 impl Pipeline {
@@ -47,6 +49,7 @@ impl Pipeline {
             consents: HashMap::new(),
             alerts: Vec::new(),
             now_ms: chrono::Utc::now().timestamp_millis(),
+            consent_count: None,
         })
     }
 }
@@ -56,7 +59,27 @@ impl ConsentScope<'_> {
         self.enforced
     }
 
+    /// True when no patient has any Consent: then every decision is the default one and
+    /// per-patient lookups can be skipped.
+    pub(crate) fn no_consents_anywhere(&mut self) -> FhirResult<bool> {
+        if self.consent_count.is_none() {
+            let mut q = caregate_store::SearchQuery::new(Some("Consent"));
+            q.count = 0;
+            q.total = true;
+            let page = self.pipeline.store.search(&q).map_err(store_error)?;
+            self.consent_count = Some(page.total.unwrap_or(0));
+        }
+        Ok(self.consent_count == Some(0))
+    }
+
+    pub(crate) fn actor(&self) -> &Actor {
+        &self.actor
+    }
+
     fn consents_of(&mut self, patient: &str) -> FhirResult<&[Value]> {
+        if self.no_consents_anywhere()? {
+            return Ok(&[]);
+        }
         if !self.consents.contains_key(patient) {
             let params = vec![("patient".to_string(), patient.to_string())];
             let mut parsed = self.pipeline.search.parse(Some("Consent"), &params, true)?;

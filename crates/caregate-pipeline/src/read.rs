@@ -202,7 +202,8 @@ impl Pipeline {
         let mut scope = self.consent_scope(caller)?;
         if count_only && scope.enforced() {
             // Counts must not reveal hidden resources: count only what this caller may see.
-            let total = self.visible_total(&mut scope, &parsed.query)?;
+            let raw = self.store.search(&parsed.query).map_err(store_error)?.total.unwrap_or(0);
+            let total = self.visible_total(&mut scope, &parsed.query, raw)?;
             scope.audit_alerts(caller, Subtype::SearchType);
             let path = match resource_type {
                 Some(t) => format!("{base}/{t}"),
@@ -318,10 +319,12 @@ impl Pipeline {
             Some(total) if parsed.query.offset == 0 && (total as usize) == page.matches.len() => {
                 bundle.insert("total".into(), json!(total - hidden as u64));
             }
-            Some(total) if total <= VISIBLE_COUNT_LIMIT => {
-                bundle.insert("total".into(), json!(self.visible_total(&mut scope, &parsed.query)?));
+            Some(total) => {
+                if let Some(visible) = self.visible_total(&mut scope, &parsed.query, total)? {
+                    bundle.insert("total".into(), json!(visible));
+                }
             }
-            _ => {}
+            None => {}
         }
         bundle.insert("link".into(), Value::Array(links));
         if hidden > 0 && self.options.withheld_notice {
@@ -381,8 +384,31 @@ impl Pipeline {
         })
     }
 
-    /// How many matches of `query` this caller may see, checking each.
-    fn visible_total(&self, scope: &mut ConsentScope<'_>, query: &caregate_store::SearchQuery) -> FhirResult<u64> {
+    /// How many matches of `query` this caller may see. When no patient has a Consent, the
+    /// decision depends only on the default policy and the sensitivity labels, which the
+    /// index can count; otherwise each match is decided (up to VISIBLE_COUNT_LIMIT).
+    fn visible_total(&self, scope: &mut ConsentScope<'_>, query: &caregate_store::SearchQuery, raw_total: u64) -> FhirResult<Option<u64>> {
+        let policy = &self.stages.consent;
+        if policy.overrides_for(scope.actor()) {
+            return Ok(Some(raw_total));
+        }
+        if scope.no_consents_anywhere()? {
+            if !policy.permits_without_consent() {
+                return Ok(Some(0));
+            }
+            let mut labelled = query.clone();
+            let sensitive = vec![("_security".to_string(), caregate_consent::labels::SENSITIVE.join(","))];
+            let parsed = self.search.parse(query.resource_type.as_deref(), &sensitive, true)?;
+            labelled.filters.extend(parsed.query.filters);
+            labelled.count = 0;
+            labelled.offset = 0;
+            labelled.total = true;
+            let hidden = self.store.search(&labelled).map_err(store_error)?.total.unwrap_or(0);
+            return Ok(Some(raw_total.saturating_sub(hidden)));
+        }
+        if raw_total > VISIBLE_COUNT_LIMIT {
+            return Ok(None);
+        }
         let mut q = query.clone();
         q.total = false;
         q.count = 500;
@@ -396,7 +422,7 @@ impl Pipeline {
                 }
             }
             if page.matches.len() < q.count {
-                return Ok(visible);
+                return Ok(Some(visible));
             }
             q.offset += q.count;
         }
