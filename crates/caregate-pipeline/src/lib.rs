@@ -10,6 +10,7 @@
 
 mod bundle;
 mod consent;
+mod disclosures;
 mod read;
 mod references;
 mod scopes;
@@ -26,6 +27,7 @@ use caregate_store::{AuditRecord, Store, StoreError};
 use serde_json::Value;
 
 pub use bundle::{parse_etag, reason, BundleKind, ReturnPreference};
+pub use disclosures::{disclosures_html, disclosures_parameters, Disclosure};
 pub use read::{HistoryRequest, SearchOutcome};
 pub use scopes::{Permission, ScopeError, Scopes};
 pub use write::{DeleteOutcome, WriteOutcome};

@@ -6,6 +6,7 @@ pub mod auth;
 pub mod capability;
 pub mod config;
 pub mod format;
+mod operations;
 mod routes;
 
 pub use routes::RequestId;
@@ -148,6 +149,7 @@ pub fn start(config: &ServerConfig) -> Result<RunningServer, StartError> {
             .route("/{type}/_search", web::post().to(routes::search_post))
             .route("/{type}/{id}/_history/{vid}", web::get().to(routes::vread))
             .route("/{type}/{id}/_history", web::get().to(routes::history_instance))
+            .route("/Patient/{id}/$disclosures", web::get().to(operations::disclosures))
             .route("/{type}/{id}", web::get().to(routes::read))
             .route("/{type}/{id}", web::put().to(routes::update))
             .route("/{type}/{id}", web::delete().to(routes::delete))

@@ -64,29 +64,35 @@ fn prefer(headers: &HeaderMap) -> (ReturnPreference, bool) {
     (ret, strict)
 }
 
+/// Authenticates the request's caller (auditing refused credentials).
+pub(crate) fn caller_of(req: &HttpRequest, state: &AppState) -> Result<Caller, FhirError> {
+    let purpose = req
+        .headers()
+        .get("x-purpose-of-use")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let authorization = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    let network_address = req.peer_addr().map(|a| a.ip().to_string());
+    let request_id = req.extensions().get::<RequestId>().map(|r| r.0.clone());
+    let mut caller = match state.clients.authenticate(authorization, purpose) {
+        Ok(c) => c,
+        Err(e) => {
+            state
+                .pipeline
+                .audit_rejected_credentials(network_address, request_id, &e);
+            return Err(e);
+        }
+    };
+    caller.network_address = network_address;
+    caller.request_id = request_id;
+    Ok(caller)
+}
+
 impl Ctx {
     fn new(req: &HttpRequest, state: &AppState) -> Result<Ctx, HttpResponse> {
         let query: Vec<(String, String)> = form_urlencoded::parse(req.query_string().as_bytes()).into_owned().collect();
         let rendering = negotiate(req.headers(), &query).map_err(|e| error_response(&e, JSON_DEFAULT))?;
-        let purpose = req
-            .headers()
-            .get("x-purpose-of-use")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
-        let authorization = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-        let network_address = req.peer_addr().map(|a| a.ip().to_string());
-        let request_id = req.extensions().get::<RequestId>().map(|r| r.0.clone());
-        let mut caller = match state.clients.authenticate(authorization, purpose) {
-            Ok(c) => c,
-            Err(e) => {
-                state
-                    .pipeline
-                    .audit_rejected_credentials(network_address, request_id, &e);
-                return Err(error_response(&e, rendering));
-            }
-        };
-        caller.network_address = network_address;
-        caller.request_id = request_id;
+        let caller = caller_of(req, state).map_err(|e| error_response(&e, rendering))?;
         let base = match &state.base_url {
             Some(b) => b.clone(),
             None => {

@@ -174,3 +174,72 @@ async fn audit_events_are_for_auditors_only() {
     assert_eq!(alerts, 1);
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn accounting_of_disclosures() {
+    let s = TestServer::start_with(|c| {
+        c.clients = vec![
+            client("psych", "psych-token", &["system/*.*"]),
+            client("primary", "primary-token", &["system/*.read"]),
+            client("auditor", "auditor-token", &["system/AuditEvent.read"]),
+        ]
+    })
+    .await;
+    let r = s
+        .http
+        .post(s.url("Patient"))
+        .bearer_auth("psych-token")
+        .header("content-type", "application/fhir+json")
+        .json(&json!({"resourceType": "Patient", "name": [{"family": "Disclosed"}]}))
+        .send()
+        .await
+        .unwrap();
+    let id = r.json::<serde_json::Value>().await.unwrap()["id"].as_str().unwrap().to_string();
+    let r = s
+        .http
+        .get(s.url(&format!("Patient/{id}")))
+        .bearer_auth("primary-token")
+        .header("x-purpose-of-use", "TREAT")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // Only auditors may see the accounting.
+    let r = s.http.get(s.url(&format!("Patient/{id}/$disclosures"))).bearer_auth("primary-token").send().await.unwrap();
+    assert_eq!(r.status(), 403);
+    let mut found = serde_json::Value::Null;
+    for _ in 0..60 {
+        found = s
+            .http
+            .get(s.url(&format!("Patient/{id}/$disclosures?start=2000-01-01")))
+            .bearer_auth("auditor-token")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if found["parameter"].as_array().is_some_and(|p| p.len() > 1) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let disclosures: Vec<&serde_json::Value> = found["parameter"].as_array().unwrap().iter().filter(|p| p["name"] == "disclosure").collect();
+    assert_eq!(disclosures.len(), 1, "{found}");
+    let parts = disclosures[0]["part"].as_array().unwrap();
+    let value = |name: &str| parts.iter().find(|p| p["name"] == name).cloned().unwrap_or_default();
+    assert_eq!(value("recipient")["valueString"], "Organization/primary");
+    assert_eq!(value("purpose")["valueCoding"]["code"], "TREAT");
+    assert_eq!(value("interaction")["valueCode"], "read");
+    let html = s
+        .http
+        .get(s.url(&format!("Patient/{id}/$disclosures?_format=html")))
+        .bearer_auth("auditor-token")
+        .send()
+        .await
+        .unwrap();
+    assert!(html.headers()["content-type"].to_str().unwrap().starts_with("text/html"));
+    let body = html.text().await.unwrap();
+    assert!(body.contains("<td>Organization/primary</td>"), "{body}");
+    s.stop().await;
+}

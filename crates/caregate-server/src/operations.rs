@@ -1,0 +1,54 @@
+//! Operations outside the core REST interactions.
+
+use actix_web::http::header;
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpRequest, HttpResponse};
+use caregate_core::FhirError;
+
+use crate::format::{error_response, negotiate, resource_response, Format, Rendering};
+use crate::AppState;
+
+const JSON: Rendering = Rendering {
+    format: Format::Json,
+    pretty: false,
+};
+
+/// `GET /Patient/{id}/$disclosures?start=&end=`: the accounting of disclosures, as FHIR
+/// Parameters, or as an HTML page for `_format=html` / a browser's `Accept: text/html`.
+pub async fn disclosures(req: HttpRequest, state: web::Data<AppState>, path: web::Path<String>) -> HttpResponse {
+    let query: Vec<(String, String)> = form_urlencoded::parse(req.query_string().as_bytes()).into_owned().collect();
+    let wants_html = query.iter().any(|(k, v)| k == "_format" && v == "html")
+        || req
+            .headers()
+            .get(header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|a| a.starts_with("text/html"));
+    let rendering = if wants_html {
+        JSON
+    } else {
+        match negotiate(req.headers(), &query) {
+            Ok(r) => r,
+            Err(e) => return error_response(&e, JSON),
+        }
+    };
+    let caller = match crate::routes::caller_of(&req, &state) {
+        Ok(c) => c,
+        Err(e) => return error_response(&e, rendering),
+    };
+    let patient = path.into_inner();
+    let start = query.iter().find(|(k, _)| k == "start").map(|(_, v)| v.clone());
+    let end = query.iter().find(|(k, _)| k == "end").map(|(_, v)| v.clone());
+    let pipeline = state.pipeline.clone();
+    let id = patient.clone();
+    let result = web::block(move || pipeline.disclosures(&caller, &id, start.as_deref(), end.as_deref()))
+        .await
+        .map_err(|_| FhirError::internal("the request could not be processed"))
+        .and_then(|r| r);
+    match result {
+        Ok(list) if wants_html => HttpResponse::Ok()
+            .insert_header((header::CONTENT_TYPE, "text/html; charset=utf-8"))
+            .body(caregate_pipeline::disclosures_html(&patient, &list)),
+        Ok(list) => resource_response(StatusCode::OK, &caregate_pipeline::disclosures_parameters(&patient, &list), rendering),
+        Err(e) => error_response(&e, rendering),
+    }
+}
