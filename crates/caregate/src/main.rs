@@ -1,6 +1,7 @@
 //! The `caregate` command: thin glue over the library crates.
 
 mod bench;
+mod conformance;
 
 // The ingest path allocates many small JSON nodes; mimalloc handles that pattern far
 // better than the system allocator (measured with `cargo bench -p caregate-server --bench ingest`).
@@ -56,11 +57,22 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Print the SHA-256 of a bearer token, for a client's `token_sha256` in the config.
     HashToken { token: String },
+    /// The conformance suite (`conformance-tests/`), against any FHIR R4 server.
+    Conformance {
+        #[command(subcommand)]
+        command: ConformanceCommand,
+    },
     /// The audit trail.
     Audit {
         #[command(subcommand)]
         command: AuditCommand,
     },
+}
+
+#[derive(Subcommand)]
+enum ConformanceCommand {
+    /// Run the cases; write TestReport.json, report.html and junit.xml; exit 1 on failures.
+    Run(conformance::RunArgs),
 }
 
 #[derive(Subcommand)]
@@ -96,6 +108,9 @@ fn run(cli: Cli) -> Result<i32> {
         Command::Validate { files } => validate(&files),
         Command::Fhirpath { input, expression } => fhirpath(input, &expression),
         Command::Bench(args) => bench::run(args),
+        Command::Conformance {
+            command: ConformanceCommand::Run(args),
+        } => conformance::run(args),
         Command::Audit {
             command: AuditCommand::Verify { data },
         } => audit_verify(&data),
