@@ -295,12 +295,33 @@ fn checkpoint_loop(conn: Connection, stop: Receiver<()>) {
 
 fn writer_loop(mut conn: Connection, rx: Receiver<CommitRequest>, max_group: usize, mut chain: ChainHead) {
     let mut ids = ParamIds::default();
+    let mut synchronous_full = true;
     while let Ok(first) = rx.recv() {
         let mut group = vec![first];
         while group.len() < max_group {
             match rx.try_recv() {
                 Ok(req) => group.push(req),
                 Err(_) => break,
+            }
+        }
+        // A group of fire-and-forget audit appends (reads) commits without an fsync: the
+        // next durable commit's fsync of the WAL covers its frames too, and a process crash
+        // loses nothing. Anything a client waits for is made durable before the reply.
+        let needs_fsync = group.iter().any(|r| r.reply.is_some());
+        if needs_fsync != synchronous_full {
+            let mode = if needs_fsync { "FULL" } else { "NORMAL" };
+            match conn.pragma_update(None, "synchronous", mode) {
+                Ok(()) => synchronous_full = needs_fsync,
+                Err(e) if needs_fsync => {
+                    // Never acknowledge a write that might not be durable.
+                    for req in group {
+                        if let Some(reply) = req.reply {
+                            let _ = reply.send(Err(StoreError::Database(format!("cannot make the commit durable: {e}"))));
+                        }
+                    }
+                    continue;
+                }
+                Err(_) => {}
             }
         }
         let results = commit_group(&mut conn, &group, &mut ids, &mut chain);
