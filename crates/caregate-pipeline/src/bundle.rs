@@ -492,6 +492,11 @@ impl Pipeline {
             }
         }
         self.after_commit(&written);
+        for (i, plan) in plans.iter().enumerate() {
+            if let Some(Plan::Create { rtype, .. } | Plan::Update { rtype, .. }) = plan {
+                self.count_accepted(caller, rtype, admitted[i].as_ref(), &issues_by_entry[i]);
+            }
+        }
 
         // 4. Reads run after the writes, then the response in request order.
         let mut out = Vec::with_capacity(count);

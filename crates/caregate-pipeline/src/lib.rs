@@ -9,6 +9,7 @@
 //! Everything here is synchronous: the server runs it on a blocking thread pool.
 
 mod bundle;
+mod conformance;
 mod consent;
 mod disclosures;
 mod read;
@@ -27,6 +28,7 @@ use caregate_store::{AuditRecord, Store, StoreError};
 use serde_json::Value;
 
 pub use bundle::{parse_etag, reason, BundleKind, ReturnPreference};
+pub use conformance::{conformance_html, conformance_json};
 pub use disclosures::{disclosures_html, disclosures_parameters, Disclosure};
 pub use read::{HistoryRequest, SearchOutcome};
 pub use scopes::{Permission, ScopeError, Scopes};
@@ -36,6 +38,33 @@ pub use write::{DeleteOutcome, WriteOutcome};
 pub trait Validator: Send + Sync {
     /// All issues found; any error-severity issue rejects the resource.
     fn validate(&self, resource: &Value) -> Vec<Issue>;
+
+    /// The check of a write by `client` (its id; `None` in development mode), which may
+    /// require profiles configured for that client and resource type. The default is
+    /// [`Validator::validate`], every error answered 400.
+    fn validate_write(&self, client: Option<&str>, resource: &Value) -> Verdict {
+        let _ = client;
+        Verdict {
+            issues: self.validate(resource),
+            unprocessable: false,
+        }
+    }
+
+    /// `$validate`: the resource against the definitions, its claimed profiles and
+    /// `profiles` (the operation's `profile` parameter).
+    fn validate_against(&self, resource: &Value, profiles: &[String]) -> Vec<Issue> {
+        let _ = profiles;
+        self.validate(resource)
+    }
+}
+
+/// What [`Validator::validate_write`] found.
+#[derive(Debug, Clone, Default)]
+pub struct Verdict {
+    pub issues: Vec<Issue>,
+    /// The resource is well-formed but breaks a profile, an invariant or a business rule:
+    /// its errors are answered 422 Unprocessable Entity rather than 400.
+    pub unprocessable: bool,
 }
 
 /// Adds security labels (`meta.security`) on ingest; the consent work supplies the rules.
@@ -228,6 +257,14 @@ impl Pipeline {
     ) -> FhirResult<T> {
         let result = f();
         if let Err(e) = &result {
+            if matches!(subtype, Subtype::Create | Subtype::Update | Subtype::Transaction) {
+                let resource_type = match (&what, subtype) {
+                    (_, Subtype::Transaction) => "Bundle",
+                    (Some(w), _) => w.split('/').next().unwrap_or(w),
+                    (None, _) => "unknown",
+                };
+                self.count_rejected(caller, resource_type, e);
+            }
             let mut entry = self.audit_entry(caller, subtype);
             let description = e
                 .issues

@@ -43,6 +43,32 @@ pub(crate) struct Prepared {
 }
 
 impl Pipeline {
+    /// `$validate` (type or instance level): the resource checked against the core
+    /// definitions, the profiles it claims and `profiles`, nothing stored. Needs read
+    /// permission on the type. Returns every issue (an empty list means valid).
+    pub fn validate_resource(
+        &self,
+        caller: &Caller,
+        resource_type: &str,
+        resource: &Value,
+        profiles: &[String],
+    ) -> FhirResult<Vec<caregate_core::Issue>> {
+        check_resource_type(resource_type)?;
+        caller.require(resource_type, crate::Permission::Read)?;
+        match resource.get("resourceType").and_then(Value::as_str) {
+            Some(t) if t == resource_type => {}
+            Some(t) => {
+                return Err(FhirError::at(
+                    ErrorKind::BadRequest,
+                    format!("{t}.resourceType"),
+                    format!("Resource type '{t}' does not match the request's type '{resource_type}'"),
+                ))
+            }
+            None => return Err(FhirError::bad_request("The resource has no 'resourceType'")),
+        }
+        Ok(self.stages.validator.validate_against(resource, profiles))
+    }
+
     /// The inbound half of every write: type check, validation, labelling and the consent
     /// question "may this caller contribute this resource?".
     pub(crate) fn admit(&self, caller: &Caller, resource_type: &str, mut resource: Value) -> FhirResult<Admitted> {
@@ -65,9 +91,11 @@ impl Pipeline {
                 ))
             }
         }
-        let issues = self.stages.validator.validate(&resource);
+        let verdict = self.stages.validator.validate_write(caller.actor.client_id.as_deref(), &resource);
+        let issues = verdict.issues;
         if issues.iter().any(|i| i.severity.is_error()) {
-            return Err(FhirError::with_issues(ErrorKind::BadRequest, issues));
+            let kind = if verdict.unprocessable { ErrorKind::Unprocessable } else { ErrorKind::BadRequest };
+            return Err(FhirError::with_issues(kind, issues));
         }
         self.stages.labeler.label(&mut resource);
         self.check_contribution(caller, ConsentAction::Collect, &resource)?;
@@ -464,6 +492,7 @@ impl Pipeline {
         match self.store.commit(vec![op.clone()], records) {
             Ok(()) => {
                 self.after_commit(&[(&op, Some(&resource))]);
+                self.count_accepted(caller, &op.resource_type, Some(&resource), &issues);
                 let hash = caregate_store::content_hash(op.content.as_deref());
                 Ok(WriteOutcome {
                     record: VersionRecord {

@@ -16,15 +16,16 @@ use std::sync::Arc;
 
 use actix_web::dev::ServerHandle;
 use actix_web::{web, App, HttpServer};
-use caregate_pipeline::{Pipeline, PipelineOptions, Stages, Validator};
+use caregate_core::Severity;
+use caregate_pipeline::{Pipeline, PipelineOptions, Stages, Validator, Verdict};
 use caregate_consent::{ConsentEngine, DefaultPolicy};
 use caregate_search::SearchRegistry;
 use caregate_store::{SqliteOptions, SqliteStore, Store};
-use caregate_validation::{Package, StructureModel};
+use caregate_validation::{Package, Registry, StructureModel, ValidationOptions};
 use serde_json::Value;
 
 pub use auth::{token_hash_hex, ClientRegistry};
-pub use config::{ClientConfig, ConfigError, ConsentConfig, ServerConfig};
+pub use config::{ClientConfig, ConfigError, ConsentConfig, RequiredProfile, ServerConfig, ValidationConfig};
 
 /// What every handler shares.
 pub struct AppState {
@@ -49,12 +50,91 @@ pub enum StartError {
     Bind { addr: SocketAddr, source: std::io::Error },
 }
 
-/// The structural validator from the R4 core definitions, as a pipeline stage.
-struct StructureValidator(&'static StructureModel);
+/// The full validator (`caregate_validation::Validator` with FHIRPath invariants) as the
+/// pipeline's validation stage: structure first (its errors answer 400), then the core
+/// definitions, invariants, bindings, claimed `meta.profile`s and the profiles configured
+/// for the client and type (their errors answer 422).
+pub struct FullValidator {
+    model: &'static StructureModel,
+    validator: caregate_validation::Validator,
+    unknown_profile: Severity,
+    unknown_extension: Severity,
+    require: Vec<config::RequiredProfile>,
+}
 
-impl Validator for StructureValidator {
+fn severity(s: &str) -> Severity {
+    if s == "warning" {
+        Severity::Warning
+    } else {
+        Severity::Error
+    }
+}
+
+impl FullValidator {
+    /// Over the core package and caregate's profiles plus the configured packages.
+    pub fn from_config(cfg: &config::ValidationConfig) -> Result<FullValidator, String> {
+        let registry = if cfg.ig.is_empty() {
+            Registry::standard().clone()
+        } else {
+            let mut b = Registry::builder();
+            for path in &cfg.ig {
+                b.load_path(path)
+                    .map_err(|e| format!("validation.ig {}: {e}", path.display()))?;
+            }
+            Arc::new(b.build())
+        };
+        Ok(FullValidator {
+            model: StructureModel::r4_core(),
+            validator: caregate_validation::Validator::with_fhirpath(registry),
+            unknown_profile: severity(&cfg.unknown_profile),
+            unknown_extension: severity(&cfg.unknown_extension),
+            require: cfg.require.clone(),
+        })
+    }
+
+    fn options(&self, profiles: Vec<String>) -> ValidationOptions {
+        ValidationOptions {
+            profiles,
+            meta_profiles: true,
+            unknown_profile: self.unknown_profile,
+            unknown_extension: Some(self.unknown_extension),
+            structure: false,
+        }
+    }
+
+    fn check(&self, resource: &Value, profiles: Vec<String>) -> (Vec<caregate_core::Issue>, bool) {
+        let mut issues = self.model.validate(resource);
+        if issues.iter().any(|i| i.severity.is_error()) {
+            return (issues, false);
+        }
+        for i in self.validator.validate(resource, &self.options(profiles)) {
+            if !issues.contains(&i) {
+                issues.push(i);
+            }
+        }
+        (issues, true)
+    }
+}
+
+impl Validator for FullValidator {
     fn validate(&self, resource: &Value) -> Vec<caregate_core::Issue> {
-        self.0.validate(resource)
+        self.check(resource, Vec::new()).0
+    }
+
+    fn validate_write(&self, client: Option<&str>, resource: &Value) -> Verdict {
+        let rt = resource.get("resourceType").and_then(Value::as_str).unwrap_or("");
+        let profiles = self
+            .require
+            .iter()
+            .filter(|r| r.resource == rt && r.client.as_deref().is_none_or(|c| Some(c) == client))
+            .map(|r| r.profile.clone())
+            .collect();
+        let (issues, unprocessable) = self.check(resource, profiles);
+        Verdict { issues, unprocessable }
+    }
+
+    fn validate_against(&self, resource: &Value, profiles: &[String]) -> Vec<caregate_core::Issue> {
+        self.check(resource, profiles.to_vec()).0
     }
 }
 
@@ -75,8 +155,24 @@ pub fn build_pipeline(store: Arc<dyn Store>) -> Pipeline {
 
 /// As [`build_pipeline`], with the configured consent policy.
 pub fn build_pipeline_with(store: Arc<dyn Store>, consent: &config::ConsentConfig) -> Pipeline {
+    // The default validation configuration loads no files, so it cannot fail.
+    let validator = FullValidator::from_config(&config::ValidationConfig::default())
+        .map(|v| Arc::new(v) as Arc<dyn Validator>)
+        .unwrap_or_else(|e| {
+            tracing::error!("{e}");
+            Arc::new(caregate_pipeline::AcceptAll)
+        });
+    build_pipeline_full(store, consent, validator)
+}
+
+/// As [`build_pipeline_with`], with the given validation stage.
+pub fn build_pipeline_full(
+    store: Arc<dyn Store>,
+    consent: &config::ConsentConfig,
+    validator: Arc<dyn Validator>,
+) -> Pipeline {
     let search = Arc::new(SearchRegistry::from_definitions(Package::r4_core().of_type("SearchParameter")));
-    let mut stages = Stages::with_validator(Arc::new(StructureValidator(StructureModel::r4_core())));
+    let mut stages = Stages::with_validator(validator);
     match caregate_consent::LabelRules::default_rules() {
         Ok(rules) => stages.labeler = Arc::new(RuleLabeler(rules)),
         Err(e) => tracing::error!("labelling rules not loaded: {e}"),
@@ -113,7 +209,8 @@ pub fn start(config: &ServerConfig) -> Result<RunningServer, StartError> {
         source,
     })?;
     let store = SqliteStore::open(&config.data.join("caregate.sqlite"), SqliteOptions::default())?;
-    let pipeline = Arc::new(build_pipeline_with(store, &config.consent));
+    let validator = FullValidator::from_config(&config.validation).map_err(StartError::Config)?;
+    let pipeline = Arc::new(build_pipeline_full(store, &config.consent, Arc::new(validator)));
     let clients = ClientRegistry::new(&config.clients).map_err(StartError::Config)?;
     let capability = capability::capability_statement(pipeline.search_registry(), config.base_url.as_deref(), config.development_mode());
     let state = web::Data::new(AppState {
@@ -147,9 +244,13 @@ pub fn start(config: &ServerConfig) -> Result<RunningServer, StartError> {
             .route("/_history", web::get().to(routes::history_system))
             .route("/{type}/_history", web::get().to(routes::history_type))
             .route("/{type}/_search", web::post().to(routes::search_post))
+            .route("/{type}/$validate", web::post().to(routes::validate_type))
+            .route("/{type}/{id}/$validate", web::post().to(routes::validate_instance))
             .route("/{type}/{id}/_history/{vid}", web::get().to(routes::vread))
             .route("/{type}/{id}/_history", web::get().to(routes::history_instance))
             .route("/Patient/{id}/$disclosures", web::get().to(operations::disclosures))
+            .route("/conformance/report", web::get().to(operations::conformance_report))
+            .route("/ui/conformance", web::get().to(operations::conformance_report))
             .route("/{type}/{id}", web::get().to(routes::read))
             .route("/{type}/{id}", web::put().to(routes::update))
             .route("/{type}/{id}", web::delete().to(routes::delete))

@@ -52,3 +52,31 @@ pub async fn disclosures(req: HttpRequest, state: web::Data<AppState>, path: web
         Err(e) => error_response(&e, rendering),
     }
 }
+
+/// `GET /conformance/report?source=&since=` (JSON) and `GET /ui/conformance` (HTML):
+/// validation outcomes per source system, for auditors.
+pub async fn conformance_report(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    let query: Vec<(String, String)> = form_urlencoded::parse(req.query_string().as_bytes()).into_owned().collect();
+    let html = req.path().starts_with("/ui/");
+    let caller = match crate::routes::caller_of(&req, &state) {
+        Ok(c) => c,
+        Err(e) => return error_response(&e, JSON),
+    };
+    let source = query.iter().find(|(k, _)| k == "source").map(|(_, v)| v.clone());
+    let since = query.iter().find(|(k, _)| k == "since").map(|(_, v)| v.clone());
+    let pipeline = state.pipeline.clone();
+    let (s2, since2) = (source.clone(), since.clone());
+    let result = web::block(move || pipeline.conformance_report(&caller, s2.as_deref(), since2.as_deref()))
+        .await
+        .map_err(|_| FhirError::internal("the request could not be processed"))
+        .and_then(|r| r);
+    match result {
+        Ok(report) if html => HttpResponse::Ok()
+            .insert_header((header::CONTENT_TYPE, "text/html; charset=utf-8"))
+            .body(caregate_pipeline::conformance_html(&report, source.as_deref(), since.as_deref())),
+        Ok(report) => HttpResponse::Ok()
+            .insert_header((header::CONTENT_TYPE, "application/json"))
+            .body(caregate_pipeline::conformance_json(&report, source.as_deref(), since.as_deref()).to_string()),
+        Err(e) => error_response(&e, JSON),
+    }
+}

@@ -243,3 +243,51 @@ async fn accounting_of_disclosures() {
     assert!(body.contains("<td>Organization/primary</td>"), "{body}");
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn conformance_statistics_per_source() {
+    let s = TestServer::start_with(|c| {
+        c.clients = vec![
+            client("ehr-a", "a-token", &["system/*.*"]),
+            client("auditor", "auditor-token", &["system/AuditEvent.read"]),
+        ]
+    })
+    .await;
+    let post = |body: serde_json::Value| {
+        let http = s.http.clone();
+        let url = s.url("Patient");
+        async move {
+            http.post(url)
+                .bearer_auth("a-token")
+                .header("content-type", "application/fhir+json")
+                .json(&body)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    assert_eq!(post(json!({"resourceType": "Patient", "name": [{"family": "Good"}]})).await, 201);
+    assert_eq!(post(json!({"resourceType": "Patient", "birthDate": "1990-13-45"})).await, 400);
+    assert_eq!(post(json!({"resourceType": "Patient", "name": [{"family": "X", "given": ["A", 7]}]})).await, 400);
+    assert_eq!(s.http.get(s.url("conformance/report")).bearer_auth("a-token").send().await.unwrap().status(), 403);
+    let mut report = serde_json::Value::Null;
+    for _ in 0..60 {
+        report = s.http.get(s.url("conformance/report?source=ehr-a")).bearer_auth("auditor-token").send().await.unwrap().json().await.unwrap();
+        if report["bySource"][0]["received"] == 3 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let row = &report["bySource"][0];
+    assert_eq!(row["resourceType"], "Patient");
+    assert_eq!(row["received"], 3, "{report}");
+    assert_eq!(row["accepted"], 1);
+    assert_eq!(row["rejected"], 2);
+    let elements: Vec<&str> = report["topIssues"].as_array().unwrap().iter().filter_map(|i| i["element"].as_str()).collect();
+    assert!(elements.contains(&"Patient.birthDate") && elements.contains(&"Patient.name.given"), "{elements:?}");
+    let html = s.http.get(s.url("ui/conformance")).bearer_auth("auditor-token").send().await.unwrap().text().await.unwrap();
+    assert!(html.contains("<td>ehr-a</td><td>Patient</td>"), "{html}");
+    s.stop().await;
+}

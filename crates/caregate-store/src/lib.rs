@@ -7,6 +7,7 @@
 //! version number they expect to replace and the index entries the search layer extracted.
 
 pub mod audit;
+pub mod conformance;
 pub mod index;
 mod sqlite;
 mod sql_query;
@@ -14,6 +15,7 @@ mod sql_query;
 use std::fmt;
 
 pub use audit::{AuditQuery, AuditRecord, ChainBreak, ChainReport};
+pub use conformance::{ConformanceCount, ConformanceIssue, ConformanceRecord, ConformanceReport};
 pub use index::*;
 pub use sqlite::{SqliteOptions, SqliteStore};
 
@@ -194,6 +196,12 @@ pub trait Store: Send + Sync {
 
     /// Walks the audit chain from the start.
     fn verify_audit_chain(&self) -> Result<ChainReport, StoreError>;
+
+    /// Adds validation outcomes to the per-source conformance statistics (not waited for).
+    fn record_conformance(&self, stats: Vec<ConformanceRecord>) -> Result<(), StoreError>;
+
+    /// Statistics for one client (or all) since a day (`YYYY-MM-DD`, or all time).
+    fn conformance_report(&self, client: Option<&str>, since_day: Option<&str>) -> Result<ConformanceReport, StoreError>;
 
     fn search(&self, query: &SearchQuery) -> Result<SearchPage, StoreError>;
 

@@ -15,6 +15,7 @@ use parking_lot::Mutex;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Transaction};
 
 use crate::audit::{self, AuditQuery, AuditRecord, ChainHead, ChainReport};
+use crate::conformance::{self, ConformanceRecord, ConformanceReport};
 use crate::index::{IndexEntry, IndexValue, IncludeSpec, SearchQuery};
 use crate::sql_query::{build_search, SqlArg};
 use crate::{
@@ -87,7 +88,7 @@ const DELETE_INDEX_ROWS: [&str; 7] = [
     "DELETE FROM ix_uri WHERE rid = ?1",
 ];
 
-const SCHEMA_VERSION: &str = "3";
+const SCHEMA_VERSION: &str = "4";
 
 #[derive(Debug, Clone)]
 pub struct SqliteOptions {
@@ -144,6 +145,8 @@ struct CommitRequest {
     ops: Vec<WriteOp>,
     /// AuditEvents committed with the writes (and only if they succeed).
     audit: Vec<AuditRecord>,
+    /// Conformance statistics to add (fire-and-forget).
+    stats: Vec<ConformanceRecord>,
     /// `None` for fire-and-forget audit appends (reads), which must not wait for an fsync.
     reply: Option<Sender<Result<(), StoreError>>>,
 }
@@ -164,6 +167,7 @@ impl SqliteStore {
         configure(&conn)?;
         conn.execute_batch(SCHEMA)?;
         conn.execute_batch(audit::SCHEMA)?;
+        conn.execute_batch(conformance::SCHEMA)?;
         let found: Option<String> = conn
             .query_row("SELECT value FROM caregate_meta WHERE key = 'schema'", [], |r| r.get(0))
             .optional()?;
@@ -387,6 +391,7 @@ fn commit_group_fast(
                     apply_op(&tx, op, cur, ids)?;
                 }
                 audit::append(&tx, chain, &req.audit)?;
+                conformance::record(&tx, &req.stats)?;
                 results.push(Ok(()));
             }
             Err(conflict) => results.push(Err(conflict)),
@@ -457,7 +462,9 @@ fn apply_in_savepoint(
     tx.execute_batch("SAVEPOINT request")?;
     let mark = ids.pending.len();
     let chain_mark = chain.clone();
-    let applied = apply_ops(tx, &req.ops, ids).and_then(|()| audit::append(tx, chain, &req.audit));
+    let applied = apply_ops(tx, &req.ops, ids)
+        .and_then(|()| audit::append(tx, chain, &req.audit))
+        .and_then(|()| conformance::record(tx, &req.stats));
     match applied {
         Ok(()) => {
             tx.execute_batch("RELEASE request")?;
@@ -674,6 +681,7 @@ impl Store for SqliteStore {
         self.send(CommitRequest {
             ops,
             audit,
+            stats: Vec::new(),
             reply: Some(reply),
         })?;
         wait.recv().map_err(|_| StoreError::Closed)?
@@ -686,8 +694,25 @@ impl Store for SqliteStore {
         self.send(CommitRequest {
             ops: Vec::new(),
             audit,
+            stats: Vec::new(),
             reply: None,
         })
+    }
+
+    fn record_conformance(&self, stats: Vec<ConformanceRecord>) -> Result<(), StoreError> {
+        if stats.is_empty() {
+            return Ok(());
+        }
+        self.send(CommitRequest {
+            ops: Vec::new(),
+            audit: Vec::new(),
+            stats,
+            reply: None,
+        })
+    }
+
+    fn conformance_report(&self, client: Option<&str>, since_day: Option<&str>) -> Result<ConformanceReport, StoreError> {
+        self.with_reader(|c| conformance::report(c, client, since_day))
     }
 
     fn audit_search(&self, query: &AuditQuery) -> Result<(Vec<Vec<u8>>, u64), StoreError> {

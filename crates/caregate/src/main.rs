@@ -73,6 +73,20 @@ enum Command {
 enum ConformanceCommand {
     /// Run the cases; write TestReport.json, report.html and junit.xml; exit 1 on failures.
     Run(conformance::RunArgs),
+    /// Print the per-source conformance statistics of a gateway's data directory.
+    Report {
+        #[arg(long, default_value = "caregate-data")]
+        data: PathBuf,
+        /// `json` or `html`.
+        #[arg(long, default_value = "json")]
+        format: String,
+        /// Only this client (source system).
+        #[arg(long)]
+        source: Option<String>,
+        /// Only since this day (YYYY-MM-DD).
+        #[arg(long)]
+        since: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -111,6 +125,9 @@ fn run(cli: Cli) -> Result<i32> {
         Command::Conformance {
             command: ConformanceCommand::Run(args),
         } => conformance::run(args),
+        Command::Conformance {
+            command: ConformanceCommand::Report { data, format, source, since },
+        } => conformance_report(&data, &format, source.as_deref(), since.as_deref()),
         Command::Audit {
             command: AuditCommand::Verify { data },
         } => audit_verify(&data),
@@ -171,6 +188,23 @@ fn serve(
         running.server.await?;
         anyhow::Ok(())
     })?;
+    Ok(0)
+}
+
+fn conformance_report(data: &std::path::Path, format: &str, source: Option<&str>, since: Option<&str>) -> Result<i32> {
+    use caregate_store::Store;
+    let db = data.join("caregate.sqlite");
+    if !db.exists() {
+        bail!("no caregate database at {}", db.display());
+    }
+    let store = caregate_store::SqliteStore::open(&db, caregate_store::SqliteOptions::default())?;
+    let report = store.conformance_report(source, since)?;
+    store.close();
+    match format {
+        "html" => print!("{}", caregate_pipeline::conformance_html(&report, source, since)),
+        "json" => println!("{}", serde_json::to_string_pretty(&caregate_pipeline::conformance_json(&report, source, since))?),
+        other => bail!("--format must be json or html, not {other}"),
+    }
     Ok(0)
 }
 
