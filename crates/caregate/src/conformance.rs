@@ -19,9 +19,18 @@ pub struct RunArgs {
     /// Folder for TestReport.json, report.html and junit.xml.
     #[arg(long, default_value = "conformance-report")]
     out: PathBuf,
-    /// Bearer token, when the server requires one.
+    /// Bearer token for steps that name no client, when the server requires one.
     #[arg(long)]
     token: Option<String>,
+    /// Named clients for steps with `"client": "NAME"`: NAME=TOKEN (repeatable).
+    #[arg(long = "client", value_parser = parse_client)]
+    clients: Vec<(String, String)>,
+}
+
+fn parse_client(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(n, t)| (n.to_string(), t.to_string()))
+        .ok_or_else(|| format!("'{s}' is not NAME=TOKEN"))
 }
 
 /// The outcome of one step.
@@ -29,6 +38,8 @@ struct StepResult {
     description: String,
     passed: bool,
     message: String,
+    /// The exchange, kept for failed steps' reports.
+    exchange: Option<String>,
 }
 
 struct CaseResult {
@@ -70,7 +81,13 @@ fn same(actual: &Value, expected: &Value) -> bool {
     }
 }
 
-async fn run_step(http: &reqwest::Client, base: &str, step: &Value, vars: &mut HashMap<String, String>) -> StepResult {
+async fn run_step(
+    http: &reqwest::Client,
+    base: &str,
+    step: &Value,
+    vars: &mut HashMap<String, String>,
+    clients: &HashMap<String, String>,
+) -> StepResult {
     let method = step.get("method").and_then(Value::as_str).unwrap_or("GET");
     let path = substitute(step.get("path").and_then(Value::as_str).unwrap_or(""), vars);
     let url = if path.is_empty() { base.to_string() } else { format!("{base}/{path}") };
@@ -79,6 +96,7 @@ async fn run_step(http: &reqwest::Client, base: &str, step: &Value, vars: &mut H
         description: description.clone(),
         passed: false,
         message,
+        exchange: None,
     };
     let Ok(m) = reqwest::Method::from_bytes(method.as_bytes()) else {
         return fail(format!("unknown method {method}"));
@@ -91,6 +109,16 @@ async fn run_step(http: &reqwest::Client, base: &str, step: &Value, vars: &mut H
     if !sets_accept {
         request = request.header("Accept", "application/fhir+json");
     }
+    if let Some(name) = step.get("client").and_then(Value::as_str) {
+        match clients.get(name) {
+            Some(token) => request = request.bearer_auth(token),
+            None => return fail(format!("no token for client '{name}' (pass --client {name}=TOKEN)")),
+        }
+    }
+    let request_text = format!(
+        "{method} {url}\n{}",
+        step.get("body").map(|b| substitute_json(b, vars).to_string()).unwrap_or_default()
+    );
     if let Some(headers) = step.get("headers").and_then(Value::as_object) {
         for (k, v) in headers {
             if let Some(v) = v.as_str() {
@@ -157,6 +185,18 @@ async fn run_step(http: &reqwest::Client, base: &str, step: &Value, vars: &mut H
             }
         }
     }
+    for expr in expect.get("fhirpath").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default() {
+        let Some(expr) = expr.as_str() else { continue };
+        let expr = substitute(expr, vars);
+        match caregate_fhirpath::Expression::compile(&expr) {
+            Ok(compiled) => {
+                if compiled.evaluate_bool(&json) != Some(true) {
+                    problems.push(format!("FHIRPath '{expr}' is not true"));
+                }
+            }
+            Err(e) => problems.push(format!("FHIRPath '{expr}' does not compile: {e}")),
+        }
+    }
     for (name, pointer) in step.get("capture").and_then(Value::as_object).into_iter().flatten() {
         match pointer.as_str().and_then(|p| json.pointer(p)) {
             Some(Value::String(s)) => {
@@ -173,6 +213,7 @@ async fn run_step(http: &reqwest::Client, base: &str, step: &Value, vars: &mut H
             description,
             passed: true,
             message: format!("HTTP {status}"),
+            exchange: None,
         }
     } else {
         if status >= 400 {
@@ -180,7 +221,10 @@ async fn run_step(http: &reqwest::Client, base: &str, step: &Value, vars: &mut H
                 problems.push(format!("server said: {d}"));
             }
         }
-        fail(problems.join("; "))
+        let mut r = fail(problems.join("; "));
+        let shown: String = text.chars().take(2000).collect();
+        r.exchange = Some(format!("{request_text}\n\n=> HTTP {status}\n{shown}"));
+        r
     }
 }
 
@@ -220,15 +264,17 @@ async fn run_async(args: RunArgs) -> Result<i32> {
         .default_headers(headers)
         .timeout(Duration::from_secs(60))
         .build()?;
+    let clients: HashMap<String, String> = args.clients.iter().cloned().collect();
     let run_id: String = uuid::Uuid::new_v4().simple().to_string().chars().take(12).collect();
     let started = chrono::Utc::now();
     let mut results = Vec::new();
     for case in &cases {
         let t = Instant::now();
+        eprint!("  running {} ...\r", case.get("id").and_then(Value::as_str).unwrap_or("case"));
         let mut vars = HashMap::from([("run".to_string(), run_id.clone())]);
         let mut steps = Vec::new();
         for step in case.get("steps").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default() {
-            let r = run_step(&http, &base, step, &mut vars).await;
+            let r = run_step(&http, &base, step, &mut vars, &clients).await;
             let stop = !r.passed;
             steps.push(r);
             if stop {
@@ -296,7 +342,13 @@ fn html(base: &str, results: &[CaseResult]) -> String {
         let detail: Vec<String> = r
             .steps
             .iter()
-            .map(|s| format!("{} {} — {}", if s.passed { "✔" } else { "✘" }, escape(&s.description), escape(&s.message)))
+            .map(|s| {
+                let mut line = format!("{} {} — {}", if s.passed { "✔" } else { "✘" }, escape(&s.description), escape(&s.message));
+                if let Some(x) = &s.exchange {
+                    line.push_str(&format!("<pre>{}</pre>", escape(x)));
+                }
+                line
+            })
             .collect();
         rows.push_str(&format!(
             "<tr class=\"{}\"><td>{}</td><td>{}<br><small><a href=\"{}\">{}</a></small></td><td>{}</td><td>{:.0} ms</td></tr>\n",

@@ -41,11 +41,47 @@ fn caregate_passes_its_own_conformance_suite() {
     let _ = server.wait();
     let stdout = String::from_utf8_lossy(&run.stdout);
     assert_eq!(run.status.code(), Some(0), "{stdout}\n{}", String::from_utf8_lossy(&run.stderr));
-    assert!(stdout.contains("9 passed, 0 failed"), "{stdout}");
+    assert!(stdout.contains("10 passed, 0 failed"), "{stdout}");
     let report: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("TestReport.json")).expect("TestReport")).expect("json");
     assert_eq!(report["resourceType"], "TestReport");
     assert_eq!(report["result"], "pass");
     let junit = std::fs::read_to_string(out.join("junit.xml")).expect("junit");
-    assert!(junit.contains("tests=\"9\" failures=\"0\""), "{junit}");
-    assert!(std::fs::read_to_string(out.join("report.html")).expect("html").contains("9 of 9 cases passed"));
+    assert!(junit.contains("tests=\"10\" failures=\"0\""), "{junit}");
+    assert!(std::fs::read_to_string(out.join("report.html")).expect("html").contains("10 of 10 cases passed"));
+}
+
+/// A server that answers every request with 200 and an empty object must fail the suite,
+/// and the error-handling case must be among the failures.
+#[test]
+fn a_broken_server_fails_the_suite() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut buf = [0u8; 65536];
+            let _ = stream.read(&mut buf);
+            let body = "{}";
+            let _ = write!(
+                stream,
+                "HTTP/1.1 200 OK\r\nContent-Type: application/fhir+json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    let dir = tempfile::tempdir().expect("tempdir");
+    let suite = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../conformance-tests/cases");
+    let run = Command::new(env!("CARGO_BIN_EXE_caregate"))
+        .args(["conformance", "run", "--target", &format!("http://127.0.0.1:{port}"), "--suite"])
+        .arg(&suite)
+        .arg("--out")
+        .arg(dir.path())
+        .output()
+        .expect("run suite");
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert_eq!(run.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("FAIL errors-are-operation-outcomes"), "{stdout}");
+    let html = std::fs::read_to_string(dir.path().join("report.html")).expect("html");
+    assert!(html.contains("=&gt; HTTP 200"), "failed steps show the exchange");
 }
