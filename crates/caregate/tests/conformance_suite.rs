@@ -11,6 +11,40 @@ fn free_port() -> u16 {
         .expect("free port")
 }
 
+/// The DOM of an HTML file as a real headless Chromium builds it. CI installs Debian's
+/// `chromium` and sets CAREGATE_REQUIRE_CHROMIUM; elsewhere the check is skipped with a note.
+fn chromium_dom(file: &std::path::Path) -> Option<String> {
+    let binary = ["chromium", "/usr/bin/chromium", "chromium-browser"]
+        .into_iter()
+        .find(|b| Command::new(b).arg("--version").output().is_ok_and(|o| o.status.success()));
+    let Some(binary) = binary else {
+        assert!(
+            std::env::var_os("CAREGATE_REQUIRE_CHROMIUM").is_none(),
+            "chromium is required (CAREGATE_REQUIRE_CHROMIUM is set) but not installed"
+        );
+        eprintln!("note: chromium not installed; the browser check of {} is skipped", file.display());
+        return None;
+    };
+    let profile = tempfile::tempdir().expect("profile dir");
+    let out = Command::new(binary)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg("--dump-dom")
+        .arg(format!("file://{}", file.display()))
+        .output()
+        .expect("run chromium");
+    Some(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
 #[test]
 fn caregate_passes_its_own_conformance_suite() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -28,10 +62,17 @@ fn caregate_passes_its_own_conformance_suite() {
         assert!(Instant::now() < deadline, "server did not start");
         std::thread::sleep(Duration::from_millis(100));
     }
-    let suite = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../conformance-tests/cases");
+    let suite =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../conformance-tests/cases");
     let out = dir.path().join("report");
     let run = Command::new(env!("CARGO_BIN_EXE_caregate"))
-        .args(["conformance", "run", "--target", &format!("http://127.0.0.1:{port}"), "--suite"])
+        .args([
+            "conformance",
+            "run",
+            "--target",
+            &format!("http://127.0.0.1:{port}"),
+            "--suite",
+        ])
         .arg(&suite)
         .arg("--out")
         .arg(&out)
@@ -40,14 +81,43 @@ fn caregate_passes_its_own_conformance_suite() {
     let _ = server.kill();
     let _ = server.wait();
     let stdout = String::from_utf8_lossy(&run.stdout);
-    assert_eq!(run.status.code(), Some(0), "{stdout}\n{}", String::from_utf8_lossy(&run.stderr));
+    assert_eq!(
+        run.status.code(),
+        Some(0),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
     assert!(stdout.contains("10 passed, 0 failed"), "{stdout}");
-    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("TestReport.json")).expect("TestReport")).expect("json");
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("TestReport.json")).expect("TestReport"))
+            .expect("json");
     assert_eq!(report["resourceType"], "TestReport");
     assert_eq!(report["result"], "pass");
     let junit = std::fs::read_to_string(out.join("junit.xml")).expect("junit");
     assert!(junit.contains("tests=\"10\" failures=\"0\""), "{junit}");
-    assert!(std::fs::read_to_string(out.join("report.html")).expect("html").contains("10 of 10 cases passed"));
+    assert!(std::fs::read_to_string(out.join("report.html"))
+        .expect("html")
+        .contains("10 of 10 cases passed"));
+    if let Some(dom) = chromium_dom(&out.join("report.html")) {
+        assert!(dom.contains("<h1>FHIR conformance report</h1>"), "{dom}");
+        assert!(dom.contains("10 of 10 cases passed"), "{dom}");
+        assert_eq!(dom.matches("<tr class=\"pass\">").count(), 10, "{dom}");
+    }
+    // The per-source statistics page, rendered offline from the data directory.
+    let page = Command::new(env!("CARGO_BIN_EXE_caregate"))
+        .args(["conformance", "report", "--format", "html", "--data"])
+        .arg(dir.path().join("data"))
+        .output()
+        .expect("conformance report");
+    assert_eq!(page.status.code(), Some(0), "{}", String::from_utf8_lossy(&page.stderr));
+    let html_file = dir.path().join("conformance.html");
+    std::fs::write(&html_file, &page.stdout).expect("write page");
+    let text = String::from_utf8_lossy(&page.stdout).into_owned();
+    assert!(text.contains("<td>local</td><td>Patient</td>"), "{text}");
+    if let Some(dom) = chromium_dom(&html_file) {
+        assert!(dom.contains("Conformance by source system"), "{dom}");
+        assert!(dom.contains("Patient.birthDate"), "the rejected birthDate shows among the top issues: {dom}");
+    }
 }
 
 /// A server that answers every request with 200 and an empty object must fail the suite,
@@ -71,9 +141,16 @@ fn a_broken_server_fails_the_suite() {
         }
     });
     let dir = tempfile::tempdir().expect("tempdir");
-    let suite = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../conformance-tests/cases");
+    let suite =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../conformance-tests/cases");
     let run = Command::new(env!("CARGO_BIN_EXE_caregate"))
-        .args(["conformance", "run", "--target", &format!("http://127.0.0.1:{port}"), "--suite"])
+        .args([
+            "conformance",
+            "run",
+            "--target",
+            &format!("http://127.0.0.1:{port}"),
+            "--suite",
+        ])
         .arg(&suite)
         .arg("--out")
         .arg(dir.path())
@@ -81,7 +158,13 @@ fn a_broken_server_fails_the_suite() {
         .expect("run suite");
     let stdout = String::from_utf8_lossy(&run.stdout);
     assert_eq!(run.status.code(), Some(1), "{stdout}");
-    assert!(stdout.contains("FAIL errors-are-operation-outcomes"), "{stdout}");
+    assert!(
+        stdout.contains("FAIL errors-are-operation-outcomes"),
+        "{stdout}"
+    );
     let html = std::fs::read_to_string(dir.path().join("report.html")).expect("html");
-    assert!(html.contains("=&gt; HTTP 200"), "failed steps show the exchange");
+    assert!(
+        html.contains("=&gt; HTTP 200"),
+        "failed steps show the exchange"
+    );
 }
