@@ -1,8 +1,27 @@
 //! Patient linking and the shared care-plan view.
 //!
+//! Two pure libraries over `serde_json::Value` resources (no I/O, no store access; the
+//! pipeline gathers the resources and calls them):
+//!
+//! - [`linking`]: match grades between Patients ([`match_grade`]), grouping into persons
+//!   ([`group_people`], [`group_people_with`] for manual link/unlink), `Patient/$match`
+//!   ([`match_candidates`]).
+//! - [`view`]: the shared care-plan view of one person ([`build_view`]): a deterministic
+//!   `collection` Bundle with one synthesized CarePlan, merged items with their sources,
+//!   Provenance and `DetectedIssue` flags.
+//!
 //! The pipeline calls [`PatientLinker`] for every stored resource and [`SharedView`] after
-//! each commit. The implementations that link Patients across sources and merge care plans
-//! come with the care-plan work; until then these named no-ops keep the pipeline's shape.
+//! each commit; the named no-ops below keep the pipeline's shape until it is wired to the
+//! functions above.
+
+pub mod linking;
+pub mod view;
+
+pub use linking::{
+    group_people, group_people_with, match_candidates, match_grade, normalize_name, LinkConfig,
+    LinkOverride, Match, MatchGrade, Person, MATCH_GRADE_EXTENSION,
+};
+pub use view::{build_view, view_etag, Source, ViewOptions, FLAG_SYSTEM, ITEM_SOURCE_EXTENSION};
 
 use serde_json::Value;
 

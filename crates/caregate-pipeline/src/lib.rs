@@ -9,6 +9,7 @@
 //! Everything here is synchronous: the server runs it on a blocking thread pool.
 
 mod bundle;
+mod careplan;
 mod conformance;
 mod consent;
 mod disclosures;
@@ -28,6 +29,7 @@ use caregate_store::{AuditRecord, Store, StoreError};
 use serde_json::Value;
 
 pub use bundle::{parse_etag, reason, BundleKind, ReturnPreference};
+pub use careplan::CarePlanView;
 pub use conformance::{conformance_html, conformance_json};
 pub use disclosures::{disclosures_html, disclosures_parameters, Disclosure};
 pub use read::{HistoryRequest, SearchOutcome};
@@ -158,6 +160,9 @@ pub struct PipelineOptions {
     pub explain_hidden_reads: bool,
     /// Search Bundles say (neutrally, without counts) when consent withheld something.
     pub withheld_notice: bool,
+    /// Identifier systems trusted to name one person across sources (national or insurer
+    /// ids); a shared identifier from one of them links Patients with certainty.
+    pub trusted_identifier_systems: Vec<String>,
 }
 
 impl Default for PipelineOptions {
@@ -168,6 +173,7 @@ impl Default for PipelineOptions {
             max_bundle_entries: 20_000,
             explain_hidden_reads: false,
             withheld_notice: true,
+            trusted_identifier_systems: Vec::new(),
         }
     }
 }
@@ -187,6 +193,12 @@ impl Pipeline {
             stages,
             options,
         }
+    }
+
+    /// Sets the identifier systems that link Patients across sources with certainty.
+    pub fn with_trusted_identifier_systems(mut self, systems: Vec<String>) -> Pipeline {
+        self.options.trusted_identifier_systems = systems;
+        self
     }
 
     pub fn search_registry(&self) -> &SearchRegistry {

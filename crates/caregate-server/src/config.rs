@@ -12,6 +12,16 @@
 //! token_sha256 = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
 //! scopes = ["system/*.read", "system/CarePlan.write"]
 //! purposes = ["TREAT"]
+//!
+//! [validation]
+//! unknown_profile = "error"       # a meta.profile / required profile not loaded: error|warning
+//! unknown_extension = "warning"   # an extension whose definition is not loaded: error|warning
+//! ig = ["igs/hl7.fhir.us.core-3.1.0.tgz"]   # extra packages: .tgz, package folder, or file
+//!
+//! [[validation.require]]          # profiles writes must meet
+//! client = "psychiatry-ehr"       # optional: only this client's writes
+//! resource = "CarePlan"
+//! profile = "http://example.org/StructureDefinition/shared-careplan"
 //! ```
 
 use std::net::SocketAddr;
@@ -38,6 +48,70 @@ pub struct ServerConfig {
     pub clients: Vec<ClientConfig>,
     #[serde(default)]
     pub consent: ConsentConfig,
+    #[serde(default)]
+    pub linking: LinkingConfig,
+    #[serde(default)]
+    pub validation: ValidationConfig,
+}
+
+/// `[validation]`: what inbound resources are validated against.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ValidationConfig {
+    /// Severity when a resource claims (`meta.profile`) or must meet a profile that is not
+    /// loaded: `error` (default) or `warning`.
+    #[serde(default = "default_error")]
+    pub unknown_profile: String,
+    /// Severity for an extension whose definition is not loaded: `warning` (default; EHRs
+    /// send local extensions) or `error`.
+    #[serde(default = "default_warning")]
+    pub unknown_extension: String,
+    /// Extra conformance packages (`.tgz`, package folders, single resource files).
+    #[serde(default)]
+    pub ig: Vec<PathBuf>,
+    /// Profiles that writes of a resource type (optionally only from one client) must meet.
+    #[serde(default)]
+    pub require: Vec<RequiredProfile>,
+}
+
+impl Default for ValidationConfig {
+    fn default() -> Self {
+        ValidationConfig {
+            unknown_profile: default_error(),
+            unknown_extension: default_warning(),
+            ig: Vec::new(),
+            require: Vec::new(),
+        }
+    }
+}
+
+/// `[[validation.require]]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RequiredProfile {
+    /// The client (source system) this applies to; every client when absent.
+    #[serde(default)]
+    pub client: Option<String>,
+    pub resource: String,
+    /// Canonical URL of the profile (`url` or `url|version`).
+    pub profile: String,
+}
+
+fn default_error() -> String {
+    "error".into()
+}
+
+fn default_warning() -> String {
+    "warning".into()
+}
+
+/// `[linking]`: how Patients from different sources are recognised as one person.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LinkingConfig {
+    /// Identifier systems that name one person everywhere (national id, insurer member id).
+    #[serde(default)]
+    pub trusted_systems: Vec<String>,
 }
 
 /// `[consent]`: how the patient's Consent resources are enforced.
@@ -114,6 +188,8 @@ impl Default for ServerConfig {
             workers: None,
             clients: Vec::new(),
             consent: ConsentConfig::default(),
+            linking: LinkingConfig::default(),
+            validation: ValidationConfig::default(),
         }
     }
 }
@@ -139,6 +215,24 @@ impl ServerConfig {
                 "consent.default must be \"opt-out\" or \"opt-in\", not \"{}\"",
                 self.consent.default
             )));
+        }
+        for (key, value) in [
+            ("validation.unknown_profile", &self.validation.unknown_profile),
+            ("validation.unknown_extension", &self.validation.unknown_extension),
+        ] {
+            if !matches!(value.as_str(), "error" | "warning") {
+                return Err(ConfigError::Invalid(format!("{key} must be \"error\" or \"warning\", not \"{value}\"")));
+            }
+        }
+        for r in &self.validation.require {
+            if !caregate_core::is_resource_type(&r.resource) {
+                return Err(ConfigError::Invalid(format!("validation.require: '{}' is not a resource type", r.resource)));
+            }
+            if let Some(c) = &r.client {
+                if !self.clients.iter().any(|k| &k.id == c) {
+                    return Err(ConfigError::Invalid(format!("validation.require: client '{c}' is not a configured [[client]]")));
+                }
+            }
         }
         for c in &self.clients {
             if c.token_sha256.len() != 64 || !c.token_sha256.bytes().all(|b| b.is_ascii_hexdigit()) {

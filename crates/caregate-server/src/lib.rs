@@ -210,7 +210,10 @@ pub fn start(config: &ServerConfig) -> Result<RunningServer, StartError> {
     })?;
     let store = SqliteStore::open(&config.data.join("caregate.sqlite"), SqliteOptions::default())?;
     let validator = FullValidator::from_config(&config.validation).map_err(StartError::Config)?;
-    let pipeline = Arc::new(build_pipeline_full(store, &config.consent, Arc::new(validator)));
+    let pipeline = Arc::new(
+        build_pipeline_full(store, &config.consent, Arc::new(validator))
+            .with_trusted_identifier_systems(config.linking.trusted_systems.clone()),
+    );
     let clients = ClientRegistry::new(&config.clients).map_err(StartError::Config)?;
     let capability = capability::capability_statement(pipeline.search_registry(), config.base_url.as_deref(), config.development_mode());
     let state = web::Data::new(AppState {
@@ -249,6 +252,8 @@ pub fn start(config: &ServerConfig) -> Result<RunningServer, StartError> {
             .route("/{type}/{id}/_history/{vid}", web::get().to(routes::vread))
             .route("/{type}/{id}/_history", web::get().to(routes::history_instance))
             .route("/Patient/{id}/$disclosures", web::get().to(operations::disclosures))
+            .route("/Patient/$match", web::post().to(operations::patient_match))
+            .route("/Patient/{id}/$care-plan", web::get().to(operations::care_plan))
             .route("/conformance/report", web::get().to(operations::conformance_report))
             .route("/ui/conformance", web::get().to(operations::conformance_report))
             .route("/{type}/{id}", web::get().to(routes::read))

@@ -80,3 +80,75 @@ pub async fn conformance_report(req: HttpRequest, state: web::Data<AppState>) ->
         Err(e) => error_response(&e, JSON),
     }
 }
+
+/// `GET /Patient/{id}/$care-plan[?_since=]`: the shared care-plan view of the person, with
+/// a strong ETag so clients can poll cheaply (`If-None-Match` → 304).
+pub async fn care_plan(req: HttpRequest, state: web::Data<AppState>, path: web::Path<String>) -> HttpResponse {
+    let query: Vec<(String, String)> = form_urlencoded::parse(req.query_string().as_bytes()).into_owned().collect();
+    let rendering = match negotiate(req.headers(), &query) {
+        Ok(r) => r,
+        Err(e) => return error_response(&e, JSON),
+    };
+    let caller = match crate::routes::caller_of(&req, &state) {
+        Ok(c) => c,
+        Err(e) => return error_response(&e, rendering),
+    };
+    let id = path.into_inner();
+    let since = query.iter().find(|(k, _)| k == "_since").map(|(_, v)| v.clone());
+    let pipeline = state.pipeline.clone();
+    let result = web::block(move || pipeline.care_plan(&caller, &id, since.as_deref()))
+        .await
+        .map_err(|_| FhirError::internal("the request could not be processed"))
+        .and_then(|r| r);
+    match result {
+        Ok(view) => {
+            let unchanged = req
+                .headers()
+                .get(header::IF_NONE_MATCH)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.trim() == view.etag);
+            if unchanged {
+                return HttpResponse::NotModified().insert_header((header::ETAG, view.etag)).finish();
+            }
+            let mut resp = resource_response(StatusCode::OK, &view.bundle, rendering);
+            if let Ok(v) = header::HeaderValue::from_str(&view.etag) {
+                resp.headers_mut().insert(header::ETAG, v);
+            }
+            resp
+        }
+        Err(e) => error_response(&e, rendering),
+    }
+}
+
+/// `POST /Patient/$match` with a Parameters body (resource, onlyCertainMatches, count).
+pub async fn patient_match(req: HttpRequest, state: web::Data<AppState>, body: web::Bytes) -> HttpResponse {
+    let query: Vec<(String, String)> = form_urlencoded::parse(req.query_string().as_bytes()).into_owned().collect();
+    let rendering = match negotiate(req.headers(), &query) {
+        Ok(r) => r,
+        Err(e) => return error_response(&e, JSON),
+    };
+    let caller = match crate::routes::caller_of(&req, &state) {
+        Ok(c) => c,
+        Err(e) => return error_response(&e, rendering),
+    };
+    let parameters = match crate::format::parse_body(req.headers(), &body) {
+        Ok(v) => v,
+        Err(e) => return error_response(&e, rendering),
+    };
+    let base = match &state.base_url {
+        Some(b) => b.clone(),
+        None => {
+            let info = req.connection_info();
+            format!("{}://{}", info.scheme(), info.host())
+        }
+    };
+    let pipeline = state.pipeline.clone();
+    let result = web::block(move || pipeline.patient_match(&caller, &parameters, &base))
+        .await
+        .map_err(|_| FhirError::internal("the request could not be processed"))
+        .and_then(|r| r);
+    match result {
+        Ok(bundle) => resource_response(StatusCode::OK, &bundle, rendering),
+        Err(e) => error_response(&e, rendering),
+    }
+}

@@ -89,6 +89,8 @@ pub(crate) fn caller_of(req: &HttpRequest, state: &AppState) -> Result<Caller, F
 }
 
 impl Ctx {
+    // The error is the finished response, built once per refused request.
+    #[allow(clippy::result_large_err)]
     fn new(req: &HttpRequest, state: &AppState) -> Result<Ctx, HttpResponse> {
         let query: Vec<(String, String)> = form_urlencoded::parse(req.query_string().as_bytes()).into_owned().collect();
         let rendering = negotiate(req.headers(), &query).map_err(|e| error_response(&e, JSON_DEFAULT))?;
@@ -523,4 +525,176 @@ pub async fn fallback(req: HttpRequest) -> HttpResponse {
         FhirError::not_found(format!("No FHIR interaction is defined at {}", req.path()))
     };
     error_response(&error, rendering)
+}
+
+/// `POST [base]/[type]/$validate` (operation-resource-validate): the body is the resource,
+/// or a Parameters with `resource` and optional `profile` and `mode` (also accepted as
+/// query parameters). Always 200 with an OperationOutcome when the request itself is sound.
+pub async fn validate_type(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+    payload: web::Payload,
+) -> HttpResponse {
+    validate_operation(req, state, path.into_inner(), None, payload).await
+}
+
+/// `POST [base]/[type]/[id]/$validate`.
+pub async fn validate_instance(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    path: web::Path<(String, String)>,
+    payload: web::Payload,
+) -> HttpResponse {
+    let (rtype, id) = path.into_inner();
+    validate_operation(req, state, rtype, Some(id), payload).await
+}
+
+/// A `$validate` request taken apart.
+struct ValidateRequest {
+    resource: Option<Value>,
+    profiles: Vec<String>,
+    mode: Option<String>,
+}
+
+fn validate_request(
+    rtype: &str,
+    body: Value,
+    query: &[(String, String)],
+) -> Result<ValidateRequest, FhirError> {
+    let mut out = ValidateRequest {
+        resource: None,
+        profiles: Vec::new(),
+        mode: None,
+    };
+    let is_parameters = body.get("resourceType").and_then(Value::as_str) == Some("Parameters")
+        && rtype != "Parameters";
+    if is_parameters {
+        let params = body
+            .get("parameter")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        for (i, p) in params.into_iter().enumerate() {
+            let name = p.get("name").and_then(Value::as_str).unwrap_or("");
+            let text = || {
+                [
+                    "valueUri",
+                    "valueCanonical",
+                    "valueString",
+                    "valueCode",
+                    "valueUrl",
+                ]
+                .iter()
+                .find_map(|k| p.get(*k).and_then(Value::as_str))
+                .map(str::to_string)
+            };
+            match name {
+                "resource" => match p.get("resource") {
+                    Some(r) => out.resource = Some(r.clone()),
+                    None => {
+                        return Err(FhirError::at(
+                            ErrorKind::BadRequest,
+                            format!("Parameters.parameter[{i}]"),
+                            "The 'resource' parameter must hold a resource",
+                        ))
+                    }
+                },
+                "profile" => out.profiles.extend(text()),
+                "mode" => out.mode = text(),
+                _ => {}
+            }
+        }
+    } else {
+        out.resource = Some(body);
+    }
+    for (k, v) in query {
+        match k.as_str() {
+            "profile" => out.profiles.push(v.clone()),
+            "mode" => out.mode = Some(v.clone()),
+            _ => {}
+        }
+    }
+    Ok(out)
+}
+
+async fn validate_operation(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    rtype: String,
+    id: Option<String>,
+    payload: web::Payload,
+) -> HttpResponse {
+    let ctx = ctx_or_return!(req, state);
+    if let Err(e) = caregate_pipeline::check_resource_type(&rtype) {
+        return ctx.fail(&e);
+    }
+    let body = match body_json(&req, payload, &state).await {
+        Ok(v) => v,
+        Err(e) => return ctx.fail(&e),
+    };
+    let request = match validate_request(&rtype, body, &ctx.query) {
+        Ok(r) => r,
+        Err(e) => return ctx.fail(&e),
+    };
+    match request.mode.as_deref() {
+        None | Some("create" | "update" | "delete") => {}
+        Some(m) => {
+            return ctx.fail(&FhirError::bad_request(format!(
+                "Unknown $validate mode '{m}' (create, update or delete)"
+            )))
+        }
+    }
+    let Some(resource) = request.resource else {
+        if request.mode.as_deref() == Some("delete") {
+            let ok = OperationOutcome::single(caregate_core::Issue::new(
+                caregate_core::Severity::Information,
+                caregate_core::IssueCode::Informational,
+                "All OK",
+            ));
+            return resource_response(StatusCode::OK, &ok.to_json(), ctx.rendering);
+        }
+        return ctx.fail(&FhirError::bad_request(
+            "$validate needs a resource to validate",
+        ));
+    };
+    if request.mode.as_deref() == Some("update") || id.is_some() {
+        let body_id = resource.get("id").and_then(Value::as_str);
+        match (&id, body_id) {
+            (Some(want), Some(got)) if want != got => {
+                return ctx.fail(&FhirError::at(
+                    ErrorKind::BadRequest,
+                    format!("{rtype}.id"),
+                    format!("The resource id '{got}' does not match the id '{want}' in the URL"),
+                ))
+            }
+            (_, None) if request.mode.as_deref() == Some("update") => {
+                return ctx.fail(&FhirError::at(
+                    ErrorKind::BadRequest,
+                    rtype.clone(),
+                    "mode=update needs the resource's id",
+                ))
+            }
+            _ => {}
+        }
+    }
+    let pipeline = state.pipeline.clone();
+    let caller = ctx.caller.clone();
+    let profiles = request.profiles;
+    match blocking(move || pipeline.validate_resource(&caller, &rtype, &resource, &profiles)).await
+    {
+        Ok(issues) => {
+            let outcome = if issues.is_empty() {
+                OperationOutcome::single(caregate_core::Issue::new(
+                    caregate_core::Severity::Information,
+                    caregate_core::IssueCode::Informational,
+                    "All OK",
+                ))
+            } else {
+                OperationOutcome { issues }
+            };
+            resource_response(StatusCode::OK, &outcome.to_json(), ctx.rendering)
+        }
+        Err(e) => ctx.fail(&e),
+    }
 }

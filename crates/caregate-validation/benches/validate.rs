@@ -7,7 +7,8 @@
 //! * the resources of the Synthea bundles, each validated on its own as a single write;
 //! * the Synthea bundles whole, as a transaction arrives;
 //! * the full [`Validator`] (structure, then the core-definition pass: reference targets,
-//!   extensions) on the mixed corpus and the Synthea entries.
+//!   extensions) on the mixed corpus and the Synthea entries, without and with FHIRPath
+//!   invariants.
 
 use std::hint::black_box;
 use std::path::{Path, PathBuf};
@@ -126,5 +127,22 @@ fn main() {
         "full validator, synthea entries one by one",
         &entries,
         |r| validator.validate(r, &opts).len(),
+    );
+
+    // The same with FHIRPath invariants (every core resource and datatype constraint but
+    // ele-1/ext-1, see `caregate_validation::invariants`).
+    let started = Instant::now();
+    let with_invariants = Validator::with_fhirpath(Registry::standard().clone());
+    black_box(with_invariants.validate(&serde_json::json!({"resourceType": "Patient"}), &opts));
+    println!("validator with invariants ready in {:?}", started.elapsed());
+    measure_with(
+        "full validator + invariants, peers mixed.ndjson",
+        &mixed_ndjson(),
+        |r| with_invariants.validate(r, &opts).len(),
+    );
+    measure_with(
+        "full validator + invariants, synthea entries one by one",
+        &entries,
+        |r| with_invariants.validate(r, &opts).len(),
     );
 }

@@ -17,6 +17,7 @@
 //!   fixed/pattern, bindings, types, slicing). FHIRPath invariants are evaluated through
 //!   the [`InvariantEvaluator`] hook.
 
+pub mod invariants;
 mod model;
 pub mod package;
 mod primitive;
@@ -32,6 +33,7 @@ use std::sync::{Arc, OnceLock};
 use caregate_core::Issue;
 use serde_json::Value;
 
+pub use invariants::{FhirPathInvariants, SKIPPED_INVARIANTS};
 pub use model::ModelError;
 pub use package::{Package, PackageRef};
 pub use primitive::Primitive;

@@ -92,6 +92,9 @@ pub struct Profile {
     pub(crate) elems: Vec<Elem>,
     /// Extension definitions: where the extension may be used.
     pub(crate) contexts: Vec<(String, String)>,
+    /// Some element has a FHIRPath constraint the invariant evaluator checks (anything
+    /// but the keys in [`crate::invariants::SKIPPED_INVARIANTS`]).
+    pub(crate) has_invariants: bool,
 }
 
 fn card(v: Option<&Value>) -> Option<u32> {
@@ -309,11 +312,18 @@ impl Profile {
                 ))
             })
             .collect();
+        let has_invariants = elems.iter().any(|e| {
+            e.constraints.iter().any(|c| {
+                c.expression.is_some()
+                    && !crate::invariants::SKIPPED_INVARIANTS.contains(&c.key.as_str())
+            })
+        });
         Profile {
             url,
             type_name,
             elems,
             contexts,
+            has_invariants,
         }
     }
 }

@@ -168,7 +168,7 @@ impl<'a> Walker<'a> {
     /// Validates the members of one JSON object against a table.
     fn object(&mut self, obj: &'a Map<String, Value>, table: TableId, is_resource: bool) {
         if obj.is_empty() {
-            self.error(IssueCode::Structure, "Empty objects are not allowed".into());
+            self.error(IssueCode::Structure, "Empty objects are not allowed (ele-1: All FHIR elements must have a @value or children)".into());
             return;
         }
         let model = self.model;

@@ -32,10 +32,16 @@ pub struct InvariantContext<'a> {
     pub focus: &'a Value,
     /// The resource containing the focus (`%resource`).
     pub resource: &'a Value,
+    /// The resource that contains `resource` when it is contained, else `resource`
+    /// itself (`%rootResource`).
+    pub container: &'a Value,
     /// The outermost resource, e.g. the Bundle (`%rootResource`), for `resolve()`.
     pub root: &'a Value,
     /// FHIRPath location of the focus, for the issue.
     pub location: &'a str,
+    /// The FHIR type of the focus: the element path of its definition (`Patient.contact`,
+    /// `HumanName`, `Observation`), which FHIRPath uses to type backbone elements.
+    pub fhir_type: Option<&'a str>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -105,6 +111,14 @@ impl Validator {
             model: StructureModel::r4_core(),
             invariants: None,
         }
+    }
+
+    /// The validator with FHIRPath invariants (caregate-fhirpath; `memberOf()` answered by
+    /// the registry's terminology).
+    pub fn with_fhirpath(registry: Arc<Registry>) -> Validator {
+        let evaluator =
+            crate::invariants::FhirPathInvariants::new(Some(registry.terminology().clone()));
+        Validator::new(registry).with_invariants(Arc::new(evaluator))
     }
 
     /// Evaluates invariants with `evaluator` (the FHIRPath engine).
@@ -387,8 +401,13 @@ impl<'c, 'v> Pass<'c, 'v> {
             return;
         };
         let el = self.elem(e);
+        let fhir_type = Some(el.path.as_str()).filter(|p| !p.ends_with("[x]"));
         for c in &el.constraints {
-            // Core invariants are evaluated in the base pass only.
+            if c.expression.is_none()
+                || crate::invariants::SKIPPED_INVARIANTS.contains(&c.key.as_str())
+            {
+                continue;
+            }
             // Core invariants (the R4 snapshots name their source) are evaluated in the
             // base pass only; a profile pass evaluates what the profile added.
             let from_core = c
@@ -402,8 +421,10 @@ impl<'c, 'v> Pass<'c, 'v> {
                 constraint: c,
                 focus,
                 resource: self.resource,
+                container: self.container,
                 root: self.ctx.root,
                 location: loc,
+                fhir_type,
             });
             match outcome {
                 InvariantOutcome::Satisfied => {}
@@ -690,13 +711,20 @@ impl<'c, 'v> Pass<'c, 'v> {
         }
         if !el.children.is_empty() {
             self.element(c, value, loc);
-        } else if self.base && value.is_object() && has_checkable(value) {
+        } else if self.base && value.is_object() {
             // The base definition does not list a datatype's elements: walk the datatype's
-            // own definition (references and extensions inside it).
+            // own definition (references and extensions inside it, its invariants).
             if let Some(t) = type_rule {
                 if t.code != "Extension" && t.code.starts_with(|ch: char| ch.is_ascii_uppercase()) {
-                    if let Ok(dt) = self.ctx.registry().profile(&format!("{CORE_SD}{}", t.code)) {
-                        self.sub_pass(&dt, true, value, loc, Some(el.path.clone()));
+                    let checkable = has_checkable(value);
+                    let invariants = self.ctx.v.invariants.is_some();
+                    if checkable || invariants {
+                        if let Ok(dt) = self.ctx.registry().profile(&format!("{CORE_SD}{}", t.code))
+                        {
+                            if checkable || dt.has_invariants {
+                                self.sub_pass(&dt, true, value, loc, Some(el.path.clone()));
+                            }
+                        }
                     }
                 }
             }
@@ -992,6 +1020,26 @@ impl<'c, 'v> Pass<'c, 'v> {
         let Some(url) = value.get("url").and_then(Value::as_str) else {
             return;
         };
+        // ext-1, checked here rather than through FHIRPath on every extension.
+        if let Value::Object(o) = value {
+            let nested = o
+                .get("extension")
+                .and_then(Value::as_array)
+                .is_some_and(|a| !a.is_empty());
+            let has_value = o.keys().any(|k| {
+                k.strip_prefix("value")
+                    .is_some_and(|t| t.starts_with(|c: char| c.is_ascii_uppercase()))
+            });
+            if nested == has_value {
+                self.push(
+                    Severity::Error,
+                    IssueCode::Invariant,
+                    &item.loc,
+                    "Constraint failed: ext-1: Must have either extensions or value[x], not both"
+                        .to_string(),
+                );
+            }
+        }
         let reg = self.ctx.registry();
         let known = reg
             .structure_definition(url)

@@ -41,8 +41,24 @@ enum Command {
         config: Option<PathBuf>,
     },
     /// Validate resources (JSON or XML files, NDJSON, or `-` for stdin) against the R4 core
-    /// structure definitions. Exit status 1 when any resource has errors.
+    /// definitions (structure, bindings, FHIRPath invariants), the profiles they claim in
+    /// `meta.profile` and any `--profile`. Exit status 1 when any resource has errors, 2 for
+    /// usage or I/O errors.
     Validate {
+        /// A profile (canonical URL) every resource must meet; repeatable.
+        #[arg(long = "profile", value_name = "URL")]
+        profiles: Vec<String>,
+        /// An extra conformance package: a package folder, a `.tgz`, or a single
+        /// StructureDefinition/ValueSet/CodeSystem file; repeatable.
+        #[arg(long = "ig", value_name = "PATH")]
+        igs: Vec<PathBuf>,
+        /// `ndjson` (one JSON line per resource, the default) or `text`.
+        #[arg(long, default_value = "ndjson")]
+        format: String,
+        /// Severity of an extension whose definition is not loaded: `error` (the default,
+        /// as the HL7 validator) or `warning`.
+        #[arg(long, default_value = "error", value_name = "SEVERITY")]
+        unknown_extension: String,
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
@@ -119,7 +135,13 @@ fn run(cli: Cli) -> Result<i32> {
             data,
             config,
         } => serve(listen, data, config),
-        Command::Validate { files } => validate(&files),
+        Command::Validate {
+            profiles,
+            igs,
+            format,
+            unknown_extension,
+            files,
+        } => validate(&files, &profiles, &igs, &format, &unknown_extension),
         Command::Fhirpath { input, expression } => fhirpath(input, &expression),
         Command::Bench(args) => bench::run(args),
         Command::Conformance {
@@ -248,8 +270,38 @@ fn read_input(path: &PathBuf) -> Result<String> {
     }
 }
 
-fn validate(files: &[PathBuf]) -> Result<i32> {
-    let model = caregate_validation::StructureModel::r4_core();
+fn validate(
+    files: &[PathBuf],
+    profiles: &[String],
+    igs: &[PathBuf],
+    format: &str,
+    unknown_extension: &str,
+) -> Result<i32> {
+    use caregate_validation::{Registry, ValidationOptions, Validator};
+    if !matches!(format, "ndjson" | "text") {
+        bail!("--format must be ndjson or text, not {format}");
+    }
+    let unknown_extension = match unknown_extension {
+        "error" => caregate_core::Severity::Error,
+        "warning" => caregate_core::Severity::Warning,
+        other => bail!("--unknown-extension must be error or warning, not {other}"),
+    };
+    let registry = if igs.is_empty() {
+        Registry::standard().clone()
+    } else {
+        let mut b = Registry::builder();
+        for ig in igs {
+            b.load_path(ig)
+                .with_context(|| format!("loading --ig {}", ig.display()))?;
+        }
+        std::sync::Arc::new(b.build())
+    };
+    let validator = Validator::with_fhirpath(registry);
+    let opts = ValidationOptions {
+        profiles: profiles.to_vec(),
+        unknown_extension: Some(unknown_extension),
+        ..ValidationOptions::default()
+    };
     let mut failed = 0usize;
     let mut total = 0usize;
     for path in files {
@@ -279,22 +331,51 @@ fn validate(files: &[PathBuf]) -> Result<i32> {
         };
         for (name, parsed) in resources {
             total += 1;
-            let issues = match parsed {
-                Ok(v) => model.validate(&v),
-                Err(e) => vec![caregate_core::Issue::error(
-                    caregate_core::IssueCode::Structure,
-                    format!("not parseable: {e}"),
-                )],
+            let (issues, rt, id) = match &parsed {
+                Ok(v) => (
+                    validator.validate(v, &opts),
+                    v.get("resourceType").cloned().unwrap_or(Value::Null),
+                    v.get("id").cloned().unwrap_or(Value::Null),
+                ),
+                Err(e) => (
+                    vec![caregate_core::Issue::error(
+                        caregate_core::IssueCode::Structure,
+                        format!("not parseable: {e}"),
+                    )],
+                    Value::Null,
+                    Value::Null,
+                ),
             };
             let errors = issues.iter().filter(|i| i.severity.is_error()).count();
             if errors > 0 {
                 failed += 1;
             }
-            let outcome = caregate_core::OperationOutcome { issues }.to_json();
-            println!(
-                "{}",
-                serde_json::json!({ "source": name, "valid": errors == 0, "outcome": outcome })
-            );
+            if format == "text" {
+                let what = match (rt.as_str(), id.as_str()) {
+                    (Some(t), Some(i)) => format!(" {t}/{i}"),
+                    (Some(t), None) => format!(" {t}"),
+                    _ => String::new(),
+                };
+                println!(
+                    "{name}{what}: {}",
+                    if errors == 0 { "valid" } else { "INVALID" }
+                );
+                for i in &issues {
+                    println!(
+                        "  {} {} {}: {}",
+                        i.severity.as_str(),
+                        i.code.as_str(),
+                        i.expression.join(", "),
+                        i.diagnostics
+                    );
+                }
+            } else {
+                let outcome = caregate_core::OperationOutcome { issues }.to_json();
+                println!(
+                    "{}",
+                    serde_json::json!({ "source": name, "resourceType": rt, "id": id, "valid": errors == 0, "outcome": outcome })
+                );
+            }
         }
     }
     eprintln!("{total} resources, {failed} with errors");

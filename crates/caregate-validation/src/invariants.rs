@@ -1,0 +1,201 @@
+//! The FHIRPath implementation of the [`InvariantEvaluator`] hook: each constraint
+//! expression is compiled once (cached by its text) and evaluated with the element as
+//! `%context`, typed by its element path, `%resource` the resource that holds it and
+//! `%rootResource` the outermost one (a Bundle, for `resolve()` of its entries).
+//!
+//! `ele-1` and `ext-1` are not evaluated through FHIRPath: the structural walk already
+//! rejects empty objects, arrays and strings (ele-1), and the validator checks `ext-1`
+//! (value and nested extensions together, or neither) natively on each extension.
+//! Evaluated through FHIRPath they would run on every element and every extension.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use caregate_fhirpath::{Context, Expression};
+use serde_json::Value;
+
+use crate::terminology::{CodeCheck, Terminology};
+use crate::validator::{InvariantContext, InvariantEvaluator, InvariantOutcome};
+
+/// Constraint keys the evaluator does not evaluate (see the module documentation).
+pub const SKIPPED_INVARIANTS: &[&str] = &["ele-1", "ext-1"];
+
+type Compiled = Result<Arc<Expression>, String>;
+
+/// Evaluates invariants with caregate-fhirpath; `memberOf()` is answered by the
+/// registry's terminology.
+pub struct FhirPathInvariants {
+    cache: RwLock<HashMap<String, Compiled>>,
+    terminology: Option<Arc<Terminology>>,
+}
+
+impl std::fmt::Debug for FhirPathInvariants {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FhirPathInvariants").finish_non_exhaustive()
+    }
+}
+
+impl Default for FhirPathInvariants {
+    fn default() -> Self {
+        FhirPathInvariants::new(None)
+    }
+}
+
+impl FhirPathInvariants {
+    pub fn new(terminology: Option<Arc<Terminology>>) -> FhirPathInvariants {
+        FhirPathInvariants {
+            cache: RwLock::new(HashMap::new()),
+            terminology,
+        }
+    }
+
+    /// Compiles every constraint expression of `definitions` (StructureDefinitions) up
+    /// front, so the first resources validated do not pay for it.
+    pub fn precompile<'a>(&self, definitions: impl IntoIterator<Item = &'a Value>) {
+        for sd in definitions {
+            for key in ["snapshot", "differential"] {
+                let elements = sd
+                    .get(key)
+                    .and_then(|s| s.get("element"))
+                    .and_then(Value::as_array);
+                for e in elements.into_iter().flatten() {
+                    let constraints = e.get("constraint").and_then(Value::as_array);
+                    for c in constraints.into_iter().flatten() {
+                        let skipped = c
+                            .get("key")
+                            .and_then(Value::as_str)
+                            .is_some_and(|k| SKIPPED_INVARIANTS.contains(&k));
+                        if let (false, Some(expr)) =
+                            (skipped, c.get("expression").and_then(Value::as_str))
+                        {
+                            let _ = self.compiled(expr);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Number of distinct expressions compiled so far.
+    pub fn compiled_count(&self) -> usize {
+        self.cache.read().map_or(0, |c| c.len())
+    }
+
+    fn compiled(&self, expr: &str) -> Compiled {
+        if let Ok(cache) = self.cache.read() {
+            if let Some(c) = cache.get(expr) {
+                return c.clone();
+            }
+        }
+        // R4 constraints (dom-3: `descendants().as(canonical)`) call the `as()` function on
+        // collections, which FHIRPath N1 makes an error and every reference validator
+        // treats as a filter; `ofType()` is that filter, and equal to `as()` on one item.
+        let lenient = expr.replace(".as(", ".ofType(");
+        let compiled = Expression::compile(&lenient)
+            .map(Arc::new)
+            .map_err(|e| e.to_string());
+        if let Ok(mut cache) = self.cache.write() {
+            cache.insert(expr.to_string(), compiled.clone());
+        }
+        compiled
+    }
+}
+
+/// `resolve()` of references to other entries of the Bundle being validated (by
+/// `fullUrl`, or `Type/id` of an entry).
+struct BundleResolver<'a>(&'a Value);
+
+impl<'a> caregate_fhirpath::Resolver<'a> for BundleResolver<'a> {
+    fn resolve(&self, reference: &str) -> Option<&'a Value> {
+        let entries = self.0.get("entry")?.as_array()?;
+        let by_url = entries
+            .iter()
+            .find(|e| e.get("fullUrl").and_then(Value::as_str) == Some(reference))
+            .and_then(|e| e.get("resource"));
+        if by_url.is_some() {
+            return by_url;
+        }
+        let (rt, id) = reference.rsplit_once('/')?;
+        let rt = rt.rsplit('/').next()?;
+        entries.iter().filter_map(|e| e.get("resource")).find(|r| {
+            r.get("resourceType").and_then(Value::as_str) == Some(rt)
+                && r.get("id").and_then(Value::as_str) == Some(id)
+        })
+    }
+}
+
+struct MemberOf<'t>(&'t Terminology);
+
+impl caregate_fhirpath::Terminology for MemberOf<'_> {
+    fn member_of(&self, item: &Value, value_set: &str) -> Option<bool> {
+        let check =
+            |system: Option<&str>, code: &str| self.0.validate_code(value_set, system, code);
+        let codings: Vec<(Option<&str>, &str)> = match item {
+            Value::String(code) => vec![(None, code.as_str())],
+            Value::Object(o) if o.contains_key("coding") => o
+                .get("coding")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(|c| {
+                    Some((
+                        c.get("system").and_then(Value::as_str),
+                        c.get("code")?.as_str()?,
+                    ))
+                })
+                .collect(),
+            Value::Object(o) => vec![(
+                o.get("system").and_then(Value::as_str),
+                o.get("code")?.as_str()?,
+            )],
+            _ => return None,
+        };
+        let mut unknown = false;
+        for (s, c) in codings {
+            match check(s, c) {
+                CodeCheck::Valid => return Some(true),
+                CodeCheck::CannotCheck(_) => unknown = true,
+                CodeCheck::Invalid => {}
+            }
+        }
+        if unknown {
+            None
+        } else {
+            Some(false)
+        }
+    }
+}
+
+impl InvariantEvaluator for FhirPathInvariants {
+    fn evaluate(&self, ctx: &InvariantContext<'_>) -> InvariantOutcome {
+        let c = ctx.constraint;
+        if SKIPPED_INVARIANTS.contains(&c.key.as_str()) {
+            return InvariantOutcome::Satisfied;
+        }
+        let Some(src) = c.expression.as_deref() else {
+            return InvariantOutcome::Satisfied;
+        };
+        let expr = match self.compiled(src) {
+            Ok(e) => e,
+            Err(e) => return InvariantOutcome::NotEvaluated(format!("cannot compile: {e}")),
+        };
+        let member_of = self.terminology.as_deref().map(MemberOf);
+        let bundle = BundleResolver(ctx.root);
+        let mut fctx = Context::new(ctx.resource)
+            .root_resource(ctx.container)
+            .focus(ctx.focus, ctx.fhir_type)
+            .reference_stubs(true);
+        if !std::ptr::eq(ctx.root, ctx.resource) {
+            fctx = fctx.resolver(&bundle);
+        }
+        if let Some(t) = &member_of {
+            fctx = fctx.terminology(t);
+        }
+        match expr.evaluate_bool_in(&fctx) {
+            // An empty result is not a failure (per the spec, only `false` is).
+            Ok(Some(false)) => InvariantOutcome::Violated,
+            Ok(_) => InvariantOutcome::Satisfied,
+            Err(e) => InvariantOutcome::NotEvaluated(e.to_string()),
+        }
+    }
+}
