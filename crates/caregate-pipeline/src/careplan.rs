@@ -242,3 +242,129 @@ impl Pipeline {
 fn escape(v: &str) -> String {
     v.replace('\\', "\\\\").replace(',', "\\,").replace('|', "\\|").replace('$', "\\$")
 }
+
+/// The shared care-plan view as a page for clinicians: problems, goals, activities, the care
+/// team and flags, each item with where it came from.
+pub fn care_plan_html(patient_id: &str, view: &Value) -> String {
+    let esc = |s: &str| s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;");
+    let entries = view.get("entry").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
+    let label = |r: &Value| -> String {
+        for pointer in [
+            "/code/text",
+            "/code/coding/0/display",
+            "/description/text",
+            "/description/coding/0/display",
+            "/medicationCodeableConcept/coding/0/display",
+            "/medicationCodeableConcept/text",
+            "/detail",
+            "/title",
+            "/name",
+        ] {
+            if let Some(t) = r.pointer(pointer).and_then(Value::as_str) {
+                return t.to_string();
+            }
+        }
+        r.pointer("/code/coding/0/code")
+            .or_else(|| r.pointer("/description/coding/0/code"))
+            .and_then(Value::as_str)
+            .unwrap_or("(not coded)")
+            .to_string()
+    };
+    let sources = |r: &Value| -> String {
+        let mut out = Vec::new();
+        for ext in r.get("extension").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default() {
+            if ext.get("url").and_then(Value::as_str) != Some(caregate_careplan::ITEM_SOURCE_EXTENSION) {
+                continue;
+            }
+            let mut who = String::new();
+            for part in ext.get("extension").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default() {
+                let value = part
+                    .get("valueString")
+                    .and_then(Value::as_str)
+                    .or_else(|| part.pointer("/valueReference/reference").and_then(Value::as_str))
+                    .or_else(|| part.pointer("/valueReference/display").and_then(Value::as_str))
+                    .unwrap_or("");
+                match part.get("url").and_then(Value::as_str) {
+                    Some("organization") | Some("system") if who.is_empty() => who = value.to_string(),
+                    Some("originalReference") if who.is_empty() => who = value.to_string(),
+                    _ => {}
+                }
+            }
+            out.push(esc(&who));
+        }
+        out.join("<br>")
+    };
+    let status = |r: &Value| -> String {
+        r.get("status")
+            .or_else(|| r.get("lifecycleStatus"))
+            .and_then(Value::as_str)
+            .or_else(|| r.pointer("/clinicalStatus/coding/0/code").and_then(Value::as_str))
+            .unwrap_or("")
+            .to_string()
+    };
+    let section = |title: &str, types: &[&str]| -> String {
+        let rows: Vec<String> = entries
+            .iter()
+            .filter_map(|e| e.get("resource"))
+            .filter(|r| types.contains(&r.get("resourceType").and_then(Value::as_str).unwrap_or("")))
+            .map(|r| {
+                format!(
+                    "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                    esc(r.get("resourceType").and_then(Value::as_str).unwrap_or("")),
+                    esc(&label(r)),
+                    esc(&status(r)),
+                    sources(r)
+                )
+            })
+            .collect();
+        if rows.is_empty() {
+            return format!("<h2>{title}</h2><p>None recorded.</p>");
+        }
+        format!(
+            "<h2>{title}</h2><table><thead><tr><th>Kind</th><th>Item</th><th>Status</th><th>From</th></tr></thead><tbody>{}</tbody></table>",
+            rows.join("\n")
+        )
+    };
+    let team: Vec<String> = entries
+        .iter()
+        .filter_map(|e| e.get("resource"))
+        .filter(|r| r.get("resourceType").and_then(Value::as_str) == Some("CareTeam"))
+        .flat_map(|t| t.get("participant").and_then(Value::as_array).cloned().unwrap_or_default())
+        .map(|p| {
+            let who = p
+                .pointer("/member/display")
+                .or_else(|| p.pointer("/member/reference"))
+                .and_then(Value::as_str)
+                .unwrap_or("(unnamed)");
+            let role = p
+                .pointer("/role/0/text")
+                .or_else(|| p.pointer("/role/0/coding/0/display"))
+                .and_then(Value::as_str)
+                .unwrap_or("");
+            format!("<li>{} — {}</li>", esc(who), esc(role))
+        })
+        .collect();
+    let flags: Vec<String> = entries
+        .iter()
+        .filter_map(|e| e.get("resource"))
+        .filter(|r| r.get("resourceType").and_then(Value::as_str) == Some("DetectedIssue"))
+        .map(|r| format!("<li class=\"flag\">{}</li>", esc(r.get("detail").and_then(Value::as_str).unwrap_or("flag"))))
+        .collect();
+    let withheld = entries
+        .iter()
+        .any(|e| e.pointer("/resource/resourceType").and_then(Value::as_str) == Some("OperationOutcome"));
+    format!(
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>Shared care plan: Patient/{id}</title><style>\
+         body{{font-family:sans-serif;margin:2em;max-width:70em}}table{{border-collapse:collapse;margin-bottom:1em}}td,th{{border:1px solid #999;padding:4px 8px;text-align:left;vertical-align:top}}\
+         .flag{{color:#8a1c1c}}.notice{{background:#eef;padding:.5em}}</style></head><body>\
+         <h1>Shared care plan</h1><p>Patient/{id}: one view of the plans every contributing team keeps.</p>\
+         {withheld}<h2>Flags</h2>{flags}{problems}{goals}{activities}<h2>Care team</h2>{team}</body></html>\n",
+        id = esc(patient_id),
+        withheld = if withheld { "<p class=\"notice\">Some information was withheld in accordance with the patient's consent.</p>" } else { "" },
+        flags = if flags.is_empty() { "<p>No conflicts or gaps found.</p>".to_string() } else { format!("<ul>{}</ul>", flags.join("")) },
+        problems = section("Problems", &["Condition"]),
+        goals = section("Goals", &["Goal"]),
+        activities = section("Activities", &["ServiceRequest", "MedicationRequest", "Task", "Appointment"]),
+        team = if team.is_empty() { "<p>No care team recorded.</p>".to_string() } else { format!("<ul>{}</ul>", team.join("")) },
+    )
+}

@@ -29,7 +29,7 @@ use caregate_store::{AuditRecord, Store, StoreError};
 use serde_json::Value;
 
 pub use bundle::{parse_etag, reason, BundleKind, ReturnPreference};
-pub use careplan::CarePlanView;
+pub use careplan::{care_plan_html, CarePlanView};
 pub use conformance::{conformance_html, conformance_json};
 pub use disclosures::{disclosures_html, disclosures_parameters, Disclosure};
 pub use read::{HistoryRequest, SearchOutcome};

@@ -254,6 +254,7 @@ pub fn start(config: &ServerConfig) -> Result<RunningServer, StartError> {
             .route("/Patient/{id}/$disclosures", web::get().to(operations::disclosures))
             .route("/Patient/$match", web::post().to(operations::patient_match))
             .route("/Patient/{id}/$care-plan", web::get().to(operations::care_plan))
+            .route("/ui/patients/{id}/care-plan", web::get().to(operations::care_plan))
             .route("/conformance/report", web::get().to(operations::conformance_report))
             .route("/ui/conformance", web::get().to(operations::conformance_report))
             .route("/{type}/{id}", web::get().to(routes::read))

@@ -94,13 +94,19 @@ pub async fn care_plan(req: HttpRequest, state: web::Data<AppState>, path: web::
         Err(e) => return error_response(&e, rendering),
     };
     let id = path.into_inner();
+    let patient_id = id.clone();
     let since = query.iter().find(|(k, _)| k == "_since").map(|(_, v)| v.clone());
     let pipeline = state.pipeline.clone();
     let result = web::block(move || pipeline.care_plan(&caller, &id, since.as_deref()))
         .await
         .map_err(|_| FhirError::internal("the request could not be processed"))
         .and_then(|r| r);
+    let page = req.path().starts_with("/ui/");
     match result {
+        Ok(view) if page => HttpResponse::Ok()
+            .insert_header((header::CONTENT_TYPE, "text/html; charset=utf-8"))
+            .insert_header((header::ETAG, view.etag.clone()))
+            .body(caregate_pipeline::care_plan_html(&patient_id, &view.bundle)),
         Ok(view) => {
             let unchanged = req
                 .headers()

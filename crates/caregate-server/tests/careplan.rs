@@ -76,6 +76,14 @@ async fn one_person_one_shared_care_plan() {
     let again = s.http.get(s.url(&format!("Patient/{a}/$care-plan"))).header("if-none-match", &etag).send().await.unwrap();
     assert_eq!(again.status(), 304);
     assert_eq!(s.get("Patient/nope/$care-plan").await.status(), 404);
+    // The clinician page shows the merged items and the flag.
+    let page = s.get(&format!("ui/patients/{a}/care-plan")).await;
+    assert_eq!(page.status(), 200);
+    assert!(page.headers()["content-type"].to_str().unwrap().starts_with("text/html"));
+    let html = page.text().await.unwrap();
+    assert!(html.contains("Healthy diet"), "{html}");
+    assert!(html.contains("urn:ehr:psychiatry") && html.contains("urn:ehr:primary-care"), "{html}");
+    assert!(html.contains("class=\"flag\""), "{html}");
 
     // $match finds both records with certainty through the insurer id.
     let params = json!({"resourceType": "Parameters", "parameter": [
