@@ -51,6 +51,14 @@ impl Default for ConsentEngine {
     }
 }
 
+/// What a provision inherits from the one enclosing it.
+#[derive(Clone, Copy)]
+struct Parent {
+    depth: usize,
+    verdict: Verdict,
+    names_sensitive: bool,
+}
+
 /// The outcome of one provision tree.
 struct Matched {
     verdict: Verdict,
@@ -253,16 +261,12 @@ impl ConsentEngine {
     }
 
     /// The deepest matching provision under (and including) `p`.
-    fn evaluate(
-        &self,
-        p: &Value,
-        path: &str,
-        depth: usize,
-        inherited: Verdict,
-        inherited_names_sensitive: bool,
-        sensitive: &[&str],
-        req: &ConsentRequest<'_>,
-    ) -> Option<Matched> {
+    fn evaluate(&self, p: &Value, path: &str, parent: Parent, sensitive: &[&str], req: &ConsentRequest<'_>) -> Option<Matched> {
+        let Parent {
+            depth,
+            verdict: inherited,
+            names_sensitive: inherited_names_sensitive,
+        } = parent;
         let own = match p.get("type").and_then(Value::as_str) {
             Some("permit") => Some(Verdict::Permit),
             Some("deny") => Some(Verdict::Deny),
@@ -289,7 +293,12 @@ impl ConsentEngine {
             .enumerate()
         {
             let child_path = format!("{path}.provision[{i}]");
-            if let Some(m) = self.evaluate(child, &child_path, depth + 1, verdict, names_sensitive, sensitive, req) {
+            let parent = Parent {
+                depth: depth + 1,
+                verdict,
+                names_sensitive,
+            };
+            if let Some(m) = self.evaluate(child, &child_path, parent, sensitive, req) {
                 // Deeper wins; at equal depth a deny wins.
                 if m.depth > best.depth || (m.depth == best.depth && m.verdict == Verdict::Deny && best.verdict == Verdict::Permit) {
                     best = m;
@@ -346,7 +355,12 @@ impl ConsentPolicy for ConsentEngine {
                 Some("permit") => Verdict::Permit,
                 _ => Verdict::Deny,
             };
-            if let Some(m) = self.evaluate(root, "Consent.provision", 0, base, false, &sensitive, req) {
+            let parent = Parent {
+                depth: 0,
+                verdict: base,
+                names_sensitive: false,
+            };
+            if let Some(m) = self.evaluate(root, "Consent.provision", parent, &sensitive, req) {
                 let when = consent
                     .get("dateTime")
                     .and_then(Value::as_str)

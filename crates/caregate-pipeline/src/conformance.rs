@@ -75,18 +75,6 @@ impl Pipeline {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn elements_lose_their_indexes() {
-        assert_eq!(element_of("Patient.name[0].given[12]"), "Patient.name.given");
-        assert_eq!(element_of("Bundle.entry[3].resource.birthDate"), "Bundle.entry.resource.birthDate");
-        assert_eq!(element_of(""), "");
-    }
-}
-
 impl Pipeline {
     /// Conformance statistics for auditors (an explicit AuditEvent grant).
     pub fn conformance_report(
@@ -164,3 +152,16 @@ pub fn conformance_html(report: &caregate_store::ConformanceReport, source: Opti
         esc(&caregate_core::now_instant().1)
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn elements_lose_their_indexes() {
+        assert_eq!(element_of("Patient.name[0].given[12]"), "Patient.name.given");
+        assert_eq!(element_of("Bundle.entry[3].resource.birthDate"), "Bundle.entry.resource.birthDate");
+        assert_eq!(element_of(""), "");
+    }
+}
+

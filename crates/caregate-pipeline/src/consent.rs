@@ -106,11 +106,10 @@ impl ConsentScope<'_> {
             consents: &consents,
             now_ms: self.now_ms,
         });
-        let alert = match (&decision.verdict, &decision.source) {
-            (_, DecisionSource::BreakTheGlass) => true,
-            (Verdict::Deny, DecisionSource::Consent { .. }) => true,
-            _ => false,
-        };
+        let alert = matches!(
+            (&decision.verdict, &decision.source),
+            (_, DecisionSource::BreakTheGlass) | (Verdict::Deny, DecisionSource::Consent { .. })
+        );
         if alert && !self.alerts.iter().any(|(b, p)| *b == decision.basis && *p == patient) {
             self.alerts.push((decision.basis.clone(), patient));
         }

@@ -740,7 +740,7 @@ fn link(relation: &str, path: &str, params: &[(String, String)], offset: Option<
 fn shape(resource: Value, summary: &Option<Summary>, elements: &Option<Vec<String>>) -> Value {
     let Value::Object(obj) = resource else { return resource };
     let resource_type = obj.get("resourceType").and_then(Value::as_str).unwrap_or_default().to_string();
-    let keep: Option<Box<dyn Fn(&str) -> bool>> = match (summary, elements) {
+    let keep: Option<KeepElement<'_>> = match (summary, elements) {
         (Some(Summary::Text), _) => Some(Box::new(|k: &str| matches!(k, "resourceType" | "id" | "meta" | "text") || is_mandatory(&resource_type, k))),
         (Some(Summary::Data), _) => Some(Box::new(|k: &str| k != "text")),
         (Some(Summary::True), _) => {
@@ -775,6 +775,9 @@ fn shape(resource: Value, summary: &Option<Summary>, elements: &Option<Vec<Strin
     }
     Value::Object(kept)
 }
+
+/// Decides which top-level elements `_summary`/`_elements` keep.
+type KeepElement<'a> = Box<dyn Fn(&str) -> bool + 'a>;
 
 fn is_mandatory(resource_type: &str, element: &str) -> bool {
     mandatory_elements()

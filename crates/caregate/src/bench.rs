@@ -107,7 +107,7 @@ fn client(args: &BenchArgs) -> Result<reqwest::Client> {
 }
 
 fn progress(name: &str, done: usize, total: usize) {
-    if total >= 20 && done % (total / 20).max(1) == 0 {
+    if total >= 20 && done.is_multiple_of((total / 20).max(1)) {
         eprint!("\r  {name}: {done}/{total}   ");
     }
 }
