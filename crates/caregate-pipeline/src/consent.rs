@@ -141,3 +141,12 @@ impl ConsentScope<'_> {
         }
     }
 }
+
+impl Pipeline {
+    /// Whether `caller` may see `resource` under the patient's consent (for deliveries made
+    /// on a subscriber's behalf).
+    pub fn may_see(&self, caller: &Caller, resource: &Value) -> FhirResult<bool> {
+        let mut scope = self.consent_scope(caller)?;
+        scope.readable(resource)
+    }
+}

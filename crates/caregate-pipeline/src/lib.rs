@@ -94,7 +94,8 @@ impl Validator for AcceptAll {
 
 /// Told about every committed version (subscriptions, webhooks).
 pub trait Notifier: Send + Sync {
-    fn notify(&self, resource_type: &str, id: &str, version: u64);
+    /// Called after each committed version; must not block (deliveries happen elsewhere).
+    fn notify(&self, committed: &caregate_careplan::Committed<'_>);
 }
 
 /// No subscribers yet.
@@ -102,7 +103,7 @@ pub trait Notifier: Send + Sync {
 pub struct NoNotifications;
 
 impl Notifier for NoNotifications {
-    fn notify(&self, _resource_type: &str, _id: &str, _version: u64) {}
+    fn notify(&self, _committed: &caregate_careplan::Committed<'_>) {}
 }
 
 /// The caller of one request, as established by the server's authentication.
@@ -193,6 +194,12 @@ impl Pipeline {
             stages,
             options,
         }
+    }
+
+    /// Replaces the notification stage (subscriptions).
+    pub fn with_notifier(mut self, notifier: Arc<dyn Notifier>) -> Pipeline {
+        self.stages.notifier = notifier;
+        self
     }
 
     /// Sets the identifier systems that link Patients across sources with certainty.

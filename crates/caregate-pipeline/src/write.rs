@@ -196,7 +196,7 @@ impl Pipeline {
         }
         self.stages.shared_view.refresh(&committed);
         for c in &committed {
-            self.stages.notifier.notify(c.resource_type, c.id, c.version);
+            self.stages.notifier.notify(c);
         }
     }
 

@@ -6,6 +6,7 @@ pub mod auth;
 pub mod capability;
 pub mod config;
 pub mod format;
+mod notify;
 mod operations;
 mod routes;
 
@@ -112,6 +113,8 @@ impl FullValidator {
                 issues.push(i);
             }
         }
+        // Errors first (what refused the resource), then warnings; walk order within each.
+        issues.sort_by_key(|i| !i.severity.is_error());
         (issues, true)
     }
 }
@@ -210,10 +213,13 @@ pub fn start(config: &ServerConfig) -> Result<RunningServer, StartError> {
     })?;
     let store = SqliteStore::open(&config.data.join("caregate.sqlite"), SqliteOptions::default())?;
     let validator = FullValidator::from_config(&config.validation).map_err(StartError::Config)?;
+    let notifier = Arc::new(notify::SubscriptionNotifier::start());
     let pipeline = Arc::new(
         build_pipeline_full(store, &config.consent, Arc::new(validator))
-            .with_trusted_identifier_systems(config.linking.trusted_systems.clone()),
+            .with_trusted_identifier_systems(config.linking.trusted_systems.clone())
+            .with_notifier(notifier.clone()),
     );
+    notifier.attach(&pipeline);
     let clients = ClientRegistry::new(&config.clients).map_err(StartError::Config)?;
     let capability = capability::capability_statement(pipeline.search_registry(), config.base_url.as_deref(), config.development_mode());
     let state = web::Data::new(AppState {

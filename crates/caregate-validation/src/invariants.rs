@@ -8,12 +8,12 @@
 //! (value and nested extensions together, or neither) natively on each extension.
 //! Evaluated through FHIRPath they would run on every element and every extension.
 
-use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 use caregate_fhirpath::{Context, Expression};
 use serde_json::Value;
 
+use crate::model::FxMap;
 use crate::terminology::{CodeCheck, Terminology};
 use crate::validator::{InvariantContext, InvariantEvaluator, InvariantOutcome};
 
@@ -25,7 +25,8 @@ type Compiled = Result<Arc<Expression>, String>;
 /// Evaluates invariants with caregate-fhirpath; `memberOf()` is answered by the
 /// registry's terminology.
 pub struct FhirPathInvariants {
-    cache: RwLock<HashMap<String, Compiled>>,
+    /// By expression text; FxHash, as every evaluation looks its expression up.
+    cache: RwLock<FxMap<Box<str>, Compiled>>,
     terminology: Option<Arc<Terminology>>,
 }
 
@@ -44,7 +45,7 @@ impl Default for FhirPathInvariants {
 impl FhirPathInvariants {
     pub fn new(terminology: Option<Arc<Terminology>>) -> FhirPathInvariants {
         FhirPathInvariants {
-            cache: RwLock::new(HashMap::new()),
+            cache: RwLock::new(FxMap::default()),
             terminology,
         }
     }
@@ -95,7 +96,7 @@ impl FhirPathInvariants {
             .map(Arc::new)
             .map_err(|e| e.to_string());
         if let Ok(mut cache) = self.cache.write() {
-            cache.insert(expr.to_string(), compiled.clone());
+            cache.insert(expr.into(), compiled.clone());
         }
         compiled
     }
