@@ -1,6 +1,7 @@
 //! The `caregate` command: thin glue over the library crates.
 
 mod bench;
+mod clients;
 mod conformance;
 
 // The ingest path allocates many small JSON nodes; mimalloc handles that pattern far
@@ -73,6 +74,11 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Print the SHA-256 of a bearer token, for a client's `token_sha256` in the config.
     HashToken { token: String },
+    /// Manage registered clients in a configuration file.
+    Clients {
+        #[command(subcommand)]
+        command: clients::ClientsCommand,
+    },
     /// The conformance suite (`conformance-tests/`), against any FHIR R4 server.
     Conformance {
         #[command(subcommand)]
@@ -153,6 +159,7 @@ fn run(cli: Cli) -> Result<i32> {
         Command::Audit {
             command: AuditCommand::Verify { data },
         } => audit_verify(&data),
+        Command::Clients { command } => clients::run(command),
         Command::HashToken { token } => {
             println!("{}", caregate_server::token_hash_hex(&token));
             Ok(0)
