@@ -50,6 +50,9 @@ pub struct ServerConfig {
     pub consent: ConsentConfig,
     #[serde(default)]
     pub linking: LinkingConfig,
+    /// Serve HTTPS (and optionally require client certificates).
+    #[serde(default)]
+    pub tls: Option<crate::tls::TlsConfig>,
     #[serde(default)]
     pub validation: ValidationConfig,
 }
@@ -189,6 +192,7 @@ impl Default for ServerConfig {
             clients: Vec::new(),
             consent: ConsentConfig::default(),
             linking: LinkingConfig::default(),
+            tls: None,
             validation: ValidationConfig::default(),
         }
     }

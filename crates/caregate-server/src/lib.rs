@@ -9,6 +9,7 @@ pub mod format;
 mod notify;
 mod operations;
 mod routes;
+pub mod tls;
 
 pub use routes::RequestId;
 
@@ -277,12 +278,17 @@ pub fn start(config: &ServerConfig) -> Result<RunningServer, StartError> {
     if let Some(w) = config.workers {
         server = server.workers(w.max(1));
     }
-    let server = server
-        .bind(config.listen)
-        .map_err(|source| StartError::Bind {
-            addr: config.listen,
-            source,
-        })?;
+    let bound = match &config.tls {
+        Some(tls) => {
+            let tls_config = tls::server_config(tls).map_err(|e| StartError::Config(e.to_string()))?;
+            server.bind_rustls_0_23(config.listen, tls_config)
+        }
+        None => server.bind(config.listen),
+    };
+    let server = bound.map_err(|source| StartError::Bind {
+        addr: config.listen,
+        source,
+    })?;
     let addr = server.addrs().first().copied().unwrap_or(config.listen);
     let server = server.run();
     Ok(RunningServer {

@@ -74,6 +74,15 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Print the SHA-256 of a bearer token, for a client's `token_sha256` in the config.
     HashToken { token: String },
+    /// Write a development CA, a server certificate for localhost and a client certificate
+    /// (PEM files) for trying TLS and mutual TLS locally.
+    DevCerts {
+        #[arg(long, default_value = "caregate-certs")]
+        out: PathBuf,
+        /// Name (CN) of the client certificate.
+        #[arg(long, default_value = "dev-client")]
+        client: String,
+    },
     /// Manage registered clients in a configuration file.
     Clients {
         #[command(subcommand)]
@@ -160,6 +169,21 @@ fn run(cli: Cli) -> Result<i32> {
             command: AuditCommand::Verify { data },
         } => audit_verify(&data),
         Command::Clients { command } => clients::run(command),
+        Command::DevCerts { out, client } => {
+            let files = caregate_server::tls::write_dev_certs(&out, &client)?;
+            println!(
+                "wrote {}, {}, {}, {}, {}\nconfigure:\n[tls]\ncert = \"{}\"\nkey = \"{}\"\nclient_ca = \"{}\"   # optional: require client certificates",
+                files.ca.display(),
+                files.server_cert.display(),
+                files.server_key.display(),
+                files.client_cert.display(),
+                files.client_key.display(),
+                files.server_cert.display(),
+                files.server_key.display(),
+                files.ca.display()
+            );
+            Ok(0)
+        }
         Command::HashToken { token } => {
             println!("{}", caregate_server::token_hash_hex(&token));
             Ok(0)

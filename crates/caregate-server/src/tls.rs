@@ -1,0 +1,134 @@
+//! TLS (rustls; TLS 1.2 and 1.3 only, ring as the one crypto provider) and optional mutual
+//! TLS, plus development certificates (`caregate dev-certs`).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use serde::Deserialize;
+
+/// `[tls]` in the configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain of the server.
+    pub cert: PathBuf,
+    /// PEM private key of the server.
+    pub key: PathBuf,
+    /// PEM CA certificates: when set, clients must present a certificate they issued
+    /// (mutual TLS); unknown or expired certificates are refused in the handshake.
+    #[serde(default)]
+    pub client_ca: Option<PathBuf>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("TLS: cannot read {path}: {reason}")]
+    Read { path: String, reason: String },
+    #[error("TLS: {0}")]
+    Config(String),
+}
+
+fn certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let read = |reason: String| TlsError::Read {
+        path: path.display().to_string(),
+        reason,
+    };
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| read(e.to_string()))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| read(e.to_string()))?;
+    if certs.is_empty() {
+        return Err(read("no certificate in the file".into()));
+    }
+    Ok(certs)
+}
+
+/// The rustls server configuration for a `[tls]` section.
+pub fn server_config(tls: &TlsConfig) -> Result<rustls::ServerConfig, TlsError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let chain = certs(&tls.cert)?;
+    let key = PrivateKeyDer::from_pem_file(&tls.key).map_err(|e| TlsError::Read {
+        path: tls.key.display().to_string(),
+        reason: e.to_string(),
+    })?;
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS12, &rustls::version::TLS13])
+        .map_err(|e| TlsError::Config(e.to_string()))?;
+    let builder = match &tls.client_ca {
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for c in certs(ca)? {
+                roots.add(c).map_err(|e| TlsError::Config(format!("client CA: {e}")))?;
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                .build()
+                .map_err(|e| TlsError::Config(format!("client verifier: {e}")))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    builder
+        .with_single_cert(chain, key)
+        .map_err(|e| TlsError::Config(format!("server certificate: {e}")))
+}
+
+/// Files written by [`write_dev_certs`].
+pub struct DevCerts {
+    pub ca: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+}
+
+/// A local CA, a server certificate for localhost/127.0.0.1 and one client certificate
+/// (named `client_name`), all signed by the CA, as PEM files in `dir`. For development
+/// and tests only.
+pub fn write_dev_certs(dir: &Path, client_name: &str) -> Result<DevCerts, TlsError> {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair};
+    let err = |e: rcgen::Error| TlsError::Config(format!("generating certificates: {e}"));
+    std::fs::create_dir_all(dir).map_err(|e| TlsError::Read {
+        path: dir.display().to_string(),
+        reason: e.to_string(),
+    })?;
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).map_err(err)?;
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params.distinguished_name.push(DnType::CommonName, "caregate development CA");
+    let ca_key = KeyPair::generate().map_err(err)?;
+    let ca_cert = ca_params.self_signed(&ca_key).map_err(err)?;
+    let issuer = Issuer::new(ca_params, ca_key);
+
+    let mut server_params = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).map_err(err)?;
+    server_params.distinguished_name.push(DnType::CommonName, "caregate");
+    server_params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    let server_key = KeyPair::generate().map_err(err)?;
+    let server_cert = server_params.signed_by(&server_key, &issuer).map_err(err)?;
+
+    let mut client_params = CertificateParams::new(Vec::<String>::new()).map_err(err)?;
+    client_params.distinguished_name.push(DnType::CommonName, client_name);
+    client_params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    let client_key = KeyPair::generate().map_err(err)?;
+    let client_cert = client_params.signed_by(&client_key, &issuer).map_err(err)?;
+
+    let files = DevCerts {
+        ca: dir.join("ca.pem"),
+        server_cert: dir.join("server.pem"),
+        server_key: dir.join("server-key.pem"),
+        client_cert: dir.join(format!("{client_name}.pem")),
+        client_key: dir.join(format!("{client_name}-key.pem")),
+    };
+    let write = |path: &Path, text: String| {
+        std::fs::write(path, text).map_err(|e| TlsError::Read {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })
+    };
+    write(&files.ca, ca_cert.pem())?;
+    write(&files.server_cert, server_cert.pem())?;
+    write(&files.server_key, server_key.serialize_pem())?;
+    write(&files.client_cert, client_cert.pem())?;
+    write(&files.client_key, client_key.serialize_pem())?;
+    Ok(files)
+}
