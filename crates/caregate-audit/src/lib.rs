@@ -48,10 +48,18 @@ impl Subtype {
     pub fn action(self) -> &'static str {
         match self {
             Subtype::Create => "C",
-            Subtype::Read | Subtype::Vread | Subtype::HistoryInstance | Subtype::HistoryType | Subtype::HistorySystem => "R",
+            Subtype::Read
+            | Subtype::Vread
+            | Subtype::HistoryInstance
+            | Subtype::HistoryType
+            | Subtype::HistorySystem => "R",
             Subtype::Update => "U",
             Subtype::Delete => "D",
-            Subtype::SearchType | Subtype::SearchSystem | Subtype::Batch | Subtype::Transaction | Subtype::Operation => "E",
+            Subtype::SearchType
+            | Subtype::SearchSystem
+            | Subtype::Batch
+            | Subtype::Transaction
+            | Subtype::Operation => "E",
         }
     }
 
@@ -62,7 +70,11 @@ impl Subtype {
             Subtype::Update => "Update",
             Subtype::Delete => "Delete",
             Subtype::SearchType | Subtype::SearchSystem => "Query",
-            Subtype::Read | Subtype::Vread | Subtype::HistoryInstance | Subtype::HistoryType | Subtype::HistorySystem => "Read",
+            Subtype::Read
+            | Subtype::Vread
+            | Subtype::HistoryInstance
+            | Subtype::HistoryType
+            | Subtype::HistorySystem => "Read",
             Subtype::Batch | Subtype::Transaction | Subtype::Operation => return None,
         };
         let patient = if with_patient { "Patient" } else { "" };
@@ -253,12 +265,24 @@ fn base64(bytes: &[u8]) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
     for chunk in bytes.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
         let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
         out.push(ALPHABET[(n >> 18) as usize & 63] as char);
         out.push(ALPHABET[(n >> 12) as usize & 63] as char);
-        out.push(if chunk.len() > 1 { ALPHABET[(n >> 6) as usize & 63] as char } else { '=' });
-        out.push(if chunk.len() > 2 { ALPHABET[n as usize & 63] as char } else { '=' });
+        out.push(if chunk.len() > 1 {
+            ALPHABET[(n >> 6) as usize & 63] as char
+        } else {
+            '='
+        });
+        out.push(if chunk.len() > 2 {
+            ALPHABET[n as usize & 63] as char
+        } else {
+            '='
+        });
     }
     out
 }
@@ -268,7 +292,10 @@ fn base64(bytes: &[u8]) -> String {
 pub fn patient_of(resource: &Value) -> Option<String> {
     let resource_type = resource.get("resourceType")?.as_str()?;
     if resource_type == "Patient" {
-        return resource.get("id")?.as_str().map(|id| format!("Patient/{id}"));
+        return resource
+            .get("id")?
+            .as_str()
+            .map(|id| format!("Patient/{id}"));
     }
     for element in ["patient", "subject", "beneficiary", "individual", "for"] {
         let reference = match resource.get(element) {
@@ -305,10 +332,16 @@ mod tests {
         assert_eq!(v["outcome"], "0");
         assert_eq!(v["agent"][0]["requestor"], true);
         assert_eq!(v["agent"][0]["who"]["identifier"]["value"], "psych-ehr");
-        assert_eq!(v["agent"][0]["purposeOfUse"][0]["coding"][0]["code"], "TREAT");
+        assert_eq!(
+            v["agent"][0]["purposeOfUse"][0]["coding"][0]["code"],
+            "TREAT"
+        );
         assert_eq!(v["entity"][0]["what"]["reference"], "Patient/1");
         assert_eq!(v["entity"][1]["role"]["code"], "24");
-        assert_eq!(v["entity"][1]["query"], base64(b"CarePlan?subject=Patient/1"));
+        assert_eq!(
+            v["entity"][1]["query"],
+            base64(b"CarePlan?subject=Patient/1")
+        );
     }
 
     #[test]
@@ -322,15 +355,22 @@ mod tests {
 
     #[test]
     fn patients_of_resources() {
-        assert_eq!(patient_of(&json!({"resourceType": "Patient", "id": "p"})).as_deref(), Some("Patient/p"));
+        assert_eq!(
+            patient_of(&json!({"resourceType": "Patient", "id": "p"})).as_deref(),
+            Some("Patient/p")
+        );
         assert_eq!(
             patient_of(&json!({"resourceType": "CarePlan", "subject": {"reference": "Patient/x/_history/2"}})).as_deref(),
             Some("Patient/x")
         );
         assert_eq!(
-            patient_of(&json!({"resourceType": "Consent", "patient": {"reference": "Patient/c"}})).as_deref(),
+            patient_of(&json!({"resourceType": "Consent", "patient": {"reference": "Patient/c"}}))
+                .as_deref(),
             Some("Patient/c")
         );
-        assert_eq!(patient_of(&json!({"resourceType": "Organization", "id": "o"})), None);
+        assert_eq!(
+            patient_of(&json!({"resourceType": "Organization", "id": "o"})),
+            None
+        );
     }
 }

@@ -71,7 +71,12 @@ struct Matched {
 fn codes<'a>(v: &'a Value, key: &str) -> Vec<(&'a str, &'a str)> {
     // Accepts an array of Codings or of CodeableConcepts.
     let mut out = Vec::new();
-    for item in v.get(key).and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default() {
+    for item in v
+        .get(key)
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+    {
         let codings: Vec<&Value> = match item.get("coding").and_then(Value::as_array) {
             Some(c) => c.iter().collect(),
             None => vec![item],
@@ -86,8 +91,14 @@ fn codes<'a>(v: &'a Value, key: &str) -> Vec<(&'a str, &'a str)> {
 }
 
 fn in_period(period: &Value, at_ms: i64) -> bool {
-    let start = period.get("start").and_then(Value::as_str).and_then(parse_date_range);
-    let end = period.get("end").and_then(Value::as_str).and_then(parse_date_range);
+    let start = period
+        .get("start")
+        .and_then(Value::as_str)
+        .and_then(parse_date_range);
+    let end = period
+        .get("end")
+        .and_then(Value::as_str)
+        .and_then(parse_date_range);
     start.is_none_or(|s| at_ms >= s.start) && end.is_none_or(|e| at_ms < e.end)
 }
 
@@ -148,7 +159,12 @@ fn clinical_date(resource: &Value) -> Option<i64> {
 }
 
 impl ConsentEngine {
-    fn provision_matches(&self, p: &Value, req: &ConsentRequest<'_>, own_type: Option<Verdict>) -> bool {
+    fn provision_matches(
+        &self,
+        p: &Value,
+        req: &ConsentRequest<'_>,
+        own_type: Option<Verdict>,
+    ) -> bool {
         if let Some(period) = p.get("period") {
             if !in_period(period, req.now_ms) {
                 return false;
@@ -166,11 +182,17 @@ impl ConsentEngine {
                 return false;
             }
         }
-        if p.get("action").is_some() && !codes(p, "action").iter().any(|(_, c)| *c == req.action.code()) {
+        if p.get("action").is_some()
+            && !codes(p, "action")
+                .iter()
+                .any(|(_, c)| *c == req.action.code())
+        {
             return false;
         }
         if p.get("purpose").is_some() {
-            let Some(purpose) = req.actor.purpose_of_use.as_deref() else { return false };
+            let Some(purpose) = req.actor.purpose_of_use.as_deref() else {
+                return false;
+            };
             if !codes(p, "purpose").iter().any(|(_, c)| *c == purpose) {
                 return false;
             }
@@ -179,14 +201,16 @@ impl ConsentEngine {
             let on_resource = labels::security_labels(req.resource);
             let level = labels::confidentiality_of(req.resource);
             let hit = codes(p, "securityLabel").iter().any(|(system, code)| {
-                match labels::confidentiality_rank(code).filter(|_| system.is_empty() || *system == CONFIDENTIALITY) {
+                match labels::confidentiality_rank(code)
+                    .filter(|_| system.is_empty() || *system == CONFIDENTIALITY)
+                {
                     Some(rank) => match own_type {
                         Some(Verdict::Deny) => level >= rank,
                         _ => level <= rank,
                     },
-                    None => on_resource
-                        .iter()
-                        .any(|(s, c)| c == code && (system.is_empty() || s.is_empty() || s == system)),
+                    None => on_resource.iter().any(|(s, c)| {
+                        c == code && (system.is_empty() || s.is_empty() || s == system)
+                    }),
                 }
             });
             if !hit {
@@ -194,16 +218,20 @@ impl ConsentEngine {
             }
         }
         if p.get("class").is_some() {
-            let rtype = req.resource.get("resourceType").and_then(Value::as_str).unwrap_or("");
+            let rtype = req
+                .resource
+                .get("resourceType")
+                .and_then(Value::as_str)
+                .unwrap_or("");
             let profiles: Vec<&str> = req
                 .resource
                 .pointer("/meta/profile")
                 .and_then(Value::as_array)
                 .map(|a| a.iter().filter_map(Value::as_str).collect())
                 .unwrap_or_default();
-            let hit = codes(p, "class")
-                .iter()
-                .any(|(_, c)| *c == rtype || profiles.iter().any(|pr| pr.split('|').next() == Some(*c)));
+            let hit = codes(p, "class").iter().any(|(_, c)| {
+                *c == rtype || profiles.iter().any(|pr| pr.split('|').next() == Some(*c))
+            });
             if !hit {
                 return false;
             }
@@ -212,16 +240,29 @@ impl ConsentEngine {
             let mut resource_codes = Vec::new();
             for key in ["code", "medicationCodeableConcept", "vaccineCode"] {
                 if let Some(cc) = req.resource.get(key) {
-                    for c in cc.get("coding").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default() {
+                    for c in cc
+                        .get("coding")
+                        .and_then(Value::as_array)
+                        .map(Vec::as_slice)
+                        .unwrap_or_default()
+                    {
                         if let Some(code) = c.get("code").and_then(Value::as_str) {
-                            resource_codes.push((c.get("system").and_then(Value::as_str).unwrap_or("").to_string(), code.to_string()));
+                            resource_codes.push((
+                                c.get("system")
+                                    .and_then(Value::as_str)
+                                    .unwrap_or("")
+                                    .to_string(),
+                                code.to_string(),
+                            ));
                         }
                     }
                 }
             }
-            let hit = codes(p, "code")
-                .iter()
-                .any(|(s, c)| resource_codes.iter().any(|(rs, rc)| rc == c && (s.is_empty() || rs == s)));
+            let hit = codes(p, "code").iter().any(|(s, c)| {
+                resource_codes
+                    .iter()
+                    .any(|(rs, rc)| rc == c && (s.is_empty() || rs == s))
+            });
             if !hit {
                 return false;
             }
@@ -237,19 +278,29 @@ impl ConsentEngine {
             let mut refs = Vec::new();
             all_references(req.resource, &mut refs);
             let hit = data.iter().any(|d| {
-                let Some(target) = d.pointer("/reference/reference").and_then(Value::as_str).map(strip_base) else {
+                let Some(target) = d
+                    .pointer("/reference/reference")
+                    .and_then(Value::as_str)
+                    .map(strip_base)
+                else {
                     return false;
                 };
                 match d.get("meaning").and_then(Value::as_str) {
                     Some("instance") => me.as_deref() == Some(target),
-                    Some("related") | Some("dependents") => me.as_deref() == Some(target) || refs.iter().any(|r| r == target),
-                    Some("authoredby") => ["author", "recorder", "requester", "asserter", "performer"].iter().any(|k| {
-                        let mut authors = Vec::new();
-                        if let Some(v) = req.resource.get(*k) {
-                            all_references(v, &mut authors);
-                        }
-                        authors.iter().any(|a| a == target)
-                    }),
+                    Some("related") | Some("dependents") => {
+                        me.as_deref() == Some(target) || refs.iter().any(|r| r == target)
+                    }
+                    Some("authoredby") => {
+                        ["author", "recorder", "requester", "asserter", "performer"]
+                            .iter()
+                            .any(|k| {
+                                let mut authors = Vec::new();
+                                if let Some(v) = req.resource.get(*k) {
+                                    all_references(v, &mut authors);
+                                }
+                                authors.iter().any(|a| a == target)
+                            })
+                    }
                     _ => false,
                 }
             });
@@ -261,7 +312,14 @@ impl ConsentEngine {
     }
 
     /// The deepest matching provision under (and including) `p`.
-    fn evaluate(&self, p: &Value, path: &str, parent: Parent, sensitive: &[&str], req: &ConsentRequest<'_>) -> Option<Matched> {
+    fn evaluate(
+        &self,
+        p: &Value,
+        path: &str,
+        parent: Parent,
+        sensitive: &[&str],
+        req: &ConsentRequest<'_>,
+    ) -> Option<Matched> {
         let Parent {
             depth,
             verdict: inherited,
@@ -277,7 +335,9 @@ impl ConsentEngine {
         }
         let verdict = own.unwrap_or(inherited);
         let names_sensitive = inherited_names_sensitive
-            || codes(p, "securityLabel").iter().any(|(_, c)| sensitive.contains(c));
+            || codes(p, "securityLabel")
+                .iter()
+                .any(|(_, c)| sensitive.contains(c));
         let mut best = Matched {
             verdict,
             path: path.to_string(),
@@ -300,7 +360,11 @@ impl ConsentEngine {
             };
             if let Some(m) = self.evaluate(child, &child_path, parent, sensitive, req) {
                 // Deeper wins; at equal depth a deny wins.
-                if m.depth > best.depth || (m.depth == best.depth && m.verdict == Verdict::Deny && best.verdict == Verdict::Permit) {
+                if m.depth > best.depth
+                    || (m.depth == best.depth
+                        && m.verdict == Verdict::Deny
+                        && best.verdict == Verdict::Permit)
+                {
                     best = m;
                 }
             }
@@ -314,7 +378,10 @@ impl ConsentEngine {
             && consent
                 .pointer("/scope/coding")
                 .and_then(Value::as_array)
-                .is_some_and(|c| c.iter().any(|c| c.get("code").and_then(Value::as_str) == Some("patient-privacy")))
+                .is_some_and(|c| {
+                    c.iter()
+                        .any(|c| c.get("code").and_then(Value::as_str) == Some("patient-privacy"))
+                })
     }
 }
 
@@ -333,8 +400,15 @@ impl ConsentPolicy for ConsentEngine {
     fn decide(&self, req: &ConsentRequest<'_>) -> Decision {
         // Sensitivity rules govern release; collecting or correcting labelled data is
         // decided like any other data.
-        let releasing = matches!(req.action, ConsentAction::Access | ConsentAction::Use | ConsentAction::Disclose);
-        let sensitive = if releasing { labels::sensitivity_codes(req.resource) } else { Vec::new() };
+        let releasing = matches!(
+            req.action,
+            ConsentAction::Access | ConsentAction::Use | ConsentAction::Disclose
+        );
+        let sensitive = if releasing {
+            labels::sensitivity_codes(req.resource)
+        } else {
+            Vec::new()
+        };
         if let Some(purpose) = req.actor.purpose_of_use.as_deref() {
             if self.break_glass_purposes.iter().any(|p| p == purpose)
                 && matches!(req.action, ConsentAction::Access | ConsentAction::Use)
@@ -350,7 +424,9 @@ impl ConsentPolicy for ConsentEngine {
         // (dateTime, consent reference, matched provision)
         let mut outcomes: Vec<(i64, String, Matched)> = Vec::new();
         for consent in req.consents.iter().filter(|c| Self::applicable(c)) {
-            let Some(root) = consent.get("provision") else { continue };
+            let Some(root) = consent.get("provision") else {
+                continue;
+            };
             let base = match root.get("type").and_then(Value::as_str) {
                 Some("permit") => Verdict::Permit,
                 _ => Verdict::Deny,
@@ -366,7 +442,8 @@ impl ConsentPolicy for ConsentEngine {
                     .and_then(Value::as_str)
                     .and_then(parse_date_range)
                     .map_or(i64::MIN, |r| r.start);
-                let reference = resource_reference(consent).unwrap_or_else(|| "Consent (no id)".into());
+                let reference =
+                    resource_reference(consent).unwrap_or_else(|| "Consent (no id)".into());
                 outcomes.push((when, reference, m));
             }
         }
@@ -377,7 +454,10 @@ impl ConsentPolicy for ConsentEngine {
                 .or_else(|| outcomes.iter().max_by_key(|(w, _, _)| *w))
         } else {
             // Most recent wins; on equal dateTime a deny wins.
-            outcomes.iter().max_by(|a, b| a.0.cmp(&b.0).then((a.2.verdict == Verdict::Deny).cmp(&(b.2.verdict == Verdict::Deny))))
+            outcomes.iter().max_by(|a, b| {
+                a.0.cmp(&b.0)
+                    .then((a.2.verdict == Verdict::Deny).cmp(&(b.2.verdict == Verdict::Deny)))
+            })
         };
         match chosen {
             Some((_, consent, m)) => {
@@ -460,7 +540,12 @@ mod tests {
         }
     }
 
-    fn decide(engine: &ConsentEngine, actor: &Actor, resource: &Value, consents: &[Value]) -> Decision {
+    fn decide(
+        engine: &ConsentEngine,
+        actor: &Actor,
+        resource: &Value,
+        consents: &[Value],
+    ) -> Decision {
         engine.decide(&ConsentRequest {
             actor,
             action: ConsentAction::Access,
@@ -482,26 +567,49 @@ mod tests {
 
     #[test]
     fn root_deny_with_nested_permit_for_an_actor() {
-        let c = consent("c", "2025-01-01", json!({"type": "deny", "provision": [
-            {"type": "permit", "actor": [{"role": {"text": "recipient"}, "reference": {"reference": "Organization/clinic"}}],
-             "action": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentaction", "code": "access"}]}]}
-        ]}));
+        let c = consent(
+            "c",
+            "2025-01-01",
+            json!({"type": "deny", "provision": [
+                {"type": "permit", "actor": [{"role": {"text": "recipient"}, "reference": {"reference": "Organization/clinic"}}],
+                 "action": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentaction", "code": "access"}]}]}
+            ]}),
+        );
         let e = ConsentEngine::default();
         let d = decide(&e, &clinic(), &condition(&[]), std::slice::from_ref(&c));
         assert!(d.is_permit(), "{d:?}");
-        assert_eq!(d.source, DecisionSource::Consent { consent: "Consent/c".into(), provision: "Consent.provision.provision[0]".into() });
-        let other = Actor { organization: Some("Organization/other".into()), ..Actor::default() };
+        assert_eq!(
+            d.source,
+            DecisionSource::Consent {
+                consent: "Consent/c".into(),
+                provision: "Consent.provision.provision[0]".into()
+            }
+        );
+        let other = Actor {
+            organization: Some("Organization/other".into()),
+            ..Actor::default()
+        };
         let d = decide(&e, &other, &condition(&[]), &[c]);
         assert!(!d.is_permit());
-        assert_eq!(d.source, DecisionSource::Consent { consent: "Consent/c".into(), provision: "Consent.provision".into() });
+        assert_eq!(
+            d.source,
+            DecisionSource::Consent {
+                consent: "Consent/c".into(),
+                provision: "Consent.provision".into()
+            }
+        );
     }
 
     #[test]
     fn care_team_membership_and_purpose() {
-        let c = consent("c", "2025-01-01", json!({"type": "deny", "provision": [
-            {"type": "permit", "actor": [{"reference": {"reference": "CareTeam/team"}}],
-             "purpose": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActReason", "code": "TREAT"}]}
-        ]}));
+        let c = consent(
+            "c",
+            "2025-01-01",
+            json!({"type": "deny", "provision": [
+                {"type": "permit", "actor": [{"reference": {"reference": "CareTeam/team"}}],
+                 "purpose": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActReason", "code": "TREAT"}]}
+            ]}),
+        );
         let e = ConsentEngine::default();
         assert!(decide(&e, &clinic(), &condition(&[]), std::slice::from_ref(&c)).is_permit());
         let mut payer = clinic();
@@ -519,51 +627,105 @@ mod tests {
         assert_eq!(d.source, DecisionSource::NoApplicableConsent);
         // A blanket permit does not release it; one naming the label does.
         let blanket = consent("b", "2025-01-01", json!({"type": "permit"}));
-        assert!(!decide(&e, &clinic(), &condition(&["SUD"]), std::slice::from_ref(&blanket)).is_permit());
-        let explicit = consent("x", "2025-02-01", json!({"type": "deny", "provision": [
-            {"type": "permit", "securityLabel": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "SUD"}],
-             "actor": [{"reference": {"reference": "Organization/clinic"}}]}
-        ]}));
-        assert!(decide(&e, &clinic(), &condition(&["SUD"]), std::slice::from_ref(&explicit)).is_permit());
+        assert!(!decide(
+            &e,
+            &clinic(),
+            &condition(&["SUD"]),
+            std::slice::from_ref(&blanket)
+        )
+        .is_permit());
+        let explicit = consent(
+            "x",
+            "2025-02-01",
+            json!({"type": "deny", "provision": [
+                {"type": "permit", "securityLabel": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "SUD"}],
+                 "actor": [{"reference": {"reference": "Organization/clinic"}}]}
+            ]}),
+        );
+        assert!(decide(
+            &e,
+            &clinic(),
+            &condition(&["SUD"]),
+            std::slice::from_ref(&explicit)
+        )
+        .is_permit());
         // For Part 2 data any deny wins, even an older one.
         let older_deny = consent("d", "2024-01-01", json!({"type": "deny"}));
-        assert!(!decide(&e, &clinic(), &condition(&["SUD", "42CFRPart2"]), &[explicit.clone(), older_deny.clone()]).is_permit());
+        assert!(!decide(
+            &e,
+            &clinic(),
+            &condition(&["SUD", "42CFRPart2"]),
+            &[explicit.clone(), older_deny.clone()]
+        )
+        .is_permit());
         // For ordinary data the most recent wins.
         assert!(decide(&e, &clinic(), &condition(&[]), &[blanket, older_deny]).is_permit());
     }
 
     #[test]
     fn opt_in_periods_classes_and_inactive_consents() {
-        let e = ConsentEngine { default: DefaultPolicy::OptIn, ..ConsentEngine::default() };
+        let e = ConsentEngine {
+            default: DefaultPolicy::OptIn,
+            ..ConsentEngine::default()
+        };
         assert!(!decide(&e, &clinic(), &condition(&[]), &[]).is_permit());
-        let expired = consent("e", "2024-01-01", json!({"type": "permit", "period": {"end": "2024-12-31"}}));
-        assert!(!decide(&e, &clinic(), &condition(&[]), std::slice::from_ref(&expired)).is_permit());
+        let expired = consent(
+            "e",
+            "2024-01-01",
+            json!({"type": "permit", "period": {"end": "2024-12-31"}}),
+        );
+        assert!(!decide(
+            &e,
+            &clinic(),
+            &condition(&[]),
+            std::slice::from_ref(&expired)
+        )
+        .is_permit());
         let mut inactive = consent("i", "2025-01-01", json!({"type": "permit"}));
         inactive["status"] = json!("inactive");
         assert!(!decide(&e, &clinic(), &condition(&[]), &[inactive]).is_permit());
-        let conditions_only = consent("k", "2025-01-01", json!({"type": "deny", "provision": [
-            {"type": "permit", "class": [{"system": "http://hl7.org/fhir/resource-types", "code": "Condition"}]}
-        ]}));
-        assert!(decide(&e, &clinic(), &condition(&[]), std::slice::from_ref(&conditions_only)).is_permit());
-        let plan = json!({"resourceType": "CarePlan", "id": "cp", "subject": {"reference": "Patient/p"}});
+        let conditions_only = consent(
+            "k",
+            "2025-01-01",
+            json!({"type": "deny", "provision": [
+                {"type": "permit", "class": [{"system": "http://hl7.org/fhir/resource-types", "code": "Condition"}]}
+            ]}),
+        );
+        assert!(decide(
+            &e,
+            &clinic(),
+            &condition(&[]),
+            std::slice::from_ref(&conditions_only)
+        )
+        .is_permit());
+        let plan =
+            json!({"resourceType": "CarePlan", "id": "cp", "subject": {"reference": "Patient/p"}});
         assert!(!decide(&e, &clinic(), &plan, &[conditions_only]).is_permit());
     }
 
     #[test]
     fn confidentiality_is_a_high_water_mark_and_data_periods_apply() {
         let e = ConsentEngine::default();
-        let up_to_normal = consent("n", "2025-01-01", json!({"type": "deny", "provision": [
-            {"type": "permit", "securityLabel": [{"system": CONFIDENTIALITY, "code": "N"}]}
-        ]}));
+        let up_to_normal = consent(
+            "n",
+            "2025-01-01",
+            json!({"type": "deny", "provision": [
+                {"type": "permit", "securityLabel": [{"system": CONFIDENTIALITY, "code": "N"}]}
+            ]}),
+        );
         let mut restricted = condition(&[]);
         restricted["meta"]["security"] = json!([{"system": CONFIDENTIALITY, "code": "R"}]);
         let mut normal = condition(&[]);
         normal["meta"]["security"] = json!([{"system": CONFIDENTIALITY, "code": "M"}]);
         assert!(decide(&e, &clinic(), &normal, std::slice::from_ref(&up_to_normal)).is_permit());
         assert!(!decide(&e, &clinic(), &restricted, &[up_to_normal]).is_permit());
-        let old_data_hidden = consent("dp", "2025-01-01", json!({"type": "permit", "provision": [
-            {"type": "deny", "dataPeriod": {"end": "2023-12-31"}}
-        ]}));
+        let old_data_hidden = consent(
+            "dp",
+            "2025-01-01",
+            json!({"type": "permit", "provision": [
+                {"type": "deny", "dataPeriod": {"end": "2023-12-31"}}
+            ]}),
+        );
         let mut old = condition(&[]);
         old["recordedDate"] = json!("2020-01-01");
         assert!(!decide(&e, &clinic(), &old, std::slice::from_ref(&old_data_hidden)).is_permit());

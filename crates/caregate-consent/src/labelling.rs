@@ -66,11 +66,20 @@ impl LabelRules {
             .iter()
             .enumerate()
         {
-            let name = r.get("name").and_then(Value::as_str).unwrap_or("unnamed").to_string();
+            let name = r
+                .get("name")
+                .and_then(Value::as_str)
+                .unwrap_or("unnamed")
+                .to_string();
             let strings = |key: &str, from: &Value| -> Vec<String> {
                 from.get(key)
                     .and_then(Value::as_array)
-                    .map(|a| a.iter().filter_map(Value::as_str).map(str::to_string).collect())
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(Value::as_str)
+                            .map(str::to_string)
+                            .collect()
+                    })
                     .unwrap_or_default()
             };
             let codes = r
@@ -83,7 +92,9 @@ impl LabelRules {
                         system: c
                             .get("system")
                             .and_then(Value::as_str)
-                            .ok_or_else(|| RuleError(format!("rule {i} ({name}): a code list has no system")))?
+                            .ok_or_else(|| {
+                                RuleError(format!("rule {i} ({name}): a code list has no system"))
+                            })?
                             .to_string(),
                         codes: strings("codes", c).into_iter().collect(),
                         prefixes: strings("prefixes", c),
@@ -107,7 +118,11 @@ impl LabelRules {
 
     /// Adds the labels of every matching rule; returns the names of the rules that matched.
     pub fn label(&self, resource: &mut Value) -> Vec<String> {
-        let rtype = resource.get("resourceType").and_then(Value::as_str).unwrap_or("").to_string();
+        let rtype = resource
+            .get("resourceType")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
         let mut codings = Vec::new();
         for key in CODED_ELEMENTS {
             if let Some(v) = resource.get(key) {
@@ -123,7 +138,8 @@ impl LabelRules {
             let hit = codings.iter().any(|(system, code)| {
                 rule.codes.iter().any(|l| {
                     l.system == *system
-                        && (l.codes.contains(code.as_str()) || l.prefixes.iter().any(|p| code.starts_with(p.as_str())))
+                        && (l.codes.contains(code.as_str())
+                            || l.prefixes.iter().any(|p| code.starts_with(p.as_str())))
                 })
             });
             if hit {
@@ -134,13 +150,21 @@ impl LabelRules {
         if to_add.is_empty() {
             return matched;
         }
-        let Some(obj) = resource.as_object_mut() else { return matched };
+        let Some(obj) = resource.as_object_mut() else {
+            return matched;
+        };
         let meta = obj.entry("meta").or_insert_with(|| json!({}));
-        let Some(meta) = meta.as_object_mut() else { return matched };
+        let Some(meta) = meta.as_object_mut() else {
+            return matched;
+        };
         let security = meta.entry("security").or_insert_with(|| json!([]));
-        let Some(security) = security.as_array_mut() else { return matched };
+        let Some(security) = security.as_array_mut() else {
+            return matched;
+        };
         for label in to_add {
-            let same = |l: &Value| l.get("system") == label.get("system") && l.get("code") == label.get("code");
+            let same = |l: &Value| {
+                l.get("system") == label.get("system") && l.get("code") == label.get("code")
+            };
             if !security.iter().any(same) {
                 security.push(label);
             }
@@ -153,7 +177,9 @@ impl LabelRules {
 fn collect_codings(v: &Value, out: &mut Vec<(String, String)>) {
     match v {
         Value::Object(m) => {
-            if let (Some(Value::String(system)), Some(Value::String(code))) = (m.get("system"), m.get("code")) {
+            if let (Some(Value::String(system)), Some(Value::String(code))) =
+                (m.get("system"), m.get("code"))
+            {
                 out.push((system.clone(), code.replace('.', "")));
             }
             for x in m.values() {
@@ -176,7 +202,11 @@ mod tests {
     fn codes_of(v: &Value) -> Vec<String> {
         v.pointer("/meta/security")
             .and_then(Value::as_array)
-            .map(|a| a.iter().filter_map(|l| l["code"].as_str().map(str::to_string)).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|l| l["code"].as_str().map(str::to_string))
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
@@ -184,7 +214,10 @@ mod tests {
     fn sud_diagnosis_gets_part2_labels() {
         let mut c = json!({"resourceType": "Condition", "code": {"coding": [{"system": "http://hl7.org/fhir/sid/icd-10-cm", "code": "F11.20"}]}});
         let matched = rules().label(&mut c);
-        assert_eq!(matched, vec!["substance use disorder (42 CFR Part 2)".to_string()]);
+        assert_eq!(
+            matched,
+            vec!["substance use disorder (42 CFR Part 2)".to_string()]
+        );
         let codes = codes_of(&c);
         for expected in ["ETH", "SUD", "42CFRPart2", "R", "NORDSCLCD"] {
             assert!(codes.contains(&expected.to_string()), "{codes:?}");

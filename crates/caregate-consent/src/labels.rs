@@ -36,7 +36,12 @@ pub fn security_labels(resource: &Value) -> Vec<(&str, &str)> {
         .map(|labels| {
             labels
                 .iter()
-                .filter_map(|l| Some((l.get("system").and_then(Value::as_str).unwrap_or(""), l.get("code")?.as_str()?)))
+                .filter_map(|l| {
+                    Some((
+                        l.get("system").and_then(Value::as_str).unwrap_or(""),
+                        l.get("code")?.as_str()?,
+                    ))
+                })
                 .collect()
         })
         .unwrap_or_default()

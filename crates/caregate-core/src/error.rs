@@ -106,7 +106,11 @@ impl FhirError {
     }
 
     /// An error about one element, located by a FHIRPath expression.
-    pub fn at(kind: ErrorKind, expression: impl Into<String>, diagnostics: impl Into<String>) -> Self {
+    pub fn at(
+        kind: ErrorKind,
+        expression: impl Into<String>,
+        diagnostics: impl Into<String>,
+    ) -> Self {
         FhirError {
             kind,
             issues: vec![Issue::error(kind.default_code(), diagnostics).at(expression)],

@@ -186,17 +186,24 @@ mod tests {
         assert_eq!(issue.expression, vec!["Bundle.entry[2].resource.name[0]"]);
         let mut other = Issue::error(IssueCode::Structure, "x").at("PatientX.a");
         other.relocate("Bundle.entry[0].resource", "Patient");
-        assert_eq!(other.expression, vec!["Bundle.entry[0].resource.PatientX.a"]);
+        assert_eq!(
+            other.expression,
+            vec!["Bundle.entry[0].resource.PatientX.a"]
+        );
     }
 
     #[test]
     fn outcome_json_shape() {
-        let oo = OperationOutcome::single(Issue::error(IssueCode::Invalid, "bad").at("Patient.gender"));
+        let oo =
+            OperationOutcome::single(Issue::error(IssueCode::Invalid, "bad").at("Patient.gender"));
         let v = oo.to_json();
         assert_eq!(v["resourceType"], "OperationOutcome");
         assert_eq!(v["issue"][0]["severity"], "error");
         assert_eq!(v["issue"][0]["code"], "invalid");
         assert_eq!(v["issue"][0]["expression"][0], "Patient.gender");
-        assert_eq!(OperationOutcome::default().to_json()["issue"][0]["severity"], "information");
+        assert_eq!(
+            OperationOutcome::default().to_json()["issue"][0]["severity"],
+            "information"
+        );
     }
 }

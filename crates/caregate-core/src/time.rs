@@ -32,7 +32,11 @@ pub fn parse_date_range(text: &str) -> Option<DateRange> {
     }
     let month: u32 = t.get(5..7)?.parse().ok()?;
     if bytes.len() == 7 {
-        let (ny, nm) = if month == 12 { (year + 1, 1) } else { (year, month + 1) };
+        let (ny, nm) = if month == 12 {
+            (year + 1, 1)
+        } else {
+            (year, month + 1)
+        };
         return span(ymd(year, month, 1)?, ymd(ny, nm, 1)?);
     }
     if bytes.get(7) != Some(&b'-') {
@@ -92,7 +96,10 @@ pub fn parse_date_range(text: &str) -> Option<DateRange> {
     if parts.len() > 3 {
         return None;
     }
-    let naive = NaiveDateTime::new(date, chrono::NaiveTime::from_hms_milli_opt(hour, minute, second.min(59), frac)?);
+    let naive = NaiveDateTime::new(
+        date,
+        chrono::NaiveTime::from_hms_milli_opt(hour, minute, second.min(59), frac)?,
+    );
     let start = naive.and_utc().timestamp_millis() - i64::from(offset_secs) * 1000;
     Some(DateRange {
         start,

@@ -12,8 +12,8 @@ use serde_json::{json, Map, Value};
 
 use crate::references;
 use crate::write::{parse_record, precondition_failed, refuse_audit_writes};
-use caregate_audit::{patient_of, Subtype};
 use crate::{check_resource_type, store_error, Caller, HistoryRequest, Permission, Pipeline};
+use caregate_audit::{patient_of, Subtype};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BundleKind {
@@ -51,11 +51,22 @@ struct EntryRequest {
 
 /// What a transaction entry turned out to do, once identities are resolved.
 enum Plan {
-    Create { rtype: String, id: String },
+    Create {
+        rtype: String,
+        id: String,
+    },
     /// A conditional create whose criteria matched: nothing to write.
-    Existing { record: VersionRecord },
-    Update { rtype: String, id: String },
-    Delete { rtype: String, id: Option<String> },
+    Existing {
+        record: VersionRecord,
+    },
+    Update {
+        rtype: String,
+        id: String,
+    },
+    Delete {
+        rtype: String,
+        id: Option<String>,
+    },
     Read,
 }
 
@@ -66,13 +77,21 @@ pub fn parse_etag(etag: &str) -> Option<u64> {
     t.trim_matches('"').parse().ok()
 }
 
-fn entry_error(index: usize, element: &str, kind: ErrorKind, message: impl Into<String>) -> FhirError {
+fn entry_error(
+    index: usize,
+    element: &str,
+    kind: ErrorKind,
+    message: impl Into<String>,
+) -> FhirError {
     FhirError::at(kind, format!("Bundle.entry[{index}].{element}"), message)
 }
 
 /// Splits `Type/id`, `Type?query`, `Type` (relative to the base) into parts.
 fn split_url<'a>(url: &'a str, base: &str) -> (&'a str, Option<&'a str>, Option<&'a str>) {
-    let url = url.strip_prefix(base).map(|u| u.trim_start_matches('/')).unwrap_or(url);
+    let url = url
+        .strip_prefix(base)
+        .map(|u| u.trim_start_matches('/'))
+        .unwrap_or(url);
     let (path, query) = match url.split_once('?') {
         Some((p, q)) => (p, Some(q)),
         None => (url, None),
@@ -85,31 +104,50 @@ fn split_url<'a>(url: &'a str, base: &str) -> (&'a str, Option<&'a str>, Option<
 
 impl Pipeline {
     /// `POST [base]` with a batch or transaction Bundle; answers the response Bundle.
-    pub fn process_bundle(&self, caller: &Caller, bundle: Value, prefer: ReturnPreference, base: &str) -> FhirResult<Value> {
+    pub fn process_bundle(
+        &self,
+        caller: &Caller,
+        bundle: Value,
+        prefer: ReturnPreference,
+        base: &str,
+    ) -> FhirResult<Value> {
         if bundle.get("resourceType").and_then(Value::as_str) != Some("Bundle") {
             return Err(FhirError::bad_request(
                 "POST to the base URL takes a Bundle of type batch or transaction",
             ));
         }
-        let kind = match bundle.get("type").and_then(Value::as_str) {
-            Some("transaction") => BundleKind::Transaction,
-            Some("batch") => BundleKind::Batch,
-            Some(other) => {
-                return Err(FhirError::at(
+        let kind =
+            match bundle.get("type").and_then(Value::as_str) {
+                Some("transaction") => BundleKind::Transaction,
+                Some("batch") => BundleKind::Batch,
+                Some(other) => return Err(FhirError::at(
                     ErrorKind::BadRequest,
                     "Bundle.type",
-                    format!("Bundle type '{other}' cannot be processed; use 'batch' or 'transaction'"),
-                ))
-            }
-            None => return Err(FhirError::at(ErrorKind::BadRequest, "Bundle.type", "Bundle.type is missing")),
-        };
+                    format!(
+                        "Bundle type '{other}' cannot be processed; use 'batch' or 'transaction'"
+                    ),
+                )),
+                None => {
+                    return Err(FhirError::at(
+                        ErrorKind::BadRequest,
+                        "Bundle.type",
+                        "Bundle.type is missing",
+                    ))
+                }
+            };
         let Value::Object(mut bundle) = bundle else {
             return Err(FhirError::bad_request("Bundle must be a JSON object"));
         };
         let entries = match bundle.shift_remove("entry") {
             None => Vec::new(),
             Some(Value::Array(e)) => e,
-            Some(_) => return Err(FhirError::at(ErrorKind::BadRequest, "Bundle.entry", "Bundle.entry must be an array")),
+            Some(_) => {
+                return Err(FhirError::at(
+                    ErrorKind::BadRequest,
+                    "Bundle.entry",
+                    "Bundle.entry must be an array",
+                ))
+            }
         };
         if entries.len() > self.options.max_bundle_entries {
             return Err(FhirError::new(
@@ -128,16 +166,25 @@ impl Pipeline {
                     .enumerate()
                     .map(|(i, e)| parse_entry(i, e, base))
                     .collect::<FhirResult<Vec<_>>>()?;
-                self.audited(caller, Subtype::Transaction, None, || self.transaction(caller, requests, prefer, base))
+                self.audited(caller, Subtype::Transaction, None, || {
+                    self.transaction(caller, requests, prefer, base)
+                })
             }
             BundleKind::Batch => Ok(self.batch(caller, entries, prefer, base)),
         }
     }
 
-    fn batch(&self, caller: &Caller, entries: Vec<Value>, prefer: ReturnPreference, base: &str) -> Value {
+    fn batch(
+        &self,
+        caller: &Caller,
+        entries: Vec<Value>,
+        prefer: ReturnPreference,
+        base: &str,
+    ) -> Value {
         let mut out = Vec::with_capacity(entries.len());
         for (i, entry) in entries.into_iter().enumerate() {
-            let result = parse_entry(i, entry, base).and_then(|req| self.batch_entry(caller, req, prefer, base));
+            let result = parse_entry(i, entry, base)
+                .and_then(|req| self.batch_entry(caller, req, prefer, base));
             out.push(match result {
                 Ok(v) => v,
                 Err(e) => error_entry(&e),
@@ -146,35 +193,89 @@ impl Pipeline {
         response_bundle("batch-response", out)
     }
 
-    fn batch_entry(&self, caller: &Caller, req: EntryRequest, prefer: ReturnPreference, base: &str) -> FhirResult<Value> {
+    fn batch_entry(
+        &self,
+        caller: &Caller,
+        req: EntryRequest,
+        prefer: ReturnPreference,
+        base: &str,
+    ) -> FhirResult<Value> {
         let (rtype, id, query) = split_url(&req.url, base);
         let (rtype, id) = (rtype.to_string(), id.map(str::to_string));
         match req.method {
             Method::Get => self.get_entry(caller, &req.url, base),
             Method::Post => {
-                let resource = req.resource.ok_or_else(|| entry_error(req.index, "resource", ErrorKind::BadRequest, "POST needs a resource"))?;
+                let resource = req.resource.ok_or_else(|| {
+                    entry_error(
+                        req.index,
+                        "resource",
+                        ErrorKind::BadRequest,
+                        "POST needs a resource",
+                    )
+                })?;
                 let out = self
                     .create(caller, &rtype, resource, req.if_none_exist.as_deref())
-                    .map_err(|e| e.located_under(&format!("Bundle.entry[{}].resource", req.index), &rtype))?;
-                let status = if out.matched_existing { "200 OK" } else { "201 Created" };
-                Ok(write_entry(base, &out.record, Some(&out.resource), status, prefer, &out.issues))
+                    .map_err(|e| {
+                        e.located_under(&format!("Bundle.entry[{}].resource", req.index), &rtype)
+                    })?;
+                let status = if out.matched_existing {
+                    "200 OK"
+                } else {
+                    "201 Created"
+                };
+                Ok(write_entry(
+                    base,
+                    &out.record,
+                    Some(&out.resource),
+                    status,
+                    prefer,
+                    &out.issues,
+                ))
             }
             Method::Put => {
-                let resource = req.resource.ok_or_else(|| entry_error(req.index, "resource", ErrorKind::BadRequest, "PUT needs a resource"))?;
+                let resource = req.resource.ok_or_else(|| {
+                    entry_error(
+                        req.index,
+                        "resource",
+                        ErrorKind::BadRequest,
+                        "PUT needs a resource",
+                    )
+                })?;
                 let out = match (id, query) {
                     (Some(id), _) => self.update(caller, &rtype, &id, resource, req.if_match),
-                    (None, Some(q)) => self.conditional_update(caller, &rtype, q, resource, req.if_match),
-                    (None, None) => Err(entry_error(req.index, "request.url", ErrorKind::BadRequest, "PUT needs Type/id or Type?criteria")),
+                    (None, Some(q)) => {
+                        self.conditional_update(caller, &rtype, q, resource, req.if_match)
+                    }
+                    (None, None) => Err(entry_error(
+                        req.index,
+                        "request.url",
+                        ErrorKind::BadRequest,
+                        "PUT needs Type/id or Type?criteria",
+                    )),
                 }
-                .map_err(|e| e.located_under(&format!("Bundle.entry[{}].resource", req.index), &rtype))?;
+                .map_err(|e| {
+                    e.located_under(&format!("Bundle.entry[{}].resource", req.index), &rtype)
+                })?;
                 let status = if out.created { "201 Created" } else { "200 OK" };
-                Ok(write_entry(base, &out.record, Some(&out.resource), status, prefer, &out.issues))
+                Ok(write_entry(
+                    base,
+                    &out.record,
+                    Some(&out.resource),
+                    status,
+                    prefer,
+                    &out.issues,
+                ))
             }
             Method::Delete => {
                 let out = match (id, query) {
                     (Some(id), _) => self.delete(caller, &rtype, &id, req.if_match),
                     (None, Some(q)) => self.conditional_delete(caller, &rtype, q),
-                    (None, None) => Err(entry_error(req.index, "request.url", ErrorKind::BadRequest, "DELETE needs Type/id or Type?criteria")),
+                    (None, None) => Err(entry_error(
+                        req.index,
+                        "request.url",
+                        ErrorKind::BadRequest,
+                        "DELETE needs Type/id or Type?criteria",
+                    )),
                 }?;
                 let mut response = Map::new();
                 response.insert("status".into(), json!("204 No Content"));
@@ -194,7 +295,11 @@ impl Pipeline {
             .unwrap_or_default();
         let segments: Vec<&str> = rest.map(|r| r.split('/').collect()).unwrap_or_default();
         let (resource, etag) = match segments.as_slice() {
-            [] => (self.search(caller, Some(rtype), &params, false, base)?.bundle, None),
+            [] => (
+                self.search(caller, Some(rtype), &params, false, base)?
+                    .bundle,
+                None,
+            ),
             [id] => {
                 let rec = self.read(caller, rtype, id)?;
                 (parse_record(&rec)?, Some(rec.version))
@@ -214,7 +319,11 @@ impl Pipeline {
                 let rec = self.vread(caller, rtype, id, vid)?;
                 (parse_record(&rec)?, Some(rec.version))
             }
-            _ => return Err(FhirError::bad_request(format!("Unsupported GET '{url}' in a Bundle"))),
+            _ => {
+                return Err(FhirError::bad_request(format!(
+                    "Unsupported GET '{url}' in a Bundle"
+                )))
+            }
         };
         let mut response = Map::new();
         response.insert("status".into(), json!("200 OK"));
@@ -224,7 +333,13 @@ impl Pipeline {
         Ok(json!({ "resource": resource, "response": response }))
     }
 
-    fn transaction(&self, caller: &Caller, mut requests: Vec<EntryRequest>, prefer: ReturnPreference, base: &str) -> FhirResult<Value> {
+    fn transaction(
+        &self,
+        caller: &Caller,
+        mut requests: Vec<EntryRequest>,
+        prefer: ReturnPreference,
+        base: &str,
+    ) -> FhirResult<Value> {
         let count = requests.len();
         let mut order: Vec<usize> = (0..count).collect();
         order.sort_by_key(|&i| requests[i].method);
@@ -237,8 +352,12 @@ impl Pipeline {
             let req = &requests[i];
             let (rtype, id, query) = split_url(&req.url, base);
             if req.method != Method::Get {
-                check_resource_type(rtype).map_err(|e| e.located_under(&format!("Bundle.entry[{i}].request.url"), rtype))?;
-                refuse_audit_writes(rtype).map_err(|e| e.located_under(&format!("Bundle.entry[{i}].request.url"), rtype))?;
+                check_resource_type(rtype).map_err(|e| {
+                    e.located_under(&format!("Bundle.entry[{i}].request.url"), rtype)
+                })?;
+                refuse_audit_writes(rtype).map_err(|e| {
+                    e.located_under(&format!("Bundle.entry[{i}].request.url"), rtype)
+                })?;
                 let permission = match req.method {
                     Method::Delete => Permission::Delete,
                     Method::Post => Permission::Create,
@@ -261,9 +380,19 @@ impl Pipeline {
                                 _ => return Err(multiple_matches(i, q, rtype)),
                             }
                         }
-                        (None, None) => return Err(entry_error(i, "request.url", ErrorKind::BadRequest, "DELETE needs Type/id or Type?criteria")),
+                        (None, None) => {
+                            return Err(entry_error(
+                                i,
+                                "request.url",
+                                ErrorKind::BadRequest,
+                                "DELETE needs Type/id or Type?criteria",
+                            ))
+                        }
                     };
-                    Plan::Delete { rtype: rtype.to_string(), id }
+                    Plan::Delete {
+                        rtype: rtype.to_string(),
+                        id,
+                    }
                 }
                 Method::Post => {
                     let existing = match &req.if_none_exist {
@@ -301,27 +430,53 @@ impl Pipeline {
                                 _ => return Err(multiple_matches(i, q, rtype)),
                             }
                         }
-                        (None, None) => return Err(entry_error(i, "request.url", ErrorKind::BadRequest, "PUT needs Type/id or Type?criteria")),
+                        (None, None) => {
+                            return Err(entry_error(
+                                i,
+                                "request.url",
+                                ErrorKind::BadRequest,
+                                "PUT needs Type/id or Type?criteria",
+                            ))
+                        }
                     };
                     if !caregate_core::is_valid_id(&id) {
-                        return Err(entry_error(i, "request.url", ErrorKind::BadRequest, format!("'{id}' is not a valid id")));
+                        return Err(entry_error(
+                            i,
+                            "request.url",
+                            ErrorKind::BadRequest,
+                            format!("'{id}' is not a valid id"),
+                        ));
                     }
-                    Plan::Update { rtype: rtype.to_string(), id }
+                    Plan::Update {
+                        rtype: rtype.to_string(),
+                        id,
+                    }
                 }
             };
             let key = match &plan {
-                Plan::Create { rtype, id } | Plan::Update { rtype, id } => Some((rtype.clone(), id.clone())),
-                Plan::Delete { rtype, id: Some(id) } => Some((rtype.clone(), id.clone())),
-                Plan::Existing { record } => Some((record.resource_type.clone(), record.id.clone())),
+                Plan::Create { rtype, id } | Plan::Update { rtype, id } => {
+                    Some((rtype.clone(), id.clone()))
+                }
+                Plan::Delete {
+                    rtype,
+                    id: Some(id),
+                } => Some((rtype.clone(), id.clone())),
+                Plan::Existing { record } => {
+                    Some((record.resource_type.clone(), record.id.clone()))
+                }
                 _ => None,
             };
             if let Some((t, id)) = key {
-                if !matches!(plan, Plan::Existing { .. }) && !targets.insert((t.clone(), id.clone())) {
+                if !matches!(plan, Plan::Existing { .. })
+                    && !targets.insert((t.clone(), id.clone()))
+                {
                     return Err(entry_error(
                         i,
                         "request",
                         ErrorKind::BadRequest,
-                        format!("{t}/{id} is the target of more than one entry in this transaction"),
+                        format!(
+                            "{t}/{id} is the target of more than one entry in this transaction"
+                        ),
                     ));
                 }
                 if let Some(full_url) = &req.full_url {
@@ -351,28 +506,42 @@ impl Pipeline {
                         format!("The conditional reference '{reference}' matches no resource"),
                     ))
                 }
-                _ => {
-                    return Err(FhirError::new(
-                        ErrorKind::PreconditionFailed,
-                        format!("The conditional reference '{reference}' matches more than one resource"),
-                    )
-                    .with_code(IssueCode::MultipleMatches))
-                }
+                _ => return Err(FhirError::new(
+                    ErrorKind::PreconditionFailed,
+                    format!(
+                        "The conditional reference '{reference}' matches more than one resource"
+                    ),
+                )
+                .with_code(IssueCode::MultipleMatches)),
             }
         }
         let mut admitted: Vec<Option<Value>> = (0..count).map(|_| None).collect();
         let mut issues_by_entry: Vec<Vec<Issue>> = (0..count).map(|_| Vec::new()).collect();
         let mut errors: Vec<Issue> = Vec::new();
         for (i, req) in requests.iter_mut().enumerate() {
-            let Some(Plan::Create { rtype, id } | Plan::Update { rtype, id }) = &plans[i] else { continue };
+            let Some(Plan::Create { rtype, id } | Plan::Update { rtype, id }) = &plans[i] else {
+                continue;
+            };
             let Some(mut resource) = req.resource.take() else {
-                return Err(entry_error(i, "resource", ErrorKind::BadRequest, "This entry needs a resource"));
+                return Err(entry_error(
+                    i,
+                    "resource",
+                    ErrorKind::BadRequest,
+                    "This entry needs a resource",
+                ));
             };
             if let Some(obj) = resource.as_object_mut() {
                 if matches!(plans[i], Some(Plan::Update { .. })) {
                     match obj.get("id").and_then(Value::as_str) {
                         Some(body) if body != id => {
-                            return Err(entry_error(i, "resource.id", ErrorKind::BadRequest, format!("The resource id '{body}' does not match '{id}' in request.url")));
+                            return Err(entry_error(
+                                i,
+                                "resource.id",
+                                ErrorKind::BadRequest,
+                                format!(
+                                    "The resource id '{body}' does not match '{id}' in request.url"
+                                ),
+                            ));
                         }
                         _ => {}
                     }
@@ -411,7 +580,10 @@ impl Pipeline {
                         let prepared = self.prepare(resource, id, None, WriteMethod::Post, now)?;
                         admitted[i] = prepared.resource;
                         touched.push((
-                            format!("{}/{}/_history/{}", prepared.op.resource_type, id, prepared.op.version),
+                            format!(
+                                "{}/{}/_history/{}",
+                                prepared.op.resource_type, id, prepared.op.version
+                            ),
                             admitted[i].as_ref().and_then(patient_of),
                         ));
                         op_of_entry[i] = Some(ops.len());
@@ -424,12 +596,16 @@ impl Pipeline {
                         if let Some(expected) = if_match {
                             if version != Some(expected) {
                                 return Err(precondition_failed(rtype, id, expected, version)
-                                    .located_under(&format!("Bundle.entry[{i}].request.ifMatch"), rtype));
+                                    .located_under(
+                                        &format!("Bundle.entry[{i}].request.ifMatch"),
+                                        rtype,
+                                    ));
                             }
                         }
                         created[i] = current.as_ref().is_none_or(VersionRecord::is_deleted);
                         let resource = admitted[i].take().unwrap_or(Value::Null);
-                        let prepared = self.prepare(resource, id, version, WriteMethod::Put, now)?;
+                        let prepared =
+                            self.prepare(resource, id, version, WriteMethod::Put, now)?;
                         admitted[i] = prepared.resource;
                         touched.push((
                             format!("{rtype}/{id}/_history/{}", prepared.op.version),
@@ -438,21 +614,37 @@ impl Pipeline {
                         op_of_entry[i] = Some(ops.len());
                         ops.push(prepared.op);
                     }
-                    Some(Plan::Delete { rtype, id: Some(id) }) => {
+                    Some(Plan::Delete {
+                        rtype,
+                        id: Some(id),
+                    }) => {
                         let current = self.store.read(rtype, id).map_err(store_error)?;
                         match current {
                             None => {
-                                return Err(entry_error(i, "request.url", ErrorKind::NotFound, format!("{rtype}/{id} does not exist")))
+                                return Err(entry_error(
+                                    i,
+                                    "request.url",
+                                    ErrorKind::NotFound,
+                                    format!("{rtype}/{id} does not exist"),
+                                ))
                             }
                             Some(c) if c.is_deleted() => {}
                             Some(c) => {
                                 if let Some(expected) = if_match {
                                     if c.version != expected {
-                                        return Err(precondition_failed(rtype, id, expected, Some(c.version)));
+                                        return Err(precondition_failed(
+                                            rtype,
+                                            id,
+                                            expected,
+                                            Some(c.version),
+                                        ));
                                     }
                                 }
                                 let patient = parse_record(&c).ok().as_ref().and_then(patient_of);
-                                touched.push((format!("{rtype}/{id}/_history/{}", c.version + 1), patient));
+                                touched.push((
+                                    format!("{rtype}/{id}/_history/{}", c.version + 1),
+                                    patient,
+                                ));
                                 op_of_entry[i] = Some(ops.len());
                                 ops.push(Self::tombstone(rtype, id, c.version, now));
                             }
@@ -472,7 +664,8 @@ impl Pipeline {
                     let entry = op_of_entry.iter().position(|o| *o == Some(op_index));
                     let guarded = entry.is_some_and(|e| requests[e].if_match.is_some());
                     if guarded || attempts >= self.options.write_retries {
-                        let at = entry.map_or_else(|| "Bundle".to_string(), |e| format!("Bundle.entry[{e}]"));
+                        let at = entry
+                            .map_or_else(|| "Bundle".to_string(), |e| format!("Bundle.entry[{e}]"));
                         return Err(FhirError::at(
                             if guarded { ErrorKind::PreconditionFailed } else { ErrorKind::Conflict },
                             at,
@@ -485,7 +678,8 @@ impl Pipeline {
             }
         };
         // `admitted` now holds each written resource as stored (id and meta stamped).
-        let mut written: Vec<(&WriteOp, Option<&Value>)> = ops.iter().map(|op| (op, None)).collect();
+        let mut written: Vec<(&WriteOp, Option<&Value>)> =
+            ops.iter().map(|op| (op, None)).collect();
         for (i, op_index) in resources.iter().enumerate() {
             if let Some(o) = op_index {
                 written[*o].1 = admitted[i].as_ref();
@@ -508,7 +702,9 @@ impl Pipeline {
                     write_entry(base, record, Some(&resource), "200 OK", prefer, &[])
                 }
                 Some(Plan::Delete { .. }) => match resources[i] {
-                    Some(o) => json!({ "response": { "status": "204 No Content", "etag": format!("W/\"{}\"", ops[o].version) } }),
+                    Some(o) => {
+                        json!({ "response": { "status": "204 No Content", "etag": format!("W/\"{}\"", ops[o].version) } })
+                    }
                     None => json!({ "response": { "status": "204 No Content" } }),
                 },
                 Some(Plan::Create { .. } | Plan::Update { .. }) => {
@@ -527,7 +723,14 @@ impl Pipeline {
                         hash: String::new(),
                     };
                     let status = if created[i] { "201 Created" } else { "200 OK" };
-                    write_entry(base, &record, admitted[i].as_ref(), status, prefer, &issues_by_entry[i])
+                    write_entry(
+                        base,
+                        &record,
+                        admitted[i].as_ref(),
+                        status,
+                        prefer,
+                        &issues_by_entry[i],
+                    )
                 }
                 None => return Err(FhirError::internal("transaction entry without a plan")),
             };
@@ -548,39 +751,85 @@ fn multiple_matches(index: usize, query: &str, rtype: &str) -> FhirError {
 
 fn parse_entry(index: usize, entry: Value, _base: &str) -> FhirResult<EntryRequest> {
     let Value::Object(mut entry) = entry else {
-        return Err(FhirError::at(ErrorKind::BadRequest, format!("Bundle.entry[{index}]"), "A Bundle entry must be an object"));
+        return Err(FhirError::at(
+            ErrorKind::BadRequest,
+            format!("Bundle.entry[{index}]"),
+            "A Bundle entry must be an object",
+        ));
     };
     let request = entry
         .get("request")
         .and_then(Value::as_object)
-        .ok_or_else(|| entry_error(index, "request", ErrorKind::BadRequest, "Each batch/transaction entry needs a request"))?;
+        .ok_or_else(|| {
+            entry_error(
+                index,
+                "request",
+                ErrorKind::BadRequest,
+                "Each batch/transaction entry needs a request",
+            )
+        })?;
     let method = match request.get("method").and_then(Value::as_str) {
         Some("GET") | Some("HEAD") => Method::Get,
         Some("POST") => Method::Post,
         Some("PUT") => Method::Put,
         Some("DELETE") => Method::Delete,
         Some("PATCH") => {
-            return Err(entry_error(index, "request.method", ErrorKind::NotImplemented, "PATCH is not supported"))
+            return Err(entry_error(
+                index,
+                "request.method",
+                ErrorKind::NotImplemented,
+                "PATCH is not supported",
+            ))
         }
         Some(other) => {
-            return Err(entry_error(index, "request.method", ErrorKind::BadRequest, format!("Unknown method '{other}'")))
+            return Err(entry_error(
+                index,
+                "request.method",
+                ErrorKind::BadRequest,
+                format!("Unknown method '{other}'"),
+            ))
         }
-        None => return Err(entry_error(index, "request.method", ErrorKind::BadRequest, "request.method is missing")),
+        None => {
+            return Err(entry_error(
+                index,
+                "request.method",
+                ErrorKind::BadRequest,
+                "request.method is missing",
+            ))
+        }
     };
     let url = request
         .get("url")
         .and_then(Value::as_str)
         .filter(|u| !u.is_empty())
-        .ok_or_else(|| entry_error(index, "request.url", ErrorKind::BadRequest, "request.url is missing"))?
+        .ok_or_else(|| {
+            entry_error(
+                index,
+                "request.url",
+                ErrorKind::BadRequest,
+                "request.url is missing",
+            )
+        })?
         .to_string();
     let if_match = match request.get("ifMatch").and_then(Value::as_str) {
         Some(e) => Some(parse_etag(e).ok_or_else(|| {
-            entry_error(index, "request.ifMatch", ErrorKind::BadRequest, format!("'{e}' is not an ETag like W/\"1\""))
+            entry_error(
+                index,
+                "request.ifMatch",
+                ErrorKind::BadRequest,
+                format!("'{e}' is not an ETag like W/\"1\""),
+            )
         })?),
         None => None,
     };
-    let if_none_exist = request.get("ifNoneExist").and_then(Value::as_str).map(str::to_string);
-    let full_url = entry.get("fullUrl").and_then(Value::as_str).map(str::to_string);
+    let if_none_exist = request
+        .get("ifNoneExist")
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    let full_url = entry
+        .get("fullUrl")
+        .and_then(Value::as_str)
+        .map(str::to_string);
     let resource = entry.shift_remove("resource");
     if matches!(method, Method::Post | Method::Put) {
         match &resource {
@@ -596,10 +845,24 @@ fn parse_entry(index: usize, entry: Value, _base: &str) -> FhirResult<EntryReque
                             format!("Resource type '{t}' does not match request.url '{url}'"),
                         ))
                     }
-                    None => return Err(entry_error(index, "resource", ErrorKind::BadRequest, "The resource has no resourceType")),
+                    None => {
+                        return Err(entry_error(
+                            index,
+                            "resource",
+                            ErrorKind::BadRequest,
+                            "The resource has no resourceType",
+                        ))
+                    }
                 }
             }
-            _ => return Err(entry_error(index, "resource", ErrorKind::BadRequest, "POST and PUT entries need a resource")),
+            _ => {
+                return Err(entry_error(
+                    index,
+                    "resource",
+                    ErrorKind::BadRequest,
+                    "POST and PUT entries need a resource",
+                ))
+            }
         }
     }
     Ok(EntryRequest {
@@ -613,9 +876,19 @@ fn parse_entry(index: usize, entry: Value, _base: &str) -> FhirResult<EntryReque
     })
 }
 
-fn write_entry(base: &str, record: &VersionRecord, resource: Option<&Value>, status: &str, prefer: ReturnPreference, issues: &[Issue]) -> Value {
+fn write_entry(
+    base: &str,
+    record: &VersionRecord,
+    resource: Option<&Value>,
+    status: &str,
+    prefer: ReturnPreference,
+    issues: &[Issue],
+) -> Value {
     let mut entry = Map::new();
-    entry.insert("fullUrl".into(), json!(format!("{base}/{}/{}", record.resource_type, record.id)));
+    entry.insert(
+        "fullUrl".into(),
+        json!(format!("{base}/{}/{}", record.resource_type, record.id)),
+    );
     match (prefer, resource) {
         (ReturnPreference::Representation, Some(r)) => {
             entry.insert("resource".into(), r.clone());
@@ -700,9 +973,18 @@ mod tests {
 
     #[test]
     fn urls() {
-        assert_eq!(split_url("Patient/1", "http://h/fhir"), ("Patient", Some("1"), None));
-        assert_eq!(split_url("http://h/fhir/Patient/1", "http://h/fhir"), ("Patient", Some("1"), None));
-        assert_eq!(split_url("Patient?identifier=a", "b"), ("Patient", None, Some("identifier=a")));
+        assert_eq!(
+            split_url("Patient/1", "http://h/fhir"),
+            ("Patient", Some("1"), None)
+        );
+        assert_eq!(
+            split_url("http://h/fhir/Patient/1", "http://h/fhir"),
+            ("Patient", Some("1"), None)
+        );
+        assert_eq!(
+            split_url("Patient?identifier=a", "b"),
+            ("Patient", None, Some("identifier=a"))
+        );
         assert_eq!(split_url("Patient", "b"), ("Patient", None, None));
     }
 }

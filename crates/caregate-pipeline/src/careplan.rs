@@ -2,7 +2,9 @@
 //! the resources the reader may see, and hands them to `caregate-careplan`.
 
 use caregate_audit::{patient_of, Subtype};
-use caregate_careplan::{build_view, group_people, match_candidates, view_etag, LinkConfig, Person, Source, ViewOptions};
+use caregate_careplan::{
+    build_view, group_people, match_candidates, view_etag, LinkConfig, Person, Source, ViewOptions,
+};
 use caregate_core::{parse_date_range, ErrorKind, FhirError, FhirResult};
 use caregate_store::VersionRecord;
 use serde_json::{json, Value};
@@ -32,11 +34,20 @@ pub struct CarePlanView {
 }
 
 impl Pipeline {
-    fn search_all(&self, resource_type: &str, params: Vec<(String, String)>, limit: usize) -> FhirResult<Vec<VersionRecord>> {
+    fn search_all(
+        &self,
+        resource_type: &str,
+        params: Vec<(String, String)>,
+        limit: usize,
+    ) -> FhirResult<Vec<VersionRecord>> {
         let mut parsed = self.search.parse(Some(resource_type), &params, true)?;
         parsed.query.count = limit;
         parsed.query.total = false;
-        Ok(self.store.search(&parsed.query).map_err(store_error)?.matches)
+        Ok(self
+            .store
+            .search(&parsed.query)
+            .map_err(store_error)?
+            .matches)
     }
 
     /// Patients that could be the same person as `patient`: sharing an identifier, or the
@@ -52,7 +63,12 @@ impl Pipeline {
             }
             Ok(())
         };
-        for ident in patient.get("identifier").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default() {
+        for ident in patient
+            .get("identifier")
+            .and_then(Value::as_array)
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+        {
             if let (Some(system), Some(value)) = (
                 ident.get("system").and_then(Value::as_str),
                 ident.get("value").and_then(Value::as_str),
@@ -66,7 +82,10 @@ impl Pipeline {
         if let (Some(family), Some(birth)) = (family, birth) {
             add(self.search_all(
                 "Patient",
-                vec![("family".into(), escape(family)), ("birthdate".into(), birth.to_string())],
+                vec![
+                    ("family".into(), escape(family)),
+                    ("birthdate".into(), birth.to_string()),
+                ],
                 50,
             )?)?;
         }
@@ -76,7 +95,10 @@ impl Pipeline {
     /// The person `Patient/{id}` belongs to, from the configured linking rules.
     fn person_of(&self, patient: &Value, id: &str) -> FhirResult<Person> {
         let mut candidates = self.candidates_for(patient)?;
-        if !candidates.iter().any(|c| c.get("id").and_then(Value::as_str) == Some(id)) {
+        if !candidates
+            .iter()
+            .any(|c| c.get("id").and_then(Value::as_str) == Some(id))
+        {
             candidates.push(patient.clone());
         }
         let cfg = LinkConfig {
@@ -94,19 +116,36 @@ impl Pipeline {
 
     /// `GET /Patient/{id}/$care-plan`: one synthesized CarePlan for the person, from every
     /// linked Patient's resources that this reader may see.
-    pub fn care_plan(&self, caller: &Caller, id: &str, since: Option<&str>) -> FhirResult<CarePlanView> {
-        self.audited(caller, Subtype::Operation, Some(format!("Patient/{id}")), || {
-            self.care_plan_inner(caller, id, since)
-        })
+    pub fn care_plan(
+        &self,
+        caller: &Caller,
+        id: &str,
+        since: Option<&str>,
+    ) -> FhirResult<CarePlanView> {
+        self.audited(
+            caller,
+            Subtype::Operation,
+            Some(format!("Patient/{id}")),
+            || self.care_plan_inner(caller, id, since),
+        )
     }
 
-    fn care_plan_inner(&self, caller: &Caller, id: &str, since: Option<&str>) -> FhirResult<CarePlanView> {
+    fn care_plan_inner(
+        &self,
+        caller: &Caller,
+        id: &str,
+        since: Option<&str>,
+    ) -> FhirResult<CarePlanView> {
         check_resource_type("Patient")?;
         caller.require("Patient", Permission::Read)?;
         caller.require("CarePlan", Permission::Search)?;
         if let Some(s) = since {
             if parse_date_range(s).is_none() {
-                return Err(FhirError::at(ErrorKind::BadRequest, "_since", format!("'_since' must be an instant, not '{s}'")));
+                return Err(FhirError::at(
+                    ErrorKind::BadRequest,
+                    "_since",
+                    format!("'_since' must be an instant, not '{s}'"),
+                ));
             }
         }
         let record = self
@@ -129,7 +168,11 @@ impl Pipeline {
                     continue;
                 }
                 for r in self.search_all(rtype, vec![(param.to_string(), member.clone())], 1000)? {
-                    if gathered.iter().any(|(v, _)| v.get("id").and_then(Value::as_str) == Some(&r.id) && v.get("resourceType").and_then(Value::as_str) == Some(&r.resource_type)) {
+                    if gathered.iter().any(|(v, _)| {
+                        v.get("id").and_then(Value::as_str) == Some(&r.id)
+                            && v.get("resourceType").and_then(Value::as_str)
+                                == Some(&r.resource_type)
+                    }) {
                         continue;
                     }
                     let v = parse_record(&r)?;
@@ -146,7 +189,10 @@ impl Pipeline {
             .map(|(v, last_updated)| Source {
                 resource: v,
                 source_org: None,
-                source_system: v.pointer("/meta/source").and_then(Value::as_str).map(str::to_string),
+                source_system: v
+                    .pointer("/meta/source")
+                    .and_then(Value::as_str)
+                    .map(str::to_string),
                 last_updated: last_updated.clone(),
             })
             .collect();
@@ -166,7 +212,9 @@ impl Pipeline {
                 (
                     format!(
                         "{}/{}",
-                        v.get("resourceType").and_then(Value::as_str).unwrap_or_default(),
+                        v.get("resourceType")
+                            .and_then(Value::as_str)
+                            .unwrap_or_default(),
                         v.get("id").and_then(Value::as_str).unwrap_or_default()
                     ),
                     patient_of(v),
@@ -184,15 +232,30 @@ impl Pipeline {
     }
 
     /// `POST /Patient/$match` (R4 operation): candidates for the given Patient, graded.
-    pub fn patient_match(&self, caller: &Caller, parameters: &Value, base: &str) -> FhirResult<Value> {
+    pub fn patient_match(
+        &self,
+        caller: &Caller,
+        parameters: &Value,
+        base: &str,
+    ) -> FhirResult<Value> {
         caller.require("Patient", Permission::Search)?;
-        let params = parameters.get("parameter").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
+        let params = parameters
+            .get("parameter")
+            .and_then(Value::as_array)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
         let resource = params
             .iter()
             .find(|p| p.get("name").and_then(Value::as_str) == Some("resource"))
             .and_then(|p| p.get("resource"))
             .filter(|r| r.get("resourceType").and_then(Value::as_str) == Some("Patient"))
-            .ok_or_else(|| FhirError::at(ErrorKind::BadRequest, "Parameters.parameter", "$match needs a 'resource' parameter holding a Patient"))?;
+            .ok_or_else(|| {
+                FhirError::at(
+                    ErrorKind::BadRequest,
+                    "Parameters.parameter",
+                    "$match needs a 'resource' parameter holding a Patient",
+                )
+            })?;
         let only_certain = params
             .iter()
             .find(|p| p.get("name").and_then(Value::as_str) == Some("onlyCertainMatches"))
@@ -240,14 +303,26 @@ impl Pipeline {
 
 /// Escapes a search value (`,` `|` `$` `\`).
 fn escape(v: &str) -> String {
-    v.replace('\\', "\\\\").replace(',', "\\,").replace('|', "\\|").replace('$', "\\$")
+    v.replace('\\', "\\\\")
+        .replace(',', "\\,")
+        .replace('|', "\\|")
+        .replace('$', "\\$")
 }
 
 /// The shared care-plan view as a page for clinicians: problems, goals, activities, the care
 /// team and flags, each item with where it came from.
 pub fn care_plan_html(patient_id: &str, view: &Value) -> String {
-    let esc = |s: &str| s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;");
-    let entries = view.get("entry").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
+    let esc = |s: &str| {
+        s.replace('&', "&amp;")
+            .replace('<', "&lt;")
+            .replace('>', "&gt;")
+            .replace('"', "&quot;")
+    };
+    let entries = view
+        .get("entry")
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or_default();
     let label = |r: &Value| -> String {
         for pointer in [
             "/code/text",
@@ -272,20 +347,40 @@ pub fn care_plan_html(patient_id: &str, view: &Value) -> String {
     };
     let sources = |r: &Value| -> String {
         let mut out = Vec::new();
-        for ext in r.get("extension").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default() {
-            if ext.get("url").and_then(Value::as_str) != Some(caregate_careplan::ITEM_SOURCE_EXTENSION) {
+        for ext in r
+            .get("extension")
+            .and_then(Value::as_array)
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+        {
+            if ext.get("url").and_then(Value::as_str)
+                != Some(caregate_careplan::ITEM_SOURCE_EXTENSION)
+            {
                 continue;
             }
             let mut who = String::new();
-            for part in ext.get("extension").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default() {
+            for part in ext
+                .get("extension")
+                .and_then(Value::as_array)
+                .map(Vec::as_slice)
+                .unwrap_or_default()
+            {
                 let value = part
                     .get("valueString")
                     .and_then(Value::as_str)
-                    .or_else(|| part.pointer("/valueReference/reference").and_then(Value::as_str))
-                    .or_else(|| part.pointer("/valueReference/display").and_then(Value::as_str))
+                    .or_else(|| {
+                        part.pointer("/valueReference/reference")
+                            .and_then(Value::as_str)
+                    })
+                    .or_else(|| {
+                        part.pointer("/valueReference/display")
+                            .and_then(Value::as_str)
+                    })
                     .unwrap_or("");
                 match part.get("url").and_then(Value::as_str) {
-                    Some("organization") | Some("system") if who.is_empty() => who = value.to_string(),
+                    Some("organization") | Some("system") if who.is_empty() => {
+                        who = value.to_string()
+                    }
                     Some("originalReference") if who.is_empty() => who = value.to_string(),
                     _ => {}
                 }
@@ -298,7 +393,10 @@ pub fn care_plan_html(patient_id: &str, view: &Value) -> String {
         r.get("status")
             .or_else(|| r.get("lifecycleStatus"))
             .and_then(Value::as_str)
-            .or_else(|| r.pointer("/clinicalStatus/coding/0/code").and_then(Value::as_str))
+            .or_else(|| {
+                r.pointer("/clinicalStatus/coding/0/code")
+                    .and_then(Value::as_str)
+            })
             .unwrap_or("")
             .to_string()
     };
@@ -306,7 +404,9 @@ pub fn care_plan_html(patient_id: &str, view: &Value) -> String {
         let rows: Vec<String> = entries
             .iter()
             .filter_map(|e| e.get("resource"))
-            .filter(|r| types.contains(&r.get("resourceType").and_then(Value::as_str).unwrap_or("")))
+            .filter(|r| {
+                types.contains(&r.get("resourceType").and_then(Value::as_str).unwrap_or(""))
+            })
             .map(|r| {
                 format!(
                     "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
@@ -329,7 +429,12 @@ pub fn care_plan_html(patient_id: &str, view: &Value) -> String {
         .iter()
         .filter_map(|e| e.get("resource"))
         .filter(|r| r.get("resourceType").and_then(Value::as_str) == Some("CareTeam"))
-        .flat_map(|t| t.get("participant").and_then(Value::as_array).cloned().unwrap_or_default())
+        .flat_map(|t| {
+            t.get("participant")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default()
+        })
         .map(|p| {
             let who = p
                 .pointer("/member/display")
@@ -348,11 +453,16 @@ pub fn care_plan_html(patient_id: &str, view: &Value) -> String {
         .iter()
         .filter_map(|e| e.get("resource"))
         .filter(|r| r.get("resourceType").and_then(Value::as_str) == Some("DetectedIssue"))
-        .map(|r| format!("<li class=\"flag\">{}</li>", esc(r.get("detail").and_then(Value::as_str).unwrap_or("flag"))))
+        .map(|r| {
+            format!(
+                "<li class=\"flag\">{}</li>",
+                esc(r.get("detail").and_then(Value::as_str).unwrap_or("flag"))
+            )
+        })
         .collect();
-    let withheld = entries
-        .iter()
-        .any(|e| e.pointer("/resource/resourceType").and_then(Value::as_str) == Some("OperationOutcome"));
+    let withheld = entries.iter().any(|e| {
+        e.pointer("/resource/resourceType").and_then(Value::as_str) == Some("OperationOutcome")
+    });
     format!(
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>Shared care plan: Patient/{id}</title><style>\
          body{{font-family:sans-serif;margin:2em;max-width:70em}}table{{border-collapse:collapse;margin-bottom:1em}}td,th{{border:1px solid #999;padding:4px 8px;text-align:left;vertical-align:top}}\

@@ -30,7 +30,10 @@ fn issue_rows(issues: &[Issue]) -> Vec<(String, String, String, String)> {
             (
                 i.severity.as_str().to_string(),
                 i.code.as_str().to_string(),
-                i.expression.first().map(|e| element_of(e)).unwrap_or_default(),
+                i.expression
+                    .first()
+                    .map(|e| element_of(e))
+                    .unwrap_or_default(),
                 i.diagnostics.chars().take(300).collect(),
             )
         })
@@ -38,7 +41,13 @@ fn issue_rows(issues: &[Issue]) -> Vec<(String, String, String, String)> {
 }
 
 impl Pipeline {
-    fn conformance_record(caller: &Caller, resource_type: &str, resource: Option<&Value>, accepted: bool, issues: &[Issue]) -> ConformanceRecord {
+    fn conformance_record(
+        caller: &Caller,
+        resource_type: &str,
+        resource: Option<&Value>,
+        accepted: bool,
+        issues: &[Issue],
+    ) -> ConformanceRecord {
         let profile = resource
             .and_then(|r| r.pointer("/meta/profile/0"))
             .and_then(Value::as_str)
@@ -46,7 +55,11 @@ impl Pipeline {
             .to_string();
         ConformanceRecord {
             day: chrono::Utc::now().format("%Y-%m-%d").to_string(),
-            client: caller.actor.client_id.clone().unwrap_or_else(|| "local".into()),
+            client: caller
+                .actor
+                .client_id
+                .clone()
+                .unwrap_or_else(|| "local".into()),
             resource_type: resource_type.to_string(),
             profile,
             accepted,
@@ -55,8 +68,20 @@ impl Pipeline {
     }
 
     /// A resource accepted (possibly with warnings).
-    pub(crate) fn count_accepted(&self, caller: &Caller, resource_type: &str, resource: Option<&Value>, issues: &[Issue]) {
-        self.record_stats(vec![Self::conformance_record(caller, resource_type, resource, true, issues)]);
+    pub(crate) fn count_accepted(
+        &self,
+        caller: &Caller,
+        resource_type: &str,
+        resource: Option<&Value>,
+        issues: &[Issue],
+    ) {
+        self.record_stats(vec![Self::conformance_record(
+            caller,
+            resource_type,
+            resource,
+            true,
+            issues,
+        )]);
     }
 
     /// A write refused for its content (validation or profile errors).
@@ -64,7 +89,13 @@ impl Pipeline {
         if matches!(error.kind, ErrorKind::BadRequest | ErrorKind::Unprocessable)
             && error.issues.iter().any(|i| !i.expression.is_empty())
         {
-            self.record_stats(vec![Self::conformance_record(caller, resource_type, None, false, &error.issues)]);
+            self.record_stats(vec![Self::conformance_record(
+                caller,
+                resource_type,
+                None,
+                false,
+                &error.issues,
+            )]);
         }
     }
 
@@ -89,16 +120,28 @@ impl Pipeline {
                 caregate_core::parse_date_range(s)
                     .and_then(|r| chrono::DateTime::from_timestamp_millis(r.start))
                     .map(|d| d.format("%Y-%m-%d").to_string())
-                    .ok_or_else(|| FhirError::at(ErrorKind::BadRequest, "since", format!("'since' must be a date, not '{s}'")))?,
+                    .ok_or_else(|| {
+                        FhirError::at(
+                            ErrorKind::BadRequest,
+                            "since",
+                            format!("'since' must be a date, not '{s}'"),
+                        )
+                    })?,
             ),
             None => None,
         };
-        self.store.conformance_report(source, since_day.as_deref()).map_err(crate::store_error)
+        self.store
+            .conformance_report(source, since_day.as_deref())
+            .map_err(crate::store_error)
     }
 }
 
 /// The report as JSON.
-pub fn conformance_json(report: &caregate_store::ConformanceReport, source: Option<&str>, since: Option<&str>) -> Value {
+pub fn conformance_json(
+    report: &caregate_store::ConformanceReport,
+    source: Option<&str>,
+    since: Option<&str>,
+) -> Value {
     use serde_json::json;
     json!({
         "source": source,
@@ -119,11 +162,24 @@ pub fn conformance_json(report: &caregate_store::ConformanceReport, source: Opti
 }
 
 /// The report as a printable HTML page.
-pub fn conformance_html(report: &caregate_store::ConformanceReport, source: Option<&str>, since: Option<&str>) -> String {
-    let esc = |s: &str| s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;");
+pub fn conformance_html(
+    report: &caregate_store::ConformanceReport,
+    source: Option<&str>,
+    since: Option<&str>,
+) -> String {
+    let esc = |s: &str| {
+        s.replace('&', "&amp;")
+            .replace('<', "&lt;")
+            .replace('>', "&gt;")
+            .replace('"', "&quot;")
+    };
     let mut counts = String::new();
     for c in &report.counts {
-        let rate = if c.received > 0 { c.accepted as f64 * 100.0 / c.received as f64 } else { 0.0 };
+        let rate = if c.received > 0 {
+            c.accepted as f64 * 100.0 / c.received as f64
+        } else {
+            0.0
+        };
         counts.push_str(&format!(
             "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{rate:.1}%</td></tr>\n",
             esc(&c.client), esc(&c.resource_type), esc(&c.profile), c.received, c.accepted, c.rejected, c.warned
@@ -138,7 +194,11 @@ pub fn conformance_html(report: &caregate_store::ConformanceReport, source: Opti
     }
     let mut trend = String::new();
     for (day, client, received, rejected) in &report.trend {
-        trend.push_str(&format!("<tr><td>{}</td><td>{}</td><td>{received}</td><td>{rejected}</td></tr>\n", esc(day), esc(client)));
+        trend.push_str(&format!(
+            "<tr><td>{}</td><td>{}</td><td>{received}</td><td>{rejected}</td></tr>\n",
+            esc(day),
+            esc(client)
+        ));
     }
     format!(
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>Conformance by source system</title><style>\
@@ -159,9 +219,14 @@ mod tests {
 
     #[test]
     fn elements_lose_their_indexes() {
-        assert_eq!(element_of("Patient.name[0].given[12]"), "Patient.name.given");
-        assert_eq!(element_of("Bundle.entry[3].resource.birthDate"), "Bundle.entry.resource.birthDate");
+        assert_eq!(
+            element_of("Patient.name[0].given[12]"),
+            "Patient.name.given"
+        );
+        assert_eq!(
+            element_of("Bundle.entry[3].resource.birthDate"),
+            "Bundle.entry.resource.birthDate"
+        );
         assert_eq!(element_of(""), "");
     }
 }
-

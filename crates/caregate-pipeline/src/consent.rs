@@ -31,13 +31,23 @@ impl Pipeline {
         let mut actor = caller.actor.clone();
         if enforced && actor.care_teams.is_empty() {
             // CareTeam membership counts as the actor: find the teams the caller is in.
-            let members: Vec<String> = actor.organization.iter().chain(actor.practitioner.iter()).cloned().collect();
+            let members: Vec<String> = actor
+                .organization
+                .iter()
+                .chain(actor.practitioner.iter())
+                .cloned()
+                .collect();
             for member in members {
                 let params = vec![("participant".to_string(), member)];
                 let mut parsed = self.search.parse(Some("CareTeam"), &params, true)?;
                 parsed.query.count = 200;
                 parsed.query.total = false;
-                for team in self.store.search(&parsed.query).map_err(store_error)?.matches {
+                for team in self
+                    .store
+                    .search(&parsed.query)
+                    .map_err(store_error)?
+                    .matches
+                {
                     actor.care_teams.push(format!("CareTeam/{}", team.id));
                 }
             }
@@ -85,15 +95,31 @@ impl ConsentScope<'_> {
             let mut parsed = self.pipeline.search.parse(Some("Consent"), &params, true)?;
             parsed.query.count = 200;
             parsed.query.total = false;
-            let records = self.pipeline.store.search(&parsed.query).map_err(store_error)?.matches;
-            let consents = records.iter().map(parse_record).collect::<FhirResult<Vec<_>>>()?;
+            let records = self
+                .pipeline
+                .store
+                .search(&parsed.query)
+                .map_err(store_error)?
+                .matches;
+            let consents = records
+                .iter()
+                .map(parse_record)
+                .collect::<FhirResult<Vec<_>>>()?;
             self.consents.insert(patient.to_string(), consents);
         }
-        Ok(self.consents.get(patient).map(Vec::as_slice).unwrap_or_default())
+        Ok(self
+            .consents
+            .get(patient)
+            .map(Vec::as_slice)
+            .unwrap_or_default())
     }
 
     /// The engine's decision for one resource.
-    pub(crate) fn decide(&mut self, action: ConsentAction, resource: &Value) -> FhirResult<Decision> {
+    pub(crate) fn decide(
+        &mut self,
+        action: ConsentAction,
+        resource: &Value,
+    ) -> FhirResult<Decision> {
         let patient = patient_of(resource);
         let consents: Vec<Value> = match &patient {
             Some(p) if self.enforced => self.consents_of(p)?.to_vec(),
@@ -110,7 +136,12 @@ impl ConsentScope<'_> {
             (&decision.verdict, &decision.source),
             (_, DecisionSource::BreakTheGlass) | (Verdict::Deny, DecisionSource::Consent { .. })
         );
-        if alert && !self.alerts.iter().any(|(b, p)| *b == decision.basis && *p == patient) {
+        if alert
+            && !self
+                .alerts
+                .iter()
+                .any(|(b, p)| *b == decision.basis && *p == patient)
+        {
             self.alerts.push((decision.basis.clone(), patient));
         }
         Ok(decision)

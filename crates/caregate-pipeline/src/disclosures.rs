@@ -33,7 +33,13 @@ const RELEASES: [&str; 7] = [
 
 impl Pipeline {
     /// `GET /Patient/{id}/$disclosures?start=&end=`: for auditors (an explicit AuditEvent grant).
-    pub fn disclosures(&self, caller: &Caller, patient_id: &str, start: Option<&str>, end: Option<&str>) -> FhirResult<Vec<Disclosure>> {
+    pub fn disclosures(
+        &self,
+        caller: &Caller,
+        patient_id: &str,
+        start: Option<&str>,
+        end: Option<&str>,
+    ) -> FhirResult<Vec<Disclosure>> {
         check_resource_type("AuditEvent")?;
         caller.require("AuditEvent", Permission::Read)?;
         let bound = |name: &str, v: Option<&str>, pick_end: bool| -> FhirResult<Option<i64>> {
@@ -41,7 +47,13 @@ impl Pipeline {
                 None => Ok(None),
                 Some(v) => parse_date_range(v)
                     .map(|r| Some(if pick_end { r.end } else { r.start }))
-                    .ok_or_else(|| FhirError::at(ErrorKind::BadRequest, name, format!("'{name}' must be a date, not '{v}'"))),
+                    .ok_or_else(|| {
+                        FhirError::at(
+                            ErrorKind::BadRequest,
+                            name,
+                            format!("'{name}' must be a date, not '{v}'"),
+                        )
+                    }),
             }
         };
         let mut query = AuditQuery {
@@ -56,7 +68,9 @@ impl Pipeline {
         loop {
             let (events, total) = self.store.audit_search(&query).map_err(store_error)?;
             for content in &events {
-                let Ok(event) = serde_json::from_slice::<Value>(content) else { continue };
+                let Ok(event) = serde_json::from_slice::<Value>(content) else {
+                    continue;
+                };
                 if let Some(d) = disclosure_of(&event) {
                     out.push(d);
                 }
@@ -77,7 +91,9 @@ impl Pipeline {
 
 fn disclosure_of(event: &Value) -> Option<Disclosure> {
     let interaction = event.pointer("/subtype/0/code")?.as_str()?;
-    if !RELEASES.contains(&interaction) || event.pointer("/type/code").and_then(Value::as_str) != Some("rest") {
+    if !RELEASES.contains(&interaction)
+        || event.pointer("/type/code").and_then(Value::as_str) != Some("rest")
+    {
         return None;
     }
     let agents = event.get("agent")?.as_array()?;
@@ -106,7 +122,11 @@ fn disclosure_of(event: &Value) -> Option<Disclosure> {
         .map(|es| {
             es.iter()
                 .filter(|e| e.pointer("/role/code").and_then(Value::as_str) == Some("4"))
-                .filter_map(|e| e.pointer("/what/reference").and_then(Value::as_str).map(str::to_string))
+                .filter_map(|e| {
+                    e.pointer("/what/reference")
+                        .and_then(Value::as_str)
+                        .map(str::to_string)
+                })
                 .collect()
         })
         .unwrap_or_default();
@@ -123,7 +143,9 @@ fn disclosure_of(event: &Value) -> Option<Disclosure> {
 
 /// The accounting as FHIR Parameters (one `disclosure` part per release).
 pub fn disclosures_parameters(patient_id: &str, list: &[Disclosure]) -> Value {
-    let mut parameters = vec![json!({"name": "patient", "valueReference": {"reference": format!("Patient/{patient_id}")}})];
+    let mut parameters = vec![
+        json!({"name": "patient", "valueReference": {"reference": format!("Patient/{patient_id}")}}),
+    ];
     for d in list {
         let mut part = vec![
             json!({"name": "date", "valueDateTime": d.date}),
@@ -144,7 +166,12 @@ pub fn disclosures_parameters(patient_id: &str, list: &[Disclosure]) -> Value {
 
 /// The accounting as a printable HTML page.
 pub fn disclosures_html(patient_id: &str, list: &[Disclosure]) -> String {
-    let esc = |s: &str| s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;");
+    let esc = |s: &str| {
+        s.replace('&', "&amp;")
+            .replace('<', "&lt;")
+            .replace('>', "&gt;")
+            .replace('"', "&quot;")
+    };
     let mut rows = String::new();
     for d in list {
         rows.push_str(&format!(

@@ -187,7 +187,12 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
-    pub fn new(store: Arc<dyn Store>, search: Arc<SearchRegistry>, stages: Stages, options: PipelineOptions) -> Pipeline {
+    pub fn new(
+        store: Arc<dyn Store>,
+        search: Arc<SearchRegistry>,
+        stages: Stages,
+        options: PipelineOptions,
+    ) -> Pipeline {
         Pipeline {
             store,
             search,
@@ -237,7 +242,12 @@ impl Pipeline {
             recorded_ms: now.timestamp_millis(),
             patient: entry.patient.clone(),
             client: entry.client_id.clone(),
-            event_type: if entry.security_alert.is_some() { "110113" } else { "rest" }.to_string(),
+            event_type: if entry.security_alert.is_some() {
+                "110113"
+            } else {
+                "rest"
+            }
+            .to_string(),
             subtype: entry.subtype.code().to_string(),
             outcome: entry.outcome.code().to_string(),
             purpose: entry.purpose_of_use.clone(),
@@ -255,11 +265,20 @@ impl Pipeline {
     }
 
     /// Records a request refused for its credentials (BALP: security alert on login failure).
-    pub fn audit_rejected_credentials(&self, network_address: Option<String>, request_id: Option<String>, error: &FhirError) {
+    pub fn audit_rejected_credentials(
+        &self,
+        network_address: Option<String>,
+        request_id: Option<String>,
+        error: &FhirError,
+    ) {
         let mut entry = AuditEntry::new(Subtype::Operation);
         entry.network_address = network_address;
         entry.request_id = request_id;
-        let reason = error.issues.first().map(|i| i.diagnostics.clone()).unwrap_or_default();
+        let reason = error
+            .issues
+            .first()
+            .map(|i| i.diagnostics.clone())
+            .unwrap_or_default();
         entry.outcome = Outcome::MinorFailure(reason.clone());
         entry.security_alert = Some(format!("request refused: {reason}"));
         self.audit_async(&[entry]);
@@ -276,7 +295,10 @@ impl Pipeline {
     ) -> FhirResult<T> {
         let result = f();
         if let Err(e) = &result {
-            if matches!(subtype, Subtype::Create | Subtype::Update | Subtype::Transaction) {
+            if matches!(
+                subtype,
+                Subtype::Create | Subtype::Update | Subtype::Transaction
+            ) {
                 let resource_type = match (&what, subtype) {
                     (_, Subtype::Transaction) => "Bundle",
                     (Some(w), _) => w.split('/').next().unwrap_or(w),
@@ -356,6 +378,8 @@ pub fn check_resource_type(resource_type: &str) -> FhirResult<()> {
     if caregate_core::is_resource_type(resource_type) {
         Ok(())
     } else {
-        Err(FhirError::not_found(format!("Unknown resource type '{resource_type}'")))
+        Err(FhirError::not_found(format!(
+            "Unknown resource type '{resource_type}'"
+        )))
     }
 }

@@ -4,8 +4,8 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::OnceLock;
 
-use caregate_audit::{patient_of, Subtype};
 use crate::consent::ConsentScope;
+use caregate_audit::{patient_of, Subtype};
 use caregate_core::{parse_date_range, ErrorKind, FhirError, FhirResult};
 use caregate_search::Summary;
 use caregate_store::{AuditQuery, HistoryQuery, HistoryScope, Key, VersionRecord, WriteMethod};
@@ -30,13 +30,26 @@ pub struct HistoryRequest {
 
 impl Pipeline {
     /// `GET [type]/[id]`: the current version; 404 if it never existed, 410 if deleted.
-    pub fn read(&self, caller: &Caller, resource_type: &str, id: &str) -> FhirResult<VersionRecord> {
-        self.audited(caller, Subtype::Read, Some(format!("{resource_type}/{id}")), || {
-            self.read_inner(caller, resource_type, id)
-        })
+    pub fn read(
+        &self,
+        caller: &Caller,
+        resource_type: &str,
+        id: &str,
+    ) -> FhirResult<VersionRecord> {
+        self.audited(
+            caller,
+            Subtype::Read,
+            Some(format!("{resource_type}/{id}")),
+            || self.read_inner(caller, resource_type, id),
+        )
     }
 
-    fn read_inner(&self, caller: &Caller, resource_type: &str, id: &str) -> FhirResult<VersionRecord> {
+    fn read_inner(
+        &self,
+        caller: &Caller,
+        resource_type: &str,
+        id: &str,
+    ) -> FhirResult<VersionRecord> {
         check_resource_type(resource_type)?;
         caller.require(resource_type, Permission::Read)?;
         if resource_type == "AuditEvent" {
@@ -50,7 +63,10 @@ impl Pipeline {
         if record.is_deleted() {
             return Err(FhirError::new(
                 ErrorKind::Gone,
-                format!("{resource_type}/{id} was deleted (version {})", record.version),
+                format!(
+                    "{resource_type}/{id} was deleted (version {})",
+                    record.version
+                ),
             ));
         }
         self.check_readable(caller, &record)?;
@@ -65,7 +81,10 @@ impl Pipeline {
             .as_deref()
             .and_then(|c| serde_json::from_slice::<Value>(c).ok())
             .and_then(|v| patient_of(&v));
-        let reference = format!("{}/{}/_history/{}", record.resource_type, record.id, record.version);
+        let reference = format!(
+            "{}/{}/_history/{}",
+            record.resource_type, record.id, record.version
+        );
         self.audit_async(&self.per_patient_entries(caller, subtype, [(reference, patient)], None));
     }
 
@@ -84,7 +103,11 @@ impl Pipeline {
             .ok_or_else(|| FhirError::not_found(format!("AuditEvent/{id} is not known")))?;
         let recorded = serde_json::from_slice::<Value>(&content)
             .ok()
-            .and_then(|v| v.get("recorded").and_then(Value::as_str).map(str::to_string))
+            .and_then(|v| {
+                v.get("recorded")
+                    .and_then(Value::as_str)
+                    .map(str::to_string)
+            })
             .unwrap_or_default();
         let record = VersionRecord {
             resource_type: "AuditEvent".into(),
@@ -101,29 +124,50 @@ impl Pipeline {
     }
 
     /// `GET [type]/[id]/_history/[vid]`.
-    pub fn vread(&self, caller: &Caller, resource_type: &str, id: &str, version: &str) -> FhirResult<VersionRecord> {
-        self.audited(caller, Subtype::Vread, Some(format!("{resource_type}/{id}/_history/{version}")), || {
-            self.vread_inner(caller, resource_type, id, version)
-        })
+    pub fn vread(
+        &self,
+        caller: &Caller,
+        resource_type: &str,
+        id: &str,
+        version: &str,
+    ) -> FhirResult<VersionRecord> {
+        self.audited(
+            caller,
+            Subtype::Vread,
+            Some(format!("{resource_type}/{id}/_history/{version}")),
+            || self.vread_inner(caller, resource_type, id, version),
+        )
     }
 
-    fn vread_inner(&self, caller: &Caller, resource_type: &str, id: &str, version: &str) -> FhirResult<VersionRecord> {
+    fn vread_inner(
+        &self,
+        caller: &Caller,
+        resource_type: &str,
+        id: &str,
+        version: &str,
+    ) -> FhirResult<VersionRecord> {
         check_resource_type(resource_type)?;
         caller.require(resource_type, Permission::Read)?;
         if resource_type == "AuditEvent" {
             return match version {
                 "1" => self.read_audit_event(caller, id),
-                _ => Err(FhirError::not_found(format!("AuditEvent/{id} has only version 1"))),
+                _ => Err(FhirError::not_found(format!(
+                    "AuditEvent/{id} has only version 1"
+                ))),
             };
         }
-        let version: u64 = version
-            .parse()
-            .map_err(|_| FhirError::not_found(format!("'{version}' is not a version of {resource_type}/{id}")))?;
+        let version: u64 = version.parse().map_err(|_| {
+            FhirError::not_found(format!(
+                "'{version}' is not a version of {resource_type}/{id}"
+            ))
+        })?;
         let record = self
             .store
             .vread(resource_type, id, version)
             .map_err(store_error)?
-            .ok_or_else(|| FhirError::not_found(format!("{resource_type}/{id} has no version {version}")))?;
+            .ok_or_else(|| {
+                FhirError::not_found(format!("{resource_type}/{id} has no version {version}"))
+            })?;
         if record.is_deleted() {
             return Err(FhirError::new(
                 ErrorKind::Gone,
@@ -149,11 +193,17 @@ impl Pipeline {
         } else if self.options.explain_hidden_reads {
             Err(FhirError::new(
                 ErrorKind::Forbidden,
-                format!("The patient's consent does not allow this access: {}", decision.basis),
+                format!(
+                    "The patient's consent does not allow this access: {}",
+                    decision.basis
+                ),
             ))
         } else {
             // Indistinguishable from a resource that does not exist: hiding must not leak.
-            Err(FhirError::not_found(format!("{}/{} is not known", record.resource_type, record.id)))
+            Err(FhirError::not_found(format!(
+                "{}/{} is not known",
+                record.resource_type, record.id
+            )))
         }
     }
 
@@ -167,7 +217,11 @@ impl Pipeline {
         strict: bool,
         base: &str,
     ) -> FhirResult<SearchOutcome> {
-        let subtype = if resource_type.is_some() { Subtype::SearchType } else { Subtype::SearchSystem };
+        let subtype = if resource_type.is_some() {
+            Subtype::SearchType
+        } else {
+            Subtype::SearchSystem
+        };
         self.audited(caller, subtype, resource_type.map(str::to_string), || {
             self.search_inner(caller, resource_type, params, strict, base)
         })
@@ -202,7 +256,12 @@ impl Pipeline {
         let mut scope = self.consent_scope(caller)?;
         if count_only && scope.enforced() {
             // Counts must not reveal hidden resources: count only what this caller may see.
-            let raw = self.store.search(&parsed.query).map_err(store_error)?.total.unwrap_or(0);
+            let raw = self
+                .store
+                .search(&parsed.query)
+                .map_err(store_error)?
+                .total
+                .unwrap_or(0);
             let total = self.visible_total(&mut scope, &parsed.query, raw)?;
             scope.audit_alerts(caller, Subtype::SearchType);
             let path = match resource_type {
@@ -235,13 +294,23 @@ impl Pipeline {
             }
             let key = (record.resource_type.clone(), record.id.clone());
             touched.push((
-                format!("{}/{}/_history/{}", record.resource_type, record.id, record.version),
+                format!(
+                    "{}/{}/_history/{}",
+                    record.resource_type, record.id, record.version
+                ),
                 patient_of(&resource),
             ));
             seen.insert(key.clone());
             match_keys.push(key);
             match_ids.push(record.id.clone());
-            entries.push(self.search_entry(base, record, resource, "match", &parsed.summary, &parsed.elements));
+            entries.push(self.search_entry(
+                base,
+                record,
+                resource,
+                "match",
+                &parsed.summary,
+                &parsed.elements,
+            ));
         }
         // _include / _revinclude; `:iterate` ones run again over what was included.
         let mut frontier = match_keys;
@@ -263,10 +332,20 @@ impl Pipeline {
                     }
                     next.push(key);
                     touched.push((
-                        format!("{}/{}/_history/{}", record.resource_type, record.id, record.version),
+                        format!(
+                            "{}/{}/_history/{}",
+                            record.resource_type, record.id, record.version
+                        ),
                         patient_of(&resource),
                     ));
-                    entries.push(self.search_entry(base, &record, resource, "include", &parsed.summary, &parsed.elements));
+                    entries.push(self.search_entry(
+                        base,
+                        &record,
+                        resource,
+                        "include",
+                        &parsed.summary,
+                        &parsed.elements,
+                    ));
                 }
             }
             if next.is_empty() || !parsed.includes.iter().any(|s| s.iterate) {
@@ -279,7 +358,13 @@ impl Pipeline {
             Some(t) => format!("{base}/{t}"),
             None => base.to_string(),
         };
-        let mut links = vec![link("self", &path, &parsed.self_params, Some(parsed.query.offset), requested)];
+        let mut links = vec![link(
+            "self",
+            &path,
+            &parsed.self_params,
+            Some(parsed.query.offset),
+            requested,
+        )];
         let returned = page.matches.len();
         let more = match page.total {
             Some(total) => (parsed.query.offset + returned) < total as usize,
@@ -307,7 +392,10 @@ impl Pipeline {
         let mut bundle = Map::new();
         bundle.insert("resourceType".into(), json!("Bundle"));
         bundle.insert("id".into(), json!(uuid::Uuid::new_v4().to_string()));
-        bundle.insert("meta".into(), json!({ "lastUpdated": caregate_core::now_instant().1 }));
+        bundle.insert(
+            "meta".into(),
+            json!({ "lastUpdated": caregate_core::now_instant().1 }),
+        );
         bundle.insert("type".into(), json!("searchset"));
         match page.total {
             // Resources hidden by consent must not show through the count: with consent
@@ -358,7 +446,11 @@ impl Pipeline {
             bundle.insert("entry".into(), Value::Array(entries));
         }
         let query = query_string(resource_type, params);
-        let subtype = if resource_type.is_some() { Subtype::SearchType } else { Subtype::SearchSystem };
+        let subtype = if resource_type.is_some() {
+            Subtype::SearchType
+        } else {
+            Subtype::SearchSystem
+        };
         scope.audit_alerts(caller, subtype);
         self.audit_async(&self.per_patient_entries(caller, subtype, touched, Some(query)));
         Ok(SearchOutcome {
@@ -387,7 +479,12 @@ impl Pipeline {
     /// How many matches of `query` this caller may see. When no patient has a Consent, the
     /// decision depends only on the default policy and the sensitivity labels, which the
     /// index can count; otherwise each match is decided (up to VISIBLE_COUNT_LIMIT).
-    fn visible_total(&self, scope: &mut ConsentScope<'_>, query: &caregate_store::SearchQuery, raw_total: u64) -> FhirResult<Option<u64>> {
+    fn visible_total(
+        &self,
+        scope: &mut ConsentScope<'_>,
+        query: &caregate_store::SearchQuery,
+        raw_total: u64,
+    ) -> FhirResult<Option<u64>> {
         let policy = &self.stages.consent;
         if policy.overrides_for(scope.actor()) {
             return Ok(Some(raw_total));
@@ -397,13 +494,23 @@ impl Pipeline {
                 return Ok(Some(0));
             }
             let mut labelled = query.clone();
-            let sensitive = vec![("_security".to_string(), caregate_consent::labels::SENSITIVE.join(","))];
-            let parsed = self.search.parse(query.resource_type.as_deref(), &sensitive, true)?;
+            let sensitive = vec![(
+                "_security".to_string(),
+                caregate_consent::labels::SENSITIVE.join(","),
+            )];
+            let parsed = self
+                .search
+                .parse(query.resource_type.as_deref(), &sensitive, true)?;
             labelled.filters.extend(parsed.query.filters);
             labelled.count = 0;
             labelled.offset = 0;
             labelled.total = true;
-            let hidden = self.store.search(&labelled).map_err(store_error)?.total.unwrap_or(0);
+            let hidden = self
+                .store
+                .search(&labelled)
+                .map_err(store_error)?
+                .total
+                .unwrap_or(0);
             return Ok(Some(raw_total.saturating_sub(hidden)));
         }
         if raw_total > VISIBLE_COUNT_LIMIT {
@@ -430,13 +537,22 @@ impl Pipeline {
 
     /// `GET /AuditEvent?...`: served from the audit trail, which only clients granted
     /// AuditEvent access (an auditor scope) reach.
-    fn search_audit_events(&self, caller: &Caller, params: &[(String, String)], base: &str) -> FhirResult<SearchOutcome> {
+    fn search_audit_events(
+        &self,
+        caller: &Caller,
+        params: &[(String, String)],
+        base: &str,
+    ) -> FhirResult<SearchOutcome> {
         let mut q = AuditQuery {
             count: 20,
             ..AuditQuery::default()
         };
         let bad = |name: &str, value: &str, why: &str| {
-            FhirError::at(ErrorKind::BadRequest, name, format!("'{name}={value}': {why}"))
+            FhirError::at(
+                ErrorKind::BadRequest,
+                name,
+                format!("'{name}={value}': {why}"),
+            )
         };
         let code = |v: &str| v.rsplit('|').next().unwrap_or(v).to_string();
         for (name, value) in params {
@@ -485,9 +601,14 @@ impl Pipeline {
         let mut entries = Vec::with_capacity(events.len());
         let mut match_ids = Vec::new();
         for content in &events {
-            let event: Value = serde_json::from_slice(content)
-                .map_err(|e| FhirError::internal(format!("stored AuditEvent is unreadable: {e}")))?;
-            let id = event.get("id").and_then(Value::as_str).unwrap_or_default().to_string();
+            let event: Value = serde_json::from_slice(content).map_err(|e| {
+                FhirError::internal(format!("stored AuditEvent is unreadable: {e}"))
+            })?;
+            let id = event
+                .get("id")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string();
             entries.push(json!({
                 "fullUrl": format!("{base}/AuditEvent/{id}"),
                 "resource": event,
@@ -496,7 +617,11 @@ impl Pipeline {
             match_ids.push(id);
         }
         let path = format!("{base}/AuditEvent");
-        let mut own: Vec<(String, String)> = params.iter().filter(|(k, _)| k != "_offset").cloned().collect();
+        let mut own: Vec<(String, String)> = params
+            .iter()
+            .filter(|(k, _)| k != "_offset")
+            .cloned()
+            .collect();
         own.retain(|(k, _)| k != "_count");
         let mut links = vec![link("self", &path, &own, Some(q.offset), q.count)];
         if q.offset + events.len() < total as usize {
@@ -519,17 +644,30 @@ impl Pipeline {
     }
 
     /// Instance, type or system history, newest first, as a history Bundle.
-    pub fn history(&self, caller: &Caller, request: &HistoryRequest, base: &str) -> FhirResult<Value> {
+    pub fn history(
+        &self,
+        caller: &Caller,
+        request: &HistoryRequest,
+        base: &str,
+    ) -> FhirResult<Value> {
         let subtype = match request.scope {
             HistoryScope::System => Subtype::HistorySystem,
             HistoryScope::Type(_) => Subtype::HistoryType,
             HistoryScope::Instance(..) => Subtype::HistoryInstance,
         };
-        self.audited(caller, subtype, None, || self.history_inner(caller, request, base))
+        self.audited(caller, subtype, None, || {
+            self.history_inner(caller, request, base)
+        })
     }
 
-    fn history_inner(&self, caller: &Caller, request: &HistoryRequest, base: &str) -> FhirResult<Value> {
-        if matches!(&request.scope, HistoryScope::Type(t) | HistoryScope::Instance(t, _) if t == "AuditEvent") {
+    fn history_inner(
+        &self,
+        caller: &Caller,
+        request: &HistoryRequest,
+        base: &str,
+    ) -> FhirResult<Value> {
+        if matches!(&request.scope, HistoryScope::Type(t) | HistoryScope::Instance(t, _) if t == "AuditEvent")
+        {
             return Err(FhirError::new(
                 ErrorKind::MethodNotAllowed,
                 "AuditEvents have no history: each is written once and never changed",
@@ -544,26 +682,46 @@ impl Pipeline {
                 "_since" => {
                     since = Some(
                         parse_date_range(value)
-                            .ok_or_else(|| FhirError::at(ErrorKind::BadRequest, "_since", format!("'_since' must be an instant, not '{value}'")))?
+                            .ok_or_else(|| {
+                                FhirError::at(
+                                    ErrorKind::BadRequest,
+                                    "_since",
+                                    format!("'_since' must be an instant, not '{value}'"),
+                                )
+                            })?
                             .start,
                     )
                 }
                 "_at" => {
                     before = Some(
                         parse_date_range(value)
-                            .ok_or_else(|| FhirError::at(ErrorKind::BadRequest, "_at", format!("'_at' must be a date, not '{value}'")))?
+                            .ok_or_else(|| {
+                                FhirError::at(
+                                    ErrorKind::BadRequest,
+                                    "_at",
+                                    format!("'_at' must be a date, not '{value}'"),
+                                )
+                            })?
                             .end,
                     )
                 }
                 "_count" => {
-                    count = value
-                        .parse()
-                        .map_err(|_| FhirError::at(ErrorKind::BadRequest, "_count", format!("'_count' must be a whole number, not '{value}'")))?
+                    count = value.parse().map_err(|_| {
+                        FhirError::at(
+                            ErrorKind::BadRequest,
+                            "_count",
+                            format!("'_count' must be a whole number, not '{value}'"),
+                        )
+                    })?
                 }
                 "_offset" => {
-                    offset = value
-                        .parse()
-                        .map_err(|_| FhirError::at(ErrorKind::BadRequest, "_offset", format!("'_offset' must be a whole number, not '{value}'")))?
+                    offset = value.parse().map_err(|_| {
+                        FhirError::at(
+                            ErrorKind::BadRequest,
+                            "_offset",
+                            format!("'_offset' must be a whole number, not '{value}'"),
+                        )
+                    })?
                 }
                 "_format" | "_pretty" => {}
                 other => {
@@ -612,7 +770,10 @@ impl Pipeline {
         let mut hidden = 0u64;
         for v in &page.versions {
             let mut entry = Map::new();
-            entry.insert("fullUrl".into(), json!(format!("{base}/{}/{}", v.resource_type, v.id)));
+            entry.insert(
+                "fullUrl".into(),
+                json!(format!("{base}/{}/{}", v.resource_type, v.id)),
+            );
             if v.content.is_some() {
                 let resource = parse_record(v)?;
                 if !scope.readable(&resource)? {
@@ -623,9 +784,17 @@ impl Pipeline {
             }
             let (method, url, status) = match v.method {
                 WriteMethod::Post => ("POST", v.resource_type.clone(), "201 Created"),
-                WriteMethod::Put if v.version == 1 => ("PUT", format!("{}/{}", v.resource_type, v.id), "201 Created"),
+                WriteMethod::Put if v.version == 1 => (
+                    "PUT",
+                    format!("{}/{}", v.resource_type, v.id),
+                    "201 Created",
+                ),
                 WriteMethod::Put => ("PUT", format!("{}/{}", v.resource_type, v.id), "200 OK"),
-                WriteMethod::Delete => ("DELETE", format!("{}/{}", v.resource_type, v.id), "204 No Content"),
+                WriteMethod::Delete => (
+                    "DELETE",
+                    format!("{}/{}", v.resource_type, v.id),
+                    "204 No Content",
+                ),
             };
             entry.insert("request".into(), json!({ "method": method, "url": url }));
             entry.insert(
@@ -650,7 +819,13 @@ impl Pipeline {
             links.push(link("next", &path, &params, Some(offset + count), count));
         }
         if offset > 0 {
-            links.push(link("previous", &path, &params, Some(offset.saturating_sub(count)), count));
+            links.push(link(
+                "previous",
+                &path,
+                &params,
+                Some(offset.saturating_sub(count)),
+                count,
+            ));
         }
         let mut bundle = Map::new();
         bundle.insert("resourceType".into(), json!("Bundle"));
@@ -689,11 +864,14 @@ impl Pipeline {
         if !entries.is_empty() {
             bundle.insert("entry".into(), Value::Array(entries));
         }
-        let mut entry = self.audit_entry(caller, match request.scope {
-            HistoryScope::System => Subtype::HistorySystem,
-            HistoryScope::Type(_) => Subtype::HistoryType,
-            HistoryScope::Instance(..) => Subtype::HistoryInstance,
-        });
+        let mut entry = self.audit_entry(
+            caller,
+            match request.scope {
+                HistoryScope::System => Subtype::HistorySystem,
+                HistoryScope::Type(_) => Subtype::HistoryType,
+                HistoryScope::Instance(..) => Subtype::HistoryInstance,
+            },
+        );
         if let HistoryScope::Instance(t, id) = &request.scope {
             entry.entities.push(format!("{t}/{id}"));
         }
@@ -720,7 +898,13 @@ fn ignored_is_empty(ignored: &[String]) -> bool {
     ignored.is_empty()
 }
 
-fn link(relation: &str, path: &str, params: &[(String, String)], offset: Option<usize>, count: usize) -> Value {
+fn link(
+    relation: &str,
+    path: &str,
+    params: &[(String, String)],
+    offset: Option<usize>,
+    count: usize,
+) -> Value {
     let mut query = form_urlencoded::Serializer::new(String::new());
     for (k, v) in params {
         if k == "_count" || k == "_offset" {
@@ -738,26 +922,38 @@ fn link(relation: &str, path: &str, params: &[(String, String)], offset: Option<
 /// Applies `_summary` and `_elements` to one resource, tagging it SUBSETTED when anything
 /// was left out (search.html#summary).
 fn shape(resource: Value, summary: &Option<Summary>, elements: &Option<Vec<String>>) -> Value {
-    let Value::Object(obj) = resource else { return resource };
-    let resource_type = obj.get("resourceType").and_then(Value::as_str).unwrap_or_default().to_string();
+    let Value::Object(obj) = resource else {
+        return resource;
+    };
+    let resource_type = obj
+        .get("resourceType")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
     let keep: Option<KeepElement<'_>> = match (summary, elements) {
-        (Some(Summary::Text), _) => Some(Box::new(|k: &str| matches!(k, "resourceType" | "id" | "meta" | "text") || is_mandatory(&resource_type, k))),
+        (Some(Summary::Text), _) => Some(Box::new(|k: &str| {
+            matches!(k, "resourceType" | "id" | "meta" | "text") || is_mandatory(&resource_type, k)
+        })),
         (Some(Summary::Data), _) => Some(Box::new(|k: &str| k != "text")),
         (Some(Summary::True), _) => {
             let set = summary_elements().get(resource_type.as_str());
             Some(Box::new(move |k: &str| {
-                matches!(k, "resourceType" | "id" | "meta") || set.is_some_and(|s| s.contains(k.trim_start_matches('_')))
+                matches!(k, "resourceType" | "id" | "meta")
+                    || set.is_some_and(|s| s.contains(k.trim_start_matches('_')))
             }))
         }
         (_, Some(list)) => {
             let list = list.clone();
             Some(Box::new(move |k: &str| {
-                matches!(k, "resourceType" | "id" | "meta") || list.iter().any(|e| e == k.trim_start_matches('_'))
+                matches!(k, "resourceType" | "id" | "meta")
+                    || list.iter().any(|e| e == k.trim_start_matches('_'))
             }))
         }
         _ => None,
     };
-    let Some(keep) = keep else { return Value::Object(obj) };
+    let Some(keep) = keep else {
+        return Value::Object(obj);
+    };
     let before = obj.len();
     let mut kept: Map<String, Value> = obj.into_iter().filter(|(k, _)| keep(k)).collect();
     if kept.len() < before {
@@ -790,12 +986,16 @@ type ElementSets = HashMap<String, HashSet<String>>;
 /// Top-level elements flagged `isSummary` in each core resource definition.
 fn summary_elements() -> &'static ElementSets {
     static SETS: OnceLock<ElementSets> = OnceLock::new();
-    SETS.get_or_init(|| top_level_elements(|e| e.get("isSummary").and_then(Value::as_bool) == Some(true)))
+    SETS.get_or_init(|| {
+        top_level_elements(|e| e.get("isSummary").and_then(Value::as_bool) == Some(true))
+    })
 }
 
 fn mandatory_elements() -> &'static ElementSets {
     static SETS: OnceLock<ElementSets> = OnceLock::new();
-    SETS.get_or_init(|| top_level_elements(|e| e.get("min").and_then(Value::as_u64).unwrap_or(0) > 0))
+    SETS.get_or_init(|| {
+        top_level_elements(|e| e.get("min").and_then(Value::as_u64).unwrap_or(0) > 0)
+    })
 }
 
 fn top_level_elements(pick: impl Fn(&Value) -> bool) -> ElementSets {
@@ -804,7 +1004,9 @@ fn top_level_elements(pick: impl Fn(&Value) -> bool) -> ElementSets {
         if sd.get("kind").and_then(Value::as_str) != Some("resource") {
             continue;
         }
-        let Some(ty) = sd.get("type").and_then(Value::as_str) else { continue };
+        let Some(ty) = sd.get("type").and_then(Value::as_str) else {
+            continue;
+        };
         let set = out.entry(ty.to_string()).or_default();
         let elements = sd
             .pointer("/snapshot/element")
@@ -812,18 +1014,32 @@ fn top_level_elements(pick: impl Fn(&Value) -> bool) -> ElementSets {
             .map(Vec::as_slice)
             .unwrap_or_default();
         for e in elements {
-            let Some(path) = e.get("path").and_then(Value::as_str) else { continue };
-            let Some(rest) = path.strip_prefix(ty).and_then(|r| r.strip_prefix('.')) else { continue };
+            let Some(path) = e.get("path").and_then(Value::as_str) else {
+                continue;
+            };
+            let Some(rest) = path.strip_prefix(ty).and_then(|r| r.strip_prefix('.')) else {
+                continue;
+            };
             if rest.contains('.') || !pick(e) {
                 continue;
             }
             match rest.strip_suffix("[x]") {
                 // Choice elements appear in JSON as name + type; keep the stem for prefix tests.
                 Some(stem) => {
-                    for t in e.get("type").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default() {
+                    for t in e
+                        .get("type")
+                        .and_then(Value::as_array)
+                        .map(Vec::as_slice)
+                        .unwrap_or_default()
+                    {
                         if let Some(code) = t.get("code").and_then(Value::as_str) {
                             let mut chars = code.chars();
-                            let cap: String = chars.next().map(|c| c.to_ascii_uppercase()).into_iter().chain(chars).collect();
+                            let cap: String = chars
+                                .next()
+                                .map(|c| c.to_ascii_uppercase())
+                                .into_iter()
+                                .chain(chars)
+                                .collect();
                             set.insert(format!("{stem}{cap}"));
                         }
                     }

@@ -84,8 +84,14 @@ mod tests {
         ]);
         rewrite(&mut v, &map);
         assert_eq!(v["subject"]["reference"], "Patient/a");
-        assert_eq!(v["activity"][0]["detail"]["performer"][0]["reference"], "Practitioner/b");
-        assert_eq!(v["activity"][0]["detail"]["performer"][1]["reference"], "Practitioner/x");
+        assert_eq!(
+            v["activity"][0]["detail"]["performer"][0]["reference"],
+            "Practitioner/b"
+        );
+        assert_eq!(
+            v["activity"][0]["detail"]["performer"][1]["reference"],
+            "Practitioner/x"
+        );
     }
 
     #[test]

@@ -43,7 +43,9 @@ pub struct Scopes {
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("'{0}' is not a SMART resource scope (expected e.g. system/Patient.read or system/CarePlan.rs)")]
+#[error(
+    "'{0}' is not a SMART resource scope (expected e.g. system/Patient.read or system/CarePlan.rs)"
+)]
 pub struct ScopeError(pub String);
 
 impl Scopes {
@@ -52,25 +54,33 @@ impl Scopes {
     pub fn parse<'a>(scopes: impl IntoIterator<Item = &'a str>) -> Result<Scopes, ScopeError> {
         let mut grants = Vec::new();
         for scope in scopes.into_iter().flat_map(str::split_whitespace) {
-            let Some((context, rest)) = scope.split_once('/') else { continue };
+            let Some((context, rest)) = scope.split_once('/') else {
+                continue;
+            };
             if !matches!(context, "system" | "user" | "patient") {
                 continue;
             }
             let rest = rest.split('?').next().unwrap_or(rest);
-            let (ty, access) = rest.split_once('.').ok_or_else(|| ScopeError(scope.to_string()))?;
+            let (ty, access) = rest
+                .split_once('.')
+                .ok_or_else(|| ScopeError(scope.to_string()))?;
             if ty != "*" && !caregate_core::is_resource_type(ty) {
                 return Err(ScopeError(scope.to_string()));
             }
             let bits = match access {
                 "read" => Permission::Read.bit() | Permission::Search.bit(),
-                "write" => Permission::Create.bit() | Permission::Update.bit() | Permission::Delete.bit(),
+                "write" => {
+                    Permission::Create.bit() | Permission::Update.bit() | Permission::Delete.bit()
+                }
                 "*" => 31,
                 letters => {
                     let mut bits = 0;
                     let mut last = 0usize;
                     for ch in letters.chars() {
                         // v2 letters must appear in c-r-u-d-s order.
-                        let pos = "cruds".find(ch).ok_or_else(|| ScopeError(scope.to_string()))?;
+                        let pos = "cruds"
+                            .find(ch)
+                            .ok_or_else(|| ScopeError(scope.to_string()))?;
                         if pos < last && bits != 0 {
                             return Err(ScopeError(scope.to_string()));
                         }
@@ -118,7 +128,11 @@ impl Scopes {
 }
 
 /// Checks a caller's scopes; `None` means unrestricted (local development mode).
-pub(crate) fn require(scopes: Option<&Scopes>, resource_type: &str, permission: Permission) -> FhirResult<()> {
+pub(crate) fn require(
+    scopes: Option<&Scopes>,
+    resource_type: &str,
+    permission: Permission,
+) -> FhirResult<()> {
     match scopes {
         None => Ok(()),
         Some(s) if s.allows(resource_type, permission) => Ok(()),

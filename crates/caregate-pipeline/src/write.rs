@@ -3,7 +3,9 @@
 use caregate_audit::{patient_of, Subtype};
 use caregate_careplan::Committed;
 use caregate_consent::{ConsentAction, DecisionSource};
-use caregate_core::{format_instant, is_valid_id, ErrorKind, FhirError, FhirResult, Issue, IssueCode, Severity};
+use caregate_core::{
+    format_instant, is_valid_id, ErrorKind, FhirError, FhirResult, Issue, IssueCode, Severity,
+};
 use caregate_store::{IndexEntry, StoreError, VersionRecord, WriteMethod, WriteOp};
 use serde_json::{Map, Value};
 
@@ -61,7 +63,9 @@ impl Pipeline {
                 return Err(FhirError::at(
                     ErrorKind::BadRequest,
                     format!("{t}.resourceType"),
-                    format!("Resource type '{t}' does not match the request's type '{resource_type}'"),
+                    format!(
+                        "Resource type '{t}' does not match the request's type '{resource_type}'"
+                    ),
                 ))
             }
             None => return Err(FhirError::bad_request("The resource has no 'resourceType'")),
@@ -71,10 +75,17 @@ impl Pipeline {
 
     /// The inbound half of every write: type check, validation, labelling and the consent
     /// question "may this caller contribute this resource?".
-    pub(crate) fn admit(&self, caller: &Caller, resource_type: &str, mut resource: Value) -> FhirResult<Admitted> {
+    pub(crate) fn admit(
+        &self,
+        caller: &Caller,
+        resource_type: &str,
+        mut resource: Value,
+    ) -> FhirResult<Admitted> {
         check_resource_type(resource_type)?;
         let Some(obj) = resource.as_object() else {
-            return Err(FhirError::bad_request("The request body must be a JSON object holding a FHIR resource"));
+            return Err(FhirError::bad_request(
+                "The request body must be a JSON object holding a FHIR resource",
+            ));
         };
         match obj.get("resourceType").and_then(Value::as_str) {
             Some(t) if t == resource_type => {}
@@ -82,48 +93,66 @@ impl Pipeline {
                 return Err(FhirError::at(
                     ErrorKind::BadRequest,
                     format!("{t}.resourceType"),
-                    format!("Resource type '{t}' does not match the request's type '{resource_type}'"),
+                    format!(
+                        "Resource type '{t}' does not match the request's type '{resource_type}'"
+                    ),
                 ))
             }
-            None => {
-                return Err(FhirError::bad_request(
-                    "The resource has no 'resourceType'",
-                ))
-            }
+            None => return Err(FhirError::bad_request("The resource has no 'resourceType'")),
         }
-        let verdict = self.stages.validator.validate_write(caller.actor.client_id.as_deref(), &resource);
+        let verdict = self
+            .stages
+            .validator
+            .validate_write(caller.actor.client_id.as_deref(), &resource);
         let issues = verdict.issues;
         if issues.iter().any(|i| i.severity.is_error()) {
-            let kind = if verdict.unprocessable { ErrorKind::Unprocessable } else { ErrorKind::BadRequest };
+            let kind = if verdict.unprocessable {
+                ErrorKind::Unprocessable
+            } else {
+                ErrorKind::BadRequest
+            };
             return Err(FhirError::with_issues(kind, issues));
         }
         self.stages.labeler.label(&mut resource);
         self.check_contribution(caller, ConsentAction::Collect, &resource)?;
-        Ok(Admitted {
-            resource,
-            issues,
-        })
+        Ok(Admitted { resource, issues })
     }
 
     /// May this caller add (or correct) this resource in the patient's record? Only an
     /// explicit deny in one of the patient's Consents refuses it: data that no Consent
     /// covers is stored, and the read side decides who sees it. Patients and Consents
     /// themselves are always accepted, so a patient can always state or change consent.
-    fn check_contribution(&self, caller: &Caller, action: ConsentAction, resource: &Value) -> FhirResult<()> {
+    fn check_contribution(
+        &self,
+        caller: &Caller,
+        action: ConsentAction,
+        resource: &Value,
+    ) -> FhirResult<()> {
         if !self.stages.consent.filters_reads()
-            || matches!(resource.get("resourceType").and_then(Value::as_str), Some("Patient" | "Consent"))
+            || matches!(
+                resource.get("resourceType").and_then(Value::as_str),
+                Some("Patient" | "Consent")
+            )
         {
             return Ok(());
         }
         let mut scope = self.consent_scope(caller)?;
         let decision = scope.decide(action, resource)?;
-        let explicit_deny = !decision.is_permit() && matches!(decision.source, DecisionSource::Consent { .. });
-        let subtype = if action == ConsentAction::Correct { Subtype::Delete } else { Subtype::Create };
+        let explicit_deny =
+            !decision.is_permit() && matches!(decision.source, DecisionSource::Consent { .. });
+        let subtype = if action == ConsentAction::Correct {
+            Subtype::Delete
+        } else {
+            Subtype::Create
+        };
         if explicit_deny {
             scope.audit_alerts(caller, subtype);
             return Err(FhirError::new(
                 ErrorKind::Forbidden,
-                format!("The patient's consent does not allow this contribution: {}", decision.basis),
+                format!(
+                    "The patient's consent does not allow this contribution: {}",
+                    decision.basis
+                ),
             )
             .with_code(IssueCode::Forbidden));
         }
@@ -166,7 +195,12 @@ impl Pipeline {
         })
     }
 
-    pub(crate) fn tombstone(resource_type: &str, id: &str, current: u64, now: chrono::DateTime<chrono::Utc>) -> WriteOp {
+    pub(crate) fn tombstone(
+        resource_type: &str,
+        id: &str,
+        current: u64,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> WriteOp {
         WriteOp {
             resource_type: resource_type.to_string(),
             id: id.to_string(),
@@ -208,9 +242,12 @@ impl Pipeline {
         resource: Value,
         if_none_exist: Option<&str>,
     ) -> FhirResult<WriteOutcome> {
-        self.audited(caller, Subtype::Create, Some(resource_type.to_string()), || {
-            self.create_inner(caller, resource_type, resource, if_none_exist)
-        })
+        self.audited(
+            caller,
+            Subtype::Create,
+            Some(resource_type.to_string()),
+            || self.create_inner(caller, resource_type, resource, if_none_exist),
+        )
     }
 
     fn create_inner(
@@ -229,9 +266,15 @@ impl Pipeline {
             match found.len() {
                 0 => {}
                 1 => {
-                    let record = found.into_iter().next().ok_or_else(|| FhirError::internal("match vanished"))?;
+                    let record = found
+                        .into_iter()
+                        .next()
+                        .ok_or_else(|| FhirError::internal("match vanished"))?;
                     let resource = parse_record(&record)?;
-                    let reference = format!("{}/{}/_history/{}", record.resource_type, record.id, record.version);
+                    let reference = format!(
+                        "{}/{}/_history/{}",
+                        record.resource_type, record.id, record.version
+                    );
                     self.audit_async(&self.per_patient_entries(
                         caller,
                         Subtype::Create,
@@ -257,7 +300,13 @@ impl Pipeline {
         }
         // A create ignores any id the client sent (http.html#create): the server assigns it.
         let id = uuid::Uuid::new_v4().to_string();
-        let prepared = self.prepare(admitted.resource, &id, None, WriteMethod::Post, chrono::Utc::now())?;
+        let prepared = self.prepare(
+            admitted.resource,
+            &id,
+            None,
+            WriteMethod::Post,
+            chrono::Utc::now(),
+        )?;
         self.commit_one(caller, Subtype::Create, prepared, true, admitted.issues)
     }
 
@@ -270,9 +319,12 @@ impl Pipeline {
         resource: Value,
         if_match: Option<u64>,
     ) -> FhirResult<WriteOutcome> {
-        self.audited(caller, Subtype::Update, Some(format!("{resource_type}/{id}")), || {
-            self.update_inner(caller, resource_type, id, resource, if_match)
-        })
+        self.audited(
+            caller,
+            Subtype::Update,
+            Some(format!("{resource_type}/{id}")),
+            || self.update_inner(caller, resource_type, id, resource, if_match),
+        )
     }
 
     fn update_inner(
@@ -287,7 +339,9 @@ impl Pipeline {
         caller.require(resource_type, Permission::Update)?;
         refuse_audit_writes(resource_type)?;
         if !is_valid_id(id) {
-            return Err(FhirError::bad_request(format!("'{id}' is not a valid resource id")));
+            return Err(FhirError::bad_request(format!(
+                "'{id}' is not a valid resource id"
+            )));
         }
         match resource.get("id") {
             Some(Value::String(body_id)) if body_id == id => {}
@@ -312,8 +366,15 @@ impl Pipeline {
             let current = self.store.read(resource_type, id).map_err(store_error)?;
             let current_version = current.as_ref().map(|c| c.version);
             if let Some(expected) = if_match {
-                if current_version != Some(expected) || current.as_ref().is_some_and(VersionRecord::is_deleted) {
-                    return Err(precondition_failed(resource_type, id, expected, current_version));
+                if current_version != Some(expected)
+                    || current.as_ref().is_some_and(VersionRecord::is_deleted)
+                {
+                    return Err(precondition_failed(
+                        resource_type,
+                        id,
+                        expected,
+                        current_version,
+                    ));
                 }
             }
             let created = current.as_ref().is_none_or(VersionRecord::is_deleted);
@@ -324,13 +385,26 @@ impl Pipeline {
                 WriteMethod::Put,
                 chrono::Utc::now(),
             )?;
-            let subtype = if created { Subtype::Create } else { Subtype::Update };
+            let subtype = if created {
+                Subtype::Create
+            } else {
+                Subtype::Update
+            };
             match self.commit_one(caller, subtype, prepared, created, admitted.issues.clone()) {
-                Err(e) if e.kind == ErrorKind::Conflict && if_match.is_none() && attempts < self.options.write_retries => {
+                Err(e)
+                    if e.kind == ErrorKind::Conflict
+                        && if_match.is_none()
+                        && attempts < self.options.write_retries =>
+                {
                     attempts += 1;
                 }
                 Err(e) if e.kind == ErrorKind::Conflict && if_match.is_some() => {
-                    return Err(precondition_failed(resource_type, id, if_match.unwrap_or_default(), None))
+                    return Err(precondition_failed(
+                        resource_type,
+                        id,
+                        if_match.unwrap_or_default(),
+                        None,
+                    ))
                 }
                 other => return other,
             }
@@ -364,13 +438,14 @@ impl Pipeline {
             [one] => {
                 let mut resource = resource;
                 match resource.get("id").and_then(Value::as_str) {
-                    Some(body_id) if body_id != one.id => {
-                        return Err(FhirError::at(
-                            ErrorKind::BadRequest,
-                            format!("{resource_type}.id"),
-                            format!("The resource id '{body_id}' differs from the matching resource '{}'", one.id),
-                        ))
-                    }
+                    Some(body_id) if body_id != one.id => return Err(FhirError::at(
+                        ErrorKind::BadRequest,
+                        format!("{resource_type}.id"),
+                        format!(
+                            "The resource id '{body_id}' differs from the matching resource '{}'",
+                            one.id
+                        ),
+                    )),
                     Some(_) => {}
                     None => {
                         if let Some(obj) = resource.as_object_mut() {
@@ -390,24 +465,46 @@ impl Pipeline {
     }
 
     /// `DELETE [type]/[id]`. Deleting a deleted resource succeeds without a new version.
-    pub fn delete(&self, caller: &Caller, resource_type: &str, id: &str, if_match: Option<u64>) -> FhirResult<DeleteOutcome> {
-        self.audited(caller, Subtype::Delete, Some(format!("{resource_type}/{id}")), || {
-            self.delete_inner(caller, resource_type, id, if_match)
-        })
+    pub fn delete(
+        &self,
+        caller: &Caller,
+        resource_type: &str,
+        id: &str,
+        if_match: Option<u64>,
+    ) -> FhirResult<DeleteOutcome> {
+        self.audited(
+            caller,
+            Subtype::Delete,
+            Some(format!("{resource_type}/{id}")),
+            || self.delete_inner(caller, resource_type, id, if_match),
+        )
     }
 
-    fn delete_inner(&self, caller: &Caller, resource_type: &str, id: &str, if_match: Option<u64>) -> FhirResult<DeleteOutcome> {
+    fn delete_inner(
+        &self,
+        caller: &Caller,
+        resource_type: &str,
+        id: &str,
+        if_match: Option<u64>,
+    ) -> FhirResult<DeleteOutcome> {
         check_resource_type(resource_type)?;
         caller.require(resource_type, Permission::Delete)?;
         refuse_audit_writes(resource_type)?;
         let mut attempts = 0;
         loop {
             let Some(current) = self.store.read(resource_type, id).map_err(store_error)? else {
-                return Err(FhirError::not_found(format!("{resource_type}/{id} does not exist")));
+                return Err(FhirError::not_found(format!(
+                    "{resource_type}/{id} does not exist"
+                )));
             };
             if let Some(expected) = if_match {
                 if current.version != expected {
-                    return Err(precondition_failed(resource_type, id, expected, Some(current.version)));
+                    return Err(precondition_failed(
+                        resource_type,
+                        id,
+                        expected,
+                        Some(current.version),
+                    ));
                 }
             }
             if current.is_deleted() {
@@ -423,7 +520,10 @@ impl Pipeline {
             let audit = self.per_patient_entries(
                 caller,
                 Subtype::Delete,
-                [(format!("{resource_type}/{id}/_history/{version}"), patient_of(&current_resource))],
+                [(
+                    format!("{resource_type}/{id}/_history/{version}"),
+                    patient_of(&current_resource),
+                )],
                 None,
             );
             let records = audit.iter().map(Self::audit_record).collect();
@@ -435,11 +535,18 @@ impl Pipeline {
                         deleted_ids: vec![id.to_string()],
                     });
                 }
-                Err(StoreError::Conflict { .. }) if if_match.is_none() && attempts < self.options.write_retries => {
+                Err(StoreError::Conflict { .. })
+                    if if_match.is_none() && attempts < self.options.write_retries =>
+                {
                     attempts += 1;
                 }
                 Err(StoreError::Conflict { actual, .. }) => {
-                    return Err(precondition_failed(resource_type, id, if_match.unwrap_or(current.version), actual))
+                    return Err(precondition_failed(
+                        resource_type,
+                        id,
+                        if_match.unwrap_or(current.version),
+                        actual,
+                    ))
                 }
                 Err(e) => return Err(store_error(e)),
             }
@@ -447,12 +554,19 @@ impl Pipeline {
     }
 
     /// `DELETE [type]?[search]`: deletes the single match; several matches are refused (412).
-    pub fn conditional_delete(&self, caller: &Caller, resource_type: &str, query: &str) -> FhirResult<DeleteOutcome> {
+    pub fn conditional_delete(
+        &self,
+        caller: &Caller,
+        resource_type: &str,
+        query: &str,
+    ) -> FhirResult<DeleteOutcome> {
         check_resource_type(resource_type)?;
         caller.require(resource_type, Permission::Delete)?;
         caller.require(resource_type, Permission::Search)?;
         if query.trim().is_empty() {
-            return Err(FhirError::bad_request("A conditional delete needs search criteria"));
+            return Err(FhirError::bad_request(
+                "A conditional delete needs search criteria",
+            ));
         }
         let found = self.find_matches(resource_type, query, 2)?;
         match found.as_slice() {
@@ -481,11 +595,15 @@ impl Pipeline {
         issues: Vec<Issue>,
     ) -> FhirResult<WriteOutcome> {
         let Prepared { op, resource } = prepared;
-        let resource = resource.ok_or_else(|| FhirError::internal("prepared write without content"))?;
+        let resource =
+            resource.ok_or_else(|| FhirError::internal("prepared write without content"))?;
         let audit = self.per_patient_entries(
             caller,
             subtype,
-            [(format!("{}/{}/_history/{}", op.resource_type, op.id, op.version), patient_of(&resource))],
+            [(
+                format!("{}/{}/_history/{}", op.resource_type, op.id, op.version),
+                patient_of(&resource),
+            )],
             None,
         );
         let records = audit.iter().map(Self::audit_record).collect();
@@ -517,13 +635,20 @@ impl Pipeline {
 
     /// Resources matching a conditional interaction's criteria (`identifier=...`).
     /// Criteria are parsed strictly: an unknown parameter must not widen the match.
-    pub(crate) fn find_matches(&self, resource_type: &str, query: &str, limit: usize) -> FhirResult<Vec<VersionRecord>> {
+    pub(crate) fn find_matches(
+        &self,
+        resource_type: &str,
+        query: &str,
+        limit: usize,
+    ) -> FhirResult<Vec<VersionRecord>> {
         let query = query.trim_start_matches('?');
         let query = query
             .strip_prefix(resource_type)
             .map(|q| q.trim_start_matches('?'))
             .unwrap_or(query);
-        let params: Vec<(String, String)> = form_urlencoded::parse(query.as_bytes()).into_owned().collect();
+        let params: Vec<(String, String)> = form_urlencoded::parse(query.as_bytes())
+            .into_owned()
+            .collect();
         if params.is_empty() {
             return Err(FhirError::bad_request("Conditional criteria are empty"));
         }
@@ -531,7 +656,11 @@ impl Pipeline {
         parsed.query.count = limit;
         parsed.query.offset = 0;
         parsed.query.total = false;
-        Ok(self.store.search(&parsed.query).map_err(store_error)?.matches)
+        Ok(self
+            .store
+            .search(&parsed.query)
+            .map_err(store_error)?
+            .matches)
     }
 }
 
@@ -547,7 +676,12 @@ pub(crate) fn refuse_audit_writes(resource_type: &str) -> FhirResult<()> {
     }
 }
 
-pub(crate) fn precondition_failed(resource_type: &str, id: &str, expected: u64, actual: Option<u64>) -> FhirError {
+pub(crate) fn precondition_failed(
+    resource_type: &str,
+    id: &str,
+    expected: u64,
+    actual: Option<u64>,
+) -> FhirError {
     let found = actual.map_or_else(|| "none".to_string(), |v| v.to_string());
     FhirError::new(
         ErrorKind::PreconditionFailed,
@@ -558,8 +692,12 @@ pub(crate) fn precondition_failed(resource_type: &str, id: &str, expected: u64, 
 
 pub(crate) fn parse_record(record: &VersionRecord) -> FhirResult<Value> {
     match &record.content {
-        Some(bytes) => serde_json::from_slice(bytes)
-            .map_err(|e| FhirError::internal(format!("stored {}/{} is unreadable: {e}", record.resource_type, record.id))),
+        Some(bytes) => serde_json::from_slice(bytes).map_err(|e| {
+            FhirError::internal(format!(
+                "stored {}/{} is unreadable: {e}",
+                record.resource_type, record.id
+            ))
+        }),
         None => Err(FhirError::new(
             ErrorKind::Gone,
             format!("{}/{} was deleted", record.resource_type, record.id),
@@ -580,7 +718,10 @@ pub(crate) fn stamp(resource: &mut Value, id: &str, version: u64, last_updated: 
     meta.shift_remove("lastUpdated");
     let mut new_meta = Map::new();
     new_meta.insert("versionId".into(), Value::String(version.to_string()));
-    new_meta.insert("lastUpdated".into(), Value::String(last_updated.to_string()));
+    new_meta.insert(
+        "lastUpdated".into(),
+        Value::String(last_updated.to_string()),
+    );
     new_meta.extend(meta);
     let resource_type = old.shift_remove("resourceType");
     old.shift_remove("id");
@@ -594,5 +735,9 @@ pub(crate) fn stamp(resource: &mut Value, id: &str, version: u64, last_updated: 
 
 /// Issues of warning severity or below, for responses that report them.
 pub(crate) fn non_errors(issues: &[Issue]) -> Vec<Issue> {
-    issues.iter().filter(|i| i.severity > Severity::Error).cloned().collect()
+    issues
+        .iter()
+        .filter(|i| i.severity > Severity::Error)
+        .cloned()
+        .collect()
 }

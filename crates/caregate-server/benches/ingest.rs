@@ -16,7 +16,8 @@ use serde_json::Value;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/corpora/examples/synthea");
+    let dir =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/corpora/examples/synthea");
     let mut files: Vec<PathBuf> = match std::fs::read_dir(&dir) {
         Ok(d) => d.filter_map(|e| e.ok().map(|e| e.path())).collect(),
         Err(e) => {
@@ -44,7 +45,8 @@ fn main() {
     let parse = started.elapsed().as_secs_f64();
 
     let tmp = tempfile::tempdir().expect("tempdir");
-    let store = SqliteStore::open(&tmp.path().join("bench.sqlite"), SqliteOptions::default()).expect("store");
+    let store = SqliteStore::open(&tmp.path().join("bench.sqlite"), SqliteOptions::default())
+        .expect("store");
     let pipeline = caregate_server::build_pipeline(store);
     let caller = Caller::default();
     let started = Instant::now();
@@ -58,7 +60,14 @@ fn main() {
     }
     let ingest = started.elapsed().as_secs_f64();
     let n = (resources * rounds) as f64;
-    println!("Synthea transaction bundles: {} bundles, {resources} resources, {rounds} rounds", texts.len());
+    println!(
+        "Synthea transaction bundles: {} bundles, {resources} resources, {rounds} rounds",
+        texts.len()
+    );
     println!("  parse JSON only          {:>10.0} resources/s", n / parse);
-    println!("  full ingest (1 thread)   {:>10.0} resources/s   ({:.1}x the cost of parsing)", n / ingest, ingest / parse);
+    println!(
+        "  full ingest (1 thread)   {:>10.0} resources/s   ({:.1}x the cost of parsing)",
+        n / ingest,
+        ingest / parse
+    );
 }

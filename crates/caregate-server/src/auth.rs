@@ -26,11 +26,13 @@ impl ClientRegistry {
     pub fn new(clients: &[ClientConfig]) -> Result<ClientRegistry, String> {
         let mut out = Vec::new();
         for c in clients {
-            let bytes = hex::decode(&c.token_sha256).map_err(|e| format!("client '{}': {e}", c.id))?;
+            let bytes =
+                hex::decode(&c.token_sha256).map_err(|e| format!("client '{}': {e}", c.id))?;
             let token_hash: [u8; 32] = bytes
                 .try_into()
                 .map_err(|_| format!("client '{}': token_sha256 must be 32 bytes", c.id))?;
-            let scopes = Scopes::parse(c.scopes.iter().map(String::as_str)).map_err(|e| e.to_string())?;
+            let scopes =
+                Scopes::parse(c.scopes.iter().map(String::as_str)).map_err(|e| e.to_string())?;
             out.push(RegisteredClient {
                 id: c.id.clone(),
                 organization: c.organization.clone(),
@@ -48,7 +50,11 @@ impl ClientRegistry {
 
     /// The caller for an `Authorization` header value. In development mode everyone is an
     /// unrestricted anonymous caller.
-    pub fn authenticate(&self, authorization: Option<&str>, purpose: Option<String>) -> Result<Caller, FhirError> {
+    pub fn authenticate(
+        &self,
+        authorization: Option<&str>,
+        purpose: Option<String>,
+    ) -> Result<Caller, FhirError> {
         if self.clients.is_empty() {
             return Ok(Caller {
                 actor: Actor {
@@ -65,7 +71,9 @@ impl ClientRegistry {
                 scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
             })
             .filter(|t| !t.is_empty())
-            .ok_or_else(|| unauthorized("This gateway requires a bearer token (Authorization: Bearer ...)"))?;
+            .ok_or_else(|| {
+                unauthorized("This gateway requires a bearer token (Authorization: Bearer ...)")
+            })?;
         let hash: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         // Compare against every client in constant time so timing reveals nothing.
         let mut found = None;
@@ -79,7 +87,10 @@ impl ClientRegistry {
             if !client.purposes.is_empty() && !client.purposes.contains(p) {
                 return Err(FhirError::new(
                     ErrorKind::Forbidden,
-                    format!("Client '{}' may not assert the purpose of use '{p}'", client.id),
+                    format!(
+                        "Client '{}' may not assert the purpose of use '{p}'",
+                        client.id
+                    ),
                 )
                 .with_code(IssueCode::Forbidden));
             }

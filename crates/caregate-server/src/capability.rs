@@ -5,7 +5,11 @@ use caregate_core::RESOURCE_TYPES;
 use caregate_search::SearchRegistry;
 use serde_json::{json, Value};
 
-pub fn capability_statement(search: &SearchRegistry, base: Option<&str>, development_mode: bool) -> Value {
+pub fn capability_statement(
+    search: &SearchRegistry,
+    base: Option<&str>,
+    development_mode: bool,
+) -> Value {
     let interactions = json!([
         {"code": "read"}, {"code": "vread"}, {"code": "update"}, {"code": "delete"},
         {"code": "history-instance"}, {"code": "history-type"}, {"code": "create"}, {"code": "search-type"}

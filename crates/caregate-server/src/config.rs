@@ -221,25 +221,39 @@ impl ServerConfig {
             )));
         }
         for (key, value) in [
-            ("validation.unknown_profile", &self.validation.unknown_profile),
-            ("validation.unknown_extension", &self.validation.unknown_extension),
+            (
+                "validation.unknown_profile",
+                &self.validation.unknown_profile,
+            ),
+            (
+                "validation.unknown_extension",
+                &self.validation.unknown_extension,
+            ),
         ] {
             if !matches!(value.as_str(), "error" | "warning") {
-                return Err(ConfigError::Invalid(format!("{key} must be \"error\" or \"warning\", not \"{value}\"")));
+                return Err(ConfigError::Invalid(format!(
+                    "{key} must be \"error\" or \"warning\", not \"{value}\""
+                )));
             }
         }
         for r in &self.validation.require {
             if !caregate_core::is_resource_type(&r.resource) {
-                return Err(ConfigError::Invalid(format!("validation.require: '{}' is not a resource type", r.resource)));
+                return Err(ConfigError::Invalid(format!(
+                    "validation.require: '{}' is not a resource type",
+                    r.resource
+                )));
             }
             if let Some(c) = &r.client {
                 if !self.clients.iter().any(|k| &k.id == c) {
-                    return Err(ConfigError::Invalid(format!("validation.require: client '{c}' is not a configured [[client]]")));
+                    return Err(ConfigError::Invalid(format!(
+                        "validation.require: client '{c}' is not a configured [[client]]"
+                    )));
                 }
             }
         }
         for c in &self.clients {
-            if c.token_sha256.len() != 64 || !c.token_sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+            if c.token_sha256.len() != 64 || !c.token_sha256.bytes().all(|b| b.is_ascii_hexdigit())
+            {
                 return Err(ConfigError::Invalid(format!(
                     "client '{}': token_sha256 must be 64 hex digits (sha256 of the token)",
                     c.id

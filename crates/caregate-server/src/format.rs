@@ -30,10 +30,23 @@ pub struct Rendering {
 }
 
 fn format_from_mime(mime: &str) -> Option<Format> {
-    let m = mime.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
+    let m = mime
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
     match m.as_str() {
-        "json" | "application/fhir+json" | "application/json" | "application/json+fhir" | "text/json" => Some(Format::Json),
-        "xml" | "application/fhir+xml" | "application/xml" | "application/xml+fhir" | "text/xml" => Some(Format::Xml),
+        "json"
+        | "application/fhir+json"
+        | "application/json"
+        | "application/json+fhir"
+        | "text/json" => Some(Format::Json),
+        "xml"
+        | "application/fhir+xml"
+        | "application/xml"
+        | "application/xml+fhir"
+        | "text/xml" => Some(Format::Xml),
         _ => None,
     }
 }
@@ -44,10 +57,19 @@ pub fn negotiate(headers: &HeaderMap, query: &[(String, String)]) -> Result<Rend
     if let Some((_, f)) = query.iter().find(|(k, _)| k == "_format") {
         return format_from_mime(f)
             .map(|format| Rendering { format, pretty })
-            .ok_or_else(|| FhirError::at(ErrorKind::NotAcceptable, "_format", format!("_format '{f}' is not supported; use json or xml")));
+            .ok_or_else(|| {
+                FhirError::at(
+                    ErrorKind::NotAcceptable,
+                    "_format",
+                    format!("_format '{f}' is not supported; use json or xml"),
+                )
+            });
     }
     let Some(accept) = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()) else {
-        return Ok(Rendering { format: Format::Json, pretty });
+        return Ok(Rendering {
+            format: Format::Json,
+            pretty,
+        });
     };
     // Honour the first listed type we can produce; a wildcard means JSON.
     let mut any_wildcard = false;
@@ -61,18 +83,25 @@ pub fn negotiate(headers: &HeaderMap, query: &[(String, String)]) -> Result<Rend
         }
     }
     if any_wildcard || accept.contains("text/html") {
-        Ok(Rendering { format: Format::Json, pretty })
+        Ok(Rendering {
+            format: Format::Json,
+            pretty,
+        })
     } else {
         Err(FhirError::new(
             ErrorKind::NotAcceptable,
-            format!("Cannot answer in '{accept}'; use application/fhir+json or application/fhir+xml"),
+            format!(
+                "Cannot answer in '{accept}'; use application/fhir+json or application/fhir+xml"
+            ),
         ))
     }
 }
 
 /// Parses a request body by its `Content-Type` into JSON.
 pub fn parse_body(headers: &HeaderMap, body: &[u8]) -> Result<Value, FhirError> {
-    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok());
     let format = match content_type {
         None => Format::Json,
         Some(ct) => format_from_mime(ct).ok_or_else(|| {
@@ -83,7 +112,9 @@ pub fn parse_body(headers: &HeaderMap, body: &[u8]) -> Result<Value, FhirError> 
         })?,
     };
     if body.is_empty() {
-        return Err(FhirError::bad_request("The request body is empty; a FHIR resource is required"));
+        return Err(FhirError::bad_request(
+            "The request body is empty; a FHIR resource is required",
+        ));
     }
     match format {
         Format::Json => serde_json::from_slice(body).map_err(|e| {
@@ -95,8 +126,11 @@ pub fn parse_body(headers: &HeaderMap, body: &[u8]) -> Result<Value, FhirError> 
             ))
         }),
         Format::Xml => {
-            let text = std::str::from_utf8(body).map_err(|_| FhirError::bad_request("The XML body is not UTF-8"))?;
-            caregate_format::xml_to_json(text).map_err(|e| FhirError::bad_request(format!("The XML body is not a valid FHIR resource: {e}")))
+            let text = std::str::from_utf8(body)
+                .map_err(|_| FhirError::bad_request("The XML body is not UTF-8"))?;
+            caregate_format::xml_to_json(text).map_err(|e| {
+                FhirError::bad_request(format!("The XML body is not a valid FHIR resource: {e}"))
+            })
         }
     }
 }
@@ -114,7 +148,11 @@ fn json_error_message(e: &serde_json::Error) -> String {
 pub fn render(value: &Value, rendering: Rendering) -> Result<Vec<u8>, FhirError> {
     match rendering.format {
         Format::Json => {
-            let r = if rendering.pretty { serde_json::to_vec_pretty(value) } else { serde_json::to_vec(value) };
+            let r = if rendering.pretty {
+                serde_json::to_vec_pretty(value)
+            } else {
+                serde_json::to_vec(value)
+            };
             r.map_err(|e| FhirError::internal(format!("cannot write JSON: {e}")))
         }
         Format::Xml => caregate_format::json_to_xml(value)
@@ -135,15 +173,28 @@ pub fn resource_response(status: StatusCode, value: &Value, rendering: Rendering
 
 /// Every error leaves as an OperationOutcome with the status its kind maps to.
 pub fn error_response(error: &FhirError, rendering: Rendering) -> HttpResponse {
-    let status = StatusCode::from_u16(error.kind.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let status =
+        StatusCode::from_u16(error.kind.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let outcome = OperationOutcome {
         issues: error.issues.clone(),
     }
     .to_json();
     let body = render(&outcome, rendering)
-        .or_else(|_| render(&outcome, Rendering { format: Format::Json, pretty: false }))
+        .or_else(|_| {
+            render(
+                &outcome,
+                Rendering {
+                    format: Format::Json,
+                    pretty: false,
+                },
+            )
+        })
         .unwrap_or_default();
-    let format = if body.first() == Some(&b'<') { Format::Xml } else { Format::Json };
+    let format = if body.first() == Some(&b'<') {
+        Format::Xml
+    } else {
+        Format::Json
+    };
     let mut response = HttpResponse::build(status);
     response.insert_header((header::CONTENT_TYPE, format.content_type()));
     if error.kind == ErrorKind::Unauthorized {

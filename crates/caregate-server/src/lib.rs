@@ -18,16 +18,18 @@ use std::sync::Arc;
 
 use actix_web::dev::ServerHandle;
 use actix_web::{web, App, HttpServer};
+use caregate_consent::{ConsentEngine, DefaultPolicy};
 use caregate_core::Severity;
 use caregate_pipeline::{Pipeline, PipelineOptions, Stages, Validator, Verdict};
-use caregate_consent::{ConsentEngine, DefaultPolicy};
 use caregate_search::SearchRegistry;
 use caregate_store::{SqliteOptions, SqliteStore, Store};
 use caregate_validation::{Package, Registry, StructureModel, ValidationOptions};
 use serde_json::Value;
 
 pub use auth::{token_hash_hex, ClientRegistry};
-pub use config::{ClientConfig, ConfigError, ConsentConfig, RequiredProfile, ServerConfig, ValidationConfig};
+pub use config::{
+    ClientConfig, ConfigError, ConsentConfig, RequiredProfile, ServerConfig, ValidationConfig,
+};
 
 /// What every handler shares.
 pub struct AppState {
@@ -45,11 +47,17 @@ pub enum StartError {
     #[error("refusing to listen on {0}: without registered clients (local development mode) caregate only listens on a loopback address; add [[client]] entries to the configuration to serve a network")]
     NotLoopback(SocketAddr),
     #[error("cannot create data directory {path}: {source}")]
-    DataDir { path: String, source: std::io::Error },
+    DataDir {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("opening the store: {0}")]
     Store(#[from] caregate_store::StoreError),
     #[error("cannot listen on {addr}: {source}")]
-    Bind { addr: SocketAddr, source: std::io::Error },
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 /// The full validator (`caregate_validation::Validator` with FHIRPath invariants) as the
@@ -126,7 +134,10 @@ impl Validator for FullValidator {
     }
 
     fn validate_write(&self, client: Option<&str>, resource: &Value) -> Verdict {
-        let rt = resource.get("resourceType").and_then(Value::as_str).unwrap_or("");
+        let rt = resource
+            .get("resourceType")
+            .and_then(Value::as_str)
+            .unwrap_or("");
         let profiles = self
             .require
             .iter()
@@ -134,7 +145,10 @@ impl Validator for FullValidator {
             .map(|r| r.profile.clone())
             .collect();
         let (issues, unprocessable) = self.check(resource, profiles);
-        Verdict { issues, unprocessable }
+        Verdict {
+            issues,
+            unprocessable,
+        }
     }
 
     fn validate_against(&self, resource: &Value, profiles: &[String]) -> Vec<caregate_core::Issue> {
@@ -175,7 +189,9 @@ pub fn build_pipeline_full(
     consent: &config::ConsentConfig,
     validator: Arc<dyn Validator>,
 ) -> Pipeline {
-    let search = Arc::new(SearchRegistry::from_definitions(Package::r4_core().of_type("SearchParameter")));
+    let search = Arc::new(SearchRegistry::from_definitions(
+        Package::r4_core().of_type("SearchParameter"),
+    ));
     let mut stages = Stages::with_validator(validator);
     match caregate_consent::LabelRules::default_rules() {
         Ok(rules) => stages.labeler = Arc::new(RuleLabeler(rules)),
@@ -183,7 +199,11 @@ pub fn build_pipeline_full(
     }
     if consent.enforce {
         stages.consent = Arc::new(ConsentEngine {
-            default: if consent.default == "opt-in" { DefaultPolicy::OptIn } else { DefaultPolicy::OptOut },
+            default: if consent.default == "opt-in" {
+                DefaultPolicy::OptIn
+            } else {
+                DefaultPolicy::OptOut
+            },
             ..ConsentEngine::default()
         });
     }
@@ -204,7 +224,9 @@ pub struct RunningServer {
 
 /// Opens the store under `config.data`, binds and returns the server (not yet awaited).
 pub fn start(config: &ServerConfig) -> Result<RunningServer, StartError> {
-    config.check().map_err(|e| StartError::Config(e.to_string()))?;
+    config
+        .check()
+        .map_err(|e| StartError::Config(e.to_string()))?;
     if config.development_mode() && !config.listen.ip().is_loopback() {
         return Err(StartError::NotLoopback(config.listen));
     }
@@ -212,7 +234,10 @@ pub fn start(config: &ServerConfig) -> Result<RunningServer, StartError> {
         path: config.data.display().to_string(),
         source,
     })?;
-    let store = SqliteStore::open(&config.data.join("caregate.sqlite"), SqliteOptions::default())?;
+    let store = SqliteStore::open(
+        &config.data.join("caregate.sqlite"),
+        SqliteOptions::default(),
+    )?;
     let validator = FullValidator::from_config(&config.validation).map_err(StartError::Config)?;
     let notifier = Arc::new(notify::SubscriptionNotifier::start());
     let pipeline = Arc::new(
@@ -222,12 +247,19 @@ pub fn start(config: &ServerConfig) -> Result<RunningServer, StartError> {
     );
     notifier.attach(&pipeline);
     let clients = ClientRegistry::new(&config.clients).map_err(StartError::Config)?;
-    let capability = capability::capability_statement(pipeline.search_registry(), config.base_url.as_deref(), config.development_mode());
+    let capability = capability::capability_statement(
+        pipeline.search_registry(),
+        config.base_url.as_deref(),
+        config.development_mode(),
+    );
     let state = web::Data::new(AppState {
         pipeline,
         clients,
         capability,
-        base_url: config.base_url.clone().map(|b| b.trim_end_matches('/').to_string()),
+        base_url: config
+            .base_url
+            .clone()
+            .map(|b| b.trim_end_matches('/').to_string()),
         max_body_bytes: config.max_body_bytes,
     });
     let mut server = HttpServer::new(move || {
@@ -236,14 +268,21 @@ pub fn start(config: &ServerConfig) -> Result<RunningServer, StartError> {
             .wrap_fn(|req, srv| {
                 use actix_web::dev::Service;
                 use actix_web::HttpMessage;
-                let id = RequestId::from_header(req.headers().get("x-request-id").and_then(|v| v.to_str().ok()));
+                let id = RequestId::from_header(
+                    req.headers()
+                        .get("x-request-id")
+                        .and_then(|v| v.to_str().ok()),
+                );
                 let header_value = actix_web::http::header::HeaderValue::from_str(&id.0).ok();
                 req.extensions_mut().insert(id);
                 let response = srv.call(req);
                 async move {
                     let mut response = response.await?;
                     if let Some(v) = header_value {
-                        response.headers_mut().insert(actix_web::http::header::HeaderName::from_static("x-request-id"), v);
+                        response.headers_mut().insert(
+                            actix_web::http::header::HeaderName::from_static("x-request-id"),
+                            v,
+                        );
                     }
                     Ok(response)
                 }
@@ -255,15 +294,36 @@ pub fn start(config: &ServerConfig) -> Result<RunningServer, StartError> {
             .route("/{type}/_history", web::get().to(routes::history_type))
             .route("/{type}/_search", web::post().to(routes::search_post))
             .route("/{type}/$validate", web::post().to(routes::validate_type))
-            .route("/{type}/{id}/$validate", web::post().to(routes::validate_instance))
+            .route(
+                "/{type}/{id}/$validate",
+                web::post().to(routes::validate_instance),
+            )
             .route("/{type}/{id}/_history/{vid}", web::get().to(routes::vread))
-            .route("/{type}/{id}/_history", web::get().to(routes::history_instance))
-            .route("/Patient/{id}/$disclosures", web::get().to(operations::disclosures))
+            .route(
+                "/{type}/{id}/_history",
+                web::get().to(routes::history_instance),
+            )
+            .route(
+                "/Patient/{id}/$disclosures",
+                web::get().to(operations::disclosures),
+            )
             .route("/Patient/$match", web::post().to(operations::patient_match))
-            .route("/Patient/{id}/$care-plan", web::get().to(operations::care_plan))
-            .route("/ui/patients/{id}/care-plan", web::get().to(operations::care_plan))
-            .route("/conformance/report", web::get().to(operations::conformance_report))
-            .route("/ui/conformance", web::get().to(operations::conformance_report))
+            .route(
+                "/Patient/{id}/$care-plan",
+                web::get().to(operations::care_plan),
+            )
+            .route(
+                "/ui/patients/{id}/care-plan",
+                web::get().to(operations::care_plan),
+            )
+            .route(
+                "/conformance/report",
+                web::get().to(operations::conformance_report),
+            )
+            .route(
+                "/ui/conformance",
+                web::get().to(operations::conformance_report),
+            )
             .route("/{type}/{id}", web::get().to(routes::read))
             .route("/{type}/{id}", web::put().to(routes::update))
             .route("/{type}/{id}", web::delete().to(routes::delete))
@@ -280,7 +340,8 @@ pub fn start(config: &ServerConfig) -> Result<RunningServer, StartError> {
     }
     let bound = match &config.tls {
         Some(tls) => {
-            let tls_config = tls::server_config(tls).map_err(|e| StartError::Config(e.to_string()))?;
+            let tls_config =
+                tls::server_config(tls).map_err(|e| StartError::Config(e.to_string()))?;
             server.bind_rustls_0_23(config.listen, tls_config)
         }
         None => server.bind(config.listen),

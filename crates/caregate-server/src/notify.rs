@@ -20,7 +20,11 @@ use caregate_store::{AuditQuery, Condition, Filter, Store};
 use serde_json::Value;
 
 /// Delays between delivery attempts.
-const BACKOFF: [Duration; 3] = [Duration::from_millis(100), Duration::from_millis(400), Duration::from_millis(1600)];
+const BACKOFF: [Duration; 3] = [
+    Duration::from_millis(100),
+    Duration::from_millis(400),
+    Duration::from_millis(1600),
+];
 
 struct Event {
     resource_type: String,
@@ -70,16 +74,25 @@ impl Notifier for SubscriptionNotifier {
     }
 }
 
-fn deliver_loop(events: crossbeam_channel::Receiver<Event>, pipeline: Arc<OnceLock<Weak<Pipeline>>>) {
+fn deliver_loop(
+    events: crossbeam_channel::Receiver<Event>,
+    pipeline: Arc<OnceLock<Weak<Pipeline>>>,
+) {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             tracing::error!(target: "caregate::notify", error = %e, "no runtime for notifications");
             return;
         }
     };
-    let http = match reqwest::Client::builder().timeout(Duration::from_secs(10)).build() {
+    let http = match reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+    {
         Ok(c) => c,
         Err(e) => {
             tracing::error!(target: "caregate::notify", error = %e, "no HTTP client for notifications");
@@ -87,7 +100,9 @@ fn deliver_loop(events: crossbeam_channel::Receiver<Event>, pipeline: Arc<OnceLo
         }
     };
     while let Ok(event) = events.recv() {
-        let Some(pipeline) = pipeline.get().and_then(Weak::upgrade) else { continue };
+        let Some(pipeline) = pipeline.get().and_then(Weak::upgrade) else {
+            continue;
+        };
         for subscription in matching_subscriptions(&pipeline, &event) {
             runtime.block_on(deliver(&pipeline, &http, &subscription, &event));
         }
@@ -101,32 +116,51 @@ fn matching_subscriptions(pipeline: &Pipeline, event: &Event) -> Vec<Value> {
     let registry = pipeline.search_registry();
     let Ok(mut parsed) = registry.parse(
         Some("Subscription"),
-        &[("status".to_string(), "active,error".to_string()), ("type".to_string(), "rest-hook".to_string())],
+        &[
+            ("status".to_string(), "active,error".to_string()),
+            ("type".to_string(), "rest-hook".to_string()),
+        ],
         true,
     ) else {
         return Vec::new();
     };
     parsed.query.count = 1000;
     parsed.query.total = false;
-    let Ok(page) = store.search(&parsed.query) else { return Vec::new() };
+    let Ok(page) = store.search(&parsed.query) else {
+        return Vec::new();
+    };
     let mut out = Vec::new();
     for record in page.matches {
-        let Some(subscription) = record.content.as_deref().and_then(|c| serde_json::from_slice::<Value>(c).ok()) else {
+        let Some(subscription) = record
+            .content
+            .as_deref()
+            .and_then(|c| serde_json::from_slice::<Value>(c).ok())
+        else {
             continue;
         };
-        let criteria = subscription.get("criteria").and_then(Value::as_str).unwrap_or_default();
+        let criteria = subscription
+            .get("criteria")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
         let (ty, query) = criteria.split_once('?').unwrap_or((criteria, ""));
         if ty != event.resource_type {
             continue;
         }
-        let params: Vec<(String, String)> = form_urlencoded::parse(query.as_bytes()).into_owned().collect();
-        let Ok(mut q) = registry.parse(Some(ty), &params, true) else { continue };
+        let params: Vec<(String, String)> = form_urlencoded::parse(query.as_bytes())
+            .into_owned()
+            .collect();
+        let Ok(mut q) = registry.parse(Some(ty), &params, true) else {
+            continue;
+        };
         q.query.filters.push(Filter {
             any_of: vec![Condition::Id(event.id.clone())],
         });
         q.query.count = 1;
         q.query.total = false;
-        let selected = store.search(&q.query).map(|p| !p.matches.is_empty()).unwrap_or(false);
+        let selected = store
+            .search(&q.query)
+            .map(|p| !p.matches.is_empty())
+            .unwrap_or(false);
         if selected && subscriber_may_see(pipeline, store.as_ref(), &record.id, &event.resource) {
             out.push(subscription);
         }
@@ -136,7 +170,12 @@ fn matching_subscriptions(pipeline: &Pipeline, event: &Event) -> Vec<Value> {
 
 /// The subscriber is the organisation that created the Subscription (from the audit trail);
 /// the patient's consent decides whether it may see the resource.
-fn subscriber_may_see(pipeline: &Pipeline, store: &dyn Store, subscription_id: &str, resource: &Value) -> bool {
+fn subscriber_may_see(
+    pipeline: &Pipeline,
+    store: &dyn Store,
+    subscription_id: &str,
+    resource: &Value,
+) -> bool {
     let created = store
         .audit_search(&AuditQuery {
             entity: Some(format!("Subscription/{subscription_id}")),
@@ -174,8 +213,16 @@ fn subscriber_may_see(pipeline: &Pipeline, store: &dyn Store, subscription_id: &
 }
 
 async fn deliver(pipeline: &Pipeline, http: &reqwest::Client, subscription: &Value, event: &Event) {
-    let Some(endpoint) = subscription.pointer("/channel/endpoint").and_then(Value::as_str) else { return };
-    let with_payload = subscription.pointer("/channel/payload").and_then(Value::as_str).is_some();
+    let Some(endpoint) = subscription
+        .pointer("/channel/endpoint")
+        .and_then(Value::as_str)
+    else {
+        return;
+    };
+    let with_payload = subscription
+        .pointer("/channel/payload")
+        .and_then(Value::as_str)
+        .is_some();
     let mut last_error = String::new();
     for (attempt, delay) in std::iter::once(Duration::ZERO).chain(BACKOFF).enumerate() {
         if attempt > 0 {
@@ -216,7 +263,9 @@ async fn deliver(pipeline: &Pipeline, http: &reqwest::Client, subscription: &Val
 }
 
 fn set_status(pipeline: &Pipeline, subscription: &Value, status: &str, error: Option<&str>) {
-    let Some(id) = subscription.get("id").and_then(Value::as_str) else { return };
+    let Some(id) = subscription.get("id").and_then(Value::as_str) else {
+        return;
+    };
     let mut updated = subscription.clone();
     updated["status"] = Value::String(status.to_string());
     match (error, updated.as_object_mut()) {

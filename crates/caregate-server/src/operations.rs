@@ -15,8 +15,14 @@ const JSON: Rendering = Rendering {
 
 /// `GET /Patient/{id}/$disclosures?start=&end=`: the accounting of disclosures, as FHIR
 /// Parameters, or as an HTML page for `_format=html` / a browser's `Accept: text/html`.
-pub async fn disclosures(req: HttpRequest, state: web::Data<AppState>, path: web::Path<String>) -> HttpResponse {
-    let query: Vec<(String, String)> = form_urlencoded::parse(req.query_string().as_bytes()).into_owned().collect();
+pub async fn disclosures(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> HttpResponse {
+    let query: Vec<(String, String)> = form_urlencoded::parse(req.query_string().as_bytes())
+        .into_owned()
+        .collect();
     let wants_html = query.iter().any(|(k, v)| k == "_format" && v == "html")
         || req
             .headers()
@@ -36,19 +42,30 @@ pub async fn disclosures(req: HttpRequest, state: web::Data<AppState>, path: web
         Err(e) => return error_response(&e, rendering),
     };
     let patient = path.into_inner();
-    let start = query.iter().find(|(k, _)| k == "start").map(|(_, v)| v.clone());
-    let end = query.iter().find(|(k, _)| k == "end").map(|(_, v)| v.clone());
+    let start = query
+        .iter()
+        .find(|(k, _)| k == "start")
+        .map(|(_, v)| v.clone());
+    let end = query
+        .iter()
+        .find(|(k, _)| k == "end")
+        .map(|(_, v)| v.clone());
     let pipeline = state.pipeline.clone();
     let id = patient.clone();
-    let result = web::block(move || pipeline.disclosures(&caller, &id, start.as_deref(), end.as_deref()))
-        .await
-        .map_err(|_| FhirError::internal("the request could not be processed"))
-        .and_then(|r| r);
+    let result =
+        web::block(move || pipeline.disclosures(&caller, &id, start.as_deref(), end.as_deref()))
+            .await
+            .map_err(|_| FhirError::internal("the request could not be processed"))
+            .and_then(|r| r);
     match result {
         Ok(list) if wants_html => HttpResponse::Ok()
             .insert_header((header::CONTENT_TYPE, "text/html; charset=utf-8"))
             .body(caregate_pipeline::disclosures_html(&patient, &list)),
-        Ok(list) => resource_response(StatusCode::OK, &caregate_pipeline::disclosures_parameters(&patient, &list), rendering),
+        Ok(list) => resource_response(
+            StatusCode::OK,
+            &caregate_pipeline::disclosures_parameters(&patient, &list),
+            rendering,
+        ),
         Err(e) => error_response(&e, rendering),
     }
 }
@@ -56,35 +73,57 @@ pub async fn disclosures(req: HttpRequest, state: web::Data<AppState>, path: web
 /// `GET /conformance/report?source=&since=` (JSON) and `GET /ui/conformance` (HTML):
 /// validation outcomes per source system, for auditors.
 pub async fn conformance_report(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
-    let query: Vec<(String, String)> = form_urlencoded::parse(req.query_string().as_bytes()).into_owned().collect();
+    let query: Vec<(String, String)> = form_urlencoded::parse(req.query_string().as_bytes())
+        .into_owned()
+        .collect();
     let html = req.path().starts_with("/ui/");
     let caller = match crate::routes::caller_of(&req, &state) {
         Ok(c) => c,
         Err(e) => return error_response(&e, JSON),
     };
-    let source = query.iter().find(|(k, _)| k == "source").map(|(_, v)| v.clone());
-    let since = query.iter().find(|(k, _)| k == "since").map(|(_, v)| v.clone());
+    let source = query
+        .iter()
+        .find(|(k, _)| k == "source")
+        .map(|(_, v)| v.clone());
+    let since = query
+        .iter()
+        .find(|(k, _)| k == "since")
+        .map(|(_, v)| v.clone());
     let pipeline = state.pipeline.clone();
     let (s2, since2) = (source.clone(), since.clone());
-    let result = web::block(move || pipeline.conformance_report(&caller, s2.as_deref(), since2.as_deref()))
-        .await
-        .map_err(|_| FhirError::internal("the request could not be processed"))
-        .and_then(|r| r);
+    let result =
+        web::block(move || pipeline.conformance_report(&caller, s2.as_deref(), since2.as_deref()))
+            .await
+            .map_err(|_| FhirError::internal("the request could not be processed"))
+            .and_then(|r| r);
     match result {
         Ok(report) if html => HttpResponse::Ok()
             .insert_header((header::CONTENT_TYPE, "text/html; charset=utf-8"))
-            .body(caregate_pipeline::conformance_html(&report, source.as_deref(), since.as_deref())),
+            .body(caregate_pipeline::conformance_html(
+                &report,
+                source.as_deref(),
+                since.as_deref(),
+            )),
         Ok(report) => HttpResponse::Ok()
             .insert_header((header::CONTENT_TYPE, "application/json"))
-            .body(caregate_pipeline::conformance_json(&report, source.as_deref(), since.as_deref()).to_string()),
+            .body(
+                caregate_pipeline::conformance_json(&report, source.as_deref(), since.as_deref())
+                    .to_string(),
+            ),
         Err(e) => error_response(&e, JSON),
     }
 }
 
 /// `GET /Patient/{id}/$care-plan[?_since=]`: the shared care-plan view of the person, with
 /// a strong ETag so clients can poll cheaply (`If-None-Match` → 304).
-pub async fn care_plan(req: HttpRequest, state: web::Data<AppState>, path: web::Path<String>) -> HttpResponse {
-    let query: Vec<(String, String)> = form_urlencoded::parse(req.query_string().as_bytes()).into_owned().collect();
+pub async fn care_plan(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> HttpResponse {
+    let query: Vec<(String, String)> = form_urlencoded::parse(req.query_string().as_bytes())
+        .into_owned()
+        .collect();
     let rendering = match negotiate(req.headers(), &query) {
         Ok(r) => r,
         Err(e) => return error_response(&e, JSON),
@@ -95,7 +134,10 @@ pub async fn care_plan(req: HttpRequest, state: web::Data<AppState>, path: web::
     };
     let id = path.into_inner();
     let patient_id = id.clone();
-    let since = query.iter().find(|(k, _)| k == "_since").map(|(_, v)| v.clone());
+    let since = query
+        .iter()
+        .find(|(k, _)| k == "_since")
+        .map(|(_, v)| v.clone());
     let pipeline = state.pipeline.clone();
     let result = web::block(move || pipeline.care_plan(&caller, &id, since.as_deref()))
         .await
@@ -114,7 +156,9 @@ pub async fn care_plan(req: HttpRequest, state: web::Data<AppState>, path: web::
                 .and_then(|v| v.to_str().ok())
                 .is_some_and(|v| v.trim() == view.etag);
             if unchanged {
-                return HttpResponse::NotModified().insert_header((header::ETAG, view.etag)).finish();
+                return HttpResponse::NotModified()
+                    .insert_header((header::ETAG, view.etag))
+                    .finish();
             }
             let mut resp = resource_response(StatusCode::OK, &view.bundle, rendering);
             if let Ok(v) = header::HeaderValue::from_str(&view.etag) {
@@ -127,8 +171,14 @@ pub async fn care_plan(req: HttpRequest, state: web::Data<AppState>, path: web::
 }
 
 /// `POST /Patient/$match` with a Parameters body (resource, onlyCertainMatches, count).
-pub async fn patient_match(req: HttpRequest, state: web::Data<AppState>, body: web::Bytes) -> HttpResponse {
-    let query: Vec<(String, String)> = form_urlencoded::parse(req.query_string().as_bytes()).into_owned().collect();
+pub async fn patient_match(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    body: web::Bytes,
+) -> HttpResponse {
+    let query: Vec<(String, String)> = form_urlencoded::parse(req.query_string().as_bytes())
+        .into_owned()
+        .collect();
     let rendering = match negotiate(req.headers(), &query) {
         Ok(r) => r,
         Err(e) => return error_response(&e, JSON),

@@ -23,7 +23,12 @@ pub struct RequestId(pub String);
 impl RequestId {
     pub fn from_header(value: Option<&str>) -> RequestId {
         match value {
-            Some(v) if !v.is_empty() && v.len() <= 64 && v.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b)) => {
+            Some(v)
+                if !v.is_empty()
+                    && v.len() <= 64
+                    && v.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b)) =>
+            {
                 RequestId(v.to_string())
             }
             _ => RequestId(uuid::Uuid::new_v4().to_string()),
@@ -51,7 +56,11 @@ fn prefer(headers: &HeaderMap) -> (ReturnPreference, bool) {
     let mut strict = false;
     for value in headers.get_all("prefer").filter_map(|v| v.to_str().ok()) {
         for part in value.split([',', ';']) {
-            match part.trim().split_once('=').map(|(k, v)| (k.trim(), v.trim().trim_matches('"'))) {
+            match part
+                .trim()
+                .split_once('=')
+                .map(|(k, v)| (k.trim(), v.trim().trim_matches('"')))
+            {
                 Some(("return", "minimal")) => ret = ReturnPreference::Minimal,
                 Some(("return", "representation")) => ret = ReturnPreference::Representation,
                 Some(("return", "OperationOutcome")) => ret = ReturnPreference::OperationOutcome,
@@ -71,7 +80,10 @@ pub(crate) fn caller_of(req: &HttpRequest, state: &AppState) -> Result<Caller, F
         .get("x-purpose-of-use")
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
-    let authorization = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    let authorization = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
     let network_address = req.peer_addr().map(|a| a.ip().to_string());
     let request_id = req.extensions().get::<RequestId>().map(|r| r.0.clone());
     let mut caller = match state.clients.authenticate(authorization, purpose) {
@@ -92,8 +104,11 @@ impl Ctx {
     // The error is the finished response, built once per refused request.
     #[allow(clippy::result_large_err)]
     fn new(req: &HttpRequest, state: &AppState) -> Result<Ctx, HttpResponse> {
-        let query: Vec<(String, String)> = form_urlencoded::parse(req.query_string().as_bytes()).into_owned().collect();
-        let rendering = negotiate(req.headers(), &query).map_err(|e| error_response(&e, JSON_DEFAULT))?;
+        let query: Vec<(String, String)> = form_urlencoded::parse(req.query_string().as_bytes())
+            .into_owned()
+            .collect();
+        let rendering =
+            negotiate(req.headers(), &query).map_err(|e| error_response(&e, JSON_DEFAULT))?;
         let caller = caller_of(req, state).map_err(|e| error_response(&e, rendering))?;
         let base = match &state.base_url {
             Some(b) => b.clone(),
@@ -119,14 +134,20 @@ impl Ctx {
 }
 
 /// Runs pipeline work on the blocking pool.
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, FhirError> + Send + 'static) -> Result<T, FhirError> {
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, FhirError> + Send + 'static,
+) -> Result<T, FhirError> {
     web::block(f)
         .await
         .map_err(|_| FhirError::internal("the request could not be processed"))?
 }
 
 /// Reads the body with the configured limit, answering 413 with an OperationOutcome.
-async fn read_body(req: &HttpRequest, mut payload: web::Payload, limit: usize) -> Result<web::BytesMut, FhirError> {
+async fn read_body(
+    req: &HttpRequest,
+    mut payload: web::Payload,
+    limit: usize,
+) -> Result<web::BytesMut, FhirError> {
     let too_large = || {
         FhirError::new(
             ErrorKind::PayloadTooLarge,
@@ -145,7 +166,8 @@ async fn read_body(req: &HttpRequest, mut payload: web::Payload, limit: usize) -
     }
     let mut body = web::BytesMut::new();
     while let Some(chunk) = payload.next().await {
-        let chunk = chunk.map_err(|e| FhirError::bad_request(format!("Reading the request body failed: {e}")))?;
+        let chunk = chunk
+            .map_err(|e| FhirError::bad_request(format!("Reading the request body failed: {e}")))?;
         if body.len() + chunk.len() > limit {
             return Err(too_large());
         }
@@ -154,7 +176,11 @@ async fn read_body(req: &HttpRequest, mut payload: web::Payload, limit: usize) -
     Ok(body)
 }
 
-async fn body_json(req: &HttpRequest, payload: web::Payload, state: &AppState) -> Result<Value, FhirError> {
+async fn body_json(
+    req: &HttpRequest,
+    payload: web::Payload,
+    state: &AppState,
+) -> Result<Value, FhirError> {
     let body = read_body(req, payload, state.max_body_bytes).await?;
     parse_body(req.headers(), &body)
 }
@@ -190,9 +216,16 @@ fn record_response(status: StatusCode, record: &VersionRecord, ctx: &Ctx) -> Htt
 }
 
 fn write_response(out: &WriteOutcome, ctx: &Ctx) -> HttpResponse {
-    let status = if out.created { StatusCode::CREATED } else { StatusCode::OK };
+    let status = if out.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
     let r = &out.record;
-    let location = format!("{}/{}/{}/_history/{}", ctx.base, r.resource_type, r.id, r.version);
+    let location = format!(
+        "{}/{}/{}/_history/{}",
+        ctx.base, r.resource_type, r.id, r.version
+    );
     let mut resp = HttpResponse::build(status);
     version_headers(&mut resp, r);
     if out.created || out.matched_existing {
@@ -203,7 +236,12 @@ fn write_response(out: &WriteOutcome, ctx: &Ctx) -> HttpResponse {
         ReturnPreference::Minimal => resp.finish(),
         ReturnPreference::OperationOutcome => {
             let oo = OperationOutcome {
-                issues: out.issues.iter().filter(|i| !i.severity.is_error()).cloned().collect(),
+                issues: out
+                    .issues
+                    .iter()
+                    .filter(|i| !i.severity.is_error())
+                    .cloned()
+                    .collect(),
             }
             .to_json();
             match crate::format::render(&oo, ctx.rendering) {
@@ -214,15 +252,22 @@ fn write_response(out: &WriteOutcome, ctx: &Ctx) -> HttpResponse {
             }
         }
         // The stored bytes are exactly the representation; no need to serialise again.
-        ReturnPreference::Representation if ctx.rendering.format == Format::Json && !ctx.rendering.pretty && r.content.is_some() => resp
-            .insert_header((header::CONTENT_TYPE, Format::Json.content_type()))
-            .body(r.content.clone().unwrap_or_default()),
-        ReturnPreference::Representation => match crate::format::render(&out.resource, ctx.rendering) {
-            Ok(body) => resp
-                .insert_header((header::CONTENT_TYPE, ctx.rendering.format.content_type()))
-                .body(body),
-            Err(e) => ctx.fail(&e),
-        },
+        ReturnPreference::Representation
+            if ctx.rendering.format == Format::Json
+                && !ctx.rendering.pretty
+                && r.content.is_some() =>
+        {
+            resp.insert_header((header::CONTENT_TYPE, Format::Json.content_type()))
+                .body(r.content.clone().unwrap_or_default())
+        }
+        ReturnPreference::Representation => {
+            match crate::format::render(&out.resource, ctx.rendering) {
+                Ok(body) => resp
+                    .insert_header((header::CONTENT_TYPE, ctx.rendering.format.content_type()))
+                    .body(body),
+                Err(e) => ctx.fail(&e),
+            }
+        }
     }
 }
 
@@ -236,16 +281,22 @@ macro_rules! ctx_or_return {
 }
 
 fn if_match(req: &HttpRequest) -> Result<Option<u64>, FhirError> {
-    match req.headers().get(header::IF_MATCH).and_then(|v| v.to_str().ok()) {
+    match req
+        .headers()
+        .get(header::IF_MATCH)
+        .and_then(|v| v.to_str().ok())
+    {
         None => Ok(None),
-        Some(v) => parse_etag(v)
-            .map(Some)
-            .ok_or_else(|| FhirError::bad_request(format!("If-Match '{v}' is not a version ETag like W/\"1\""))),
+        Some(v) => parse_etag(v).map(Some).ok_or_else(|| {
+            FhirError::bad_request(format!("If-Match '{v}' is not a version ETag like W/\"1\""))
+        }),
     }
 }
 
 pub async fn metadata(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
-    let query: Vec<(String, String)> = form_urlencoded::parse(req.query_string().as_bytes()).into_owned().collect();
+    let query: Vec<(String, String)> = form_urlencoded::parse(req.query_string().as_bytes())
+        .into_owned()
+        .collect();
     let rendering = match negotiate(req.headers(), &query) {
         Ok(r) => r,
         Err(e) => return error_response(&e, JSON_DEFAULT),
@@ -253,7 +304,11 @@ pub async fn metadata(req: HttpRequest, state: web::Data<AppState>) -> HttpRespo
     resource_response(StatusCode::OK, &state.capability, rendering)
 }
 
-pub async fn read(req: HttpRequest, state: web::Data<AppState>, path: web::Path<(String, String)>) -> HttpResponse {
+pub async fn read(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    path: web::Path<(String, String)>,
+) -> HttpResponse {
     let ctx = ctx_or_return!(req, state);
     let (rtype, id) = path.into_inner();
     let pipeline = state.pipeline.clone();
@@ -284,7 +339,11 @@ pub async fn read(req: HttpRequest, state: web::Data<AppState>, path: web::Path<
     }
 }
 
-pub async fn vread(req: HttpRequest, state: web::Data<AppState>, path: web::Path<(String, String, String)>) -> HttpResponse {
+pub async fn vread(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    path: web::Path<(String, String, String)>,
+) -> HttpResponse {
     let ctx = ctx_or_return!(req, state);
     let (rtype, id, vid) = path.into_inner();
     let pipeline = state.pipeline.clone();
@@ -295,7 +354,12 @@ pub async fn vread(req: HttpRequest, state: web::Data<AppState>, path: web::Path
     }
 }
 
-pub async fn create(req: HttpRequest, state: web::Data<AppState>, path: web::Path<String>, payload: web::Payload) -> HttpResponse {
+pub async fn create(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+    payload: web::Payload,
+) -> HttpResponse {
     let ctx = ctx_or_return!(req, state);
     let rtype = path.into_inner();
     if let Err(e) = caregate_pipeline::check_resource_type(&rtype) {
@@ -312,13 +376,20 @@ pub async fn create(req: HttpRequest, state: web::Data<AppState>, path: web::Pat
         .map(str::to_string);
     let pipeline = state.pipeline.clone();
     let caller = ctx.caller.clone();
-    match blocking(move || pipeline.create(&caller, &rtype, resource, if_none_exist.as_deref())).await {
+    match blocking(move || pipeline.create(&caller, &rtype, resource, if_none_exist.as_deref()))
+        .await
+    {
         Ok(out) => write_response(&out, &ctx),
         Err(e) => ctx.fail(&e),
     }
 }
 
-pub async fn update(req: HttpRequest, state: web::Data<AppState>, path: web::Path<(String, String)>, payload: web::Payload) -> HttpResponse {
+pub async fn update(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    path: web::Path<(String, String)>,
+    payload: web::Payload,
+) -> HttpResponse {
     let ctx = ctx_or_return!(req, state);
     let (rtype, id) = path.into_inner();
     if let Err(e) = caregate_pipeline::check_resource_type(&rtype) {
@@ -340,7 +411,12 @@ pub async fn update(req: HttpRequest, state: web::Data<AppState>, path: web::Pat
     }
 }
 
-pub async fn conditional_update(req: HttpRequest, state: web::Data<AppState>, path: web::Path<String>, payload: web::Payload) -> HttpResponse {
+pub async fn conditional_update(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+    payload: web::Payload,
+) -> HttpResponse {
     let ctx = ctx_or_return!(req, state);
     let rtype = path.into_inner();
     let if_match = match if_match(&req) {
@@ -354,7 +430,9 @@ pub async fn conditional_update(req: HttpRequest, state: web::Data<AppState>, pa
     let query = criteria(&ctx.query);
     let pipeline = state.pipeline.clone();
     let caller = ctx.caller.clone();
-    match blocking(move || pipeline.conditional_update(&caller, &rtype, &query, resource, if_match)).await {
+    match blocking(move || pipeline.conditional_update(&caller, &rtype, &query, resource, if_match))
+        .await
+    {
         Ok(out) => write_response(&out, &ctx),
         Err(e) => ctx.fail(&e),
     }
@@ -371,7 +449,11 @@ fn criteria(query: &[(String, String)]) -> String {
     s.finish()
 }
 
-pub async fn delete(req: HttpRequest, state: web::Data<AppState>, path: web::Path<(String, String)>) -> HttpResponse {
+pub async fn delete(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    path: web::Path<(String, String)>,
+) -> HttpResponse {
     let ctx = ctx_or_return!(req, state);
     let (rtype, id) = path.into_inner();
     let if_match = match if_match(&req) {
@@ -394,7 +476,11 @@ fn delete_response(version: Option<u64>) -> HttpResponse {
     resp.finish()
 }
 
-pub async fn conditional_delete(req: HttpRequest, state: web::Data<AppState>, path: web::Path<String>) -> HttpResponse {
+pub async fn conditional_delete(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> HttpResponse {
     let ctx = ctx_or_return!(req, state);
     let rtype = path.into_inner();
     let query = criteria(&ctx.query);
@@ -406,18 +492,28 @@ pub async fn conditional_delete(req: HttpRequest, state: web::Data<AppState>, pa
     }
 }
 
-async fn run_search(ctx: Ctx, state: &AppState, rtype: Option<String>, params: Vec<(String, String)>) -> HttpResponse {
+async fn run_search(
+    ctx: Ctx,
+    state: &AppState,
+    rtype: Option<String>,
+    params: Vec<(String, String)>,
+) -> HttpResponse {
     let pipeline = state.pipeline.clone();
     let caller = ctx.caller.clone();
     let base = ctx.base.clone();
     let strict = ctx.strict;
-    match blocking(move || pipeline.search(&caller, rtype.as_deref(), &params, strict, &base)).await {
+    match blocking(move || pipeline.search(&caller, rtype.as_deref(), &params, strict, &base)).await
+    {
         Ok(out) => resource_response(StatusCode::OK, &out.bundle, ctx.rendering),
         Err(e) => ctx.fail(&e),
     }
 }
 
-pub async fn search_type(req: HttpRequest, state: web::Data<AppState>, path: web::Path<String>) -> HttpResponse {
+pub async fn search_type(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> HttpResponse {
     let ctx = ctx_or_return!(req, state);
     let params = ctx.query.clone();
     run_search(ctx, &state, Some(path.into_inner()), params).await
@@ -430,7 +526,12 @@ pub async fn search_system(req: HttpRequest, state: web::Data<AppState>) -> Http
 }
 
 /// `POST [type]/_search` with `application/x-www-form-urlencoded` parameters.
-pub async fn search_post(req: HttpRequest, state: web::Data<AppState>, path: web::Path<String>, payload: web::Payload) -> HttpResponse {
+pub async fn search_post(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+    payload: web::Payload,
+) -> HttpResponse {
     let ctx = ctx_or_return!(req, state);
     let body = match read_body(&req, payload, state.max_body_bytes).await {
         Ok(b) => b,
@@ -466,13 +567,21 @@ async fn run_history(ctx: Ctx, state: &AppState, scope: HistoryScope) -> HttpRes
     }
 }
 
-pub async fn history_instance(req: HttpRequest, state: web::Data<AppState>, path: web::Path<(String, String)>) -> HttpResponse {
+pub async fn history_instance(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    path: web::Path<(String, String)>,
+) -> HttpResponse {
     let ctx = ctx_or_return!(req, state);
     let (t, id) = path.into_inner();
     run_history(ctx, &state, HistoryScope::Instance(t, id)).await
 }
 
-pub async fn history_type(req: HttpRequest, state: web::Data<AppState>, path: web::Path<String>) -> HttpResponse {
+pub async fn history_type(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> HttpResponse {
     let ctx = ctx_or_return!(req, state);
     run_history(ctx, &state, HistoryScope::Type(path.into_inner())).await
 }
@@ -482,7 +591,11 @@ pub async fn history_system(req: HttpRequest, state: web::Data<AppState>) -> Htt
     run_history(ctx, &state, HistoryScope::System).await
 }
 
-pub async fn bundle(req: HttpRequest, state: web::Data<AppState>, payload: web::Payload) -> HttpResponse {
+pub async fn bundle(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    payload: web::Payload,
+) -> HttpResponse {
     let ctx = ctx_or_return!(req, state);
     let bundle = match body_json(&req, payload, &state).await {
         Ok(v) => v,
@@ -501,20 +614,45 @@ pub async fn bundle(req: HttpRequest, state: web::Data<AppState>, payload: web::
 /// Anything no route matched: 404 for unknown resource types and paths, 405 for a known
 /// path with a method FHIR does not define there.
 pub async fn fallback(req: HttpRequest) -> HttpResponse {
-    let query: Vec<(String, String)> = form_urlencoded::parse(req.query_string().as_bytes()).into_owned().collect();
+    let query: Vec<(String, String)> = form_urlencoded::parse(req.query_string().as_bytes())
+        .into_owned()
+        .collect();
     let rendering = negotiate(req.headers(), &query).unwrap_or(JSON_DEFAULT);
-    let segments: Vec<&str> = req.path().trim_matches('/').split('/').filter(|s| !s.is_empty()).collect();
-    let known_type = segments.first().is_some_and(|t| caregate_core::is_resource_type(t));
-    let error = if segments.first().is_some_and(|t| !t.starts_with('$') && !t.starts_with('_') && t.chars().next().is_some_and(|c| c.is_ascii_uppercase()) && !caregate_core::is_resource_type(t)) {
+    let segments: Vec<&str> = req
+        .path()
+        .trim_matches('/')
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .collect();
+    let known_type = segments
+        .first()
+        .is_some_and(|t| caregate_core::is_resource_type(t));
+    let error = if segments.first().is_some_and(|t| {
+        !t.starts_with('$')
+            && !t.starts_with('_')
+            && t.chars().next().is_some_and(|c| c.is_ascii_uppercase())
+            && !caregate_core::is_resource_type(t)
+    }) {
         FhirError::not_found(format!("Unknown resource type '{}'", segments[0]))
     } else if known_type && segments.len() <= 2 {
-        let allowed = if segments.len() == 1 { "GET, POST, PUT, DELETE" } else { "GET, PUT, DELETE" };
+        let allowed = if segments.len() == 1 {
+            "GET, POST, PUT, DELETE"
+        } else {
+            "GET, PUT, DELETE"
+        };
         let mut e = FhirError::new(
             ErrorKind::MethodNotAllowed,
-            format!("{} is not supported on {} (allowed: {allowed})", req.method(), req.path()),
+            format!(
+                "{} is not supported on {} (allowed: {allowed})",
+                req.method(),
+                req.path()
+            ),
         );
         if req.method() == Method::PATCH {
-            e = FhirError::new(ErrorKind::MethodNotAllowed, "PATCH is not supported yet; use PUT with the whole resource");
+            e = FhirError::new(
+                ErrorKind::MethodNotAllowed,
+                "PATCH is not supported yet; use PUT with the whole resource",
+            );
         }
         let mut resp = error_response(&e, rendering);
         if let Ok(v) = header::HeaderValue::from_str(allowed) {

@@ -60,11 +60,16 @@ pub fn server_config(tls: &TlsConfig) -> Result<rustls::ServerConfig, TlsError> 
         Some(ca) => {
             let mut roots = rustls::RootCertStore::empty();
             for c in certs(ca)? {
-                roots.add(c).map_err(|e| TlsError::Config(format!("client CA: {e}")))?;
+                roots
+                    .add(c)
+                    .map_err(|e| TlsError::Config(format!("client CA: {e}")))?;
             }
-            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
-                .build()
-                .map_err(|e| TlsError::Config(format!("client verifier: {e}")))?;
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .build()
+            .map_err(|e| TlsError::Config(format!("client verifier: {e}")))?;
             builder.with_client_cert_verifier(verifier)
         }
         None => builder.with_no_client_auth(),
@@ -87,7 +92,9 @@ pub struct DevCerts {
 /// (named `client_name`), all signed by the CA, as PEM files in `dir`. For development
 /// and tests only.
 pub fn write_dev_certs(dir: &Path, client_name: &str) -> Result<DevCerts, TlsError> {
-    use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair};
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    };
     let err = |e: rcgen::Error| TlsError::Config(format!("generating certificates: {e}"));
     std::fs::create_dir_all(dir).map_err(|e| TlsError::Read {
         path: dir.display().to_string(),
@@ -95,19 +102,27 @@ pub fn write_dev_certs(dir: &Path, client_name: &str) -> Result<DevCerts, TlsErr
     })?;
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).map_err(err)?;
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params.distinguished_name.push(DnType::CommonName, "caregate development CA");
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "caregate development CA");
     let ca_key = KeyPair::generate().map_err(err)?;
     let ca_cert = ca_params.self_signed(&ca_key).map_err(err)?;
     let issuer = Issuer::new(ca_params, ca_key);
 
-    let mut server_params = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).map_err(err)?;
-    server_params.distinguished_name.push(DnType::CommonName, "caregate");
+    let mut server_params =
+        CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+            .map_err(err)?;
+    server_params
+        .distinguished_name
+        .push(DnType::CommonName, "caregate");
     server_params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     let server_key = KeyPair::generate().map_err(err)?;
     let server_cert = server_params.signed_by(&server_key, &issuer).map_err(err)?;
 
     let mut client_params = CertificateParams::new(Vec::<String>::new()).map_err(err)?;
-    client_params.distinguished_name.push(DnType::CommonName, client_name);
+    client_params
+        .distinguished_name
+        .push(DnType::CommonName, client_name);
     client_params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
     let client_key = KeyPair::generate().map_err(err)?;
     let client_cert = client_params.signed_by(&client_key, &issuer).map_err(err)?;

@@ -10,7 +10,11 @@ async fn tokens_and_scopes_are_enforced() {
     let s = TestServer::start_with(|c| {
         c.clients = vec![
             client("reader", "reader-token", &["system/*.read"]),
-            client("writer", "writer-token", &["system/Patient.cruds", "system/CarePlan.write"]),
+            client(
+                "writer",
+                "writer-token",
+                &["system/Patient.cruds", "system/CarePlan.write"],
+            ),
         ]
     })
     .await;
@@ -19,9 +23,18 @@ async fn tokens_and_scopes_are_enforced() {
     let r = s.post("Patient", &patient).await;
     assert_eq!(r.status(), 401);
     assert!(r.headers().contains_key("www-authenticate"));
-    assert_eq!(r.json::<serde_json::Value>().await.unwrap()["issue"][0]["code"], "login");
+    assert_eq!(
+        r.json::<serde_json::Value>().await.unwrap()["issue"][0]["code"],
+        "login"
+    );
     // Wrong token → 401
-    let r = s.http.get(s.url("Patient")).bearer_auth("nope").send().await.unwrap();
+    let r = s
+        .http
+        .get(s.url("Patient"))
+        .bearer_auth("nope")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 401);
     // Reader cannot create → 403
     let r = s
@@ -46,9 +59,21 @@ async fn tokens_and_scopes_are_enforced() {
         .unwrap();
     assert_eq!(r.status(), 201);
     // Reader can search; writer cannot read CarePlans (write only).
-    let r = s.http.get(s.url("Patient?family=auth")).bearer_auth("reader-token").send().await.unwrap();
+    let r = s
+        .http
+        .get(s.url("Patient?family=auth"))
+        .bearer_auth("reader-token")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
-    let r = s.http.get(s.url("CarePlan")).bearer_auth("writer-token").send().await.unwrap();
+    let r = s
+        .http
+        .get(s.url("CarePlan"))
+        .bearer_auth("writer-token")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 403);
     // Scopes apply to each entry of a transaction too.
     let tx = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
@@ -88,7 +113,10 @@ fn config_file_parses_and_checks_token_hashes() {
     .unwrap();
     assert_eq!(ok.clients.len(), 1);
     assert!(!ok.development_mode());
-    assert!(caregate_server::ServerConfig::from_toml("[[client]]\nid = \"a\"\ntoken_sha256 = \"short\"\n").is_err());
+    assert!(caregate_server::ServerConfig::from_toml(
+        "[[client]]\nid = \"a\"\ntoken_sha256 = \"short\"\n"
+    )
+    .is_err());
     assert!(caregate_server::ServerConfig::from_toml(&format!(
         "[[client]]\nid = \"a\"\ntoken_sha256 = \"{}\"\nscopes = [\"system/Nope.read\"]\n",
         caregate_server::token_hash_hex("t")
@@ -116,9 +144,18 @@ async fn audit_events_are_for_auditors_only() {
         .await
         .unwrap();
     assert_eq!(r.status(), 201);
-    let id = r.json::<serde_json::Value>().await.unwrap()["id"].as_str().unwrap().to_string();
+    let id = r.json::<serde_json::Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     // A wildcard grant does not reach the audit trail.
-    let r = s.http.get(s.url("AuditEvent")).bearer_auth("ehr-token").send().await.unwrap();
+    let r = s
+        .http
+        .get(s.url("AuditEvent"))
+        .bearer_auth("ehr-token")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 403);
     let r = s
         .http
@@ -146,12 +183,30 @@ async fn audit_events_are_for_auditors_only() {
         .unwrap();
     assert!(r.status() == 403 || r.status() == 405, "{}", r.status());
     let eid = event["id"].as_str().unwrap();
-    let r = s.http.delete(s.url(&format!("AuditEvent/{eid}"))).bearer_auth("ehr-token").send().await.unwrap();
+    let r = s
+        .http
+        .delete(s.url(&format!("AuditEvent/{eid}")))
+        .bearer_auth("ehr-token")
+        .send()
+        .await
+        .unwrap();
     assert!(r.status() == 403 || r.status() == 405, "{}", r.status());
-    let r = s.http.get(s.url(&format!("AuditEvent/{eid}"))).bearer_auth("auditor-token").send().await.unwrap();
+    let r = s
+        .http
+        .get(s.url(&format!("AuditEvent/{eid}")))
+        .bearer_auth("auditor-token")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     // A refused token leaves a security-alert event.
-    let r = s.http.get(s.url("Patient")).bearer_auth("stolen").send().await.unwrap();
+    let r = s
+        .http
+        .get(s.url("Patient"))
+        .bearer_auth("stolen")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 401);
     let mut alerts = 0;
     for _ in 0..50 {
@@ -194,7 +249,10 @@ async fn accounting_of_disclosures() {
         .send()
         .await
         .unwrap();
-    let id = r.json::<serde_json::Value>().await.unwrap()["id"].as_str().unwrap().to_string();
+    let id = r.json::<serde_json::Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let r = s
         .http
         .get(s.url(&format!("Patient/{id}")))
@@ -205,7 +263,13 @@ async fn accounting_of_disclosures() {
         .unwrap();
     assert_eq!(r.status(), 200);
     // Only auditors may see the accounting.
-    let r = s.http.get(s.url(&format!("Patient/{id}/$disclosures"))).bearer_auth("primary-token").send().await.unwrap();
+    let r = s
+        .http
+        .get(s.url(&format!("Patient/{id}/$disclosures")))
+        .bearer_auth("primary-token")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 403);
     let mut found = serde_json::Value::Null;
     for _ in 0..60 {
@@ -224,10 +288,21 @@ async fn accounting_of_disclosures() {
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
-    let disclosures: Vec<&serde_json::Value> = found["parameter"].as_array().unwrap().iter().filter(|p| p["name"] == "disclosure").collect();
+    let disclosures: Vec<&serde_json::Value> = found["parameter"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["name"] == "disclosure")
+        .collect();
     assert_eq!(disclosures.len(), 1, "{found}");
     let parts = disclosures[0]["part"].as_array().unwrap();
-    let value = |name: &str| parts.iter().find(|p| p["name"] == name).cloned().unwrap_or_default();
+    let value = |name: &str| {
+        parts
+            .iter()
+            .find(|p| p["name"] == name)
+            .cloned()
+            .unwrap_or_default()
+    };
     assert_eq!(value("recipient")["valueString"], "Organization/primary");
     assert_eq!(value("purpose")["valueCoding"]["code"], "TREAT");
     assert_eq!(value("interaction")["valueCode"], "read");
@@ -238,7 +313,10 @@ async fn accounting_of_disclosures() {
         .send()
         .await
         .unwrap();
-    assert!(html.headers()["content-type"].to_str().unwrap().starts_with("text/html"));
+    assert!(html.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/html"));
     let body = html.text().await.unwrap();
     assert!(body.contains("<td>Organization/primary</td>"), "{body}");
     s.stop().await;
@@ -268,13 +346,41 @@ async fn conformance_statistics_per_source() {
                 .as_u16()
         }
     };
-    assert_eq!(post(json!({"resourceType": "Patient", "name": [{"family": "Good"}]})).await, 201);
-    assert_eq!(post(json!({"resourceType": "Patient", "birthDate": "1990-13-45"})).await, 400);
-    assert_eq!(post(json!({"resourceType": "Patient", "name": [{"family": "X", "given": ["A", 7]}]})).await, 400);
-    assert_eq!(s.http.get(s.url("conformance/report")).bearer_auth("a-token").send().await.unwrap().status(), 403);
+    assert_eq!(
+        post(json!({"resourceType": "Patient", "name": [{"family": "Good"}]})).await,
+        201
+    );
+    assert_eq!(
+        post(json!({"resourceType": "Patient", "birthDate": "1990-13-45"})).await,
+        400
+    );
+    assert_eq!(
+        post(json!({"resourceType": "Patient", "name": [{"family": "X", "given": ["A", 7]}]}))
+            .await,
+        400
+    );
+    assert_eq!(
+        s.http
+            .get(s.url("conformance/report"))
+            .bearer_auth("a-token")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        403
+    );
     let mut report = serde_json::Value::Null;
     for _ in 0..60 {
-        report = s.http.get(s.url("conformance/report?source=ehr-a")).bearer_auth("auditor-token").send().await.unwrap().json().await.unwrap();
+        report = s
+            .http
+            .get(s.url("conformance/report?source=ehr-a"))
+            .bearer_auth("auditor-token")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
         if report["bySource"][0]["received"] == 3 {
             break;
         }
@@ -285,9 +391,26 @@ async fn conformance_statistics_per_source() {
     assert_eq!(row["received"], 3, "{report}");
     assert_eq!(row["accepted"], 1);
     assert_eq!(row["rejected"], 2);
-    let elements: Vec<&str> = report["topIssues"].as_array().unwrap().iter().filter_map(|i| i["element"].as_str()).collect();
-    assert!(elements.contains(&"Patient.birthDate") && elements.contains(&"Patient.name.given"), "{elements:?}");
-    let html = s.http.get(s.url("ui/conformance")).bearer_auth("auditor-token").send().await.unwrap().text().await.unwrap();
+    let elements: Vec<&str> = report["topIssues"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|i| i["element"].as_str())
+        .collect();
+    assert!(
+        elements.contains(&"Patient.birthDate") && elements.contains(&"Patient.name.given"),
+        "{elements:?}"
+    );
+    let html = s
+        .http
+        .get(s.url("ui/conformance"))
+        .bearer_auth("auditor-token")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(html.contains("<td>ehr-a</td><td>Patient</td>"), "{html}");
     s.stop().await;
 }

@@ -44,13 +44,16 @@ fn sertraline(patient: &str, requester: &str, mg: u32) -> Value {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn one_person_one_shared_care_plan() {
-    let s = TestServer::start_with(|c| c.linking.trusted_systems = vec!["urn:insurer:member".into()]).await;
+    let s =
+        TestServer::start_with(|c| c.linking.trusted_systems = vec!["urn:insurer:member".into()])
+            .await;
     let a = s.create(patient("urn:mrn:psychiatry", "P-1")).await;
     let b = s.create(patient("urn:mrn:primary-care", "PC-9")).await;
     let (pa, pb) = (format!("Patient/{a}"), format!("Patient/{b}"));
     s.create(goal(&pa, "urn:ehr:psychiatry")).await;
     s.create(goal(&pb, "urn:ehr:primary-care")).await;
-    s.create(sertraline(&pa, "Practitioner/psychiatrist", 50)).await;
+    s.create(sertraline(&pa, "Practitioner/psychiatrist", 50))
+        .await;
     s.create(sertraline(&pb, "Practitioner/gp", 100)).await;
     s.create(json!({"resourceType": "CarePlan", "status": "active", "intent": "plan", "subject": {"reference": pa},
                     "title": "Psychiatry plan"})).await;
@@ -61,28 +64,62 @@ async fn one_person_one_shared_care_plan() {
     let view: Value = r.json().await.unwrap();
     assert_eq!(view["type"], "collection");
     let entries = view["entry"].as_array().unwrap();
-    let of = |t: &str| entries.iter().filter(|e| e["resource"]["resourceType"] == t).collect::<Vec<_>>();
+    let of = |t: &str| {
+        entries
+            .iter()
+            .filter(|e| e["resource"]["resourceType"] == t)
+            .collect::<Vec<_>>()
+    };
     assert_eq!(of("CarePlan").len(), 1, "one synthesized CarePlan");
     let goals = of("Goal");
-    assert_eq!(goals.len(), 1, "the same coded goal from both sources is merged");
-    let sources = goals[0]["resource"]["extension"].as_array().map_or(0, |e| e.len());
-    assert_eq!(sources, 2, "the merged goal lists both sources: {}", goals[0]);
-    assert_eq!(of("MedicationRequest").len(), 2, "different doses are never merged away");
-    assert!(!of("DetectedIssue").is_empty(), "the dose conflict is flagged");
+    assert_eq!(
+        goals.len(),
+        1,
+        "the same coded goal from both sources is merged"
+    );
+    let sources = goals[0]["resource"]["extension"]
+        .as_array()
+        .map_or(0, |e| e.len());
+    assert_eq!(
+        sources, 2,
+        "the merged goal lists both sources: {}",
+        goals[0]
+    );
+    assert_eq!(
+        of("MedicationRequest").len(),
+        2,
+        "different doses are never merged away"
+    );
+    assert!(
+        !of("DetectedIssue").is_empty(),
+        "the dose conflict is flagged"
+    );
 
     // Any linked Patient id gives the same person's view; unchanged views answer 304.
     let r = s.get(&format!("Patient/{b}/$care-plan")).await;
     assert_eq!(r.status(), 200);
-    let again = s.http.get(s.url(&format!("Patient/{a}/$care-plan"))).header("if-none-match", &etag).send().await.unwrap();
+    let again = s
+        .http
+        .get(s.url(&format!("Patient/{a}/$care-plan")))
+        .header("if-none-match", &etag)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(again.status(), 304);
     assert_eq!(s.get("Patient/nope/$care-plan").await.status(), 404);
     // The clinician page shows the merged items and the flag.
     let page = s.get(&format!("ui/patients/{a}/care-plan")).await;
     assert_eq!(page.status(), 200);
-    assert!(page.headers()["content-type"].to_str().unwrap().starts_with("text/html"));
+    assert!(page.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/html"));
     let html = page.text().await.unwrap();
     assert!(html.contains("Healthy diet"), "{html}");
-    assert!(html.contains("urn:ehr:psychiatry") && html.contains("urn:ehr:primary-care"), "{html}");
+    assert!(
+        html.contains("urn:ehr:psychiatry") && html.contains("urn:ehr:primary-care"),
+        "{html}"
+    );
     assert!(html.contains("class=\"flag\""), "{html}");
 
     // $match finds both records with certainty through the insurer id.
@@ -94,6 +131,9 @@ async fn one_person_one_shared_care_plan() {
     assert_eq!(r.status(), 200);
     let found: Value = r.json().await.unwrap();
     assert_eq!(found["total"], 2, "{found}");
-    assert_eq!(found["entry"][0]["search"]["extension"][0]["valueCode"], "certain");
+    assert_eq!(
+        found["entry"][0]["search"]["extension"][0]["valueCode"],
+        "certain"
+    );
     s.stop().await;
 }

@@ -6,7 +6,14 @@ mod support;
 use serde_json::{json, Value};
 use support::{client, TestServer};
 
-async fn as_client(s: &TestServer, token: &str, method: reqwest::Method, path: &str, body: Option<&Value>, purpose: Option<&str>) -> reqwest::Response {
+async fn as_client(
+    s: &TestServer,
+    token: &str,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<&Value>,
+    purpose: Option<&str>,
+) -> reqwest::Response {
     let mut r = s.http.request(method, s.url(path)).bearer_auth(token);
     if let Some(b) = body {
         r = r.header("content-type", "application/fhir+json").json(b);
@@ -46,9 +53,20 @@ async fn the_patients_consent_decides() {
     .await;
     let get = reqwest::Method::GET;
     let post = reqwest::Method::POST;
-    let r = as_client(&s, "a-token", post.clone(), "Patient", Some(&json!({"resourceType": "Patient", "name": [{"family": "Consenting"}]})), None).await;
+    let r = as_client(
+        &s,
+        "a-token",
+        post.clone(),
+        "Patient",
+        Some(&json!({"resourceType": "Patient", "name": [{"family": "Consenting"}]})),
+        None,
+    )
+    .await;
     assert_eq!(r.status(), 201);
-    let pid = r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string();
+    let pid = r.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let patient = format!("Patient/{pid}");
     // Deny by default; clinic A may see data for treatment; nobody may add data from clinic B.
     let consent = json!({
@@ -67,51 +85,163 @@ async fn the_patients_consent_decides() {
                         {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentaction", "code": "collect"}]}]}
         ]}
     });
-    assert_eq!(as_client(&s, "a-token", post.clone(), "Consent", Some(&consent), None).await.status(), 201);
-    let r = as_client(&s, "a-token", post.clone(), "Condition", Some(&condition(&patient, &[])), Some("TREAT")).await;
+    assert_eq!(
+        as_client(&s, "a-token", post.clone(), "Consent", Some(&consent), None)
+            .await
+            .status(),
+        201
+    );
+    let r = as_client(
+        &s,
+        "a-token",
+        post.clone(),
+        "Condition",
+        Some(&condition(&patient, &[])),
+        Some("TREAT"),
+    )
+    .await;
     assert_eq!(r.status(), 201);
-    let cid = r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string();
-    let r = as_client(&s, "a-token", post.clone(), "Condition", Some(&condition(&patient, &["SUD", "42CFRPart2"])), Some("TREAT")).await;
+    let cid = r.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let r = as_client(
+        &s,
+        "a-token",
+        post.clone(),
+        "Condition",
+        Some(&condition(&patient, &["SUD", "42CFRPart2"])),
+        Some("TREAT"),
+    )
+    .await;
     assert_eq!(r.status(), 201);
 
     // Clinic A, treating: sees the ordinary Condition, not the Part 2 one (never named).
-    let r = as_client(&s, "a-token", get.clone(), &format!("Condition/{cid}"), None, Some("TREAT")).await;
+    let r = as_client(
+        &s,
+        "a-token",
+        get.clone(),
+        &format!("Condition/{cid}"),
+        None,
+        Some("TREAT"),
+    )
+    .await;
     assert_eq!(r.status(), 200);
-    let b: Value = as_client(&s, "a-token", get.clone(), &format!("Condition?subject={patient}"), None, Some("TREAT")).await.json().await.unwrap();
+    let b: Value = as_client(
+        &s,
+        "a-token",
+        get.clone(),
+        &format!("Condition?subject={patient}"),
+        None,
+        Some("TREAT"),
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
     assert_eq!(b["total"], 1);
     // Without the purpose the permit does not apply.
-    let b: Value = as_client(&s, "a-token", get.clone(), &format!("Condition?subject={patient}"), None, None).await.json().await.unwrap();
+    let b: Value = as_client(
+        &s,
+        "a-token",
+        get.clone(),
+        &format!("Condition?subject={patient}"),
+        None,
+        None,
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
     assert_eq!(b["total"], 0);
     // Clinic B sees nothing, not even through a count; a direct read looks like a missing resource.
-    let b: Value = as_client(&s, "b-token", get.clone(), &format!("Condition?subject={patient}&_summary=count"), None, None).await.json().await.unwrap();
+    let b: Value = as_client(
+        &s,
+        "b-token",
+        get.clone(),
+        &format!("Condition?subject={patient}&_summary=count"),
+        None,
+        None,
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
     assert_eq!(b["total"], 0);
-    let r = as_client(&s, "b-token", get.clone(), &format!("Condition/{cid}"), None, None).await;
+    let r = as_client(
+        &s,
+        "b-token",
+        get.clone(),
+        &format!("Condition/{cid}"),
+        None,
+        None,
+    )
+    .await;
     assert_eq!(r.status(), 404);
-    let r = as_client(&s, "b-token", get.clone(), &format!("Condition?subject={patient}"), None, None).await;
+    let r = as_client(
+        &s,
+        "b-token",
+        get.clone(),
+        &format!("Condition?subject={patient}"),
+        None,
+        None,
+    )
+    .await;
     let page: Value = r.json().await.unwrap();
     assert_eq!(page["total"], 0);
-    let notice = page["entry"].as_array().map(Vec::as_slice).unwrap_or_default().iter().any(|e| e["resource"]["issue"][0]["code"] == "suppressed");
+    let notice = page["entry"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .any(|e| e["resource"]["issue"][0]["code"] == "suppressed");
     assert!(notice, "{page}");
     // Clinic B may not contribute to this patient's record.
-    let r = as_client(&s, "b-token", post.clone(), "Condition", Some(&condition(&patient, &[])), None).await;
+    let r = as_client(
+        &s,
+        "b-token",
+        post.clone(),
+        "Condition",
+        Some(&condition(&patient, &[])),
+        None,
+    )
+    .await;
     assert_eq!(r.status(), 403);
     // Break the glass: emergency treatment reads anyway, and it is flagged.
-    let r = as_client(&s, "b-token", get.clone(), &format!("Condition/{cid}"), None, Some("ETREAT")).await;
+    let r = as_client(
+        &s,
+        "b-token",
+        get.clone(),
+        &format!("Condition/{cid}"),
+        None,
+        Some("ETREAT"),
+    )
+    .await;
     assert_eq!(r.status(), 200);
     let mut alerts = 0;
     for _ in 0..60 {
-        let b: Value = as_client(&s, "audit-token", get.clone(), &format!("AuditEvent?type=110113&patient={patient}"), None, None)
-            .await
-            .json()
-            .await
-            .unwrap();
+        let b: Value = as_client(
+            &s,
+            "audit-token",
+            get.clone(),
+            &format!("AuditEvent?type=110113&patient={patient}"),
+            None,
+            None,
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
         alerts = b["total"].as_u64().unwrap_or(0);
         if alerts >= 3 {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
-    assert!(alerts >= 3, "expected alerts for the denials and the emergency access, found {alerts}");
+    assert!(
+        alerts >= 3,
+        "expected alerts for the denials and the emergency access, found {alerts}"
+    );
     s.stop().await;
 }
 
@@ -119,7 +249,9 @@ async fn the_patients_consent_decides() {
 async fn sensitive_data_is_withheld_without_an_explicit_permit() {
     // Development mode, consent enforced with the default opt-out policy.
     let s = TestServer::start().await;
-    let pid = s.create(json!({"resourceType": "Patient", "name": [{"family": "Labelled"}]})).await;
+    let pid = s
+        .create(json!({"resourceType": "Patient", "name": [{"family": "Labelled"}]}))
+        .await;
     let patient = format!("Patient/{pid}");
     s.create(condition(&patient, &[])).await;
     s.create(condition(&patient, &["PSY"])).await;
@@ -148,29 +280,48 @@ async fn denials_can_be_explained_when_configured() {
         c.consent.default = "opt-in".into();
     })
     .await;
-    let pid = s.create(json!({"resourceType": "Patient", "name": [{"family": "OptIn"}]})).await;
+    let pid = s
+        .create(json!({"resourceType": "Patient", "name": [{"family": "OptIn"}]}))
+        .await;
     let cid = s.create(condition(&format!("Patient/{pid}"), &[])).await;
     let r = s.get(&format!("Condition/{cid}")).await;
     assert_eq!(r.status(), 403);
     let oo: Value = r.json().await.unwrap();
-    assert!(oo["issue"][0]["diagnostics"].as_str().unwrap().contains("opt-in"), "{oo}");
+    assert!(
+        oo["issue"][0]["diagnostics"]
+            .as_str()
+            .unwrap()
+            .contains("opt-in"),
+        "{oo}"
+    );
     s.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn ingest_labels_sensitive_data() {
     let s = TestServer::start().await;
-    let pid = s.create(json!({"resourceType": "Patient", "name": [{"family": "Labels"}]})).await;
+    let pid = s
+        .create(json!({"resourceType": "Patient", "name": [{"family": "Labels"}]}))
+        .await;
     let mut oud = condition(&format!("Patient/{pid}"), &[]);
     oud["code"] = json!({"coding": [{"system": "http://hl7.org/fhir/sid/icd-10-cm", "code": "F11.20", "display": "Opioid dependence, uncomplicated"}]});
     let r = s.post("Condition", &oud).await;
     assert_eq!(r.status(), 201);
     let stored: Value = r.json().await.unwrap();
-    let codes: Vec<&str> = stored["meta"]["security"].as_array().unwrap().iter().filter_map(|l| l["code"].as_str()).collect();
+    let codes: Vec<&str> = stored["meta"]["security"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|l| l["code"].as_str())
+        .collect();
     for expected in ["ETH", "42CFRPart2", "R", "NORDSCLCD"] {
         assert!(codes.contains(&expected), "{codes:?}");
     }
     // Without the patient's explicit permit the labelled Condition stays out of searches.
-    assert_eq!(s.get_json(&format!("Condition?subject=Patient/{pid}")).await["total"], 0);
+    assert_eq!(
+        s.get_json(&format!("Condition?subject=Patient/{pid}"))
+            .await["total"],
+        0
+    );
     s.stop().await;
 }

@@ -15,19 +15,25 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 type Received = Arc<Mutex<Vec<(String, String, String)>>>;
 
 async fn receiver() -> (String, Received) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let addr = listener.local_addr().expect("addr");
     let received: Received = Arc::new(Mutex::new(Vec::new()));
     let log = received.clone();
     tokio::spawn(async move {
         loop {
-            let Ok((mut socket, _)) = listener.accept().await else { return };
+            let Ok((mut socket, _)) = listener.accept().await else {
+                return;
+            };
             let log = log.clone();
             tokio::spawn(async move {
                 let mut buf = Vec::new();
                 let mut chunk = [0u8; 8192];
                 loop {
-                    let Ok(n) = socket.read(&mut chunk).await else { return };
+                    let Ok(n) = socket.read(&mut chunk).await else {
+                        return;
+                    };
                     if n == 0 {
                         return;
                     }
@@ -37,15 +43,24 @@ async fn receiver() -> (String, Received) {
                         let head = &text[..end];
                         let length: usize = head
                             .lines()
-                            .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap_or(0)))
+                            .find_map(|l| {
+                                l.to_ascii_lowercase()
+                                    .strip_prefix("content-length:")
+                                    .map(|v| v.trim().parse().unwrap_or(0))
+                            })
                             .unwrap_or(0);
                         if buf.len() >= end + 4 + length {
                             let path = head.split_whitespace().nth(1).unwrap_or("").to_string();
                             let auth = head
                                 .lines()
-                                .find_map(|l| l.to_ascii_lowercase().starts_with("authorization:").then(|| l[14..].trim().to_string()))
+                                .find_map(|l| {
+                                    l.to_ascii_lowercase()
+                                        .starts_with("authorization:")
+                                        .then(|| l[14..].trim().to_string())
+                                })
                                 .unwrap_or_default();
-                            let body = String::from_utf8_lossy(&buf[end + 4..end + 4 + length]).to_string();
+                            let body = String::from_utf8_lossy(&buf[end + 4..end + 4 + length])
+                                .to_string();
                             log.lock().unwrap().push((path, auth, body));
                             let _ = socket.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n").await;
                             return;
@@ -92,7 +107,13 @@ async fn subscribers_are_notified_as_their_consent_allows() {
     })
     .await;
     let (hook, received) = receiver().await;
-    let patient = post(&s, "psych-token", "Patient", &json!({"resourceType": "Patient", "name": [{"family": "Notified"}]})).await;
+    let patient = post(
+        &s,
+        "psych-token",
+        "Patient",
+        &json!({"resourceType": "Patient", "name": [{"family": "Notified"}]}),
+    )
+    .await;
     let pid = patient["id"].as_str().unwrap().to_string();
     let consent = json!({
         "resourceType": "Consent", "status": "active", "dateTime": "2024-01-01",
@@ -104,9 +125,27 @@ async fn subscribers_are_notified_as_their_consent_allows() {
     });
     post(&s, "psych-token", "Consent", &consent).await;
     let criteria = format!("CarePlan?subject=Patient/{pid}");
-    post(&s, "psych-token", "Subscription", &subscription(&criteria, &format!("{hook}/psych"))).await;
-    post(&s, "cm-token", "Subscription", &subscription(&criteria, &format!("{hook}/casemgr"))).await;
-    let dead = post(&s, "psych-token", "Subscription", &subscription(&criteria, "http://127.0.0.1:9/nobody")).await;
+    post(
+        &s,
+        "psych-token",
+        "Subscription",
+        &subscription(&criteria, &format!("{hook}/psych")),
+    )
+    .await;
+    post(
+        &s,
+        "cm-token",
+        "Subscription",
+        &subscription(&criteria, &format!("{hook}/casemgr")),
+    )
+    .await;
+    let dead = post(
+        &s,
+        "psych-token",
+        "Subscription",
+        &subscription(&criteria, "http://127.0.0.1:9/nobody"),
+    )
+    .await;
 
     let plan = json!({"resourceType": "CarePlan", "status": "active", "intent": "plan", "subject": {"reference": format!("Patient/{pid}")}});
     let created = post(&s, "psych-token", "CarePlan", &plan).await;
@@ -126,8 +165,12 @@ async fn subscribers_are_notified_as_their_consent_allows() {
             .await
             .expect("json");
         let status = current["status"].clone();
-        if (!received.lock().unwrap().is_empty() && status == "error") || Instant::now() > deadline {
-            assert_eq!(status, "error", "a dead endpoint puts its Subscription in error");
+        if (!received.lock().unwrap().is_empty() && status == "error") || Instant::now() > deadline
+        {
+            assert_eq!(
+                status, "error",
+                "a dead endpoint puts its Subscription in error"
+            );
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;

@@ -30,7 +30,10 @@ async fn create_read_vread_update_delete() {
 
     let read = s.get(&format!("Patient/{id}")).await;
     assert_eq!(read.status(), 200);
-    assert_eq!(read.headers()["content-type"], "application/fhir+json; charset=utf-8");
+    assert_eq!(
+        read.headers()["content-type"],
+        "application/fhir+json; charset=utf-8"
+    );
     let body: Value = read.json().await.unwrap();
     assert_eq!(body["name"][0]["family"], "Smith");
 
@@ -44,7 +47,10 @@ async fn create_read_vread_update_delete() {
     assert_eq!(v1["name"][0]["family"], "Smith");
     let v2: Value = s.get_json(&format!("Patient/{id}/_history/2")).await;
     assert_eq!(v2["name"][0]["family"], "Smythe");
-    assert_eq!(s.get(&format!("Patient/{id}/_history/9")).await.status(), 404);
+    assert_eq!(
+        s.get(&format!("Patient/{id}/_history/9")).await.status(),
+        404
+    );
 
     // update-as-create with a client-chosen id
     let mut mine = patient("Client");
@@ -60,20 +66,32 @@ async fn create_read_vread_update_delete() {
     assert_eq!(oo["resourceType"], "OperationOutcome");
     // Deleting twice is fine; old versions stay readable.
     assert_eq!(s.delete(&format!("Patient/{id}")).await.status(), 204);
-    assert_eq!(s.get(&format!("Patient/{id}/_history/1")).await.status(), 200);
+    assert_eq!(
+        s.get(&format!("Patient/{id}/_history/1")).await.status(),
+        200
+    );
     assert_eq!(s.get("Patient/never-existed").await.status(), 404);
     assert_eq!(s.delete("Patient/never-existed").await.status(), 404);
 
     let hist = s.get_json(&format!("Patient/{id}/_history")).await;
     assert_eq!(hist["type"], "history");
     assert_eq!(hist["total"], 3);
-    let methods: Vec<&str> = hist["entry"].as_array().unwrap().iter().map(|e| e["request"]["method"].as_str().unwrap()).collect();
+    let methods: Vec<&str> = hist["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["request"]["method"].as_str().unwrap())
+        .collect();
     assert_eq!(methods, vec!["DELETE", "PUT", "POST"]);
     assert!(hist["entry"][0].get("resource").is_none());
     let type_hist = s.get_json("Patient/_history?_count=2").await;
     assert_eq!(type_hist["total"], 4);
     assert_eq!(type_hist["entry"].as_array().unwrap().len(), 2);
-    assert!(type_hist["link"].as_array().unwrap().iter().any(|l| l["relation"] == "next"));
+    assert!(type_hist["link"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|l| l["relation"] == "next"));
     let future = s.get_json("_history?_since=2999-01-01T00:00:00Z").await;
     assert_eq!(future["total"], 0);
     s.stop().await;
@@ -86,7 +104,13 @@ async fn versioning_preconditions() {
     let current: Value = s.get_json(&format!("Patient/{id}")).await;
 
     // If-None-Match on read → 304
-    let r = s.http.get(s.url(&format!("Patient/{id}"))).header("if-none-match", "W/\"1\"").send().await.unwrap();
+    let r = s
+        .http
+        .get(s.url(&format!("Patient/{id}")))
+        .header("if-none-match", "W/\"1\"")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 304);
 
     // Stale If-Match → 412
@@ -124,8 +148,15 @@ async fn versioning_preconditions() {
     for t in tasks {
         statuses.push(t.await.unwrap());
     }
-    assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 1, "{statuses:?}");
-    assert!(statuses.iter().all(|s| *s == 200 || *s == 412), "{statuses:?}");
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 200).count(),
+        1,
+        "{statuses:?}"
+    );
+    assert!(
+        statuses.iter().all(|s| *s == 200 || *s == 412),
+        "{statuses:?}"
+    );
     let after: Value = s.get_json(&format!("Patient/{id}")).await;
     assert_eq!(after["meta"]["versionId"], "2");
 
@@ -195,11 +226,21 @@ async fn conditional_interactions() {
         .unwrap();
     assert_eq!(r.status(), 412);
     // Conditional delete of one match.
-    let r = s.http.delete(s.url("Patient?identifier=urn:test:mrn|mrn-Cond")).send().await.unwrap();
+    let r = s
+        .http
+        .delete(s.url("Patient?identifier=urn:test:mrn|mrn-Cond"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 204);
     assert_eq!(s.get(&format!("Patient/{id}")).await.status(), 410);
     // Unknown parameter in conditional criteria must not match everything.
-    let r = s.http.delete(s.url("Patient?nonsense=1")).send().await.unwrap();
+    let r = s
+        .http
+        .delete(s.url("Patient?nonsense=1"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 400);
     s.stop().await;
 }
@@ -248,41 +289,81 @@ async fn errors_are_operation_outcomes_with_locations() {
         .unwrap();
     assert_eq!(r.status(), 400);
     let oo: Value = r.json().await.unwrap();
-    assert!(oo["issue"][0]["diagnostics"].as_str().unwrap().contains("line 1"));
+    assert!(oo["issue"][0]["diagnostics"]
+        .as_str()
+        .unwrap()
+        .contains("line 1"));
     // Unknown element, wrong primitive type, bad date: each located.
     let r = s
         .post("Patient", &json!({"resourceType": "Patient", "name": [{"family": "A", "given": ["B", 7]}], "nickname": "x"}))
         .await;
     assert_eq!(r.status(), 400);
     let oo: Value = r.json().await.unwrap();
-    let exprs: Vec<String> = oo["issue"].as_array().unwrap().iter().map(|i| i["expression"][0].as_str().unwrap_or("").to_string()).collect();
+    let exprs: Vec<String> = oo["issue"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["expression"][0].as_str().unwrap_or("").to_string())
+        .collect();
     assert!(exprs.contains(&"Patient.nickname".to_string()), "{exprs:?}");
-    assert!(exprs.contains(&"Patient.name[0].given[1]".to_string()), "{exprs:?}");
-    let r = s.post("Patient", &json!({"resourceType": "Patient", "birthDate": "1990-13-45"})).await;
+    assert!(
+        exprs.contains(&"Patient.name[0].given[1]".to_string()),
+        "{exprs:?}"
+    );
+    let r = s
+        .post(
+            "Patient",
+            &json!({"resourceType": "Patient", "birthDate": "1990-13-45"}),
+        )
+        .await;
     assert_eq!(r.status(), 400);
-    assert_eq!(first_expression(&r.json().await.unwrap()), "Patient.birthDate");
+    assert_eq!(
+        first_expression(&r.json().await.unwrap()),
+        "Patient.birthDate"
+    );
     // Type mismatch between URL and body
     let r = s.post("Observation", &patient("X")).await;
     assert_eq!(r.status(), 400);
     // Unknown resource type
     let r = s.get("Nonsense/1").await;
     assert_eq!(r.status(), 404);
-    assert_eq!(r.json::<Value>().await.unwrap()["resourceType"], "OperationOutcome");
-    let r = s.post("Nonsense", &json!({"resourceType": "Nonsense"})).await;
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["resourceType"],
+        "OperationOutcome"
+    );
+    let r = s
+        .post("Nonsense", &json!({"resourceType": "Nonsense"}))
+        .await;
     assert_eq!(r.status(), 404);
     // Method not allowed
     let r = s.http.patch(s.url("Patient/1")).send().await.unwrap();
     assert_eq!(r.status(), 405);
     // Unsupported media type
-    let r = s.http.post(s.url("Patient")).header("content-type", "text/plain").body("hello").send().await.unwrap();
+    let r = s
+        .http
+        .post(s.url("Patient"))
+        .header("content-type", "text/plain")
+        .body("hello")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 415);
     // Too large
     let big = json!({"resourceType": "Patient", "name": [{"text": "x".repeat(100_000)}]});
     let r = s.post("Patient", &big).await;
     assert_eq!(r.status(), 413);
-    assert_eq!(r.json::<Value>().await.unwrap()["resourceType"], "OperationOutcome");
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["resourceType"],
+        "OperationOutcome"
+    );
     // Not acceptable
-    let r = s.http.get(s.url("metadata")).header("accept", "image/png").send().await.unwrap();
+    let r = s
+        .http
+        .get(s.url("metadata"))
+        .header("accept", "image/png")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 406);
     // Bad search parameter value names the parameter
     let r = s.get("Patient?birthdate=notadate").await;
@@ -316,9 +397,14 @@ async fn transaction_rewrites_references_and_rolls_back() {
     assert_eq!(resp["entry"][0]["response"]["status"], "201 Created");
     let patient_loc = resp["entry"][0]["response"]["location"].as_str().unwrap();
     let patient_id = patient_loc.split('/').nth(1).unwrap();
-    let plans = s.get_json(&format!("CarePlan?subject=Patient/{patient_id}")).await;
+    let plans = s
+        .get_json(&format!("CarePlan?subject=Patient/{patient_id}"))
+        .await;
     assert_eq!(plans["total"], 1);
-    assert_eq!(plans["entry"][0]["resource"]["subject"]["reference"], format!("Patient/{patient_id}"));
+    assert_eq!(
+        plans["entry"][0]["resource"]["subject"]["reference"],
+        format!("Patient/{patient_id}")
+    );
 
     // One bad entry → nothing stored, the error names the entry.
     let before = s.get_json("Patient?_summary=count").await["total"].clone();
@@ -369,9 +455,26 @@ async fn batch_entries_succeed_or_fail_alone() {
     assert_eq!(r.status(), 200);
     let resp: Value = r.json().await.unwrap();
     assert_eq!(resp["type"], "batch-response");
-    let statuses: Vec<&str> = resp["entry"].as_array().unwrap().iter().map(|e| e["response"]["status"].as_str().unwrap()).collect();
-    assert_eq!(statuses, vec!["201 Created", "400 Bad Request", "200 OK", "200 OK", "204 No Content"]);
-    assert_eq!(resp["entry"][1]["response"]["outcome"]["issue"][0]["expression"][0], "Bundle.entry[1].resource.gender");
+    let statuses: Vec<&str> = resp["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["response"]["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        statuses,
+        vec![
+            "201 Created",
+            "400 Bad Request",
+            "200 OK",
+            "200 OK",
+            "204 No Content"
+        ]
+    );
+    assert_eq!(
+        resp["entry"][1]["response"]["outcome"]["issue"][0]["expression"][0],
+        "Bundle.entry[1].resource.gender"
+    );
     assert_eq!(resp["entry"][2]["resource"]["id"], id.as_str());
     assert_eq!(resp["entry"][3]["resource"]["total"], 1);
     s.stop().await;
@@ -383,7 +486,12 @@ async fn paging_through_250_results_is_stable() {
     let entries: Vec<Value> = (0..250)
         .map(|i| json!({"resource": patient(&format!("Page{i:03}")), "request": {"method": "POST", "url": "Patient"}}))
         .collect();
-    let r = s.post("", &json!({"resourceType": "Bundle", "type": "transaction", "entry": entries})).await;
+    let r = s
+        .post(
+            "",
+            &json!({"resourceType": "Bundle", "type": "transaction", "entry": entries}),
+        )
+        .await;
     assert_eq!(r.status(), 200);
     let mut url = s.url("Patient?family=page&_count=40");
     let mut ids = std::collections::HashSet::new();
@@ -391,11 +499,23 @@ async fn paging_through_250_results_is_stable() {
     loop {
         let page: Value = s.http.get(&url).send().await.unwrap().json().await.unwrap();
         assert_eq!(page["total"], 250);
-        for e in page["entry"].as_array().map(Vec::as_slice).unwrap_or_default() {
-            assert!(ids.insert(e["resource"]["id"].as_str().unwrap().to_string()), "duplicate across pages");
+        for e in page["entry"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+        {
+            assert!(
+                ids.insert(e["resource"]["id"].as_str().unwrap().to_string()),
+                "duplicate across pages"
+            );
         }
         pages += 1;
-        match page["link"].as_array().unwrap().iter().find(|l| l["relation"] == "next") {
+        match page["link"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["relation"] == "next")
+        {
             Some(next) => url = next["url"].as_str().unwrap().to_string(),
             None => break,
         }
@@ -403,8 +523,13 @@ async fn paging_through_250_results_is_stable() {
     assert_eq!(ids.len(), 250);
     assert_eq!(pages, 7);
     // Sorted descending by family: first is Page249.
-    let sorted = s.get_json("Patient?family=page&_sort=-family&_count=1").await;
-    assert_eq!(sorted["entry"][0]["resource"]["name"][0]["family"], "Page249");
+    let sorted = s
+        .get_json("Patient?family=page&_sort=-family&_count=1")
+        .await;
+    assert_eq!(
+        sorted["entry"][0]["resource"]["name"][0]["family"],
+        "Page249"
+    );
     s.stop().await;
 }
 
@@ -417,22 +542,35 @@ async fn include_and_revinclude() {
     let prov = json!({"resourceType": "Provenance", "target": [{"reference": format!("CarePlan/{cid}")}],
                       "recorded": "2024-01-01T00:00:00Z", "agent": [{"who": {"display": "EHR"}}]});
     s.create(prov).await;
-    let b = s.get_json(&format!("CarePlan?_id={cid}&_include=CarePlan:subject&_revinclude=Provenance:target")).await;
+    let b = s
+        .get_json(&format!(
+            "CarePlan?_id={cid}&_include=CarePlan:subject&_revinclude=Provenance:target"
+        ))
+        .await;
     let modes: Vec<(String, String)> = b["entry"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|e| (e["resource"]["resourceType"].as_str().unwrap().to_string(), e["search"]["mode"].as_str().unwrap().to_string()))
+        .map(|e| {
+            (
+                e["resource"]["resourceType"].as_str().unwrap().to_string(),
+                e["search"]["mode"].as_str().unwrap().to_string(),
+            )
+        })
         .collect();
     assert_eq!(b["total"], 1);
     assert!(modes.contains(&("CarePlan".into(), "match".into())));
     assert!(modes.contains(&("Patient".into(), "include".into())));
     assert!(modes.contains(&("Provenance".into(), "include".into())));
     // Chained search
-    let chained = s.get_json("CarePlan?subject:Patient.identifier=urn:test:mrn|mrn-Inc").await;
+    let chained = s
+        .get_json("CarePlan?subject:Patient.identifier=urn:test:mrn|mrn-Inc")
+        .await;
     assert_eq!(chained["total"], 1);
     // _elements subsets and tags SUBSETTED
-    let el = s.get_json(&format!("Patient?_id={pid}&_elements=gender")).await;
+    let el = s
+        .get_json(&format!("Patient?_id={pid}&_elements=gender"))
+        .await;
     let res = &el["entry"][0]["resource"];
     assert_eq!(res["gender"], "female");
     assert!(res.get("name").is_none());
@@ -454,14 +592,32 @@ async fn xml_round_trip() {
         .await
         .unwrap();
     assert_eq!(r.status(), 201);
-    assert!(r.headers()["content-type"].to_str().unwrap().starts_with("application/fhir+xml"));
+    assert!(r.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("application/fhir+xml"));
     let body = r.text().await.unwrap();
     assert!(body.contains("<family value=\"Xml\"/>"), "{body}");
-    let id = body.split("<id value=\"").nth(1).unwrap().split('"').next().unwrap().to_string();
+    let id = body
+        .split("<id value=\"")
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap()
+        .to_string();
     let json: Value = s.get_json(&format!("Patient/{id}")).await;
     assert_eq!(json["name"][0]["given"][0], "Round");
-    let back = s.get(&format!("Patient/{id}?_format=xml")).await.text().await.unwrap();
-    assert!(back.contains("<Patient xmlns=\"http://hl7.org/fhir\">"), "{back}");
+    let back = s
+        .get(&format!("Patient/{id}?_format=xml"))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        back.contains("<Patient xmlns=\"http://hl7.org/fhir\">"),
+        "{back}"
+    );
     assert!(back.contains("<birthDate value=\"1970-01-01\"/>"));
     s.stop().await;
 }
@@ -469,12 +625,21 @@ async fn xml_round_trip() {
 #[tokio::test(flavor = "multi_thread")]
 async fn synthea_bundle_imports_and_searches_back() {
     let dir = support::shared("corpora/examples/synthea");
-    let mut files: Vec<_> = std::fs::read_dir(&dir).expect("synthea corpus").filter_map(|e| e.ok().map(|e| e.path())).collect();
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .expect("synthea corpus")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
     files.retain(|p| p.extension().is_some_and(|e| e == "json") && !p.ends_with("index.json"));
     files.sort();
     let bundle: Value = serde_json::from_slice(&std::fs::read(&files[0]).unwrap()).unwrap();
     let entries = bundle["entry"].as_array().unwrap().len();
-    let patient = bundle["entry"].as_array().unwrap().iter().find(|e| e["resource"]["resourceType"] == "Patient").unwrap()["resource"].clone();
+    let patient = bundle["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["resource"]["resourceType"] == "Patient")
+        .unwrap()["resource"]
+        .clone();
     let family = patient["name"][0]["family"].as_str().unwrap().to_string();
     let s = TestServer::start().await;
     let r = s
@@ -492,8 +657,15 @@ async fn synthea_bundle_imports_and_searches_back() {
     let found = s.get_json(&format!("Patient?family={family}")).await;
     assert_eq!(found["total"], 1);
     let pid = found["entry"][0]["resource"]["id"].as_str().unwrap();
-    let encounters = s.get_json(&format!("Encounter?subject=Patient/{pid}&_summary=count")).await;
-    let expected = bundle["entry"].as_array().unwrap().iter().filter(|e| e["resource"]["resourceType"] == "Encounter").count();
+    let encounters = s
+        .get_json(&format!("Encounter?subject=Patient/{pid}&_summary=count"))
+        .await;
+    let expected = bundle["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["resource"]["resourceType"] == "Encounter")
+        .count();
     assert_eq!(encounters["total"], expected as u64);
     s.stop().await;
 }
@@ -506,11 +678,22 @@ async fn capability_statement_describes_the_server() {
     assert_eq!(cs["fhirVersion"], "4.0.1");
     let resources = cs["rest"][0]["resource"].as_array().unwrap();
     let careplan = resources.iter().find(|r| r["type"] == "CarePlan").unwrap();
-    let params: Vec<&str> = careplan["searchParam"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
-    assert!(params.contains(&"subject") && params.contains(&"status"), "{params:?}");
+    let params: Vec<&str> = careplan["searchParam"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert!(
+        params.contains(&"subject") && params.contains(&"status"),
+        "{params:?}"
+    );
     assert_eq!(careplan["conditionalDelete"], "single");
     let xml = s.get("metadata?_format=xml").await.text().await.unwrap();
-    assert!(xml.contains("<CapabilityStatement xmlns=\"http://hl7.org/fhir\">"), "{xml}");
+    assert!(
+        xml.contains("<CapabilityStatement xmlns=\"http://hl7.org/fhir\">"),
+        "{xml}"
+    );
     s.stop().await;
 }
 
@@ -546,39 +729,104 @@ async fn search_parameters_modifiers_and_handling() {
         v
     };
     // Accent- and case-insensitive prefix; :exact is neither.
-    assert_eq!(ids(s.get_json("Patient?family=angs").await), vec![a_id.clone()]);
-    assert_eq!(ids(s.get_json("Patient?family:exact=Ångström").await), vec![a_id.clone()]);
+    assert_eq!(
+        ids(s.get_json("Patient?family=angs").await),
+        vec![a_id.clone()]
+    );
+    assert_eq!(
+        ids(s.get_json("Patient?family:exact=Ångström").await),
+        vec![a_id.clone()]
+    );
     assert!(ids(s.get_json("Patient?family:exact=ångström").await).is_empty());
-    assert_eq!(ids(s.get_json("Patient?name:contains=mit").await), vec![c_id.clone()]);
+    assert_eq!(
+        ids(s.get_json("Patient?name:contains=mit").await),
+        vec![c_id.clone()]
+    );
     // OR within a parameter, AND across repeats.
-    assert_eq!(ids(s.get_json("Patient?family=smith,anders").await), sorted(vec![b_id.clone(), c_id.clone()]));
-    assert_eq!(ids(s.get_json("Patient?family=a&gender=male").await), vec![b_id.clone()]);
+    assert_eq!(
+        ids(s.get_json("Patient?family=smith,anders").await),
+        sorted(vec![b_id.clone(), c_id.clone()])
+    );
+    assert_eq!(
+        ids(s.get_json("Patient?family=a&gender=male").await),
+        vec![b_id.clone()]
+    );
     // Tokens, :not, :missing
-    assert_eq!(ids(s.get_json("Patient?identifier=urn:test:mrn|mrn-Smith").await), vec![c_id.clone()]);
-    assert_eq!(ids(s.get_json("Patient?gender:not=female").await), vec![b_id.clone()]);
-    assert_eq!(ids(s.get_json("Patient?birthdate:missing=true").await), vec![c_id.clone()]);
-    assert_eq!(ids(s.get_json("Patient?email=a@example.org").await), vec![a_id.clone()]);
+    assert_eq!(
+        ids(s
+            .get_json("Patient?identifier=urn:test:mrn|mrn-Smith")
+            .await),
+        vec![c_id.clone()]
+    );
+    assert_eq!(
+        ids(s.get_json("Patient?gender:not=female").await),
+        vec![b_id.clone()]
+    );
+    assert_eq!(
+        ids(s.get_json("Patient?birthdate:missing=true").await),
+        vec![c_id.clone()]
+    );
+    assert_eq!(
+        ids(s.get_json("Patient?email=a@example.org").await),
+        vec![a_id.clone()]
+    );
     // Dates with prefixes and precision
-    assert_eq!(ids(s.get_json("Patient?birthdate=1990").await), vec![a_id.clone()]);
-    assert_eq!(ids(s.get_json("Patient?birthdate=ge2000-01-01").await), vec![b_id.clone()]);
-    assert_eq!(ids(s.get_json("Patient?birthdate=lt1991&birthdate=gt1990-06-01").await), vec![a_id.clone()]);
-    assert_eq!(ids(s.get_json("Patient?_lastUpdated=gt2000-01-01").await).len(), 3);
+    assert_eq!(
+        ids(s.get_json("Patient?birthdate=1990").await),
+        vec![a_id.clone()]
+    );
+    assert_eq!(
+        ids(s.get_json("Patient?birthdate=ge2000-01-01").await),
+        vec![b_id.clone()]
+    );
+    assert_eq!(
+        ids(s
+            .get_json("Patient?birthdate=lt1991&birthdate=gt1990-06-01")
+            .await),
+        vec![a_id.clone()]
+    );
+    assert_eq!(
+        ids(s.get_json("Patient?_lastUpdated=gt2000-01-01").await).len(),
+        3
+    );
     assert!(ids(s.get_json("Patient?_lastUpdated=lt2000-01-01").await).is_empty());
     // _has: Patients some CarePlan points at
     let cp = json!({"resourceType": "CarePlan", "status": "active", "intent": "plan", "subject": {"reference": format!("Patient/{b_id}")}});
     let cp_id = s.create(cp).await;
-    assert_eq!(ids(s.get_json("Patient?_has:CarePlan:subject:status=active").await), vec![b_id.clone()]);
+    assert_eq!(
+        ids(s
+            .get_json("Patient?_has:CarePlan:subject:status=active")
+            .await),
+        vec![b_id.clone()]
+    );
     // System-level search across types
     let sys = s.get_json(&format!("?_id={cp_id},{a_id}")).await;
     assert_eq!(sys["total"], 2);
     // Unknown parameters: lenient reports them, strict refuses them.
     let lenient = s.get_json("Patient?family=smith&frobnicate=1").await;
     assert_eq!(lenient["total"], 1);
-    let outcome = lenient["entry"].as_array().unwrap().iter().find(|e| e["search"]["mode"] == "outcome").expect("outcome entry");
-    assert_eq!(outcome["resource"]["issue"][0]["expression"][0], "frobnicate");
-    let strict = s.http.get(s.url("Patient?frobnicate=1")).header("prefer", "handling=strict").send().await.unwrap();
+    let outcome = lenient["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["search"]["mode"] == "outcome")
+        .expect("outcome entry");
+    assert_eq!(
+        outcome["resource"]["issue"][0]["expression"][0],
+        "frobnicate"
+    );
+    let strict = s
+        .http
+        .get(s.url("Patient?frobnicate=1"))
+        .header("prefer", "handling=strict")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(strict.status(), 400);
-    assert_eq!(first_expression(&strict.json().await.unwrap()), "frobnicate");
+    assert_eq!(
+        first_expression(&strict.json().await.unwrap()),
+        "frobnicate"
+    );
     // POST _search with a form body
     let r = s
         .http
@@ -601,7 +849,9 @@ async fn search_parameters_modifiers_and_handling() {
 async fn audit_total(s: &TestServer, query: &str, expected: u64) -> u64 {
     let mut total = 0;
     for _ in 0..60 {
-        total = s.get_json(&format!("AuditEvent?{query}")).await["total"].as_u64().unwrap_or(0);
+        total = s.get_json(&format!("AuditEvent?{query}")).await["total"]
+            .as_u64()
+            .unwrap_or(0);
         if total == expected {
             break;
         }
@@ -619,18 +869,43 @@ async fn every_interaction_leaves_an_audit_event() {
         let plan = json!({"resourceType": "CarePlan", "status": "active", "intent": "plan", "subject": {"reference": format!("Patient/{p}")}});
         s.create(plan).await;
     }
-    assert_eq!(audit_total(&s, &format!("patient={a}&subtype=create"), 2).await, 2);
+    assert_eq!(
+        audit_total(&s, &format!("patient={a}&subtype=create"), 2).await,
+        2
+    );
     // A search writes one event per patient returned, carrying the query.
     let found = s.get_json("CarePlan?status=active").await;
     assert_eq!(found["total"], 2);
-    assert_eq!(audit_total(&s, &format!("patient=Patient/{a}&subtype=search-type"), 1).await, 1);
-    assert_eq!(audit_total(&s, &format!("patient=Patient/{b}&subtype=search-type"), 1).await, 1);
-    let event = &s.get_json(&format!("AuditEvent?patient=Patient/{b}&subtype=search-type")).await["entry"][0]["resource"];
-    assert!(event["entity"].as_array().unwrap().iter().any(|e| e["role"]["code"] == "24"));
+    assert_eq!(
+        audit_total(&s, &format!("patient=Patient/{a}&subtype=search-type"), 1).await,
+        1
+    );
+    assert_eq!(
+        audit_total(&s, &format!("patient=Patient/{b}&subtype=search-type"), 1).await,
+        1
+    );
+    let event = &s
+        .get_json(&format!(
+            "AuditEvent?patient=Patient/{b}&subtype=search-type"
+        ))
+        .await["entry"][0]["resource"];
+    assert!(event["entity"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["role"]["code"] == "24"));
     // Reads and failures are recorded too.
     s.get_json(&format!("Patient/{a}")).await;
-    assert_eq!(audit_total(&s, &format!("patient=Patient/{a}&subtype=read"), 1).await, 1);
-    let r = s.post("Patient", &json!({"resourceType": "Patient", "birthDate": "nope"})).await;
+    assert_eq!(
+        audit_total(&s, &format!("patient=Patient/{a}&subtype=read"), 1).await,
+        1
+    );
+    let r = s
+        .post(
+            "Patient",
+            &json!({"resourceType": "Patient", "birthDate": "nope"}),
+        )
+        .await;
     assert_eq!(r.status(), 400);
     assert_eq!(audit_total(&s, "outcome=4&subtype=create", 1).await, 1);
     // By entity, and the chain of everything so far is intact.

@@ -25,7 +25,8 @@ async fn mutual_tls_accepts_known_clients_only() {
     let handle = running.handle.clone();
     tokio::spawn(running.server);
 
-    let ca = reqwest::Certificate::from_pem(&std::fs::read(&certs.ca).expect("ca")).expect("ca pem");
+    let ca =
+        reqwest::Certificate::from_pem(&std::fs::read(&certs.ca).expect("ca")).expect("ca pem");
     let mut identity_pem = std::fs::read(&certs.client_cert).expect("client cert");
     identity_pem.extend(std::fs::read(&certs.client_key).expect("client key"));
     let identity = reqwest::Identity::from_pem(&identity_pem).expect("identity");
@@ -35,13 +36,34 @@ async fn mutual_tls_accepts_known_clients_only() {
         .build()
         .expect("client");
     let url = format!("https://localhost:{port}/metadata");
-    let r = with_cert.get(&url).send().await.expect("mutual TLS handshake");
+    let r = with_cert
+        .get(&url)
+        .send()
+        .await
+        .expect("mutual TLS handshake");
     assert_eq!(r.status(), 200);
-    assert_eq!(r.json::<serde_json::Value>().await.expect("json")["resourceType"], "CapabilityStatement");
+    assert_eq!(
+        r.json::<serde_json::Value>().await.expect("json")["resourceType"],
+        "CapabilityStatement"
+    );
 
-    let without_cert = reqwest::Client::builder().add_root_certificate(ca).build().expect("client");
-    assert!(without_cert.get(&url).send().await.is_err(), "a client without a certificate is refused");
+    let without_cert = reqwest::Client::builder()
+        .add_root_certificate(ca)
+        .build()
+        .expect("client");
+    assert!(
+        without_cert.get(&url).send().await.is_err(),
+        "a client without a certificate is refused"
+    );
     let plain = reqwest::Client::new();
-    assert!(plain.get(format!("http://localhost:{port}/metadata")).send().await.map(|r| r.status().is_success()).unwrap_or(false) == false);
+    assert!(
+        plain
+            .get(format!("http://localhost:{port}/metadata"))
+            .send()
+            .await
+            .map(|r| r.status().is_success())
+            .unwrap_or(false)
+            == false
+    );
     handle.stop(true).await;
 }

@@ -119,9 +119,11 @@ pub(crate) struct ChainHead {
 impl ChainHead {
     pub(crate) fn load(conn: &Connection) -> Result<ChainHead, StoreError> {
         let head: Option<(i64, String)> = conn
-            .query_row("SELECT seq, hash FROM audit_event ORDER BY seq DESC LIMIT 1", [], |r| {
-                Ok((r.get(0)?, r.get(1)?))
-            })
+            .query_row(
+                "SELECT seq, hash FROM audit_event ORDER BY seq DESC LIMIT 1",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
             .optional()?;
         Ok(match head {
             Some((seq, hash)) => ChainHead {
@@ -148,7 +150,11 @@ pub(crate) fn link_hash(prev: &str, seq: i64, content: &[u8]) -> String {
 }
 
 /// Appends records at the chain's head, advancing it.
-pub(crate) fn append(tx: &Transaction<'_>, head: &mut ChainHead, records: &[AuditRecord]) -> Result<(), StoreError> {
+pub(crate) fn append(
+    tx: &Transaction<'_>,
+    head: &mut ChainHead,
+    records: &[AuditRecord],
+) -> Result<(), StoreError> {
     for r in records {
         let seq = head.next_seq;
         let hash = link_hash(&head.last_hash, seq, &r.content);
@@ -234,7 +240,8 @@ pub(crate) fn search(conn: &Connection, q: &AuditQuery) -> Result<(Vec<Vec<u8>>,
 }
 
 pub(crate) fn verify(conn: &Connection) -> Result<ChainReport, StoreError> {
-    let mut stmt = conn.prepare("SELECT seq, id, content, prev_hash, hash FROM audit_event ORDER BY seq")?;
+    let mut stmt =
+        conn.prepare("SELECT seq, id, content, prev_hash, hash FROM audit_event ORDER BY seq")?;
     let mut rows = stmt.query([])?;
     let mut expected_seq = 1i64;
     let mut prev = GENESIS_HASH.to_string();
@@ -255,7 +262,10 @@ pub(crate) fn verify(conn: &Connection) -> Result<ChainReport, StoreError> {
                 seq - 1
             ))
         } else if stored_prev != prev {
-            Some("its link to the previous event does not match (events removed or reordered)".to_string())
+            Some(
+                "its link to the previous event does not match (events removed or reordered)"
+                    .to_string(),
+            )
         } else if link_hash(&prev, seq, &content) != stored_hash {
             Some("its content or hash was changed".to_string())
         } else {

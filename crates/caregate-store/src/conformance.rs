@@ -35,7 +35,10 @@ pub struct ConformanceRecord {
     pub issues: Vec<(String, String, String, String)>,
 }
 
-pub(crate) fn record(tx: &Transaction<'_>, records: &[ConformanceRecord]) -> Result<(), StoreError> {
+pub(crate) fn record(
+    tx: &Transaction<'_>,
+    records: &[ConformanceRecord],
+) -> Result<(), StoreError> {
     for r in records {
         let warned = r.accepted && r.issues.iter().any(|(s, ..)| s == "warning");
         tx.prepare_cached(
@@ -99,7 +102,11 @@ pub struct ConformanceReport {
     pub trend: Vec<DailyTrend>,
 }
 
-pub(crate) fn report(conn: &Connection, client: Option<&str>, since_day: Option<&str>) -> Result<ConformanceReport, StoreError> {
+pub(crate) fn report(
+    conn: &Connection,
+    client: Option<&str>,
+    since_day: Option<&str>,
+) -> Result<ConformanceReport, StoreError> {
     let client = client.unwrap_or("");
     let since = since_day.unwrap_or("");
     let filter = "(?1 = '' OR client = ?1) AND day >= ?2";
@@ -146,7 +153,12 @@ pub(crate) fn report(conn: &Connection, client: Option<&str>, since_day: Option<
         "SELECT day, client, SUM(received), SUM(rejected) FROM conformance_count WHERE {filter} GROUP BY day, client ORDER BY day, client"
     ))?;
     let rows = stmt.query_map(params![client, since], |r| {
-        Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)? as u64, r.get::<_, i64>(3)? as u64))
+        Ok((
+            r.get(0)?,
+            r.get(1)?,
+            r.get::<_, i64>(2)? as u64,
+            r.get::<_, i64>(3)? as u64,
+        ))
     })?;
     for row in rows {
         trend.push(row?);

@@ -12,7 +12,10 @@ pub type ParamKey = String;
 pub enum IndexValue {
     /// `normalized`: lower-cased, accents and punctuation folded, whitespace collapsed
     /// (what `name=` prefix search compares against); `exact`: the value as written.
-    String { normalized: String, exact: String },
+    String {
+        normalized: String,
+        exact: String,
+    },
     /// A code with its system (Coding, CodeableConcept, Identifier, code, boolean, ...).
     /// `text` carries display / CodeableConcept.text / Identifier.type.text for `:text`.
     Token {

@@ -9,8 +9,8 @@
 pub mod audit;
 pub mod conformance;
 pub mod index;
-mod sqlite;
 mod sql_query;
+mod sqlite;
 
 use std::fmt;
 
@@ -181,7 +181,12 @@ pub trait Store: Send + Sync {
     /// The newest version numbers of many resources at once (absent keys are left out).
     fn current_versions(&self, keys: &[Key]) -> Result<Vec<(Key, u64)>, StoreError>;
 
-    fn vread(&self, resource_type: &str, id: &str, version: u64) -> Result<Option<VersionRecord>, StoreError>;
+    fn vread(
+        &self,
+        resource_type: &str,
+        id: &str,
+        version: u64,
+    ) -> Result<Option<VersionRecord>, StoreError>;
 
     /// Applies all writes atomically and durably, or none of them, together with the
     /// AuditEvents that record them (appended to the audit chain in the same transaction).
@@ -201,12 +206,20 @@ pub trait Store: Send + Sync {
     fn record_conformance(&self, stats: Vec<ConformanceRecord>) -> Result<(), StoreError>;
 
     /// Statistics for one client (or all) since a day (`YYYY-MM-DD`, or all time).
-    fn conformance_report(&self, client: Option<&str>, since_day: Option<&str>) -> Result<ConformanceReport, StoreError>;
+    fn conformance_report(
+        &self,
+        client: Option<&str>,
+        since_day: Option<&str>,
+    ) -> Result<ConformanceReport, StoreError>;
 
     fn search(&self, query: &SearchQuery) -> Result<SearchPage, StoreError>;
 
     /// The resources an `_include`/`_revinclude` adds for the given matches.
-    fn include(&self, matches: &[Key], spec: &IncludeSpec) -> Result<Vec<VersionRecord>, StoreError>;
+    fn include(
+        &self,
+        matches: &[Key],
+        spec: &IncludeSpec,
+    ) -> Result<Vec<VersionRecord>, StoreError>;
 
     fn history(&self, query: &HistoryQuery) -> Result<HistoryPage, StoreError>;
 }

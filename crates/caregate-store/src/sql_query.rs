@@ -50,7 +50,11 @@ pub(crate) fn build_search(q: &SearchQuery) -> BuiltQuery {
     let mut where_sql = String::from("r.deleted = 0");
     // With filters, the index subqueries are far more selective than the type: the unary
     // `+` keeps SQLite from scanning every resource of the type and probing each.
-    let type_column = if q.filters.iter().any(|f| !f.any_of.is_empty()) { "+r.rtype" } else { "r.rtype" };
+    let type_column = if q.filters.iter().any(|f| !f.any_of.is_empty()) {
+        "+r.rtype"
+    } else {
+        "r.rtype"
+    };
     if let Some(t) = &q.resource_type {
         let p = b.text(t);
         where_sql.push_str(&format!(" AND {type_column} = {p}"));
@@ -62,7 +66,11 @@ pub(crate) fn build_search(q: &SearchQuery) -> BuiltQuery {
         if filter.any_of.is_empty() {
             continue;
         }
-        let parts: Vec<String> = filter.any_of.iter().map(|c| condition(&mut b, c, "r")).collect();
+        let parts: Vec<String> = filter
+            .any_of
+            .iter()
+            .map(|c| condition(&mut b, c, "r"))
+            .collect();
         where_sql.push_str(&format!(" AND ({})", parts.join(" OR ")));
     }
     let count_args = b.args.clone();
@@ -78,7 +86,9 @@ pub(crate) fn build_search(q: &SearchQuery) -> BuiltQuery {
                 let p = b.param(param);
                 let agg = if key.descending { "MAX" } else { "MIN" };
                 let (table, col) = sort_column(*kind, key.descending);
-                format!("(SELECT {agg}({col}) FROM {table} s WHERE s.rid = r.rid AND s.param = {p})")
+                format!(
+                    "(SELECT {agg}({col}) FROM {table} s WHERE s.rid = r.rid AND s.param = {p})"
+                )
             }
         };
         // Resources without a value sort last in either direction.
@@ -130,7 +140,9 @@ fn prefix_upper_bound(prefix: &str) -> Option<String> {
 }
 
 fn escape_like(s: &str) -> String {
-    s.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_")
+    s.replace('\\', "\\\\")
+        .replace('%', "\\%")
+        .replace('_', "\\_")
 }
 
 /// SQL for one condition on the resource aliased `alias`.
@@ -144,7 +156,14 @@ fn condition(b: &mut Builder, c: &Condition, alias: &str) -> String {
         Condition::LastUpdated { prefix, range } => {
             let col = format!("{alias}.last_updated_ms");
             // A stored instant is a point: [t, t+1ms).
-            range_predicate(b, *prefix, &col, &format!("({col} + 1)"), range.start, range.end)
+            range_predicate(
+                b,
+                *prefix,
+                &col,
+                &format!("({col} + 1)"),
+                range.start,
+                range.end,
+            )
         }
         Condition::String { param, value, mode } => {
             let p = b.param(param);
@@ -170,7 +189,11 @@ fn condition(b: &mut Builder, c: &Condition, alias: &str) -> String {
             };
             format!("{rid} IN (SELECT rid FROM ix_string WHERE param = {p} AND {pred})")
         }
-        Condition::Token { param, system, code } => {
+        Condition::Token {
+            param,
+            system,
+            code,
+        } => {
             let p = b.param(param);
             let mut pred = String::new();
             if let Some(code) = code {
@@ -214,7 +237,11 @@ fn condition(b: &mut Builder, c: &Condition, alias: &str) -> String {
             }
             format!("{rid} IN (SELECT rid FROM ix_reference WHERE param = {p}{pred})")
         }
-        Condition::Date { param, prefix, range } => {
+        Condition::Date {
+            param,
+            prefix,
+            range,
+        } => {
             let p = b.param(param);
             let pred = range_predicate(b, *prefix, "lo", "hi", range.start, range.end);
             format!("{rid} IN (SELECT rid FROM ix_date WHERE param = {p} AND {pred})")
@@ -268,10 +295,15 @@ fn condition(b: &mut Builder, c: &Condition, alias: &str) -> String {
             };
             format!("{rid} IN (SELECT rid FROM ix_uri WHERE param = {p} AND {pred})")
         }
-        Condition::Missing { param, kind, missing } => {
+        Condition::Missing {
+            param,
+            kind,
+            missing,
+        } => {
             let p = b.param(param);
             let table = table_of(*kind);
-            let exists = format!("EXISTS (SELECT 1 FROM {table} m WHERE m.rid = {rid} AND m.param = {p})");
+            let exists =
+                format!("EXISTS (SELECT 1 FROM {table} m WHERE m.rid = {rid} AND m.param = {p})");
             if *missing {
                 format!("NOT {exists}")
             } else {
@@ -314,7 +346,14 @@ fn condition(b: &mut Builder, c: &Condition, alias: &str) -> String {
 
 /// Date/instant comparison between a stored range `[lo, hi)` and the searched range
 /// `[start, end)`, following the R4 prefix definitions (search.html#prefix).
-fn range_predicate(b: &mut Builder, prefix: Prefix, lo: &str, hi: &str, start: i64, end: i64) -> String {
+fn range_predicate(
+    b: &mut Builder,
+    prefix: Prefix,
+    lo: &str,
+    hi: &str,
+    start: i64,
+    end: i64,
+) -> String {
     let s = b.int(start);
     let e = b.int(end);
     match prefix {

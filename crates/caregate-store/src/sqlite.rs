@@ -16,11 +16,11 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Transaction};
 
 use crate::audit::{self, AuditQuery, AuditRecord, ChainHead, ChainReport};
 use crate::conformance::{self, ConformanceRecord, ConformanceReport};
-use crate::index::{IndexEntry, IndexValue, IncludeSpec, SearchQuery};
+use crate::index::{IncludeSpec, IndexEntry, IndexValue, SearchQuery};
 use crate::sql_query::{build_search, SqlArg};
 use crate::{
-    content_hash, HistoryPage, HistoryQuery, HistoryScope, Key, SearchPage, Store, StoreError, VersionRecord,
-    WriteMethod, WriteOp,
+    content_hash, HistoryPage, HistoryQuery, HistoryScope, Key, SearchPage, Store, StoreError,
+    VersionRecord, WriteMethod, WriteOp,
 };
 
 const SCHEMA: &str = r#"
@@ -120,7 +120,8 @@ impl ParamIds {
         if let Some(id) = self.known.get(key) {
             return Ok(*id);
         }
-        tx.prepare_cached("INSERT OR IGNORE INTO param (key) VALUES (?1)")?.execute([key])?;
+        tx.prepare_cached("INSERT OR IGNORE INTO param (key) VALUES (?1)")?
+            .execute([key])?;
         let id: i64 = tx
             .prepare_cached("SELECT pid FROM param WHERE key = ?1")?
             .query_row([key], |r| r.get(0))?;
@@ -169,7 +170,11 @@ impl SqliteStore {
         conn.execute_batch(audit::SCHEMA)?;
         conn.execute_batch(conformance::SCHEMA)?;
         let found: Option<String> = conn
-            .query_row("SELECT value FROM caregate_meta WHERE key = 'schema'", [], |r| r.get(0))
+            .query_row(
+                "SELECT value FROM caregate_meta WHERE key = 'schema'",
+                [],
+                |r| r.get(0),
+            )
             .optional()?;
         match found {
             None => {
@@ -214,13 +219,18 @@ impl SqliteStore {
         }))
     }
 
-    fn with_reader<T>(&self, f: impl FnOnce(&Connection) -> Result<T, StoreError>) -> Result<T, StoreError> {
+    fn with_reader<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
         let conn = match self.readers.lock().pop() {
             Some(c) => c,
             None => {
                 let c = Connection::open_with_flags(
                     &self.path,
-                    OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI,
+                    OpenFlags::SQLITE_OPEN_READ_ONLY
+                        | OpenFlags::SQLITE_OPEN_NO_MUTEX
+                        | OpenFlags::SQLITE_OPEN_URI,
                 )?;
                 c.busy_timeout(std::time::Duration::from_secs(10))?;
                 c.set_prepared_statement_cache_capacity(128);
@@ -297,7 +307,12 @@ fn checkpoint_loop(conn: Connection, stop: Receiver<()>) {
     }
 }
 
-fn writer_loop(mut conn: Connection, rx: Receiver<CommitRequest>, max_group: usize, mut chain: ChainHead) {
+fn writer_loop(
+    mut conn: Connection,
+    rx: Receiver<CommitRequest>,
+    max_group: usize,
+    mut chain: ChainHead,
+) {
     let mut ids = ParamIds::default();
     let mut synchronous_full = true;
     while let Ok(first) = rx.recv() {
@@ -320,7 +335,9 @@ fn writer_loop(mut conn: Connection, rx: Receiver<CommitRequest>, max_group: usi
                     // Never acknowledge a write that might not be durable.
                     for req in group {
                         if let Some(reply) = req.reply {
-                            let _ = reply.send(Err(StoreError::Database(format!("cannot make the commit durable: {e}"))));
+                            let _ = reply.send(Err(StoreError::Database(format!(
+                                "cannot make the commit durable: {e}"
+                            ))));
                         }
                     }
                     continue;
@@ -365,7 +382,11 @@ fn commit_group(
             commit_group_isolated(conn, group, ids, chain)
         }
     };
-    if results.iter().any(|r| matches!(r, Err(StoreError::Database(_)))) && results.iter().all(Result::is_err) {
+    if results
+        .iter()
+        .any(|r| matches!(r, Err(StoreError::Database(_))))
+        && results.iter().all(Result::is_err)
+    {
         // The group's COMMIT failed: nothing of it exists, including new parameter ids
         // and audit events.
         ids.rolled_back(0);
@@ -409,7 +430,12 @@ fn commit_group_isolated(
 ) -> Vec<Result<(), StoreError>> {
     let tx = match conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate) {
         Ok(tx) => tx,
-        Err(e) => return group.iter().map(|_| Err(StoreError::from(clone_err(&e)))).collect(),
+        Err(e) => {
+            return group
+                .iter()
+                .map(|_| Err(StoreError::from(clone_err(&e))))
+                .collect()
+        }
     };
     let mut results = Vec::with_capacity(group.len());
     for req in group {
@@ -417,7 +443,10 @@ fn commit_group_isolated(
     }
     if let Err(e) = tx.commit() {
         let msg = e.to_string();
-        return group.iter().map(|_| Err(StoreError::Database(msg.clone()))).collect();
+        return group
+            .iter()
+            .map(|_| Err(StoreError::Database(msg.clone())))
+            .collect();
     }
     results
 }
@@ -432,7 +461,9 @@ fn check_preconditions(
     for (op_index, op) in ops.iter().enumerate() {
         let cur: Option<(i64, u64)> = tx
             .prepare_cached("SELECT rid, version FROM resource WHERE rtype = ?1 AND id = ?2")?
-            .query_row(params![op.resource_type, op.id], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))
+            .query_row(params![op.resource_type, op.id], |r| {
+                Ok((r.get(0)?, r.get::<_, i64>(1)? as u64))
+            })
             .optional()?;
         let actual = cur.map(|(_, v)| v);
         if actual != op.expected_version {
@@ -506,7 +537,12 @@ fn apply_ops(tx: &Transaction<'_>, ops: &[WriteOp], ids: &mut ParamIds) -> Resul
 }
 
 /// Writes one version whose precondition has been checked; `current` is its resource row.
-fn apply_op(tx: &Transaction<'_>, op: &WriteOp, current: Option<(i64, u64)>, ids: &mut ParamIds) -> Result<(), StoreError> {
+fn apply_op(
+    tx: &Transaction<'_>,
+    op: &WriteOp,
+    current: Option<(i64, u64)>,
+    ids: &mut ParamIds,
+) -> Result<(), StoreError> {
     let deleted = op.content.is_none();
     let rid = match current {
         Some((rid, _)) => rid,
@@ -546,7 +582,12 @@ fn apply_op(tx: &Transaction<'_>, op: &WriteOp, current: Option<(i64, u64)>, ids
     Ok(())
 }
 
-fn write_index(tx: &Transaction<'_>, rid: i64, entries: &[IndexEntry], ids: &mut ParamIds) -> Result<(), StoreError> {
+fn write_index(
+    tx: &Transaction<'_>,
+    rid: i64,
+    entries: &[IndexEntry],
+    ids: &mut ParamIds,
+) -> Result<(), StoreError> {
     for e in entries {
         let param = ids.id(tx, &e.param)?;
         match &e.value {
@@ -577,12 +618,16 @@ fn write_index(tx: &Transaction<'_>, rid: i64, entries: &[IndexEntry], ids: &mut
                 .execute(params![rid, param, or_empty(target_type), or_empty(target_id), or_empty(url)])?;
             }
             IndexValue::Date(range) => {
-                tx.prepare_cached("INSERT OR IGNORE INTO ix_date (rid, param, lo, hi) VALUES (?1, ?2, ?3, ?4)")?
-                    .execute(params![rid, param, range.start, range.end])?;
+                tx.prepare_cached(
+                    "INSERT OR IGNORE INTO ix_date (rid, param, lo, hi) VALUES (?1, ?2, ?3, ?4)",
+                )?
+                .execute(params![rid, param, range.start, range.end])?;
             }
             IndexValue::Number(value) => {
-                tx.prepare_cached("INSERT OR IGNORE INTO ix_number (rid, param, value) VALUES (?1, ?2, ?3)")?
-                    .execute(params![rid, param, value])?;
+                tx.prepare_cached(
+                    "INSERT OR IGNORE INTO ix_number (rid, param, value) VALUES (?1, ?2, ?3)",
+                )?
+                .execute(params![rid, param, value])?;
             }
             IndexValue::Quantity {
                 value,
@@ -596,8 +641,10 @@ fn write_index(tx: &Transaction<'_>, rid: i64, entries: &[IndexEntry], ids: &mut
                 .execute(params![rid, param, value, or_empty(system), or_empty(code), or_empty(unit)])?;
             }
             IndexValue::Uri(uri) => {
-                tx.prepare_cached("INSERT OR IGNORE INTO ix_uri (rid, param, uri) VALUES (?1, ?2, ?3)")?
-                    .execute(params![rid, param, uri])?;
+                tx.prepare_cached(
+                    "INSERT OR IGNORE INTO ix_uri (rid, param, uri) VALUES (?1, ?2, ?3)",
+                )?
+                .execute(params![rid, param, uri])?;
             }
         }
     }
@@ -648,7 +695,8 @@ impl Store for SqliteStore {
 
     fn current_versions(&self, keys: &[Key]) -> Result<Vec<(Key, u64)>, StoreError> {
         self.with_reader(|c| {
-            let mut stmt = c.prepare_cached("SELECT version FROM resource WHERE rtype = ?1 AND id = ?2")?;
+            let mut stmt =
+                c.prepare_cached("SELECT version FROM resource WHERE rtype = ?1 AND id = ?2")?;
             let mut out = Vec::new();
             for key in keys {
                 if let Some(v) = stmt
@@ -662,7 +710,12 @@ impl Store for SqliteStore {
         })
     }
 
-    fn vread(&self, resource_type: &str, id: &str, version: u64) -> Result<Option<VersionRecord>, StoreError> {
+    fn vread(
+        &self,
+        resource_type: &str,
+        id: &str,
+        version: u64,
+    ) -> Result<Option<VersionRecord>, StoreError> {
         self.with_reader(|c| {
             Ok(c.prepare_cached(&format!(
                 "SELECT {RECORD_COLUMNS} FROM resource r JOIN version v ON v.rid = r.rid
@@ -711,7 +764,11 @@ impl Store for SqliteStore {
         })
     }
 
-    fn conformance_report(&self, client: Option<&str>, since_day: Option<&str>) -> Result<ConformanceReport, StoreError> {
+    fn conformance_report(
+        &self,
+        client: Option<&str>,
+        since_day: Option<&str>,
+    ) -> Result<ConformanceReport, StoreError> {
         self.with_reader(|c| conformance::report(c, client, since_day))
     }
 
@@ -747,7 +804,11 @@ impl Store for SqliteStore {
         })
     }
 
-    fn include(&self, matches: &[Key], spec: &IncludeSpec) -> Result<Vec<VersionRecord>, StoreError> {
+    fn include(
+        &self,
+        matches: &[Key],
+        spec: &IncludeSpec,
+    ) -> Result<Vec<VersionRecord>, StoreError> {
         if matches.is_empty() {
             return Ok(Vec::new());
         }
@@ -825,8 +886,9 @@ impl Store for SqliteStore {
             args.push(SqlArg::Int(before));
             where_sql.push_str(&format!(" AND v.last_updated_ms <= ?{}", args.len()));
         }
-        let count_sql =
-            format!("SELECT COUNT(*) FROM version v JOIN resource r ON r.rid = v.rid WHERE {where_sql}");
+        let count_sql = format!(
+            "SELECT COUNT(*) FROM version v JOIN resource r ON r.rid = v.rid WHERE {where_sql}"
+        );
         let count_args = args.clone();
         args.push(SqlArg::Int(query.count as i64));
         let limit_at = args.len();
@@ -839,7 +901,8 @@ impl Store for SqliteStore {
         self.with_reader(|c| {
             let total = c
                 .prepare_cached(&count_sql)?
-                .query_row(to_sql_args(&count_args).as_slice(), |r| r.get::<_, i64>(0))? as u64;
+                .query_row(to_sql_args(&count_args).as_slice(), |r| r.get::<_, i64>(0))?
+                as u64;
             let versions = c
                 .prepare_cached(&select_sql)?
                 .query_map(to_sql_args(&args).as_slice(), record_from_row)?

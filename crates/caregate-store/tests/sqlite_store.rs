@@ -17,11 +17,18 @@ impl<S: Store + ?Sized> CommitOps for S {
 
 fn open() -> (tempfile::TempDir, Arc<SqliteStore>) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let store = SqliteStore::open(&dir.path().join("db.sqlite"), SqliteOptions::default()).expect("open");
+    let store =
+        SqliteStore::open(&dir.path().join("db.sqlite"), SqliteOptions::default()).expect("open");
     (dir, store)
 }
 
-fn op(ty: &str, id: &str, expected: Option<u64>, content: Option<&str>, index: Vec<IndexEntry>) -> WriteOp {
+fn op(
+    ty: &str,
+    id: &str,
+    expected: Option<u64>,
+    content: Option<&str>,
+    index: Vec<IndexEntry>,
+) -> WriteOp {
     let version = expected.map_or(1, |v| v + 1);
     WriteOp {
         resource_type: ty.into(),
@@ -55,19 +62,34 @@ fn family(v: &str) -> IndexEntry {
 #[test]
 fn versions_are_kept_and_conflicts_refused() {
     let (_dir, store) = open();
-    store.commit_ops(vec![op("Patient", "a", None, Some("{\"v\":1}"), vec![])]).unwrap();
-    store.commit_ops(vec![op("Patient", "a", Some(1), Some("{\"v\":2}"), vec![])]).unwrap();
+    store
+        .commit_ops(vec![op("Patient", "a", None, Some("{\"v\":1}"), vec![])])
+        .unwrap();
+    store
+        .commit_ops(vec![op("Patient", "a", Some(1), Some("{\"v\":2}"), vec![])])
+        .unwrap();
     let err = store
         .commit_ops(vec![op("Patient", "a", Some(1), Some("{\"v\":3}"), vec![])])
         .unwrap_err();
-    assert!(matches!(err, StoreError::Conflict { actual: Some(2), .. }), "{err:?}");
+    assert!(
+        matches!(
+            err,
+            StoreError::Conflict {
+                actual: Some(2),
+                ..
+            }
+        ),
+        "{err:?}"
+    );
     let cur = store.read("Patient", "a").unwrap().unwrap();
     assert_eq!(cur.version, 2);
     assert_eq!(cur.content.as_deref(), Some(&b"{\"v\":2}"[..]));
     assert_eq!(cur.hash, content_hash(Some(b"{\"v\":2}")));
     let v1 = store.vread("Patient", "a", 1).unwrap().unwrap();
     assert_eq!(v1.content.as_deref(), Some(&b"{\"v\":1}"[..]));
-    store.commit_ops(vec![op("Patient", "a", Some(2), None, vec![])]).unwrap();
+    store
+        .commit_ops(vec![op("Patient", "a", Some(2), None, vec![])])
+        .unwrap();
     let gone = store.read("Patient", "a").unwrap().unwrap();
     assert!(gone.is_deleted());
     assert_eq!(gone.version, 3);
@@ -82,7 +104,11 @@ fn versions_are_kept_and_conflicts_refused() {
         .unwrap();
     assert_eq!(history.total, 3);
     assert_eq!(
-        history.versions.iter().map(|v| v.version).collect::<Vec<_>>(),
+        history
+            .versions
+            .iter()
+            .map(|v| v.version)
+            .collect::<Vec<_>>(),
         vec![3, 2, 1]
     );
 }
@@ -90,7 +116,9 @@ fn versions_are_kept_and_conflicts_refused() {
 #[test]
 fn a_failed_commit_writes_nothing() {
     let (_dir, store) = open();
-    store.commit_ops(vec![op("Patient", "b", None, Some("{}"), vec![])]).unwrap();
+    store
+        .commit_ops(vec![op("Patient", "b", None, Some("{}"), vec![])])
+        .unwrap();
     let err = store.commit_ops(vec![
         op("Patient", "new", None, Some("{}"), vec![]),
         op("Patient", "b", None, Some("{}"), vec![]),
@@ -102,14 +130,23 @@ fn a_failed_commit_writes_nothing() {
 #[test]
 fn concurrent_commits_with_the_same_expectation_one_wins() {
     let (_dir, store) = open();
-    store.commit_ops(vec![op("Patient", "c", None, Some("{}"), vec![])]).unwrap();
+    store
+        .commit_ops(vec![op("Patient", "c", None, Some("{}"), vec![])])
+        .unwrap();
     let handles: Vec<_> = (0..8)
         .map(|_| {
             let s = store.clone();
-            std::thread::spawn(move || s.commit_ops(vec![op("Patient", "c", Some(1), Some("{}"), vec![])]).is_ok())
+            std::thread::spawn(move || {
+                s.commit_ops(vec![op("Patient", "c", Some(1), Some("{}"), vec![])])
+                    .is_ok()
+            })
         })
         .collect();
-    let wins = handles.into_iter().map(|h| h.join().unwrap()).filter(|w| *w).count();
+    let wins = handles
+        .into_iter()
+        .map(|h| h.join().unwrap())
+        .filter(|w| *w)
+        .count();
     assert_eq!(wins, 1);
 }
 
@@ -118,7 +155,13 @@ fn search_by_string_prefix_sort_and_paging() {
     let (_dir, store) = open();
     for (i, name) in ["Smith", "Smythe", "Jones", "Smithers"].iter().enumerate() {
         store
-            .commit_ops(vec![op("Patient", &format!("p{i}"), None, Some("{}"), vec![family(name)])])
+            .commit_ops(vec![op(
+                "Patient",
+                &format!("p{i}"),
+                None,
+                Some("{}"),
+                vec![family(name)],
+            )])
             .unwrap();
     }
     let mut q = SearchQuery::new(Some("Patient"));
@@ -148,14 +191,28 @@ fn search_by_string_prefix_sort_and_paging() {
     let ids: Vec<_> = page.matches.iter().map(|m| m.id.as_str()).collect();
     assert_eq!(ids, vec!["p1", "p3"]);
     sorted.offset = 2;
-    let ids: Vec<_> = store.search(&sorted).unwrap().matches.iter().map(|m| m.id.clone()).collect();
+    let ids: Vec<_> = store
+        .search(&sorted)
+        .unwrap()
+        .matches
+        .iter()
+        .map(|m| m.id.clone())
+        .collect();
     assert_eq!(ids, vec!["p0", "p2"]);
 
     // Updating re-indexes; deleting removes from search.
     store
-        .commit_ops(vec![op("Patient", "p0", Some(1), Some("{}"), vec![family("Brown")])])
+        .commit_ops(vec![op(
+            "Patient",
+            "p0",
+            Some(1),
+            Some("{}"),
+            vec![family("Brown")],
+        )])
         .unwrap();
-    store.commit_ops(vec![op("Patient", "p3", Some(1), None, vec![])]).unwrap();
+    store
+        .commit_ops(vec![op("Patient", "p3", Some(1), None, vec![])])
+        .unwrap();
     assert_eq!(store.search(&q).unwrap().total, Some(0));
 }
 
@@ -184,9 +241,30 @@ fn dates_chains_and_includes() {
     };
     store
         .commit_ops(vec![
-            op("Patient", "pat", None, Some("{}"), vec![date("Patient:birthdate", "1980-05-02"), token("Patient:identifier", "urn:mrn", "42")]),
-            op("CarePlan", "cp1", None, Some("{}"), vec![reference("CarePlan:subject", "Patient", "pat")]),
-            op("CarePlan", "cp2", None, Some("{}"), vec![reference("CarePlan:subject", "Patient", "other")]),
+            op(
+                "Patient",
+                "pat",
+                None,
+                Some("{}"),
+                vec![
+                    date("Patient:birthdate", "1980-05-02"),
+                    token("Patient:identifier", "urn:mrn", "42"),
+                ],
+            ),
+            op(
+                "CarePlan",
+                "cp1",
+                None,
+                Some("{}"),
+                vec![reference("CarePlan:subject", "Patient", "pat")],
+            ),
+            op(
+                "CarePlan",
+                "cp2",
+                None,
+                Some("{}"),
+                vec![reference("CarePlan:subject", "Patient", "other")],
+            ),
         ])
         .unwrap();
     let mut q = SearchQuery::new(Some("Patient"));
@@ -247,7 +325,10 @@ fn dates_chains_and_includes() {
             },
         )
         .unwrap();
-    assert_eq!(rev.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), vec!["cp1"]);
+    assert_eq!(
+        rev.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
+        vec!["cp1"]
+    );
 
     let mut has = SearchQuery::new(Some("Patient"));
     has.filters.push(Filter {
@@ -266,7 +347,9 @@ fn data_survives_reopen() {
     let path = dir.path().join("db.sqlite");
     {
         let store = SqliteStore::open(&path, SqliteOptions::default()).unwrap();
-        store.commit_ops(vec![op("Patient", "kept", None, Some("{}"), vec![])]).unwrap();
+        store
+            .commit_ops(vec![op("Patient", "kept", None, Some("{}"), vec![])])
+            .unwrap();
     }
     let store = SqliteStore::open(&path, SqliteOptions::default()).unwrap();
     assert_eq!(store.read("Patient", "kept").unwrap().unwrap().version, 1);
@@ -294,13 +377,24 @@ fn audit_chain_detects_tampering() {
     {
         let store = SqliteStore::open(&path, SqliteOptions::default()).unwrap();
         store
-            .commit(vec![op("Patient", "a", None, Some("{}"), vec![])], vec![audit("e1", Some("Patient/a"))])
+            .commit(
+                vec![op("Patient", "a", None, Some("{}"), vec![])],
+                vec![audit("e1", Some("Patient/a"))],
+            )
             .unwrap();
         // A failed write leaves no audit event of its own in the chain.
         assert!(store
-            .commit(vec![op("Patient", "a", None, Some("{}"), vec![])], vec![audit("lost", None)])
+            .commit(
+                vec![op("Patient", "a", None, Some("{}"), vec![])],
+                vec![audit("lost", None)]
+            )
             .is_err());
-        store.commit(vec![], vec![audit("e2", None), audit("e3", Some("Patient/a"))]).unwrap();
+        store
+            .commit(
+                vec![],
+                vec![audit("e2", None), audit("e3", Some("Patient/a"))],
+            )
+            .unwrap();
         store.record_audit(vec![audit("e4", None)]).unwrap();
         store.close();
         let store = SqliteStore::open(&path, SqliteOptions::default()).unwrap();

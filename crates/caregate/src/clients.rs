@@ -41,7 +41,8 @@ fn load(path: &Path) -> Result<toml::Table> {
     if !path.exists() {
         return Ok(toml::Table::new());
     }
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     Ok(text.parse::<toml::Table>()?)
 }
 
@@ -53,7 +54,9 @@ fn save(path: &Path, table: &toml::Table) -> Result<()> {
 }
 
 fn clients_of(table: &mut toml::Table) -> Result<&mut Vec<toml::Value>> {
-    let entry = table.entry("client").or_insert_with(|| toml::Value::Array(Vec::new()));
+    let entry = table
+        .entry("client")
+        .or_insert_with(|| toml::Value::Array(Vec::new()));
     match entry {
         toml::Value::Array(a) => Ok(a),
         _ => bail!("'client' in the configuration must be an array of tables ([[client]])"),
@@ -67,7 +70,12 @@ fn field<'a>(c: &'a toml::Value, key: &str) -> &'a str {
 fn list_of(c: &toml::Value, key: &str) -> String {
     c.get(key)
         .and_then(toml::Value::as_array)
-        .map(|a| a.iter().filter_map(toml::Value::as_str).collect::<Vec<_>>().join(" "))
+        .map(|a| {
+            a.iter()
+                .filter_map(toml::Value::as_str)
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
         .unwrap_or_default()
 }
 
@@ -85,15 +93,28 @@ pub fn run(command: ClientsCommand) -> Result<i32> {
             if clients.iter().any(|c| field(c, "id") == id) {
                 bail!("a client '{id}' is already registered");
             }
-            let token = format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
+            let token = format!(
+                "{}{}",
+                uuid::Uuid::new_v4().simple(),
+                uuid::Uuid::new_v4().simple()
+            );
             let mut entry = toml::Table::new();
             entry.insert("id".into(), toml::Value::String(id.clone()));
             if let Some(org) = organization {
                 entry.insert("organization".into(), toml::Value::String(org));
             }
-            entry.insert("token_sha256".into(), toml::Value::String(caregate_server::token_hash_hex(&token)));
-            entry.insert("scopes".into(), toml::Value::Array(scopes.into_iter().map(toml::Value::String).collect()));
-            entry.insert("purposes".into(), toml::Value::Array(purposes.into_iter().map(toml::Value::String).collect()));
+            entry.insert(
+                "token_sha256".into(),
+                toml::Value::String(caregate_server::token_hash_hex(&token)),
+            );
+            entry.insert(
+                "scopes".into(),
+                toml::Value::Array(scopes.into_iter().map(toml::Value::String).collect()),
+            );
+            entry.insert(
+                "purposes".into(),
+                toml::Value::Array(purposes.into_iter().map(toml::Value::String).collect()),
+            );
             clients.push(toml::Value::Table(entry));
             save(&config, &table)?;
             println!("registered '{id}'; its bearer token (shown only now):\n{token}");

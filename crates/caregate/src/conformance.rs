@@ -68,7 +68,11 @@ fn substitute_json(v: &Value, vars: &HashMap<String, String>) -> Value {
     match v {
         Value::String(s) => Value::String(substitute(s, vars)),
         Value::Array(a) => Value::Array(a.iter().map(|x| substitute_json(x, vars)).collect()),
-        Value::Object(m) => Value::Object(m.iter().map(|(k, x)| (k.clone(), substitute_json(x, vars))).collect()),
+        Value::Object(m) => Value::Object(
+            m.iter()
+                .map(|(k, x)| (k.clone(), substitute_json(x, vars)))
+                .collect(),
+        ),
         other => other.clone(),
     }
 }
@@ -90,8 +94,15 @@ async fn run_step(
 ) -> StepResult {
     let method = step.get("method").and_then(Value::as_str).unwrap_or("GET");
     let path = substitute(step.get("path").and_then(Value::as_str).unwrap_or(""), vars);
-    let url = if path.is_empty() { base.to_string() } else { format!("{base}/{path}") };
-    let description = format!("{method} {}", if path.is_empty() { "[base]" } else { &path });
+    let url = if path.is_empty() {
+        base.to_string()
+    } else {
+        format!("{base}/{path}")
+    };
+    let description = format!(
+        "{method} {}",
+        if path.is_empty() { "[base]" } else { &path }
+    );
     let fail = |message: String| StepResult {
         description: description.clone(),
         passed: false,
@@ -112,12 +123,18 @@ async fn run_step(
     if let Some(name) = step.get("client").and_then(Value::as_str) {
         match clients.get(name) {
             Some(token) => request = request.bearer_auth(token),
-            None => return fail(format!("no token for client '{name}' (pass --client {name}=TOKEN)")),
+            None => {
+                return fail(format!(
+                    "no token for client '{name}' (pass --client {name}=TOKEN)"
+                ))
+            }
         }
     }
     let request_text = format!(
         "{method} {url}\n{}",
-        step.get("body").map(|b| substitute_json(b, vars).to_string()).unwrap_or_default()
+        step.get("body")
+            .map(|b| substitute_json(b, vars).to_string())
+            .unwrap_or_default()
     );
     if let Some(headers) = step.get("headers").and_then(Value::as_object) {
         for (k, v) in headers {
@@ -132,7 +149,9 @@ async fn run_step(
             .header("Content-Type", "application/fhir+json")
             .body(serde_json::to_vec(&body).unwrap_or_default());
     } else if let Some(raw) = step.get("raw").and_then(Value::as_str) {
-        request = request.header("Content-Type", "application/fhir+json").body(substitute(raw, vars));
+        request = request
+            .header("Content-Type", "application/fhir+json")
+            .body(substitute(raw, vars));
     }
     let response = match request.send().await {
         Ok(r) => r,
@@ -152,7 +171,12 @@ async fn run_step(
     if !allowed.is_empty() && !allowed.contains(&u64::from(status)) {
         problems.push(format!("status {status}, expected {allowed:?}"));
     }
-    for h in expect.get("headers").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default() {
+    for h in expect
+        .get("headers")
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+    {
         if let Some(h) = h.as_str() {
             if !headers.contains_key(h) {
                 problems.push(format!("header {h} missing"));
@@ -160,7 +184,10 @@ async fn run_step(
         }
     }
     if let Some(ct) = expect.get("contentType").and_then(Value::as_str) {
-        let actual = headers.get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("");
+        let actual = headers
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
         if !actual.starts_with(ct) {
             problems.push(format!("Content-Type '{actual}', expected {ct}"));
         }
@@ -170,7 +197,12 @@ async fn run_step(
             problems.push(format!("body does not contain {needle}"));
         }
     }
-    for (pointer, expected) in expect.get("json").and_then(Value::as_object).into_iter().flatten() {
+    for (pointer, expected) in expect
+        .get("json")
+        .and_then(Value::as_object)
+        .into_iter()
+        .flatten()
+    {
         let expected = substitute_json(expected, vars);
         match json.pointer(pointer) {
             Some(actual) if same(actual, &expected) => {}
@@ -178,14 +210,24 @@ async fn run_step(
             None => problems.push(format!("{pointer} is missing, expected {expected}")),
         }
     }
-    for p in expect.get("present").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default() {
+    for p in expect
+        .get("present")
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+    {
         if let Some(p) = p.as_str() {
             if json.pointer(p).is_none() {
                 problems.push(format!("{p} is missing"));
             }
         }
     }
-    for expr in expect.get("fhirpath").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default() {
+    for expr in expect
+        .get("fhirpath")
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+    {
         let Some(expr) = expr.as_str() else { continue };
         let expr = substitute(expr, vars);
         match caregate_fhirpath::Expression::compile(&expr) {
@@ -197,7 +239,12 @@ async fn run_step(
             Err(e) => problems.push(format!("FHIRPath '{expr}' does not compile: {e}")),
         }
     }
-    for (name, pointer) in step.get("capture").and_then(Value::as_object).into_iter().flatten() {
+    for (name, pointer) in step
+        .get("capture")
+        .and_then(Value::as_object)
+        .into_iter()
+        .flatten()
+    {
         match pointer.as_str().and_then(|p| json.pointer(p)) {
             Some(Value::String(s)) => {
                 vars.insert(name.clone(), s.clone());
@@ -238,7 +285,8 @@ fn load_cases(dir: &Path) -> Result<Vec<Value>> {
     let mut cases = Vec::new();
     for f in files {
         let text = std::fs::read_to_string(&f)?;
-        let v: Value = serde_json::from_str(&text).with_context(|| format!("parsing {}", f.display()))?;
+        let v: Value =
+            serde_json::from_str(&text).with_context(|| format!("parsing {}", f.display()))?;
         cases.push(v);
     }
     if cases.is_empty() {
@@ -249,7 +297,9 @@ fn load_cases(dir: &Path) -> Result<Vec<Value>> {
 
 pub fn run(args: RunArgs) -> Result<i32> {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(run_async(args))
 }
 
@@ -265,15 +315,28 @@ async fn run_async(args: RunArgs) -> Result<i32> {
         .timeout(Duration::from_secs(60))
         .build()?;
     let clients: HashMap<String, String> = args.clients.iter().cloned().collect();
-    let run_id: String = uuid::Uuid::new_v4().simple().to_string().chars().take(12).collect();
+    let run_id: String = uuid::Uuid::new_v4()
+        .simple()
+        .to_string()
+        .chars()
+        .take(12)
+        .collect();
     let started = chrono::Utc::now();
     let mut results = Vec::new();
     for case in &cases {
         let t = Instant::now();
-        eprint!("  running {} ...\r", case.get("id").and_then(Value::as_str).unwrap_or("case"));
+        eprint!(
+            "  running {} ...\r",
+            case.get("id").and_then(Value::as_str).unwrap_or("case")
+        );
         let mut vars = HashMap::from([("run".to_string(), run_id.clone())]);
         let mut steps = Vec::new();
-        for step in case.get("steps").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default() {
+        for step in case
+            .get("steps")
+            .and_then(Value::as_array)
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+        {
             let r = run_step(&http, &base, step, &mut vars, &clients).await;
             let stop = !r.passed;
             steps.push(r);
@@ -282,13 +345,30 @@ async fn run_async(args: RunArgs) -> Result<i32> {
             }
         }
         let result = CaseResult {
-            id: case.get("id").and_then(Value::as_str).unwrap_or("case").to_string(),
-            name: case.get("name").and_then(Value::as_str).unwrap_or("").to_string(),
-            spec: case.get("spec").and_then(Value::as_str).unwrap_or("").to_string(),
+            id: case
+                .get("id")
+                .and_then(Value::as_str)
+                .unwrap_or("case")
+                .to_string(),
+            name: case
+                .get("name")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string(),
+            spec: case
+                .get("spec")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string(),
             steps,
             elapsed: t.elapsed(),
         };
-        println!("{} {} — {}", if result.passed() { "PASS" } else { "FAIL" }, result.id, result.name);
+        println!(
+            "{} {} — {}",
+            if result.passed() { "PASS" } else { "FAIL" },
+            result.id,
+            result.name
+        );
         for s in result.steps.iter().filter(|s| !s.passed) {
             println!("     {}: {}", s.description, s.message);
         }
@@ -296,7 +376,10 @@ async fn run_async(args: RunArgs) -> Result<i32> {
     }
     std::fs::create_dir_all(&args.out)?;
     let report = test_report(&base, &results, &started.to_rfc3339());
-    std::fs::write(args.out.join("TestReport.json"), serde_json::to_vec_pretty(&report)?)?;
+    std::fs::write(
+        args.out.join("TestReport.json"),
+        serde_json::to_vec_pretty(&report)?,
+    )?;
     std::fs::write(args.out.join("report.html"), html(&base, &results))?;
     std::fs::write(args.out.join("junit.xml"), junit(&results))?;
     let failed = results.iter().filter(|r| !r.passed()).count();
@@ -332,7 +415,10 @@ fn test_report(base: &str, results: &[CaseResult], issued: &str) -> Value {
 }
 
 fn escape(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
 }
 
 fn html(base: &str, results: &[CaseResult]) -> String {
@@ -343,7 +429,12 @@ fn html(base: &str, results: &[CaseResult]) -> String {
             .steps
             .iter()
             .map(|s| {
-                let mut line = format!("{} {} — {}", if s.passed { "✔" } else { "✘" }, escape(&s.description), escape(&s.message));
+                let mut line = format!(
+                    "{} {} — {}",
+                    if s.passed { "✔" } else { "✘" },
+                    escape(&s.description),
+                    escape(&s.message)
+                );
                 if let Some(x) = &s.exchange {
                     line.push_str(&format!("<pre>{}</pre>", escape(x)));
                 }

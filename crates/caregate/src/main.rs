@@ -163,7 +163,13 @@ fn run(cli: Cli) -> Result<i32> {
             command: ConformanceCommand::Run(args),
         } => conformance::run(args),
         Command::Conformance {
-            command: ConformanceCommand::Report { data, format, source, since },
+            command:
+                ConformanceCommand::Report {
+                    data,
+                    format,
+                    source,
+                    since,
+                },
         } => conformance_report(&data, &format, source.as_deref(), since.as_deref()),
         Command::Audit {
             command: AuditCommand::Verify { data },
@@ -244,7 +250,12 @@ fn serve(
     Ok(0)
 }
 
-fn conformance_report(data: &std::path::Path, format: &str, source: Option<&str>, since: Option<&str>) -> Result<i32> {
+fn conformance_report(
+    data: &std::path::Path,
+    format: &str,
+    source: Option<&str>,
+    since: Option<&str>,
+) -> Result<i32> {
     use caregate_store::Store;
     let db = data.join("caregate.sqlite");
     if !db.exists() {
@@ -254,8 +265,16 @@ fn conformance_report(data: &std::path::Path, format: &str, source: Option<&str>
     let report = store.conformance_report(source, since)?;
     store.close();
     match format {
-        "html" => print!("{}", caregate_pipeline::conformance_html(&report, source, since)),
-        "json" => println!("{}", serde_json::to_string_pretty(&caregate_pipeline::conformance_json(&report, source, since))?),
+        "html" => print!(
+            "{}",
+            caregate_pipeline::conformance_html(&report, source, since)
+        ),
+        "json" => println!(
+            "{}",
+            serde_json::to_string_pretty(&caregate_pipeline::conformance_json(
+                &report, source, since
+            ))?
+        ),
         other => bail!("--format must be json or html, not {other}"),
     }
     Ok(0)

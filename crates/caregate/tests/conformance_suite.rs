@@ -16,13 +16,21 @@ fn free_port() -> u16 {
 fn chromium_dom(file: &std::path::Path) -> Option<String> {
     let binary = ["chromium", "/usr/bin/chromium", "chromium-browser"]
         .into_iter()
-        .find(|b| Command::new(b).arg("--version").output().is_ok_and(|o| o.status.success()));
+        .find(|b| {
+            Command::new(b)
+                .arg("--version")
+                .output()
+                .is_ok_and(|o| o.status.success())
+        });
     let Some(binary) = binary else {
         assert!(
             std::env::var_os("CAREGATE_REQUIRE_CHROMIUM").is_none(),
             "chromium is required (CAREGATE_REQUIRE_CHROMIUM is set) but not installed"
         );
-        eprintln!("note: chromium not installed; the browser check of {} is skipped", file.display());
+        eprintln!(
+            "note: chromium not installed; the browser check of {} is skipped",
+            file.display()
+        );
         return None;
     };
     let profile = tempfile::tempdir().expect("profile dir");
@@ -109,14 +117,22 @@ fn caregate_passes_its_own_conformance_suite() {
         .arg(dir.path().join("data"))
         .output()
         .expect("conformance report");
-    assert_eq!(page.status.code(), Some(0), "{}", String::from_utf8_lossy(&page.stderr));
+    assert_eq!(
+        page.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&page.stderr)
+    );
     let html_file = dir.path().join("conformance.html");
     std::fs::write(&html_file, &page.stdout).expect("write page");
     let text = String::from_utf8_lossy(&page.stdout).into_owned();
     assert!(text.contains("<td>local</td><td>Patient</td>"), "{text}");
     if let Some(dom) = chromium_dom(&html_file) {
         assert!(dom.contains("Conformance by source system"), "{dom}");
-        assert!(dom.contains("Patient.birthDate"), "the rejected birthDate shows among the top issues: {dom}");
+        assert!(
+            dom.contains("Patient.birthDate"),
+            "the rejected birthDate shows among the top issues: {dom}"
+        );
     }
 }
 

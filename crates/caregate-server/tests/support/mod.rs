@@ -72,14 +72,26 @@ impl TestServer {
     }
 
     pub async fn delete(&self, path: &str) -> reqwest::Response {
-        self.http.delete(self.url(path)).send().await.expect("request")
+        self.http
+            .delete(self.url(path))
+            .send()
+            .await
+            .expect("request")
     }
 
     /// Creates a resource and returns its id.
     pub async fn create(&self, resource: Value) -> String {
-        let ty = resource["resourceType"].as_str().expect("resourceType").to_string();
+        let ty = resource["resourceType"]
+            .as_str()
+            .expect("resourceType")
+            .to_string();
         let r = self.post(&ty, &resource).await;
-        assert_eq!(r.status(), 201, "create {ty}: {}", r.text().await.unwrap_or_default());
+        assert_eq!(
+            r.status(),
+            201,
+            "create {ty}: {}",
+            r.text().await.unwrap_or_default()
+        );
         let v: Value = r.json().await.expect("json");
         v["id"].as_str().expect("id").to_string()
     }
@@ -101,10 +113,15 @@ pub fn client(id: &str, token: &str, scopes: &[&str]) -> ClientConfig {
 }
 
 pub fn shared(path: &str) -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared").join(path)
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../../shared")
+        .join(path)
 }
 
 /// The first OperationOutcome issue's expression, for asserting error locations.
 pub fn first_expression(oo: &Value) -> String {
-    oo["issue"][0]["expression"][0].as_str().unwrap_or_default().to_string()
+    oo["issue"][0]["expression"][0]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
 }
