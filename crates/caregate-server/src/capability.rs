@@ -5,6 +5,19 @@ use caregate_core::RESOURCE_TYPES;
 use caregate_search::SearchRegistry;
 use serde_json::{json, Value};
 
+/// The operations caregate implements on each resource type.
+fn operations_for(resource_type: &str) -> Vec<Value> {
+    let mut ops = vec![json!({"name": "validate", "definition": "http://hl7.org/fhir/OperationDefinition/Resource-validate"})];
+    if resource_type == "Patient" {
+        ops.push(json!({"name": "match", "definition": "http://hl7.org/fhir/OperationDefinition/Patient-match"}));
+        ops.push(json!({"name": "care-plan", "definition": "https://caregate.example.org/fhir/OperationDefinition/Patient-care-plan",
+                        "documentation": "The person's shared care plan, merged across linked Patients and filtered by consent"}));
+        ops.push(json!({"name": "disclosures", "definition": "https://caregate.example.org/fhir/OperationDefinition/Patient-disclosures",
+                        "documentation": "Accounting of disclosures, for auditors"}));
+    }
+    ops
+}
+
 pub fn capability_statement(
     search: &SearchRegistry,
     base: Option<&str>,
@@ -51,6 +64,7 @@ pub fn capability_statement(
                 "searchInclude": includes,
                 "searchRevInclude": includes,
                 "searchParam": params,
+                "operation": operations_for(t),
             })
         })
         .collect();
