@@ -116,25 +116,26 @@ impl Pipeline {
                 "POST to the base URL takes a Bundle of type batch or transaction",
             ));
         }
-        let kind =
-            match bundle.get("type").and_then(Value::as_str) {
-                Some("transaction") => BundleKind::Transaction,
-                Some("batch") => BundleKind::Batch,
-                Some(other) => return Err(FhirError::at(
+        let kind = match bundle.get("type").and_then(Value::as_str) {
+            Some("transaction") => BundleKind::Transaction,
+            Some("batch") => BundleKind::Batch,
+            Some(other) => {
+                return Err(FhirError::at(
                     ErrorKind::BadRequest,
                     "Bundle.type",
                     format!(
                         "Bundle type '{other}' cannot be processed; use 'batch' or 'transaction'"
                     ),
-                )),
-                None => {
-                    return Err(FhirError::at(
-                        ErrorKind::BadRequest,
-                        "Bundle.type",
-                        "Bundle.type is missing",
-                    ))
-                }
-            };
+                ))
+            }
+            None => {
+                return Err(FhirError::at(
+                    ErrorKind::BadRequest,
+                    "Bundle.type",
+                    "Bundle.type is missing",
+                ))
+            }
+        };
         let Value::Object(mut bundle) = bundle else {
             return Err(FhirError::bad_request("Bundle must be a JSON object"));
         };
@@ -506,13 +507,15 @@ impl Pipeline {
                         format!("The conditional reference '{reference}' matches no resource"),
                     ))
                 }
-                _ => return Err(FhirError::new(
-                    ErrorKind::PreconditionFailed,
-                    format!(
+                _ => {
+                    return Err(FhirError::new(
+                        ErrorKind::PreconditionFailed,
+                        format!(
                         "The conditional reference '{reference}' matches more than one resource"
                     ),
-                )
-                .with_code(IssueCode::MultipleMatches)),
+                    )
+                    .with_code(IssueCode::MultipleMatches))
+                }
             }
         }
         let mut admitted: Vec<Option<Value>> = (0..count).map(|_| None).collect();

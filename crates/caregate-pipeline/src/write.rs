@@ -438,14 +438,16 @@ impl Pipeline {
             [one] => {
                 let mut resource = resource;
                 match resource.get("id").and_then(Value::as_str) {
-                    Some(body_id) if body_id != one.id => return Err(FhirError::at(
-                        ErrorKind::BadRequest,
-                        format!("{resource_type}.id"),
-                        format!(
+                    Some(body_id) if body_id != one.id => {
+                        return Err(FhirError::at(
+                            ErrorKind::BadRequest,
+                            format!("{resource_type}.id"),
+                            format!(
                             "The resource id '{body_id}' differs from the matching resource '{}'",
                             one.id
                         ),
-                    )),
+                        ))
+                    }
                     Some(_) => {}
                     None => {
                         if let Some(obj) = resource.as_object_mut() {

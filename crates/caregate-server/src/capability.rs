@@ -7,7 +7,9 @@ use serde_json::{json, Value};
 
 /// The operations caregate implements on each resource type.
 fn operations_for(resource_type: &str) -> Vec<Value> {
-    let mut ops = vec![json!({"name": "validate", "definition": "http://hl7.org/fhir/OperationDefinition/Resource-validate"})];
+    let mut ops = vec![
+        json!({"name": "validate", "definition": "http://hl7.org/fhir/OperationDefinition/Resource-validate"}),
+    ];
     if resource_type == "Patient" {
         ops.push(json!({"name": "match", "definition": "http://hl7.org/fhir/OperationDefinition/Patient-match"}));
         ops.push(json!({"name": "care-plan", "definition": "https://caregate.example.org/fhir/OperationDefinition/Patient-care-plan",

@@ -56,14 +56,13 @@ async fn mutual_tls_accepts_known_clients_only() {
         "a client without a certificate is refused"
     );
     let plain = reqwest::Client::new();
+    let over_plain_http = plain
+        .get(format!("http://localhost:{port}/metadata"))
+        .send()
+        .await;
     assert!(
-        plain
-            .get(format!("http://localhost:{port}/metadata"))
-            .send()
-            .await
-            .map(|r| r.status().is_success())
-            .unwrap_or(false)
-            == false
+        !over_plain_http.is_ok_and(|r| r.status().is_success()),
+        "plain HTTP is not served on the TLS port"
     );
     handle.stop(true).await;
 }
