@@ -10,6 +10,7 @@
 //! back-off; after the last attempt the Subscription's `status` becomes `error`, and the
 //! next successful delivery sets it back to `active`.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
@@ -35,6 +36,9 @@ struct Event {
 pub struct SubscriptionNotifier {
     queue: crossbeam_channel::Sender<Event>,
     pipeline: Arc<OnceLock<Weak<Pipeline>>>,
+    /// Set when a Subscription changes, so the delivery thread reloads its list instead of
+    /// searching for Subscriptions on every commit.
+    subscriptions_changed: Arc<AtomicBool>,
 }
 
 impl SubscriptionNotifier {
@@ -43,14 +47,19 @@ impl SubscriptionNotifier {
     pub fn start() -> SubscriptionNotifier {
         let (queue, events) = crossbeam_channel::unbounded::<Event>();
         let pipeline: Arc<OnceLock<Weak<Pipeline>>> = Arc::new(OnceLock::new());
-        let shared = pipeline.clone();
+        let subscriptions_changed = Arc::new(AtomicBool::new(true));
+        let (shared, changed) = (pipeline.clone(), subscriptions_changed.clone());
         let spawned = std::thread::Builder::new()
             .name("caregate-notify".into())
-            .spawn(move || deliver_loop(events, shared));
+            .spawn(move || deliver_loop(events, shared, changed));
         if let Err(e) = spawned {
             tracing::error!(target: "caregate::notify", error = %e, "cannot start the notification thread");
         }
-        SubscriptionNotifier { queue, pipeline }
+        SubscriptionNotifier {
+            queue,
+            pipeline,
+            subscriptions_changed,
+        }
     }
 
     pub fn attach(&self, pipeline: &Arc<Pipeline>) {
@@ -61,7 +70,11 @@ impl SubscriptionNotifier {
 impl Notifier for SubscriptionNotifier {
     fn notify(&self, committed: &Committed<'_>) {
         // Subscriptions themselves and audit records never trigger notifications.
-        if matches!(committed.resource_type, "Subscription" | "AuditEvent") {
+        if committed.resource_type == "Subscription" {
+            self.subscriptions_changed.store(true, Ordering::Release);
+            return;
+        }
+        if committed.resource_type == "AuditEvent" {
             return;
         }
         if let Some(resource) = committed.resource {
@@ -77,6 +90,7 @@ impl Notifier for SubscriptionNotifier {
 fn deliver_loop(
     events: crossbeam_channel::Receiver<Event>,
     pipeline: Arc<OnceLock<Weak<Pipeline>>>,
+    subscriptions_changed: Arc<AtomicBool>,
 ) {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -99,45 +113,51 @@ fn deliver_loop(
             return;
         }
     };
+    let mut subscriptions: Vec<(String, Value)> = Vec::new();
     while let Ok(event) = events.recv() {
         let Some(pipeline) = pipeline.get().and_then(Weak::upgrade) else {
             continue;
         };
-        for subscription in matching_subscriptions(&pipeline, &event) {
+        if subscriptions_changed.swap(false, Ordering::AcqRel) {
+            subscriptions = load_subscriptions(&pipeline);
+        }
+        if subscriptions.is_empty() {
+            continue;
+        }
+        for subscription in matching_subscriptions(&pipeline, &subscriptions, &event) {
             runtime.block_on(deliver(&pipeline, &http, &subscription, &event));
         }
     }
 }
 
-/// Active (or failing) rest-hook Subscriptions whose criteria select this version and whose
-/// subscriber may see it.
-fn matching_subscriptions(pipeline: &Pipeline, event: &Event) -> Vec<Value> {
-    let store = pipeline.store();
+/// Active (or failing) rest-hook Subscriptions, with their ids.
+fn load_subscriptions(pipeline: &Pipeline) -> Vec<(String, Value)> {
     let registry = pipeline.search_registry();
     let Ok(mut parsed) = registry.parse(
         Some("Subscription"),
-        &[
-            ("status".to_string(), "active,error".to_string()),
-            ("type".to_string(), "rest-hook".to_string()),
-        ],
+        &[("status".to_string(), "active,error".to_string()), ("type".to_string(), "rest-hook".to_string())],
         true,
     ) else {
         return Vec::new();
     };
     parsed.query.count = 1000;
     parsed.query.total = false;
-    let Ok(page) = store.search(&parsed.query) else {
-        return Vec::new();
-    };
+    let Ok(page) = pipeline.store().search(&parsed.query) else { return Vec::new() };
+    page.matches
+        .into_iter()
+        .filter_map(|r| {
+            let v = r.content.as_deref().and_then(|c| serde_json::from_slice::<Value>(c).ok())?;
+            Some((r.id, v))
+        })
+        .collect()
+}
+
+/// The Subscriptions whose criteria select this version and whose subscriber may see it.
+fn matching_subscriptions(pipeline: &Pipeline, subscriptions: &[(String, Value)], event: &Event) -> Vec<Value> {
+    let store = pipeline.store();
+    let registry = pipeline.search_registry();
     let mut out = Vec::new();
-    for record in page.matches {
-        let Some(subscription) = record
-            .content
-            .as_deref()
-            .and_then(|c| serde_json::from_slice::<Value>(c).ok())
-        else {
-            continue;
-        };
+    for (subscription_id, subscription) in subscriptions {
         let criteria = subscription
             .get("criteria")
             .and_then(Value::as_str)
@@ -161,8 +181,8 @@ fn matching_subscriptions(pipeline: &Pipeline, event: &Event) -> Vec<Value> {
             .search(&q.query)
             .map(|p| !p.matches.is_empty())
             .unwrap_or(false);
-        if selected && subscriber_may_see(pipeline, store.as_ref(), &record.id, &event.resource) {
-            out.push(subscription);
+        if selected && subscriber_may_see(pipeline, store.as_ref(), subscription_id, &event.resource) {
+            out.push(subscription.clone());
         }
     }
     out
