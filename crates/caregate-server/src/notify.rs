@@ -135,25 +135,37 @@ fn load_subscriptions(pipeline: &Pipeline) -> Vec<(String, Value)> {
     let registry = pipeline.search_registry();
     let Ok(mut parsed) = registry.parse(
         Some("Subscription"),
-        &[("status".to_string(), "active,error".to_string()), ("type".to_string(), "rest-hook".to_string())],
+        &[
+            ("status".to_string(), "active,error".to_string()),
+            ("type".to_string(), "rest-hook".to_string()),
+        ],
         true,
     ) else {
         return Vec::new();
     };
     parsed.query.count = 1000;
     parsed.query.total = false;
-    let Ok(page) = pipeline.store().search(&parsed.query) else { return Vec::new() };
+    let Ok(page) = pipeline.store().search(&parsed.query) else {
+        return Vec::new();
+    };
     page.matches
         .into_iter()
         .filter_map(|r| {
-            let v = r.content.as_deref().and_then(|c| serde_json::from_slice::<Value>(c).ok())?;
+            let v = r
+                .content
+                .as_deref()
+                .and_then(|c| serde_json::from_slice::<Value>(c).ok())?;
             Some((r.id, v))
         })
         .collect()
 }
 
 /// The Subscriptions whose criteria select this version and whose subscriber may see it.
-fn matching_subscriptions(pipeline: &Pipeline, subscriptions: &[(String, Value)], event: &Event) -> Vec<Value> {
+fn matching_subscriptions(
+    pipeline: &Pipeline,
+    subscriptions: &[(String, Value)],
+    event: &Event,
+) -> Vec<Value> {
     let store = pipeline.store();
     let registry = pipeline.search_registry();
     let mut out = Vec::new();
@@ -181,7 +193,9 @@ fn matching_subscriptions(pipeline: &Pipeline, subscriptions: &[(String, Value)]
             .search(&q.query)
             .map(|p| !p.matches.is_empty())
             .unwrap_or(false);
-        if selected && subscriber_may_see(pipeline, store.as_ref(), subscription_id, &event.resource) {
+        if selected
+            && subscriber_may_see(pipeline, store.as_ref(), subscription_id, &event.resource)
+        {
             out.push(subscription.clone());
         }
     }
