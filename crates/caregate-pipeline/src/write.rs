@@ -57,19 +57,7 @@ impl Pipeline {
     ) -> FhirResult<Vec<caregate_core::Issue>> {
         check_resource_type(resource_type)?;
         caller.require(resource_type, crate::Permission::Read)?;
-        match resource.get("resourceType").and_then(Value::as_str) {
-            Some(t) if t == resource_type => {}
-            Some(t) => {
-                return Err(FhirError::at(
-                    ErrorKind::BadRequest,
-                    format!("{t}.resourceType"),
-                    format!(
-                        "Resource type '{t}' does not match the request's type '{resource_type}'"
-                    ),
-                ))
-            }
-            None => return Err(FhirError::bad_request("The resource has no 'resourceType'")),
-        }
+        check_body_type(resource, resource_type)?;
         Ok(self.stages.validator.validate_against(resource, profiles))
     }
 
@@ -82,24 +70,12 @@ impl Pipeline {
         mut resource: Value,
     ) -> FhirResult<Admitted> {
         check_resource_type(resource_type)?;
-        let Some(obj) = resource.as_object() else {
+        if !resource.is_object() {
             return Err(FhirError::bad_request(
                 "The request body must be a JSON object holding a FHIR resource",
             ));
-        };
-        match obj.get("resourceType").and_then(Value::as_str) {
-            Some(t) if t == resource_type => {}
-            Some(t) => {
-                return Err(FhirError::at(
-                    ErrorKind::BadRequest,
-                    format!("{t}.resourceType"),
-                    format!(
-                        "Resource type '{t}' does not match the request's type '{resource_type}'"
-                    ),
-                ))
-            }
-            None => return Err(FhirError::bad_request("The resource has no 'resourceType'")),
         }
+        check_body_type(&resource, resource_type)?;
         let verdict = self
             .stages
             .validator
@@ -663,6 +639,19 @@ impl Pipeline {
             .search(&parsed.query)
             .map_err(store_error)?
             .matches)
+    }
+}
+
+/// The body's `resourceType` must be the type the request names.
+fn check_body_type(resource: &Value, resource_type: &str) -> FhirResult<()> {
+    match resource.get("resourceType").and_then(Value::as_str) {
+        Some(t) if t == resource_type => Ok(()),
+        Some(t) => Err(FhirError::at(
+            ErrorKind::BadRequest,
+            format!("{t}.resourceType"),
+            format!("Resource type '{t}' does not match the request's type '{resource_type}'"),
+        )),
+        None => Err(FhirError::bad_request("The resource has no 'resourceType'")),
     }
 }
 

@@ -73,6 +73,17 @@ fn prefer(headers: &HeaderMap) -> (ReturnPreference, bool) {
     (ret, strict)
 }
 
+/// The base URL for links and Location headers: configured, or this request's own.
+pub(crate) fn base_url(req: &HttpRequest, state: &AppState) -> String {
+    match &state.base_url {
+        Some(b) => b.clone(),
+        None => {
+            let info = req.connection_info();
+            format!("{}://{}", info.scheme(), info.host())
+        }
+    }
+}
+
 /// Authenticates the request's caller (auditing refused credentials).
 pub(crate) fn caller_of(req: &HttpRequest, state: &AppState) -> Result<Caller, FhirError> {
     let purpose = req
@@ -110,13 +121,7 @@ impl Ctx {
         let rendering =
             negotiate(req.headers(), &query).map_err(|e| error_response(&e, JSON_DEFAULT))?;
         let caller = caller_of(req, state).map_err(|e| error_response(&e, rendering))?;
-        let base = match &state.base_url {
-            Some(b) => b.clone(),
-            None => {
-                let info = req.connection_info();
-                format!("{}://{}", info.scheme(), info.host())
-            }
-        };
+        let base = base_url(req, state);
         let (prefer_return, strict) = prefer(req.headers());
         Ok(Ctx {
             caller,
@@ -134,7 +139,7 @@ impl Ctx {
 }
 
 /// Runs pipeline work on the blocking pool.
-async fn blocking<T: Send + 'static>(
+pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, FhirError> + Send + 'static,
 ) -> Result<T, FhirError> {
     web::block(f)
@@ -143,7 +148,7 @@ async fn blocking<T: Send + 'static>(
 }
 
 /// Reads the body with the configured limit, answering 413 with an OperationOutcome.
-async fn read_body(
+pub(crate) async fn read_body(
     req: &HttpRequest,
     mut payload: web::Payload,
     limit: usize,
