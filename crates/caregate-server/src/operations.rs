@@ -25,7 +25,7 @@ struct Op {
 }
 
 impl Op {
-    fn new(req: &HttpRequest, state: &AppState) -> Result<Op, HttpResponse> {
+    fn new(req: &HttpRequest, state: &AppState) -> Result<Op, Box<HttpResponse>> {
         let query: Vec<(String, String)> = form_urlencoded::parse(req.query_string().as_bytes())
             .into_owned()
             .collect();
@@ -39,9 +39,9 @@ impl Op {
         let rendering = if html {
             JSON
         } else {
-            negotiate(req.headers(), &query).map_err(|e| error_response(&e, JSON))?
+            negotiate(req.headers(), &query).map_err(|e| Box::new(error_response(&e, JSON)))?
         };
-        let caller = caller_of(req, state).map_err(|e| error_response(&e, rendering))?;
+        let caller = caller_of(req, state).map_err(|e| Box::new(error_response(&e, rendering)))?;
         Ok(Op {
             query,
             rendering,
@@ -68,7 +68,7 @@ macro_rules! op_or_return {
     ($req:expr, $state:expr) => {
         match Op::new(&$req, &$state) {
             Ok(op) => op,
-            Err(resp) => return resp,
+            Err(resp) => return *resp,
         }
     };
 }
