@@ -73,11 +73,7 @@ impl ConsentScope<'_> {
     /// per-patient lookups can be skipped.
     pub(crate) fn no_consents_anywhere(&mut self) -> FhirResult<bool> {
         if self.consent_count.is_none() {
-            let mut q = caregate_store::SearchQuery::new(Some("Consent"));
-            q.count = 0;
-            q.total = true;
-            let page = self.pipeline.store.search(&q).map_err(store_error)?;
-            self.consent_count = Some(page.total.unwrap_or(0));
+            self.consent_count = Some(if self.pipeline.any_consents()? { 1 } else { 0 });
         }
         Ok(self.consent_count == Some(0))
     }
@@ -179,5 +175,40 @@ impl Pipeline {
     pub fn may_see(&self, caller: &Caller, resource: &Value) -> FhirResult<bool> {
         let mut scope = self.consent_scope(caller)?;
         scope.readable(resource)
+    }
+}
+
+impl Pipeline {
+    /// Whether the store holds any Consent (counted once, then kept up to date by writes).
+    pub(crate) fn any_consents(&self) -> FhirResult<bool> {
+        use std::sync::atomic::Ordering;
+        match self.consents_exist.load(Ordering::Acquire) {
+            1 => return Ok(false),
+            2 => return Ok(true),
+            _ => {}
+        }
+        let mut q = caregate_store::SearchQuery::new(Some("Consent"));
+        q.count = 0;
+        q.total = true;
+        let count = self
+            .store
+            .search(&q)
+            .map_err(store_error)?
+            .total
+            .unwrap_or(0);
+        // A Consent written meanwhile has already set "some"; never overwrite that.
+        let _ = self.consents_exist.compare_exchange(
+            0,
+            if count > 0 { 2 } else { 1 },
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        );
+        Ok(self.consents_exist.load(Ordering::Acquire) == 2)
+    }
+
+    /// Called for every committed Consent.
+    pub(crate) fn consent_written(&self) {
+        self.consents_exist
+            .store(2, std::sync::atomic::Ordering::Release);
     }
 }

@@ -184,6 +184,11 @@ pub struct Pipeline {
     search: Arc<SearchRegistry>,
     stages: Stages,
     options: PipelineOptions,
+    /// Whether any Consent has been stored: 0 not yet known, 1 none, 2 some. Consent
+    /// decisions without any Consent depend only on policy and labels, so reads skip the
+    /// per-patient lookups. Only ever moves to "some" within a process; with several
+    /// gateway nodes sharing a database this must become a store-side signal.
+    consents_exist: std::sync::atomic::AtomicU8,
 }
 
 impl Pipeline {
@@ -198,6 +203,7 @@ impl Pipeline {
             search,
             stages,
             options,
+            consents_exist: std::sync::atomic::AtomicU8::new(0),
         }
     }
 

@@ -202,6 +202,9 @@ impl Pipeline {
             })
             .collect();
         for c in &committed {
+            if c.resource_type == "Consent" {
+                self.consent_written();
+            }
             self.stages.linker.link(c);
         }
         self.stages.shared_view.refresh(&committed);
