@@ -212,3 +212,117 @@ impl Pipeline {
             .store(2, std::sync::atomic::Ordering::Release);
     }
 }
+
+impl Pipeline {
+    /// `POST /Consent/$evaluate`: the decision the engine would make, and why — for
+    /// integrators and auditors. Parameters in: `patient` (Reference), `actor`
+    /// (Reference, repeatable: Organization, Practitioner or CareTeam), `action` (code),
+    /// `purpose` (code), and `resource` (a resource) or `type` (code) with `label`s
+    /// (Coding, repeatable). Out: `decision`, `source`, `basis`, `consent`, `provision`.
+    pub fn evaluate_consent(&self, caller: &Caller, parameters: &Value) -> FhirResult<Value> {
+        use caregate_core::{ErrorKind, FhirError};
+        use serde_json::json;
+        caller.require("Consent", crate::Permission::Read)?;
+        let params = parameters
+            .get("parameter")
+            .and_then(Value::as_array)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        fn named<'a>(params: &'a [Value], name: &'a str) -> impl Iterator<Item = &'a Value> + 'a {
+            params
+                .iter()
+                .filter(move |p| p.get("name").and_then(Value::as_str) == Some(name))
+        }
+        let bad = |what: &str| {
+            FhirError::at(
+                ErrorKind::BadRequest,
+                "Parameters.parameter",
+                what.to_string(),
+            )
+        };
+        let patient = named(params, "patient")
+            .find_map(|p| {
+                p.pointer("/valueReference/reference")
+                    .and_then(Value::as_str)
+            })
+            .ok_or_else(|| bad("$evaluate needs a 'patient' reference"))?
+            .to_string();
+        let action = match named(params, "action")
+            .find_map(|p| p.get("valueCode").and_then(Value::as_str))
+            .unwrap_or("access")
+        {
+            "collect" => ConsentAction::Collect,
+            "access" => ConsentAction::Access,
+            "use" => ConsentAction::Use,
+            "disclose" => ConsentAction::Disclose,
+            "correct" => ConsentAction::Correct,
+            other => return Err(bad(&format!("'{other}' is not a consentaction code"))),
+        };
+        let mut actor = Actor {
+            purpose_of_use: named(params, "purpose")
+                .find_map(|p| p.get("valueCode").and_then(Value::as_str))
+                .map(str::to_string),
+            ..Actor::default()
+        };
+        for reference in named(params, "actor").filter_map(|p| {
+            p.pointer("/valueReference/reference")
+                .and_then(Value::as_str)
+        }) {
+            match reference.split('/').next() {
+                Some("Organization") => actor.organization = Some(reference.to_string()),
+                Some("CareTeam") => actor.care_teams.push(reference.to_string()),
+                _ => actor.practitioner = Some(reference.to_string()),
+            }
+        }
+        let resource = match named(params, "resource").find_map(|p| p.get("resource")) {
+            Some(r) => {
+                let mut r = r.clone();
+                // The decision is about this patient's data, whatever the sample says.
+                if r.get("resourceType").and_then(Value::as_str) != Some("Patient") {
+                    r["subject"] = json!({"reference": patient});
+                }
+                r
+            }
+            None => {
+                let rtype = named(params, "type")
+                    .find_map(|p| p.get("valueCode").and_then(Value::as_str))
+                    .ok_or_else(|| bad("$evaluate needs a 'resource' or a 'type'"))?;
+                let labels: Vec<Value> = named(params, "label")
+                    .filter_map(|p| p.get("valueCoding").cloned())
+                    .collect();
+                let mut r = json!({"resourceType": rtype, "subject": {"reference": patient}});
+                if !labels.is_empty() {
+                    r["meta"] = json!({"security": labels});
+                }
+                r
+            }
+        };
+        let probe = Caller {
+            actor,
+            ..Caller::default()
+        };
+        let mut scope = self.consent_scope(&probe)?;
+        // The caller asked about someone else's access: no alerts for a hypothetical.
+        let decision = scope.decide(action, &resource)?;
+        let (source, consent, provision) = match &decision.source {
+            DecisionSource::Consent { consent, provision } => {
+                ("consent", Some(consent.clone()), Some(provision.clone()))
+            }
+            DecisionSource::NoApplicableConsent => ("no-consent", None, None),
+            DecisionSource::BreakTheGlass => ("break-the-glass", None, None),
+            DecisionSource::NotEnforced => ("not-enforced", None, None),
+        };
+        let mut out = vec![
+            json!({"name": "decision", "valueCode": if decision.is_permit() { "permit" } else { "deny" }}),
+            json!({"name": "source", "valueCode": source}),
+            json!({"name": "basis", "valueString": decision.basis}),
+        ];
+        if let Some(c) = consent {
+            out.push(json!({"name": "consent", "valueReference": {"reference": c}}));
+        }
+        if let Some(p) = provision {
+            out.push(json!({"name": "provision", "valueString": p}));
+        }
+        Ok(json!({"resourceType": "Parameters", "parameter": out}))
+    }
+}

@@ -99,9 +99,14 @@ impl Scopes {
     }
 
     pub fn allows(&self, resource_type: &str, permission: Permission) -> bool {
-        // The audit trail is for auditors: a wildcard grant does not reach AuditEvent, only
-        // an explicit one (system/AuditEvent.read or .rs) does.
-        let wildcard_applies = resource_type != "AuditEvent";
+        // The audit trail is for auditors, and recording a patient's consent is for
+        // consent management: a wildcard grant reaches neither AuditEvent nor writes of
+        // Consent; only an explicit grant (system/AuditEvent.rs, system/Consent.cud) does.
+        let wildcard_applies = match resource_type {
+            "AuditEvent" => false,
+            "Consent" => matches!(permission, Permission::Read | Permission::Search),
+            _ => true,
+        };
         self.grants.iter().any(|(ty, bits)| {
             ((ty == "*" && wildcard_applies) || ty == resource_type) && bits & permission.bit() != 0
         })
@@ -167,6 +172,17 @@ mod tests {
         assert!(Scopes::parse(["system/Nope.read"]).is_err());
         assert!(require(Some(&v2), "Patient", Permission::Read).is_err());
         assert!(require(None, "Patient", Permission::Delete).is_ok());
+    }
+
+    #[test]
+    fn audit_and_consent_management_need_explicit_grants() {
+        let all = Scopes::parse(["system/*.*"]).unwrap();
+        assert!(!all.allows("AuditEvent", Permission::Read));
+        assert!(all.allows("Consent", Permission::Read));
+        assert!(!all.allows("Consent", Permission::Create));
+        let manager = Scopes::parse(["system/*.*", "system/Consent.cud"]).unwrap();
+        assert!(manager.allows("Consent", Permission::Create));
+        assert!(manager.allows("Consent", Permission::Delete));
     }
 
     #[test]

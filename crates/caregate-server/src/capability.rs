@@ -10,6 +10,10 @@ fn operations_for(resource_type: &str) -> Vec<Value> {
     let mut ops = vec![
         json!({"name": "validate", "definition": "http://hl7.org/fhir/OperationDefinition/Resource-validate"}),
     ];
+    if resource_type == "Consent" {
+        ops.push(json!({"name": "evaluate", "definition": "https://caregate.example.org/fhir/OperationDefinition/Consent-evaluate",
+                        "documentation": "The consent decision for a described request, with its basis"}));
+    }
     if resource_type == "Patient" {
         ops.push(json!({"name": "match", "definition": "http://hl7.org/fhir/OperationDefinition/Patient-match"}));
         ops.push(json!({"name": "care-plan", "definition": "https://caregate.example.org/fhir/OperationDefinition/Patient-care-plan",

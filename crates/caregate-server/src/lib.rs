@@ -309,6 +309,10 @@ pub fn start(config: &ServerConfig) -> Result<RunningServer, StartError> {
             )
             .route("/Patient/$match", web::post().to(operations::patient_match))
             .route(
+                "/Consent/$evaluate",
+                web::post().to(operations::consent_evaluate),
+            )
+            .route(
                 "/Patient/{id}/$care-plan",
                 web::get().to(operations::care_plan),
             )

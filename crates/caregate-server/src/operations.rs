@@ -178,3 +178,25 @@ pub async fn patient_match(
         Err(e) => error_response(&e, op.rendering),
     }
 }
+
+/// `POST /Consent/$evaluate`: what the consent engine decides for a described request, and
+/// why.
+pub async fn consent_evaluate(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    payload: web::Payload,
+) -> HttpResponse {
+    let op = op_or_return!(req, state);
+    let parameters = match read_body(&req, payload, state.max_body_bytes)
+        .await
+        .and_then(|body| crate::format::parse_body(req.headers(), &body))
+    {
+        Ok(v) => v,
+        Err(e) => return error_response(&e, op.rendering),
+    };
+    let (pipeline, caller) = (state.pipeline.clone(), op.caller.clone());
+    match blocking(move || pipeline.evaluate_consent(&caller, &parameters)).await {
+        Ok(out) => resource_response(StatusCode::OK, &out, op.rendering),
+        Err(e) => error_response(&e, op.rendering),
+    }
+}

@@ -45,7 +45,7 @@ fn condition(patient: &str, labels: &[&str]) -> Value {
 async fn the_patients_consent_decides() {
     let s = TestServer::start_with(|c| {
         c.clients = vec![
-            client("clinic-a", "a-token", &["system/*.*"]),
+            client("clinic-a", "a-token", &["system/*.*", "system/Consent.cud"]),
             client("clinic-b", "b-token", &["system/*.*"]),
             client("auditor", "audit-token", &["system/AuditEvent.rs"]),
         ]
@@ -196,6 +196,9 @@ async fn the_patients_consent_decides() {
         .iter()
         .any(|e| e["resource"]["issue"][0]["code"] == "suppressed");
     assert!(notice, "{page}");
+    // Only consent management may record Consents: a wildcard scope is not enough.
+    let r = as_client(&s, "b-token", post.clone(), "Consent", Some(&consent), None).await;
+    assert_eq!(r.status(), 403);
     // Clinic B may not contribute to this patient's record.
     let r = as_client(
         &s,
@@ -207,6 +210,72 @@ async fn the_patients_consent_decides() {
     )
     .await;
     assert_eq!(r.status(), 403);
+    // $evaluate explains the decision for a described request.
+    let ask = |org: &str, labels: Value| {
+        json!({"resourceType": "Parameters", "parameter": [
+            {"name": "patient", "valueReference": {"reference": patient}},
+            {"name": "actor", "valueReference": {"reference": org}},
+            {"name": "action", "valueCode": "access"},
+            {"name": "purpose", "valueCode": "TREAT"},
+            {"name": "type", "valueCode": "Condition"},
+            {"name": "label", "valueCoding": labels}
+        ]})
+    };
+    let value = |out: &Value, name: &str| -> Value {
+        out["parameter"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .cloned()
+            .unwrap_or_default()
+    };
+    let label =
+        json!({"system": "http://terminology.hl7.org/CodeSystem/v3-Confidentiality", "code": "N"});
+    let r = as_client(
+        &s,
+        "a-token",
+        post.clone(),
+        "Consent/$evaluate",
+        Some(&ask("Organization/clinic-a", label.clone())),
+        None,
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    let out: Value = r.json().await.unwrap();
+    assert_eq!(value(&out, "decision")["valueCode"], "permit", "{out}");
+    assert_eq!(
+        value(&out, "provision")["valueString"],
+        "Consent.provision.provision[0]"
+    );
+    let r = as_client(
+        &s,
+        "a-token",
+        post.clone(),
+        "Consent/$evaluate",
+        Some(&ask("Organization/clinic-b", label)),
+        None,
+    )
+    .await;
+    let out: Value = r.json().await.unwrap();
+    assert_eq!(value(&out, "decision")["valueCode"], "deny", "{out}");
+    assert_eq!(value(&out, "provision")["valueString"], "Consent.provision");
+    let sud = json!({"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "SUD"});
+    let r = as_client(
+        &s,
+        "a-token",
+        post.clone(),
+        "Consent/$evaluate",
+        Some(&ask("Organization/clinic-a", sud)),
+        None,
+    )
+    .await;
+    let out: Value = r.json().await.unwrap();
+    assert_eq!(
+        value(&out, "decision")["valueCode"],
+        "deny",
+        "SUD data needs a permit naming the label: {out}"
+    );
     // Break the glass: emergency treatment reads anyway, and it is flagged.
     let r = as_client(
         &s,

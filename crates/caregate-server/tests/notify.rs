@@ -101,7 +101,11 @@ async fn post(s: &TestServer, token: &str, path: &str, body: &Value) -> Value {
 async fn subscribers_are_notified_as_their_consent_allows() {
     let s = TestServer::start_with(|c| {
         c.clients = vec![
-            client("psych", "psych-token", &["system/*.*"]),
+            client(
+                "psych",
+                "psych-token",
+                &["system/*.*", "system/Consent.cud"],
+            ),
             client("casemgr", "cm-token", &["system/*.*"]),
         ]
     })
