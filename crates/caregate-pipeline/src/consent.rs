@@ -143,10 +143,18 @@ impl ConsentScope<'_> {
         Ok(decision)
     }
 
-    /// May this resource be shown? Hidden resources are simply left out of results.
+    /// May this resource be shown? Hidden resources are simply left out of results. Held
+    /// data is shown to its source, and to others only under a permitting Consent.
     pub(crate) fn readable(&mut self, resource: &Value) -> FhirResult<bool> {
         if !self.enforced {
             return Ok(true);
+        }
+        if let Some(contributor) = held_by(resource) {
+            if contributor == contributor_of(&self.actor) {
+                return Ok(true);
+            }
+            let d = self.decide(ConsentAction::Access, resource)?;
+            return Ok(d.is_permit() && matches!(d.source, DecisionSource::Consent { .. }));
         }
         Ok(self.decide(ConsentAction::Access, resource)?.is_permit())
     }
@@ -325,4 +333,39 @@ impl Pipeline {
         }
         Ok(json!({"resourceType": "Parameters", "parameter": out}))
     }
+}
+
+/// Marks data held until the patient's consent arrives (`meta.tag`), naming its source.
+const HOLD_SYSTEM: &str = "https://caregate.example.org/fhir/CodeSystem/held-by";
+
+fn contributor_of(actor: &Actor) -> String {
+    actor
+        .organization
+        .clone()
+        .or_else(|| actor.client_id.clone())
+        .unwrap_or_else(|| "local".into())
+}
+
+pub(crate) fn mark_held(resource: &mut Value, actor: &Actor) {
+    let tag = serde_json::json!({"system": HOLD_SYSTEM, "code": contributor_of(actor), "display": "held until the patient's consent is on file"});
+    let Some(obj) = resource.as_object_mut() else {
+        return;
+    };
+    let meta = obj.entry("meta").or_insert_with(|| serde_json::json!({}));
+    if let Some(meta) = meta.as_object_mut() {
+        let tags = meta.entry("tag").or_insert_with(|| serde_json::json!([]));
+        if let Some(tags) = tags.as_array_mut() {
+            tags.push(tag);
+        }
+    }
+}
+
+fn held_by(resource: &Value) -> Option<String> {
+    resource
+        .pointer("/meta/tag")?
+        .as_array()?
+        .iter()
+        .find(|t| t.get("system").and_then(Value::as_str) == Some(HOLD_SYSTEM))
+        .and_then(|t| t.get("code").and_then(Value::as_str))
+        .map(str::to_string)
 }

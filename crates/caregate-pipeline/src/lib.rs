@@ -106,6 +106,18 @@ impl Notifier for NoNotifications {
     fn notify(&self, _committed: &caregate_careplan::Committed<'_>) {}
 }
 
+/// Ingest of data whose patient has no applicable Consent yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WithoutConsent {
+    /// Store it; reads follow the default policy.
+    #[default]
+    Accept,
+    /// Store it visible only to its source, released to others once a Consent permits.
+    Hold,
+    /// Refuse it (403).
+    Reject,
+}
+
 /// The caller of one request, as established by the server's authentication.
 #[derive(Debug, Clone, Default)]
 pub struct Caller {
@@ -161,6 +173,8 @@ pub struct PipelineOptions {
     pub explain_hidden_reads: bool,
     /// Search Bundles say (neutrally, without counts) when consent withheld something.
     pub withheld_notice: bool,
+    /// What ingest does with data for a patient who has no Consent on file.
+    pub without_consent: WithoutConsent,
     /// Identifier systems trusted to name one person across sources (national or insurer
     /// ids); a shared identifier from one of them links Patients with certainty.
     pub trusted_identifier_systems: Vec<String>,
@@ -175,6 +189,7 @@ impl Default for PipelineOptions {
             explain_hidden_reads: false,
             withheld_notice: true,
             trusted_identifier_systems: Vec::new(),
+            without_consent: WithoutConsent::Accept,
         }
     }
 }

@@ -9,7 +9,7 @@ use caregate_core::{
 use caregate_store::{IndexEntry, StoreError, VersionRecord, WriteMethod, WriteOp};
 use serde_json::{Map, Value};
 
-use crate::{check_resource_type, store_error, Caller, Permission, Pipeline};
+use crate::{check_resource_type, store_error, Caller, Permission, Pipeline, WithoutConsent};
 
 /// The result of a create or update.
 #[derive(Debug, Clone)]
@@ -90,7 +90,10 @@ impl Pipeline {
             return Err(FhirError::with_issues(kind, issues));
         }
         self.stages.labeler.label(&mut resource);
-        self.check_contribution(caller, ConsentAction::Collect, &resource)?;
+        if self.check_contribution(caller, ConsentAction::Collect, &resource)? == Contribution::Hold
+        {
+            crate::consent::mark_held(&mut resource, &caller.actor);
+        }
         Ok(Admitted { resource, issues })
     }
 
@@ -103,14 +106,14 @@ impl Pipeline {
         caller: &Caller,
         action: ConsentAction,
         resource: &Value,
-    ) -> FhirResult<()> {
+    ) -> FhirResult<Contribution> {
         if !self.stages.consent.filters_reads()
             || matches!(
                 resource.get("resourceType").and_then(Value::as_str),
                 Some("Patient" | "Consent")
             )
         {
-            return Ok(());
+            return Ok(Contribution::Shared);
         }
         let mut scope = self.consent_scope(caller)?;
         let decision = scope.decide(action, resource)?;
@@ -132,7 +135,22 @@ impl Pipeline {
             )
             .with_code(IssueCode::Forbidden));
         }
-        Ok(())
+        if action == ConsentAction::Collect
+            && decision.source == DecisionSource::NoApplicableConsent
+        {
+            match self.options.without_consent {
+                WithoutConsent::Accept => {}
+                WithoutConsent::Reject => {
+                    return Err(FhirError::new(
+                        ErrorKind::Forbidden,
+                        "No consent of this patient is on file; this gateway accepts data only under a Consent",
+                    )
+                    .with_code(IssueCode::Forbidden))
+                }
+                WithoutConsent::Hold => return Ok(Contribution::Hold),
+            }
+        }
+        Ok(Contribution::Shared)
     }
 
     /// Stamps id and meta, serialises, and extracts the search index.
@@ -643,6 +661,15 @@ impl Pipeline {
             .map_err(store_error)?
             .matches)
     }
+}
+
+/// What ingest does with a contribution the patient's consent allows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Contribution {
+    /// Stored and shared as the read-side decisions allow.
+    Shared,
+    /// No Consent yet: stored, visible only to its source until a permitting Consent arrives.
+    Hold,
 }
 
 /// The body's `resourceType` must be the type the request names.

@@ -133,6 +133,14 @@ pub struct ConsentConfig {
     /// Tell searchers, neutrally, that something was withheld (default true).
     #[serde(default = "default_true")]
     pub withheld_notice: bool,
+    /// Data for a patient with no Consent on file: `accept` (default), `hold` (visible only
+    /// to its source until a permitting Consent arrives) or `reject`.
+    #[serde(default = "default_without_consent")]
+    pub without_consent: String,
+}
+
+fn default_without_consent() -> String {
+    "accept".into()
 }
 
 impl Default for ConsentConfig {
@@ -142,6 +150,7 @@ impl Default for ConsentConfig {
             default: default_policy(),
             explain_denials: false,
             withheld_notice: true,
+            without_consent: default_without_consent(),
         }
     }
 }
@@ -214,6 +223,15 @@ impl ServerConfig {
     }
 
     pub fn check(&self) -> Result<(), ConfigError> {
+        if !matches!(
+            self.consent.without_consent.as_str(),
+            "accept" | "hold" | "reject"
+        ) {
+            return Err(ConfigError::Invalid(format!(
+                "consent.without_consent must be \"accept\", \"hold\" or \"reject\", not \"{}\"",
+                self.consent.without_consent
+            )));
+        }
         if !matches!(self.consent.default.as_str(), "opt-out" | "opt-in") {
             return Err(ConfigError::Invalid(format!(
                 "consent.default must be \"opt-out\" or \"opt-in\", not \"{}\"",

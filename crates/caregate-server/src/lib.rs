@@ -209,6 +209,11 @@ pub fn build_pipeline_full(
     }
     let options = PipelineOptions {
         explain_hidden_reads: consent.explain_denials,
+        without_consent: match consent.without_consent.as_str() {
+            "hold" => caregate_pipeline::WithoutConsent::Hold,
+            "reject" => caregate_pipeline::WithoutConsent::Reject,
+            _ => caregate_pipeline::WithoutConsent::Accept,
+        },
         withheld_notice: consent.withheld_notice,
         ..PipelineOptions::default()
     };

@@ -394,3 +394,94 @@ async fn ingest_labels_sensitive_data() {
     );
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn data_without_consent_is_held_until_a_consent_arrives() {
+    let s = TestServer::start_with(|c| {
+        c.consent.without_consent = "hold".into();
+        c.clients = vec![
+            client("psych", "p-token", &["system/*.*", "system/Consent.cud"]),
+            client("primary", "pc-token", &["system/*.*"]),
+        ]
+    })
+    .await;
+    let get = reqwest::Method::GET;
+    let post = reqwest::Method::POST;
+    let r = as_client(
+        &s,
+        "p-token",
+        post.clone(),
+        "Patient",
+        Some(&json!({"resourceType": "Patient", "name": [{"family": "Held"}]})),
+        None,
+    )
+    .await;
+    let pid = r.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let patient = format!("Patient/{pid}");
+    let r = as_client(
+        &s,
+        "p-token",
+        post.clone(),
+        "Condition",
+        Some(&condition(&patient, &[])),
+        None,
+    )
+    .await;
+    assert_eq!(r.status(), 201, "held data is stored");
+    let total = |token: &'static str| {
+        let (s, patient, get) = (&s, patient.clone(), get.clone());
+        async move {
+            as_client(
+                s,
+                token,
+                get,
+                &format!("Condition?subject={patient}"),
+                None,
+                None,
+            )
+            .await
+            .json::<Value>()
+            .await
+            .unwrap()["total"]
+                .clone()
+        }
+    };
+    assert_eq!(total("p-token").await, 1, "its source sees it");
+    assert_eq!(total("pc-token").await, 0, "others do not, yet");
+    let consent = json!({
+        "resourceType": "Consent", "status": "active", "dateTime": "2024-01-01",
+        "scope": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy"}]},
+        "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
+        "policyRule": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "OPTIN"}]},
+        "patient": {"reference": patient},
+        "provision": {"type": "permit"}
+    });
+    assert_eq!(
+        as_client(&s, "p-token", post.clone(), "Consent", Some(&consent), None)
+            .await
+            .status(),
+        201
+    );
+    assert_eq!(
+        total("pc-token").await,
+        1,
+        "released once the patient's consent is on file"
+    );
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn data_without_consent_can_be_refused() {
+    let s = TestServer::start_with(|c| c.consent.without_consent = "reject".into()).await;
+    let pid = s
+        .create(json!({"resourceType": "Patient", "name": [{"family": "NoConsent"}]}))
+        .await;
+    let r = s
+        .post("Condition", &condition(&format!("Patient/{pid}"), &[]))
+        .await;
+    assert_eq!(r.status(), 403);
+    s.stop().await;
+}
