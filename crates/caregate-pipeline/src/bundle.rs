@@ -661,8 +661,11 @@ impl Pipeline {
                 .iter()
                 .map(Self::audit_record)
                 .collect();
-            match self.store.commit(ops.clone(), records) {
-                Ok(()) => break (ops, op_of_entry, created),
+            // The store takes the writes; what the response and the later stages need of
+            // them is kept without the content and index (the resources live in `admitted`).
+            let echo: Vec<WriteOp> = ops.iter().map(WriteOp::summary).collect();
+            match self.store.commit(ops, records) {
+                Ok(()) => break (echo, op_of_entry, created),
                 Err(StoreError::Conflict { op_index, .. }) => {
                     let entry = op_of_entry.iter().position(|o| *o == Some(op_index));
                     let guarded = entry.is_some_and(|e| requests[e].if_match.is_some());

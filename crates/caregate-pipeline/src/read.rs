@@ -69,18 +69,28 @@ impl Pipeline {
                 ),
             ));
         }
-        self.check_readable(caller, &record)?;
-        self.audit_read(caller, Subtype::Read, &record);
+        self.release(caller, Subtype::Read, &record)?;
         Ok(record)
     }
 
     /// One AuditEvent for a read of one version, naming its patient.
     fn audit_read(&self, caller: &Caller, subtype: Subtype, record: &VersionRecord) {
-        let patient = record
+        let resource = record
             .content
             .as_deref()
-            .and_then(|c| serde_json::from_slice::<Value>(c).ok())
-            .and_then(|v| patient_of(&v));
+            .and_then(|c| serde_json::from_slice::<Value>(c).ok());
+        self.audit_read_of(caller, subtype, record, resource.as_ref());
+    }
+
+    /// The read's AuditEvent, naming the patient of the (already parsed) resource.
+    fn audit_read_of(
+        &self,
+        caller: &Caller,
+        subtype: Subtype,
+        record: &VersionRecord,
+        resource: Option<&Value>,
+    ) {
+        let patient = resource.and_then(patient_of);
         let reference = format!(
             "{}/{}/_history/{}",
             record.resource_type, record.id, record.version
@@ -174,37 +184,44 @@ impl Pipeline {
                 format!("Version {version} of {resource_type}/{id} is a deletion"),
             ));
         }
-        self.check_readable(caller, &record)?;
-        self.audit_read(caller, Subtype::Vread, &record);
+        self.release(caller, Subtype::Vread, &record)?;
         Ok(record)
     }
 
-    /// A single read the patient's consent does not allow is refused with the reason.
-    fn check_readable(&self, caller: &Caller, record: &VersionRecord) -> FhirResult<()> {
-        if !self.stages.consent.filters_reads() {
-            return Ok(());
-        }
+    /// Releases one stored version to the caller: the consent decision (a hidden resource
+    /// answers 404 like a missing one, or 403 with the reason when configured) and the
+    /// AuditEvent, parsing the stored JSON once for both.
+    fn release(&self, caller: &Caller, subtype: Subtype, record: &VersionRecord) -> FhirResult<()> {
         let resource = parse_record(record)?;
-        let mut scope = self.consent_scope(caller)?;
-        let decision = scope.decide(caregate_consent::ConsentAction::Access, &resource)?;
-        scope.audit_alerts(caller, Subtype::Read);
-        if decision.is_permit() {
-            Ok(())
-        } else if self.options.explain_hidden_reads {
-            Err(FhirError::new(
-                ErrorKind::Forbidden,
-                format!(
-                    "The patient's consent does not allow this access: {}",
-                    decision.basis
-                ),
-            ))
-        } else {
-            // Indistinguishable from a resource that does not exist: hiding must not leak.
-            Err(FhirError::not_found(format!(
-                "{}/{} is not known",
-                record.resource_type, record.id
-            )))
+        if self.stages.consent.filters_reads() {
+            let mut scope = self.consent_scope(caller)?;
+            // `readable` also applies the held-data rule, which a bare decision does not.
+            let visible = scope.readable(&resource)?;
+            let basis = if visible || !self.options.explain_hidden_reads {
+                String::new()
+            } else {
+                scope
+                    .decide(caregate_consent::ConsentAction::Access, &resource)?
+                    .basis
+            };
+            scope.audit_alerts(caller, subtype);
+            if !visible {
+                return Err(if self.options.explain_hidden_reads {
+                    FhirError::new(
+                        ErrorKind::Forbidden,
+                        format!("The patient's consent does not allow this access: {basis}"),
+                    )
+                } else {
+                    // Indistinguishable from a resource that does not exist: hiding must not leak.
+                    FhirError::not_found(format!(
+                        "{}/{} is not known",
+                        record.resource_type, record.id
+                    ))
+                });
+            }
         }
+        self.audit_read_of(caller, subtype, record, Some(&resource));
+        Ok(())
     }
 
     /// Type-level (`resource_type` given) or system-level search, answered as a searchset

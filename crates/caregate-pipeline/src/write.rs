@@ -182,6 +182,7 @@ impl Pipeline {
                 last_updated,
                 last_updated_ms: now.timestamp_millis(),
                 method,
+                hash: caregate_store::content_hash(Some(&content)),
                 content: Some(content),
                 index,
             },
@@ -204,6 +205,7 @@ impl Pipeline {
             last_updated_ms: now.timestamp_millis(),
             method: WriteMethod::Delete,
             content: None,
+            hash: caregate_store::content_hash(None),
             index: Vec::new(),
         }
     }
@@ -606,11 +608,16 @@ impl Pipeline {
             None,
         );
         let records = audit.iter().map(Self::audit_record).collect();
-        match self.store.commit(vec![op.clone()], records) {
+        let content = op.content.clone();
+        let mut echo = op.summary();
+        match self.store.commit(vec![op], records) {
             Ok(()) => {
+                let op = {
+                    echo.content = content;
+                    echo
+                };
                 self.after_commit(&[(&op, Some(&resource))]);
                 self.count_accepted(caller, &op.resource_type, Some(&resource), &issues);
-                let hash = caregate_store::content_hash(op.content.as_deref());
                 Ok(WriteOutcome {
                     record: VersionRecord {
                         resource_type: op.resource_type,
@@ -620,7 +627,7 @@ impl Pipeline {
                         last_updated_ms: op.last_updated_ms,
                         method: op.method,
                         content: op.content,
-                        hash,
+                        hash: op.hash,
                     },
                     resource,
                     created,

@@ -451,6 +451,36 @@ async fn data_without_consent_is_held_until_a_consent_arrives() {
     };
     assert_eq!(total("p-token").await, 1, "its source sees it");
     assert_eq!(total("pc-token").await, 0, "others do not, yet");
+    let held: Value = as_client(
+        &s,
+        "p-token",
+        get.clone(),
+        &format!("Condition?subject={patient}"),
+        None,
+        None,
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    let held_id = held["entry"][0]["resource"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let r = as_client(
+        &s,
+        "pc-token",
+        get.clone(),
+        &format!("Condition/{held_id}"),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(
+        r.status(),
+        404,
+        "a direct read does not reveal held data either"
+    );
     let consent = json!({
         "resourceType": "Consent", "status": "active", "dateTime": "2024-01-01",
         "scope": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy"}]},

@@ -98,7 +98,28 @@ pub struct WriteOp {
     pub method: WriteMethod,
     /// The finished JSON, or `None` to delete.
     pub content: Option<Vec<u8>>,
+    /// [`content_hash`] of `content`, computed once by the caller (off the writer thread).
+    pub hash: String,
     pub index: Vec<IndexEntry>,
+}
+
+impl WriteOp {
+    /// The write without its content and index entries: what callers keep of a write they
+    /// handed to [`Store::commit`] (which takes the writes by value).
+    pub fn summary(&self) -> WriteOp {
+        WriteOp {
+            resource_type: self.resource_type.clone(),
+            id: self.id.clone(),
+            expected_version: self.expected_version,
+            version: self.version,
+            last_updated: self.last_updated.clone(),
+            last_updated_ms: self.last_updated_ms,
+            method: self.method,
+            content: None,
+            hash: self.hash.clone(),
+            index: Vec::new(),
+        }
+    }
 }
 
 impl fmt::Debug for WriteOp {

@@ -19,8 +19,8 @@ use crate::conformance::{self, ConformanceRecord, ConformanceReport};
 use crate::index::{IncludeSpec, IndexEntry, IndexValue, SearchQuery};
 use crate::sql_query::{build_search, SqlArg};
 use crate::{
-    content_hash, HistoryPage, HistoryQuery, HistoryScope, Key, SearchPage, Store, StoreError,
-    VersionRecord, WriteMethod, WriteOp,
+    HistoryPage, HistoryQuery, HistoryScope, Key, SearchPage, Store, StoreError, VersionRecord,
+    WriteMethod, WriteOp,
 };
 
 const SCHEMA: &str = r#"
@@ -554,7 +554,7 @@ fn apply_op(
             tx.last_insert_rowid()
         }
     };
-    let hash = content_hash(op.content.as_deref());
+    let hash = &op.hash;
     tx.prepare_cached(
         "INSERT INTO version (rid, version, last_updated, last_updated_ms, method, hash, content)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",

@@ -45,6 +45,7 @@ fn op(
             WriteMethod::Put
         },
         content: content.map(|c| c.as_bytes().to_vec()),
+        hash: content_hash(content.map(str::as_bytes)),
         index,
     }
 }
