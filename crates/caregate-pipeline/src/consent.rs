@@ -121,13 +121,36 @@ impl ConsentScope<'_> {
             Some(p) if self.enforced => self.consents_of(p)?.to_vec(),
             _ => Vec::new(),
         };
-        let decision = self.pipeline.stages.consent.decide(&ConsentRequest {
+        let mut decision = self.pipeline.stages.consent.decide(&ConsentRequest {
             actor: &self.actor,
             action,
             resource,
             consents: &consents,
             now_ms: self.now_ms,
         });
+        // Break-the-glass opens the patient's record to that client for a while: later
+        // requests inside the window need not repeat the emergency purpose, but each one is
+        // still a security alert.
+        if let Some(p) = &patient {
+            let who = contributor_of(&self.actor);
+            if decision.source == DecisionSource::BreakTheGlass {
+                self.pipeline.grant_emergency_access(&who, p, self.now_ms);
+            } else if !decision.is_permit()
+                && matches!(action, ConsentAction::Access | ConsentAction::Use)
+                && self
+                    .pipeline
+                    .emergency_access_until(&who, p, self.now_ms)
+                    .is_some()
+            {
+                decision = Decision {
+                    verdict: Verdict::Permit,
+                    source: DecisionSource::BreakTheGlass,
+                    basis: format!(
+                        "emergency access granted earlier to {who} for {p} is still open"
+                    ),
+                };
+            }
+        }
         let alert = matches!(
             (&decision.verdict, &decision.source),
             (_, DecisionSource::BreakTheGlass) | (Verdict::Deny, DecisionSource::Consent { .. })
@@ -368,4 +391,46 @@ fn held_by(resource: &Value) -> Option<String> {
         .find(|t| t.get("system").and_then(Value::as_str) == Some(HOLD_SYSTEM))
         .and_then(|t| t.get("code").and_then(Value::as_str))
         .map(str::to_string)
+}
+
+/// How long a break-the-glass grant stays open.
+pub const EMERGENCY_ACCESS_MS: i64 = 60 * 60 * 1000;
+
+impl Pipeline {
+    fn grant_emergency_access(&self, who: &str, patient: &str, now_ms: i64) {
+        let mut grants = self.emergency_grants.lock();
+        grants.retain(|_, until| *until > now_ms);
+        grants.insert(
+            (who.to_string(), patient.to_string()),
+            now_ms + EMERGENCY_ACCESS_MS,
+        );
+    }
+
+    fn emergency_access_until(&self, who: &str, patient: &str, now_ms: i64) -> Option<i64> {
+        self.emergency_grants
+            .lock()
+            .get(&(who.to_string(), patient.to_string()))
+            .copied()
+            .filter(|until| *until > now_ms)
+    }
+
+    /// Open break-the-glass grants, for auditors (an explicit AuditEvent grant).
+    pub fn emergency_grants_for(&self, caller: &Caller) -> FhirResult<Vec<(String, String, i64)>> {
+        caller.require("AuditEvent", crate::Permission::Read)?;
+        Ok(self.emergency_grants())
+    }
+
+    /// Open break-the-glass grants: (client or organisation, patient, open until, epoch ms).
+    pub fn emergency_grants(&self) -> Vec<(String, String, i64)> {
+        let now = chrono::Utc::now().timestamp_millis();
+        let mut out: Vec<(String, String, i64)> = self
+            .emergency_grants
+            .lock()
+            .iter()
+            .filter(|(_, until)| **until > now)
+            .map(|((who, patient), until)| (who.clone(), patient.clone(), *until))
+            .collect();
+        out.sort();
+        out
+    }
 }

@@ -204,6 +204,9 @@ pub struct Pipeline {
     /// per-patient lookups. Only ever moves to "some" within a process; with several
     /// gateway nodes sharing a database this must become a store-side signal.
     consents_exist: std::sync::atomic::AtomicU8,
+    /// Open break-the-glass grants: (who, patient) → open until (epoch ms). In memory: a
+    /// restart closes them, which errs on the side of privacy.
+    emergency_grants: parking_lot::Mutex<std::collections::HashMap<(String, String), i64>>,
 }
 
 impl Pipeline {
@@ -219,6 +222,7 @@ impl Pipeline {
             stages,
             options,
             consents_exist: std::sync::atomic::AtomicU8::new(0),
+            emergency_grants: parking_lot::Mutex::new(std::collections::HashMap::new()),
         }
     }
 

@@ -330,6 +330,10 @@ pub fn start(config: &ServerConfig) -> Result<RunningServer, StartError> {
                 web::get().to(operations::conformance_report),
             )
             .route(
+                "/emergency-access",
+                web::get().to(operations::emergency_access),
+            )
+            .route(
                 "/ui/conformance",
                 web::get().to(operations::conformance_report),
             )

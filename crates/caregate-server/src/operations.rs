@@ -200,3 +200,26 @@ pub async fn consent_evaluate(
         Err(e) => error_response(&e, op.rendering),
     }
 }
+
+/// `GET /emergency-access`: open break-the-glass grants, for auditors.
+pub async fn emergency_access(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    let op = op_or_return!(req, state);
+    let (pipeline, caller) = (state.pipeline.clone(), op.caller.clone());
+    match blocking(move || pipeline.emergency_grants_for(&caller)).await {
+        Ok(grants) => {
+            let list: Vec<serde_json::Value> = grants
+                .into_iter()
+                .map(|(who, patient, until)| {
+                    let until = chrono::DateTime::from_timestamp_millis(until)
+                        .map(caregate_core::format_instant)
+                        .unwrap_or_default();
+                    serde_json::json!({"grantee": who, "patient": patient, "openUntil": until})
+                })
+                .collect();
+            HttpResponse::Ok()
+                .insert_header((header::CONTENT_TYPE, "application/json"))
+                .body(serde_json::json!({ "emergencyAccess": list }).to_string())
+        }
+        Err(e) => error_response(&e, JSON),
+    }
+}
