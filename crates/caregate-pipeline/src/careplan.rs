@@ -188,7 +188,17 @@ impl Pipeline {
             .iter()
             .map(|(v, last_updated)| Source {
                 resource: v,
-                source_org: None,
+                source_org: v
+                    .pointer("/meta/tag")
+                    .and_then(Value::as_array)
+                    .and_then(|tags| {
+                        tags.iter().find(|t| {
+                            t.get("system").and_then(Value::as_str)
+                                == Some(crate::write::CONTRIBUTOR_SYSTEM)
+                        })
+                    })
+                    .and_then(|t| t.get("code").and_then(Value::as_str))
+                    .map(str::to_string),
                 source_system: v
                     .pointer("/meta/source")
                     .and_then(Value::as_str)

@@ -90,6 +90,7 @@ impl Pipeline {
             return Err(FhirError::with_issues(kind, issues));
         }
         self.stages.labeler.label(&mut resource);
+        stamp_contributor(&mut resource, caller);
         if self.check_contribution(caller, ConsentAction::Collect, &resource)? == Contribution::Hold
         {
             crate::consent::mark_held(&mut resource, &caller.actor);
@@ -668,6 +669,37 @@ impl Pipeline {
             .map_err(store_error)?
             .matches)
     }
+}
+
+/// Tags every stored version with the organisation (or client) that contributed it, so the
+/// shared care-plan view can say where each item came from. A tag the sender supplied under
+/// this system is replaced: only caregate says who contributed.
+pub(crate) const CONTRIBUTOR_SYSTEM: &str =
+    "https://caregate.example.org/fhir/CodeSystem/contributor";
+
+fn stamp_contributor(resource: &mut Value, caller: &Caller) {
+    let who = match (&caller.actor.organization, &caller.actor.client_id) {
+        (Some(org), _) => org.clone(),
+        (None, Some(client)) => format!("client/{client}"),
+        (None, None) => return,
+    };
+    let Some(obj) = resource.as_object_mut() else {
+        return;
+    };
+    let meta = obj
+        .entry("meta")
+        .or_insert_with(|| Value::Object(Map::new()));
+    let Some(meta) = meta.as_object_mut() else {
+        return;
+    };
+    let tags = meta
+        .entry("tag")
+        .or_insert_with(|| Value::Array(Vec::new()));
+    let Some(tags) = tags.as_array_mut() else {
+        return;
+    };
+    tags.retain(|t| t.get("system").and_then(Value::as_str) != Some(CONTRIBUTOR_SYSTEM));
+    tags.push(serde_json::json!({"system": CONTRIBUTOR_SYSTEM, "code": who}));
 }
 
 /// What ingest does with a contribution the patient's consent allows.

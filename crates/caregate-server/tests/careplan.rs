@@ -137,3 +137,70 @@ async fn one_person_one_shared_care_plan() {
     );
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_item_names_the_organisation_that_contributed_it() {
+    let s = TestServer::start_with(|c| {
+        c.linking.trusted_systems = vec!["urn:insurer:member".into()];
+        c.clients = vec![
+            support::client("psych", "psych-token", &["system/*.*"]),
+            support::client("primary", "primary-token", &["system/*.*"]),
+        ];
+    })
+    .await;
+    let post = |token: &'static str, body: Value| {
+        let (http, url) = (
+            s.http.clone(),
+            s.url(body["resourceType"].as_str().unwrap()),
+        );
+        async move {
+            let r = http
+                .post(url)
+                .bearer_auth(token)
+                .header("content-type", "application/fhir+json")
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 201);
+            r.json::<Value>().await.unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        }
+    };
+    let a = post("psych-token", patient("urn:mrn:psychiatry", "P-1")).await;
+    let b = post("primary-token", patient("urn:mrn:primary-care", "PC-9")).await;
+    post(
+        "psych-token",
+        goal(&format!("Patient/{a}"), "urn:ehr:psychiatry"),
+    )
+    .await;
+    post(
+        "primary-token",
+        goal(&format!("Patient/{b}"), "urn:ehr:primary-care"),
+    )
+    .await;
+    let view: Value = s
+        .http
+        .get(s.url(&format!("Patient/{a}/$care-plan")))
+        .bearer_auth("psych-token")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let goal = view["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["resource"]["resourceType"] == "Goal")
+        .expect("merged goal");
+    let text = goal.to_string();
+    assert!(
+        text.contains("Organization/psych") && text.contains("Organization/primary"),
+        "{text}"
+    );
+    s.stop().await;
+}
