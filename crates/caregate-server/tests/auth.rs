@@ -28,66 +28,24 @@ async fn tokens_and_scopes_are_enforced() {
         "login"
     );
     // Wrong token → 401
-    let r = s
-        .http
-        .get(s.url("Patient"))
-        .bearer_auth("nope")
-        .send()
-        .await
-        .unwrap();
+    let r = s.get_as("nope", "Patient").await;
     assert_eq!(r.status(), 401);
     // Reader cannot create → 403
-    let r = s
-        .http
-        .post(s.url("Patient"))
-        .bearer_auth("reader-token")
-        .header("content-type", "application/fhir+json")
-        .json(&patient)
-        .send()
-        .await
-        .unwrap();
+    let r = s.post_as("reader-token", "Patient", &patient).await;
     assert_eq!(r.status(), 403);
     // Writer can.
-    let r = s
-        .http
-        .post(s.url("Patient"))
-        .bearer_auth("writer-token")
-        .header("content-type", "application/fhir+json")
-        .json(&patient)
-        .send()
-        .await
-        .unwrap();
+    let r = s.post_as("writer-token", "Patient", &patient).await;
     assert_eq!(r.status(), 201);
     // Reader can search; writer cannot read CarePlans (write only).
-    let r = s
-        .http
-        .get(s.url("Patient?family=auth"))
-        .bearer_auth("reader-token")
-        .send()
-        .await
-        .unwrap();
+    let r = s.get_as("reader-token", "Patient?family=auth").await;
     assert_eq!(r.status(), 200);
-    let r = s
-        .http
-        .get(s.url("CarePlan"))
-        .bearer_auth("writer-token")
-        .send()
-        .await
-        .unwrap();
+    let r = s.get_as("writer-token", "CarePlan").await;
     assert_eq!(r.status(), 403);
     // Scopes apply to each entry of a transaction too.
     let tx = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
         {"resource": {"resourceType": "Observation", "status": "final", "code": {"text": "x"}}, "request": {"method": "POST", "url": "Observation"}}
     ]});
-    let r = s
-        .http
-        .post(s.url(""))
-        .bearer_auth("writer-token")
-        .header("content-type", "application/fhir+json")
-        .json(&tx)
-        .send()
-        .await
-        .unwrap();
+    let r = s.post_as("writer-token", "", &tx).await;
     assert_eq!(r.status(), 403);
     s.stop().await;
 }
@@ -135,35 +93,23 @@ async fn audit_events_are_for_auditors_only() {
     })
     .await;
     let r = s
-        .http
-        .post(s.url("Patient"))
-        .bearer_auth("ehr-token")
-        .header("content-type", "application/fhir+json")
-        .json(&json!({"resourceType": "Patient", "name": [{"family": "Audited"}]}))
-        .send()
-        .await
-        .unwrap();
+        .post_as(
+            "ehr-token",
+            "Patient",
+            &json!({"resourceType": "Patient", "name": [{"family": "Audited"}]}),
+        )
+        .await;
     assert_eq!(r.status(), 201);
     let id = r.json::<serde_json::Value>().await.unwrap()["id"]
         .as_str()
         .unwrap()
         .to_string();
     // A wildcard grant does not reach the audit trail.
-    let r = s
-        .http
-        .get(s.url("AuditEvent"))
-        .bearer_auth("ehr-token")
-        .send()
-        .await
-        .unwrap();
+    let r = s.get_as("ehr-token", "AuditEvent").await;
     assert_eq!(r.status(), 403);
     let r = s
-        .http
-        .get(s.url(&format!("AuditEvent?patient=Patient/{id}")))
-        .bearer_auth("auditor-token")
-        .send()
-        .await
-        .unwrap();
+        .get_as("auditor-token", &format!("AuditEvent?patient=Patient/{id}"))
+        .await;
     assert_eq!(r.status(), 200);
     let b: serde_json::Value = r.json().await.unwrap();
     assert_eq!(b["total"], 1);
@@ -172,15 +118,7 @@ async fn audit_events_are_for_auditors_only() {
     assert_eq!(event["agent"][0]["who"]["identifier"]["value"], "ehr");
     assert_eq!(event["agent"][1]["who"]["reference"], "Organization/ehr");
     // Nobody changes the trail through the API.
-    let r = s
-        .http
-        .post(s.url("AuditEvent"))
-        .bearer_auth("auditor-token")
-        .header("content-type", "application/fhir+json")
-        .json(event)
-        .send()
-        .await
-        .unwrap();
+    let r = s.post_as("auditor-token", "AuditEvent", event).await;
     assert!(r.status() == 403 || r.status() == 405, "{}", r.status());
     let eid = event["id"].as_str().unwrap();
     let r = s
@@ -192,31 +130,17 @@ async fn audit_events_are_for_auditors_only() {
         .unwrap();
     assert!(r.status() == 403 || r.status() == 405, "{}", r.status());
     let r = s
-        .http
-        .get(s.url(&format!("AuditEvent/{eid}")))
-        .bearer_auth("auditor-token")
-        .send()
-        .await
-        .unwrap();
+        .get_as("auditor-token", &format!("AuditEvent/{eid}"))
+        .await;
     assert_eq!(r.status(), 200);
     // A refused token leaves a security-alert event.
-    let r = s
-        .http
-        .get(s.url("Patient"))
-        .bearer_auth("stolen")
-        .send()
-        .await
-        .unwrap();
+    let r = s.get_as("stolen", "Patient").await;
     assert_eq!(r.status(), 401);
     let mut alerts = 0;
     for _ in 0..50 {
         let b: serde_json::Value = s
-            .http
-            .get(s.url("AuditEvent?type=110113"))
-            .bearer_auth("auditor-token")
-            .send()
+            .get_as("auditor-token", "AuditEvent?type=110113")
             .await
-            .unwrap()
             .json()
             .await
             .unwrap();
@@ -241,14 +165,12 @@ async fn accounting_of_disclosures() {
     })
     .await;
     let r = s
-        .http
-        .post(s.url("Patient"))
-        .bearer_auth("psych-token")
-        .header("content-type", "application/fhir+json")
-        .json(&json!({"resourceType": "Patient", "name": [{"family": "Disclosed"}]}))
-        .send()
-        .await
-        .unwrap();
+        .post_as(
+            "psych-token",
+            "Patient",
+            &json!({"resourceType": "Patient", "name": [{"family": "Disclosed"}]}),
+        )
+        .await;
     let id = r.json::<serde_json::Value>().await.unwrap()["id"]
         .as_str()
         .unwrap()
@@ -264,22 +186,17 @@ async fn accounting_of_disclosures() {
     assert_eq!(r.status(), 200);
     // Only auditors may see the accounting.
     let r = s
-        .http
-        .get(s.url(&format!("Patient/{id}/$disclosures")))
-        .bearer_auth("primary-token")
-        .send()
-        .await
-        .unwrap();
+        .get_as("primary-token", &format!("Patient/{id}/$disclosures"))
+        .await;
     assert_eq!(r.status(), 403);
     let mut found = serde_json::Value::Null;
     for _ in 0..60 {
         found = s
-            .http
-            .get(s.url(&format!("Patient/{id}/$disclosures?start=2000-01-01")))
-            .bearer_auth("auditor-token")
-            .send()
+            .get_as(
+                "auditor-token",
+                &format!("Patient/{id}/$disclosures?start=2000-01-01"),
+            )
             .await
-            .unwrap()
             .json()
             .await
             .unwrap();
@@ -307,12 +224,11 @@ async fn accounting_of_disclosures() {
     assert_eq!(value("purpose")["valueCoding"]["code"], "TREAT");
     assert_eq!(value("interaction")["valueCode"], "read");
     let html = s
-        .http
-        .get(s.url(&format!("Patient/{id}/$disclosures?_format=html")))
-        .bearer_auth("auditor-token")
-        .send()
-        .await
-        .unwrap();
+        .get_as(
+            "auditor-token",
+            &format!("Patient/{id}/$disclosures?_format=html"),
+        )
+        .await;
     assert!(html.headers()["content-type"]
         .to_str()
         .unwrap()
@@ -360,24 +276,14 @@ async fn conformance_statistics_per_source() {
         400
     );
     assert_eq!(
-        s.http
-            .get(s.url("conformance/report"))
-            .bearer_auth("a-token")
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        s.get_as("a-token", "conformance/report").await.status(),
         403
     );
     let mut report = serde_json::Value::Null;
     for _ in 0..60 {
         report = s
-            .http
-            .get(s.url("conformance/report?source=ehr-a"))
-            .bearer_auth("auditor-token")
-            .send()
+            .get_as("auditor-token", "conformance/report?source=ehr-a")
             .await
-            .unwrap()
             .json()
             .await
             .unwrap();
@@ -402,12 +308,8 @@ async fn conformance_statistics_per_source() {
         "{elements:?}"
     );
     let html = s
-        .http
-        .get(s.url("ui/conformance"))
-        .bearer_auth("auditor-token")
-        .send()
+        .get_as("auditor-token", "ui/conformance")
         .await
-        .unwrap()
         .text()
         .await
         .unwrap();

@@ -61,6 +61,28 @@ impl TestServer {
             .expect("request")
     }
 
+    /// POST a resource as a registered client (bearer token).
+    pub async fn post_as(&self, token: &str, path: &str, body: &Value) -> reqwest::Response {
+        self.http
+            .post(self.url(path))
+            .bearer_auth(token)
+            .header("content-type", "application/fhir+json")
+            .json(body)
+            .send()
+            .await
+            .expect("request")
+    }
+
+    /// GET as a registered client (bearer token).
+    pub async fn get_as(&self, token: &str, path: &str) -> reqwest::Response {
+        self.http
+            .get(self.url(path))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("request")
+    }
+
     pub async fn get(&self, path: &str) -> reqwest::Response {
         self.http.get(self.url(path)).send().await.expect("request")
     }
