@@ -5,23 +5,32 @@
 //!
 //! - [`linking`]: match grades between Patients ([`match_grade`]), grouping into persons
 //!   ([`group_people`], [`group_people_with`] for manual link/unlink), `Patient/$match`
-//!   ([`match_candidates`]).
+//!   ([`match_candidates`]), manual decisions as R4 `Linkage`s ([`linkage_resource`],
+//!   [`override_from_linkage`]).
 //! - [`view`]: the shared care-plan view of one person ([`build_view`]): a deterministic
 //!   `collection` Bundle with one synthesized CarePlan, merged items with their sources,
 //!   Provenance and `DetectedIssue` flags.
+//! - [`cache`]: built views kept until a commit touches what they draw on ([`ViewCache`]).
 //!
 //! The pipeline calls [`PatientLinker`] for every stored resource and [`SharedView`] after
 //! each commit; the named no-ops below keep the pipeline's shape until it is wired to the
 //! functions above.
 
+pub mod cache;
 pub mod linking;
 pub mod view;
 
+pub use cache::{BothViews, Stamp, ViewCache};
+
 pub use linking::{
-    group_people, group_people_with, match_candidates, match_grade, normalize_name, LinkConfig,
-    LinkOverride, Match, MatchGrade, Person, MATCH_GRADE_EXTENSION,
+    group_people, group_people_with, linkage_id, linkage_resource, match_candidates, match_grade,
+    normalize_name, override_from_linkage, LinkConfig, LinkOverride, Match, MatchGrade, Person,
+    LINK_DECISION_SYSTEM, MANUAL_LINK_REASON, MATCH_GRADE_EXTENSION,
 };
-pub use view::{build_view, view_etag, Source, ViewOptions, FLAG_SYSTEM, ITEM_SOURCE_EXTENSION};
+pub use view::{
+    build_view, view_etag, Source, ViewOptions, FLAG_SYSTEM, ITEM_SOURCE_EXTENSION,
+    LINK_BASIS_EXTENSION,
+};
 
 use serde_json::Value;
 

@@ -202,9 +202,12 @@ pub fn group_people(patients: &[Value], cfg: &LinkConfig) -> Vec<Person> {
 }
 
 /// [`group_people`] with manual corrections applied. A manual link joins (grade certain,
-/// reason "manual link"); a manual unlink removes the rule-based link between that pair.
-/// Unlinking A–B does not separate them if they are still joined through another member;
-/// unlink that pair too. Overrides naming Patients not in `patients` are ignored.
+/// reason "manual link"). A manual unlink beats every rule: the two Patients never end up in
+/// the same person, not even through other members (a join that would bring an unlinked pair
+/// together is skipped, and reported in `links` like a possible match). Joins are made
+/// strongest first — manual links, then certain, then probable — so a rule never outvotes a
+/// manual decision. When several overrides name one pair the last one wins (pass them
+/// oldest first). Overrides naming Patients not in `patients` are ignored.
 pub fn group_people_with(
     patients: &[Value],
     cfg: &LinkConfig,
@@ -217,32 +220,74 @@ pub fn group_people_with(
         }
     }
     let refs: Vec<&String> = by_ref.keys().collect();
+    let index: BTreeMap<&str, usize> = refs
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (r.as_str(), i))
+        .collect();
+    // The current decision per pair (indices ascending), last override winning.
+    let mut decisions: BTreeMap<(usize, usize), bool> = BTreeMap::new();
+    for o in overrides {
+        let (Some(&x), Some(&y)) = (index.get(o.a.as_str()), index.get(o.b.as_str())) else {
+            continue;
+        };
+        if x != y {
+            decisions.insert((x.min(y), x.max(y)), o.link);
+        }
+    }
+    let forbidden: Vec<(usize, usize)> = decisions
+        .iter()
+        .filter(|(_, link)| !**link)
+        .map(|(pair, _)| *pair)
+        .collect();
     let n = refs.len();
-    let mut parent: Vec<usize> = (0..n).collect();
     let mut links: Vec<(usize, usize, Match)> = Vec::new();
     for i in 0..n {
         for j in (i + 1)..n {
             let (Some(a), Some(b)) = (by_ref.get(refs[i]), by_ref.get(refs[j])) else {
                 continue;
             };
-            let manual = overrides.iter().rev().find(|o| {
-                (&o.a == refs[i] && &o.b == refs[j]) || (&o.a == refs[j] && &o.b == refs[i])
-            });
-            let found = match manual {
-                Some(o) if !o.link => None,
-                Some(_) => Some(Match {
+            let found = match decisions.get(&(i, j)) {
+                Some(false) => None,
+                Some(true) => Some(Match {
                     grade: MatchGrade::Certain,
                     score: 1.0,
-                    reasons: vec!["manual link".into()],
+                    reasons: vec![MANUAL_LINK_REASON.into()],
                 }),
                 None => match_grade(a, b, cfg),
             };
             if let Some(m) = found {
-                if m.grade.joins() {
-                    union(&mut parent, i, j);
-                }
                 links.push((i, j, m));
             }
+        }
+    }
+    // Strongest first: manual links, then by grade; ties in pair order (deterministic).
+    let mut order: Vec<usize> = (0..links.len()).collect();
+    order.sort_by_key(|&k| {
+        let (i, j, m) = &links[k];
+        (
+            m.reasons.first().map(String::as_str) != Some(MANUAL_LINK_REASON),
+            m.grade,
+            *i,
+            *j,
+        )
+    });
+    let mut parent: Vec<usize> = (0..n).collect();
+    for k in order {
+        let (i, j, m) = &links[k];
+        if !m.grade.joins() {
+            continue;
+        }
+        let (ri, rj) = (find(&mut parent, *i), find(&mut parent, *j));
+        if ri == rj {
+            continue;
+        }
+        let separates = forbidden.iter().any(|&(x, y)| {
+            let (rx, ry) = (find(&mut parent, x), find(&mut parent, y));
+            (rx == ri && ry == rj) || (rx == rj && ry == ri)
+        });
+        if !separates {
+            union(&mut parent, *i, *j);
         }
     }
     let root_of: Vec<usize> = (0..n).map(|i| find(&mut parent, i)).collect();
@@ -263,6 +308,82 @@ pub fn group_people_with(
         .collect();
     people.sort_by(|x, y| x.members.cmp(&y.members));
     people
+}
+
+/// The reason recorded on a [`Match`] made by a manual link.
+pub const MANUAL_LINK_REASON: &str = "manual link";
+
+/// `meta.tag` system marking a `Linkage` as a manual linking decision recorded by caregate
+/// (`$link` / `$unlink`); codes `link` and `unlink`.
+pub const LINK_DECISION_SYSTEM: &str = "https://caregate.example.org/fhir/CodeSystem/link-decision";
+
+/// The id of the `Linkage` recording the decision about one pair of Patients: derived from
+/// the pair (order-independent), so every later decision about the pair is a new version
+/// of the same resource and its history is the pair's decision log.
+pub fn linkage_id(a: &str, b: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
+    let mut h = Sha256::new();
+    h.update(lo.as_bytes());
+    h.update([0u8]);
+    h.update(hi.as_bytes());
+    format!("patient-link-{}", &hex::encode(h.finalize())[..32])
+}
+
+/// The R4 `Linkage` recording a manual decision: both Patients as `alternate` items (neither
+/// is the source of truth; the sources keep their own records), `active` true for a link
+/// and false for an unlink, tagged with [`LINK_DECISION_SYSTEM`] so that only decisions
+/// made through caregate's operations are applied. `author` is the deciding organisation.
+pub fn linkage_resource(a: &str, b: &str, link: bool, author: Option<&str>) -> Value {
+    let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
+    let mut v = json!({
+        "resourceType": "Linkage",
+        "id": linkage_id(a, b),
+        "meta": {"tag": [{
+            "system": LINK_DECISION_SYSTEM,
+            "code": if link { "link" } else { "unlink" },
+            "display": if link { "Same person (manual link)" } else { "Not the same person (manual unlink)" },
+        }]},
+        "active": link,
+        "item": [
+            {"type": "alternate", "resource": {"reference": lo}},
+            {"type": "alternate", "resource": {"reference": hi}},
+        ],
+    });
+    if let (Some(author), Some(obj)) = (author, v.as_object_mut()) {
+        obj.insert("author".into(), json!({ "reference": author }));
+    }
+    v
+}
+
+/// The decision a stored `Linkage` records, when it is one of caregate's (tagged with
+/// [`LINK_DECISION_SYSTEM`]) between exactly two Patients. An `unlink` tag or
+/// `active: false` is an unlink.
+pub fn override_from_linkage(linkage: &Value) -> Option<LinkOverride> {
+    let code = array(linkage.get("meta").unwrap_or(&Value::Null), "tag")
+        .iter()
+        .find(|t| str_at(t, "system") == Some(LINK_DECISION_SYSTEM))
+        .and_then(|t| str_at(t, "code"))?;
+    let patients: Vec<String> = array(linkage, "item")
+        .iter()
+        .filter_map(|i| i.get("resource").and_then(|r| str_at(r, "reference")))
+        .map(|r| r.split("/_history/").next().unwrap_or(r))
+        .filter_map(|r| {
+            let at = r.rfind("Patient/")?;
+            let id = &r[at + "Patient/".len()..];
+            (!id.is_empty() && !id.contains('/')).then(|| format!("Patient/{id}"))
+        })
+        .collect();
+    let [a, b] = <[String; 2]>::try_from(patients).ok()?;
+    if a == b {
+        return None;
+    }
+    let active = linkage.get("active").and_then(Value::as_bool) != Some(false);
+    Some(LinkOverride {
+        a,
+        b,
+        link: code == "link" && active,
+    })
 }
 
 /// `Patient/$match`: the Patients matching `candidate`, best first (score descending, then
@@ -680,6 +801,90 @@ mod tests {
             vec![json!({"other": {"reference": "Patient/c"}, "type": "seealso"})]
         );
         assert!(people[0].patient_links("Patient/b").is_empty());
+    }
+
+    #[test]
+    fn unlink_beats_every_rule_even_through_other_members() {
+        // a, b and c share the insurer id: one person by rule.
+        let a = with_ssn(patient("a", "urn:ehr:psych", "Doe", "Jane"), "123");
+        let b = with_ssn(patient("b", "urn:ehr:pcp", "Doe", "Jane"), "123");
+        let c = with_ssn(patient("c", "urn:ehr:cm", "Doe", "Jane"), "123");
+        let pats = [a, b, c];
+        assert_eq!(group_people(&pats, &cfg()).len(), 1);
+        let unlink = |x: &str, y: &str| LinkOverride {
+            a: format!("Patient/{x}"),
+            b: format!("Patient/{y}"),
+            link: false,
+        };
+        // Unlinking a–c: c may no longer join a through b either.
+        let people = group_people_with(&pats, &cfg(), &[unlink("c", "a")]);
+        assert_eq!(people.len(), 2, "{people:?}");
+        let of = |r: &str| people.iter().find(|p| p.members.iter().any(|m| m == r));
+        assert_ne!(of("Patient/a"), of("Patient/c"));
+        // A later link of the same pair replaces the unlink (last decision wins).
+        let relink = LinkOverride {
+            link: true,
+            ..unlink("a", "c")
+        };
+        let people = group_people_with(&pats, &cfg(), &[unlink("c", "a"), relink]);
+        assert_eq!(people.len(), 1);
+        // A manual link outranks the rules: a–b linked by hand, b–c unlinked, so c stands
+        // alone although its identifier matches both.
+        let link_ab = LinkOverride {
+            link: true,
+            ..unlink("a", "b")
+        };
+        let people = group_people_with(&pats, &cfg(), &[link_ab, unlink("b", "c")]);
+        let members: Vec<Vec<String>> = people.iter().map(|p| p.members.clone()).collect();
+        assert_eq!(
+            members,
+            vec![
+                vec!["Patient/a".to_string(), "Patient/b".to_string()],
+                vec!["Patient/c".to_string()]
+            ]
+        );
+    }
+
+    #[test]
+    fn linkage_records_a_decision() {
+        let l = linkage_resource("Patient/b", "Patient/a", false, Some("Organization/cm"));
+        assert_eq!(l["resourceType"], "Linkage");
+        assert_eq!(l["id"], linkage_id("Patient/a", "Patient/b"));
+        assert_eq!(
+            linkage_id("Patient/a", "Patient/b"),
+            linkage_id("Patient/b", "Patient/a")
+        );
+        assert!(caregate_core::is_valid_id(l["id"].as_str().unwrap()));
+        assert_eq!(l["active"], false);
+        assert_eq!(l["item"][0]["resource"]["reference"], "Patient/a");
+        assert_eq!(l["author"]["reference"], "Organization/cm");
+        assert_eq!(
+            override_from_linkage(&l),
+            Some(LinkOverride {
+                a: "Patient/a".into(),
+                b: "Patient/b".into(),
+                link: false
+            })
+        );
+        let link = linkage_resource("Patient/a", "Patient/b", true, None);
+        assert_eq!(override_from_linkage(&link).map(|o| o.link), Some(true));
+        // Linkages not recorded by caregate, or not between two Patients, are not decisions.
+        let mut foreign = link.clone();
+        foreign["meta"] = json!({});
+        assert_eq!(override_from_linkage(&foreign), None);
+        let mut three = link.clone();
+        three["item"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"type": "alternate", "resource": {"reference": "Patient/c"}}));
+        assert_eq!(override_from_linkage(&three), None);
+        let mut absolute = link;
+        absolute["item"][1]["resource"]["reference"] =
+            json!("https://x.org/fhir/Patient/b/_history/2");
+        assert_eq!(
+            override_from_linkage(&absolute).map(|o| o.b),
+            Some("Patient/b".into())
+        );
     }
 
     #[test]

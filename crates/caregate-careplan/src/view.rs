@@ -8,6 +8,8 @@
 //!
 //! 1. the synthesized `CarePlan` (status `active`, intent `plan`, subject = first member of
 //!    the person; `addresses`, `goal`, `activity`, `careTeam` point at the entries below);
+//!    followed by the person as a synthesized `Patient` whose `link`s (`seealso`) name every
+//!    linked source Patient and why it belongs ([`LINK_BASIS_EXTENSION`]);
 //! 2. `DetectedIssue` flags (conflicts and gaps), computed over every source even with `since`;
 //! 3. merged `Condition`s, `Goal`s, activities (`ServiceRequest`, `MedicationRequest`, `Task`,
 //!    `Appointment`), one merged `CareTeam`;
@@ -44,6 +46,10 @@ use crate::linking::Person;
 /// Where an item came from (one per contributing source resource).
 pub const ITEM_SOURCE_EXTENSION: &str =
     "https://caregate.example.org/fhir/StructureDefinition/item-source";
+/// Why a source Patient belongs to the person (`Patient.link.extension` on the view's
+/// synthesized Patient): `manual`, `certain` or `probable`.
+pub const LINK_BASIS_EXTENSION: &str =
+    "https://caregate.example.org/fhir/StructureDefinition/link-basis";
 /// caregate's CodeSystem for care-plan flags (`DetectedIssue.code`).
 pub const FLAG_SYSTEM: &str = "https://caregate.example.org/fhir/CodeSystem/care-plan-flag";
 /// v3 ActCode (`DUPTHPY`), used alongside the caregate code where it applies.
@@ -367,6 +373,9 @@ pub fn build_view(person: &Person, resources: &[Source<'_>], opts: &ViewOptions)
         plan.insert("activity".into(), Value::Array(activities));
     }
     out.push(Value::Object(plan));
+    if !person.members.is_empty() {
+        out.push(person_patient(person));
+    }
 
     for f in &flags {
         out.push(detected_issue(f, &subject));
@@ -1033,6 +1042,56 @@ fn provenance(entries: &[Entry<'_>], item: &Item, agents: &BTreeMap<String, Vec<
         ),
         ("agent", Value::Array(agent_list)),
         ("entity", Value::Array(entity)),
+    ])
+}
+
+/// The person as a synthesized `Patient`: one `link` (type `seealso`: in use and holding
+/// data about this person) per linked source Patient, each with a [`LINK_BASIS_EXTENSION`]
+/// saying why it belongs (`manual`, `certain`, `probable`; none for a lone Patient). The
+/// sources' own Patients are never changed; this entry exists only in the view.
+fn person_patient(person: &Person) -> Value {
+    let links: Vec<Value> = person
+        .members
+        .iter()
+        .map(|m| {
+            let basis = person
+                .links
+                .iter()
+                .filter(|(a, b, l)| {
+                    l.grade.joins()
+                        && (a == m || b == m)
+                        && person.members.contains(a)
+                        && person.members.contains(b)
+                })
+                .map(|(_, _, l)| {
+                    if l.reasons.first().map(String::as_str)
+                        == Some(crate::linking::MANUAL_LINK_REASON)
+                    {
+                        (0, "manual")
+                    } else {
+                        (1 + l.grade as u8, l.grade.code())
+                    }
+                })
+                .min()
+                .map(|(_, code)| code);
+            let mut link = Map::new();
+            if let Some(code) = basis {
+                link.insert(
+                    "extension".into(),
+                    json!([{ "url": LINK_BASIS_EXTENSION, "valueCode": code }]),
+                );
+            }
+            link.insert("other".into(), json!({ "reference": m }));
+            link.insert("type".into(), json!("seealso"));
+            Value::Object(link)
+        })
+        .collect();
+    let members: Vec<&str> = person.members.iter().map(String::as_str).collect();
+    obj([
+        ("resourceType", json!("Patient")),
+        ("id", json!(hash_id("person", &members))),
+        ("active", json!(true)),
+        ("link", Value::Array(links)),
     ])
 }
 

@@ -1112,3 +1112,66 @@ fn eight_sources_by_twenty_five_activities() {
     // Generous bound for an unoptimised test build on a shared machine.
     assert!(elapsed.as_secs() < 5, "{elapsed:?}");
 }
+
+#[test]
+fn person_patient_links_every_source_patient() {
+    use crate::linking::{Match, MatchGrade};
+    let mut p = person(&["Patient/a", "Patient/b", "Patient/c"]);
+    let m = |grade, reason: &str| Match {
+        grade,
+        score: 1.0,
+        reasons: vec![reason.to_string()],
+    };
+    p.links = vec![
+        (
+            "Patient/a".into(),
+            "Patient/b".into(),
+            m(MatchGrade::Certain, "id"),
+        ),
+        (
+            "Patient/b".into(),
+            "Patient/c".into(),
+            m(MatchGrade::Probable, "name"),
+        ),
+        (
+            "Patient/a".into(),
+            "Patient/c".into(),
+            m(MatchGrade::Certain, crate::linking::MANUAL_LINK_REASON),
+        ),
+        // A possible match with someone else never counts as a basis.
+        (
+            "Patient/c".into(),
+            "Patient/z".into(),
+            m(MatchGrade::Possible, "name"),
+        ),
+    ];
+    let view = build_view(&p, &[], &opts());
+    let patients = resources(&view, "Patient");
+    assert_eq!(patients.len(), 1);
+    let links: Vec<(String, String, String)> = patients[0]["link"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| {
+            (
+                l["other"]["reference"].as_str().unwrap().to_string(),
+                l["type"].as_str().unwrap().to_string(),
+                l["extension"][0]["valueCode"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let expect = |r: &str, basis: &str| (r.to_string(), "seealso".to_string(), basis.to_string());
+    assert_eq!(
+        links,
+        vec![
+            expect("Patient/a", "manual"),
+            expect("Patient/b", "certain"),
+            expect("Patient/c", "manual")
+        ]
+    );
+    // A lone Patient is linked to itself without a basis.
+    let alone = build_view(&person(&["Patient/x"]), &[], &opts());
+    let lone = resources(&alone, "Patient");
+    assert_eq!(lone[0]["link"][0]["other"]["reference"], "Patient/x");
+    assert!(lone[0]["link"][0].get("extension").is_none());
+}

@@ -1,0 +1,356 @@
+//! Built shared views kept in memory until something they draw on changes.
+//!
+//! Reading a view costs a few dozen index searches and the merge; an unchanged person's
+//! view is served from here instead. Validity is tracked with generation counters, not by
+//! rebuilding anything on ingest (ingesting one resource never rebuilds a view):
+//!
+//! - one counter per *bucket* of patients (a patient reference hashes to one of
+//!   [`BUCKETS`] buckets, so memory stays bounded however many patients there are; two
+//!   patients sharing a bucket only cost each other a spurious rebuild), bumped for every
+//!   `Patient/{id}` a committed resource references anywhere (subject, `for`, Appointment
+//!   participants, Consent.patient, Provenance targets, ...);
+//! - one global counter, bumped by commits that can change who belongs to which person or
+//!   what any reader may see (Patients, Linkages, CareTeams — CareTeam membership counts as
+//!   the reader in consent decisions — and deletions, whose content is not at hand).
+//!
+//! A reader takes the global generation *before* reading anything, the members'
+//! generations once it knows the person and before gathering their resources, and stores
+//! the view under that [`Stamp`]. A commit racing with the read bumps a counter after the
+//! snapshot, so the stored view is simply never served. Entries also expire after a time
+//! to live, because the view's gap flags (overdue, no follow-up) depend on the clock.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::{Committed, SharedView};
+
+/// Number of patient buckets (a power of two).
+pub const BUCKETS: usize = 4096;
+
+/// The generations a cached view was built under.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stamp {
+    global: u64,
+    members: Vec<(usize, u64)>,
+}
+
+struct Cached<V> {
+    stamp: Stamp,
+    at: Instant,
+    value: V,
+}
+
+/// See the module docs. `V` is whatever the caller keeps per view (cheap to clone: wrap
+/// large values in an `Arc`).
+pub struct ViewCache<V> {
+    enabled: AtomicBool,
+    global: AtomicU64,
+    buckets: Box<[AtomicU64]>,
+    entries: Mutex<HashMap<String, Cached<V>>>,
+    ttl: Duration,
+    capacity: usize,
+}
+
+impl<V> std::fmt::Debug for ViewCache<V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ViewCache")
+            .field("enabled", &self.enabled.load(Ordering::Relaxed))
+            .field("ttl", &self.ttl)
+            .field("capacity", &self.capacity)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<V: Clone> ViewCache<V> {
+    /// A cache keeping at most `capacity` views, each for at most `ttl`.
+    pub fn new(ttl: Duration, capacity: usize) -> ViewCache<V> {
+        ViewCache {
+            enabled: AtomicBool::new(true),
+            global: AtomicU64::new(0),
+            buckets: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
+            entries: Mutex::new(HashMap::new()),
+            ttl,
+            capacity: capacity.max(1),
+        }
+    }
+
+    /// Turns caching and invalidation on or off (off: every read builds its view and
+    /// commits do no bookkeeping; for measuring what the cache costs and saves).
+    pub fn set_enabled(&self, enabled: bool) {
+        self.enabled.store(enabled, Ordering::Release);
+        self.global.fetch_add(1, Ordering::AcqRel);
+        self.lock().clear();
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.enabled.load(Ordering::Acquire)
+    }
+
+    /// The global generation; take it before reading anything for a view.
+    pub fn global_generation(&self) -> u64 {
+        self.global.load(Ordering::Acquire)
+    }
+
+    /// The stamp for a view of `members` (`Patient/{id}`), begun at `global`; take it before
+    /// gathering the members' resources.
+    pub fn stamp(&self, global: u64, members: &[String]) -> Stamp {
+        let mut m: Vec<(usize, u64)> = members
+            .iter()
+            .map(|p| {
+                let b = bucket(p);
+                (b, self.buckets[b].load(Ordering::Acquire))
+            })
+            .collect();
+        m.sort_unstable();
+        m.dedup();
+        Stamp { global, members: m }
+    }
+
+    fn current(&self, stamp: &Stamp) -> bool {
+        stamp.global == self.global.load(Ordering::Acquire)
+            && stamp
+                .members
+                .iter()
+                .all(|&(b, g)| self.buckets[b].load(Ordering::Acquire) == g)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Cached<V>>> {
+        // A panic while holding the lock leaves at worst a stale map, which the stamps
+        // still guard; keep serving.
+        self.entries.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The view stored under `key`, if nothing it was built from has changed since.
+    pub fn get(&self, key: &str) -> Option<V> {
+        if !self.enabled() {
+            return None;
+        }
+        let mut entries = self.lock();
+        let fresh = entries
+            .get(key)
+            .map(|c| c.at.elapsed() < self.ttl && self.current(&c.stamp))?;
+        if fresh {
+            entries.get(key).map(|c| c.value.clone())
+        } else {
+            entries.remove(key);
+            None
+        }
+    }
+
+    /// Stores a view built under `stamp` (ignored when it is already out of date).
+    pub fn put(&self, key: String, stamp: Stamp, value: V) {
+        if !self.enabled() || !self.current(&stamp) {
+            return;
+        }
+        let mut entries = self.lock();
+        if entries.len() >= self.capacity && !entries.contains_key(&key) {
+            let ttl = self.ttl;
+            entries.retain(|_, c| c.at.elapsed() < ttl && self.current(&c.stamp));
+            if entries.len() >= self.capacity {
+                // Still full of live views: start over rather than track recency.
+                entries.clear();
+            }
+        }
+        entries.insert(
+            key,
+            Cached {
+                stamp,
+                at: Instant::now(),
+                value,
+            },
+        );
+    }
+
+    /// Records what a commit changed (see the module docs).
+    pub fn invalidate(&self, committed: &[Committed<'_>]) {
+        if !self.enabled() {
+            return;
+        }
+        for c in committed {
+            let Some(resource) = c.resource else {
+                self.global.fetch_add(1, Ordering::AcqRel);
+                continue;
+            };
+            if matches!(c.resource_type, "Patient" | "Linkage" | "CareTeam") {
+                self.global.fetch_add(1, Ordering::AcqRel);
+            }
+            if c.resource_type == "Patient" {
+                self.bump(&format!("Patient/{}", c.id));
+            }
+            let mut seen: Vec<usize> = Vec::new();
+            patient_references(resource, &mut |r| {
+                let b = bucket(r);
+                if !seen.contains(&b) {
+                    seen.push(b);
+                    self.buckets[b].fetch_add(1, Ordering::AcqRel);
+                }
+            });
+        }
+    }
+
+    fn bump(&self, patient: &str) {
+        self.buckets[bucket(patient)].fetch_add(1, Ordering::AcqRel);
+    }
+}
+
+impl<V: Clone + Send> SharedView for ViewCache<V> {
+    fn refresh(&self, committed: &[Committed<'_>]) {
+        self.invalidate(committed);
+    }
+}
+
+/// Calls two shared-view stages in turn.
+pub struct BothViews(
+    pub std::sync::Arc<dyn SharedView>,
+    pub std::sync::Arc<dyn SharedView>,
+);
+
+impl SharedView for BothViews {
+    fn refresh(&self, committed: &[Committed<'_>]) {
+        self.0.refresh(committed);
+        self.1.refresh(committed);
+    }
+}
+
+/// The bucket of `Patient/{id}` (FNV-1a over the id; a base or history suffix ignored).
+fn bucket(reference: &str) -> usize {
+    let id = patient_id(reference).unwrap_or(reference);
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in id.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    (h as usize) & (BUCKETS - 1)
+}
+
+/// The id in `Patient/{id}`, `https://x/fhir/Patient/{id}` or `Patient/{id}/_history/2`.
+fn patient_id(reference: &str) -> Option<&str> {
+    let r = reference.split("/_history/").next().unwrap_or(reference);
+    let at = r.rfind("Patient/")?;
+    if at > 0 && !r[..at].ends_with('/') {
+        return None;
+    }
+    let id = &r[at + "Patient/".len()..];
+    (!id.is_empty() && !id.contains('/')).then_some(id)
+}
+
+/// Calls `f` for every `reference` to a Patient anywhere in `v`.
+fn patient_references(v: &Value, f: &mut impl FnMut(&str)) {
+    match v {
+        Value::Object(map) => {
+            for (k, child) in map {
+                match child {
+                    Value::String(s) if k == "reference" => {
+                        if let Some(id) = patient_id(s) {
+                            f(id);
+                        }
+                    }
+                    Value::Object(_) | Value::Array(_) => patient_references(child, f),
+                    _ => {}
+                }
+            }
+        }
+        Value::Array(items) => items.iter().for_each(|c| patient_references(c, f)),
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn committed<'a>(rtype: &'a str, id: &'a str, r: Option<&'a Value>) -> Committed<'a> {
+        Committed {
+            resource_type: rtype,
+            id,
+            version: 1,
+            resource: r,
+        }
+    }
+
+    fn cache() -> ViewCache<u32> {
+        ViewCache::new(Duration::from_secs(60), 8)
+    }
+
+    #[test]
+    fn served_until_a_member_changes() {
+        let c = cache();
+        let members = vec!["Patient/a".to_string(), "Patient/b".to_string()];
+        let g = c.global_generation();
+        c.put("k".into(), c.stamp(g, &members), 7);
+        assert_eq!(c.get("k"), Some(7));
+        // Another patient's data does not invalidate this view.
+        let other = json!({"resourceType": "Goal", "subject": {"reference": "Patient/zz-other"}});
+        assert_ne!(bucket("Patient/zz-other"), bucket("Patient/a"));
+        assert_ne!(bucket("Patient/zz-other"), bucket("Patient/b"));
+        c.invalidate(&[committed("Goal", "g1", Some(&other))]);
+        assert_eq!(c.get("k"), Some(7));
+        // A member's Appointment (patient named only as a participant) does.
+        let appt = json!({"resourceType": "Appointment",
+            "participant": [{"actor": {"reference": "https://gw.example/fhir/Patient/b"}}]});
+        c.invalidate(&[committed("Appointment", "x", Some(&appt))]);
+        assert_eq!(c.get("k"), None);
+    }
+
+    #[test]
+    fn linking_changes_and_deletions_invalidate_everything() {
+        let c = cache();
+        let members = vec!["Patient/a".to_string()];
+        for (rtype, resource) in [
+            ("Patient", Some(json!({"resourceType": "Patient"}))),
+            ("Linkage", Some(json!({"resourceType": "Linkage"}))),
+            ("CareTeam", Some(json!({"resourceType": "CareTeam"}))),
+            ("Goal", None),
+        ] {
+            let g = c.global_generation();
+            c.put("k".into(), c.stamp(g, &members), 1);
+            assert_eq!(c.get("k"), Some(1));
+            c.invalidate(&[committed(rtype, "z", resource.as_ref())]);
+            assert_eq!(c.get("k"), None, "{rtype}");
+        }
+    }
+
+    #[test]
+    fn a_view_built_across_a_commit_is_not_stored() {
+        let c = cache();
+        let members = vec!["Patient/a".to_string()];
+        let g = c.global_generation();
+        let stamp = c.stamp(g, &members);
+        let goal = json!({"resourceType": "Goal", "subject": {"reference": "Patient/a"}});
+        c.invalidate(&[committed("Goal", "g", Some(&goal))]);
+        c.put("k".into(), stamp, 1);
+        assert_eq!(c.get("k"), None);
+    }
+
+    #[test]
+    fn bounded_expiring_and_switchable() {
+        let c: ViewCache<u32> = ViewCache::new(Duration::from_millis(0), 2);
+        let g = c.global_generation();
+        c.put("k".into(), c.stamp(g, &[]), 1);
+        assert_eq!(c.get("k"), None, "expired");
+        let c = cache();
+        for i in 0..20 {
+            let g = c.global_generation();
+            c.put(format!("k{i}"), c.stamp(g, &[]), i);
+        }
+        assert!(c.lock().len() <= 8);
+        c.set_enabled(false);
+        let g = c.global_generation();
+        c.put("off".into(), c.stamp(g, &[]), 1);
+        assert_eq!(c.get("off"), None);
+    }
+
+    #[test]
+    fn patient_ids_from_references() {
+        assert_eq!(patient_id("Patient/a"), Some("a"));
+        assert_eq!(patient_id("https://x/fhir/Patient/a/_history/3"), Some("a"));
+        assert_eq!(patient_id("Group/Patient/a"), Some("a"));
+        assert_eq!(patient_id("RelatedPatient/a"), None);
+        assert_eq!(patient_id("Patient/"), None);
+    }
+}
