@@ -3,28 +3,38 @@
 //! Matching a provision against a request (each present element is a condition):
 //! - `period`: the decision time lies inside it;
 //! - `actor`: one actor's `reference` is the caller's organization, practitioner, or a
-//!   CareTeam the caller belongs to;
+//!   CareTeam the caller belongs to. A `role` narrows the actions the actor entry covers:
+//!   recipient roles (v3-ParticipationType `PRCP`, `IRCP`) cover release (access, use,
+//!   disclose), source roles (`AUT`, `INF`) cover collect and correct; other roles, or none,
+//!   cover every action;
 //! - `action`: one coding equals the request's `consentaction`;
 //! - `purpose`: one coding equals the caller's purpose of use;
 //! - `securityLabel`: one label is on the resource. Confidentiality codes are a high-water
 //!   mark: a *permit* at level N covers data labelled up to N; a *deny* at level R covers
-//!   data labelled R or above;
+//!   data labelled R or above. Obligation codes (v3-ActCode `REDACT`, `MASK`) are not
+//!   conditions: a permit that carries one releases the data redacted (see [`crate::redact`]);
 //! - `class`: the resource type (`resource-types`) or one of its `meta.profile`s;
-//! - `code`: a coding of the resource's `code` (or `medicationCodeableConcept`);
+//! - `code`: a coding of the resource's `code` (or `medicationCodeableConcept`, `vaccineCode`);
 //! - `dataPeriod`: the resource's clinical date lies inside it;
 //! - `data`: `instance` (this resource), `related`/`dependents` (it references the data),
 //!   `authoredby` (the data authored it).
 //!
-//! Combining Consents: the most recent `dateTime` wins for ordinary data; for data labelled
-//! 42CFRPart2, SUD or ETH any deny wins. Without an applicable Consent the configured default
-//! applies — but data labelled PSY, PSYTHPN, ETH, SUD, HIV or 42CFRPart2 is only released by a
-//! permit whose provision (or an enclosing one) names that label.
+//! Combining Consents: by default the most recent `dateTime` wins for ordinary data (see
+//! [`Combiner`]); for data labelled 42CFRPart2, SUD or ETH any deny wins. Without an
+//! applicable Consent the configured default applies — but data labelled PSY, PSYTHPN,
+//! ETH/SUD/42CFRPart2 or HIV is only released by a permit whose provision (or an enclosing
+//! one) names each of those sensitivity categories the data carries.
+
+use std::cell::OnceCell;
 
 use caregate_core::parse_date_range;
 use serde_json::Value;
 
 use crate::labels::{self, CONFIDENTIALITY};
-use crate::{ConsentAction, ConsentPolicy, ConsentRequest, Decision, DecisionSource, Verdict};
+use crate::{
+    Actor, ConsentAction, ConsentPolicy, ConsentRequest, Decision, DecisionSource, Obligation,
+    Verdict,
+};
 
 /// What happens when no Consent applies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,11 +45,33 @@ pub enum DefaultPolicy {
     OptIn,
 }
 
+/// How the outcomes of several applicable Consents combine for ordinary data. Data labelled
+/// 42CFRPart2, SUD or ETH always combines by [`Combiner::DenyOverrides`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Combiner {
+    /// The Consent with the latest `dateTime` decides (a deny wins a tie).
+    #[default]
+    MostRecent,
+    /// Any deny wins.
+    DenyOverrides,
+}
+
+/// A configured redaction: data carrying `label` is released only redacted, except to the
+/// actors listed (e.g. psychotherapy notes, PSYTHPN, whole only to the psychiatry practice).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedactionRule {
+    pub label: String,
+    /// References (`Organization/…`, `Practitioner/…`, `CareTeam/…`) that see the data whole.
+    pub except: Vec<String>,
+}
+
 #[derive(Debug, Clone)]
 pub struct ConsentEngine {
     pub default: DefaultPolicy,
     /// Purposes of use that break the glass (emergency access), if the caller may assert them.
     pub break_glass_purposes: Vec<String>,
+    pub combiner: Combiner,
+    pub redaction: Vec<RedactionRule>,
 }
 
 impl Default for ConsentEngine {
@@ -47,8 +79,30 @@ impl Default for ConsentEngine {
         ConsentEngine {
             default: DefaultPolicy::OptOut,
             break_glass_purposes: vec!["ETREAT".into(), "BTG".into()],
+            combiner: Combiner::MostRecent,
+            redaction: Vec::new(),
         }
     }
+}
+
+/// Sensitivity categories as bits: a permit must name every category the data carries.
+/// ETH, SUD and 42CFRPart2 are one category (substance use).
+fn sensitivity_bit(code: &str) -> u8 {
+    match code {
+        "PSY" => 1,
+        "PSYTHPN" => 2,
+        "ETH" | "SUD" | "42CFRPart2" => 4,
+        "HIV" => 8,
+        _ => 0,
+    }
+}
+
+/// Obligation codes that may appear in `provision.securityLabel` (v3-ActCode
+/// ObligationPolicy): both mean "release only redacted" here.
+const REDACT_CODES: [&str; 2] = ["REDACT", "MASK"];
+
+fn is_obligation(system: &str, code: &str) -> bool {
+    REDACT_CODES.contains(&code) && (system.is_empty() || system == labels::OBLIGATION)
 }
 
 /// What a provision inherits from the one enclosing it.
@@ -56,38 +110,164 @@ impl Default for ConsentEngine {
 struct Parent {
     depth: usize,
     verdict: Verdict,
-    names_sensitive: bool,
+    named: u8,
 }
 
 /// The outcome of one provision tree.
 struct Matched {
     verdict: Verdict,
-    path: String,
-    depth: usize,
-    /// The deciding provision or an enclosing one names one of the resource's sensitivity codes.
-    names_sensitive: bool,
+    /// Child indexes from the root provision to the deciding one.
+    path: Vec<usize>,
+    /// Sensitivity categories named by the deciding provision or an enclosing one.
+    named: u8,
+    /// The deciding provision carries a redaction obligation.
+    redact: bool,
 }
 
-fn codes<'a>(v: &'a Value, key: &str) -> Vec<(&'a str, &'a str)> {
-    // Accepts an array of Codings or of CodeableConcepts.
-    let mut out = Vec::new();
+impl Matched {
+    fn path_string(&self) -> String {
+        let mut s = String::from("Consent.provision");
+        for i in &self.path {
+            s.push_str(&format!(".provision[{i}]"));
+        }
+        s
+    }
+}
+
+/// Everything about the request the provisions test, extracted once per decision so that a
+/// patient with many provisions does not re-walk the resource for each.
+struct Facts<'a> {
+    resource: &'a Value,
+    action: ConsentAction,
+    purpose: Option<&'a str>,
+    now_ms: i64,
+    actor_refs: Vec<&'a str>,
+    rtype: &'a str,
+    me: Option<String>,
+    profiles: Vec<&'a str>,
+    labels: Vec<(&'a str, &'a str)>,
+    level: u8,
+    /// Sensitivity categories a release must be explicitly permitted for.
+    required: u8,
+    codes: Vec<(&'a str, &'a str)>,
+    clinical_date: Option<i64>,
+    refs: OnceCell<Vec<String>>,
+}
+
+impl<'a> Facts<'a> {
+    fn of(req: &ConsentRequest<'a>) -> Facts<'a> {
+        let resource = req.resource;
+        let labels = labels::security_labels(resource);
+        let releasing = is_release(req.action);
+        let required = if releasing {
+            labels.iter().fold(0, |m, (_, c)| m | sensitivity_bit(c))
+        } else {
+            0
+        };
+        let mut codes = Vec::new();
+        for key in ["code", "medicationCodeableConcept", "vaccineCode"] {
+            if let Some(cc) = resource.get(key) {
+                for c in cc
+                    .get("coding")
+                    .and_then(Value::as_array)
+                    .map(Vec::as_slice)
+                    .unwrap_or_default()
+                {
+                    if let Some(code) = c.get("code").and_then(Value::as_str) {
+                        codes.push((c.get("system").and_then(Value::as_str).unwrap_or(""), code));
+                    }
+                }
+            }
+        }
+        Facts {
+            resource,
+            action: req.action,
+            purpose: req.actor.purpose_of_use.as_deref(),
+            now_ms: req.now_ms,
+            actor_refs: req.actor.references().map(strip_base).collect(),
+            rtype: resource
+                .get("resourceType")
+                .and_then(Value::as_str)
+                .unwrap_or(""),
+            me: resource_reference(resource),
+            profiles: resource
+                .pointer("/meta/profile")
+                .and_then(Value::as_array)
+                .map(|a| {
+                    a.iter()
+                        .filter_map(Value::as_str)
+                        .map(|p| p.split('|').next().unwrap_or(p))
+                        .collect()
+                })
+                .unwrap_or_default(),
+            level: labels::confidentiality_of(resource),
+            labels,
+            required,
+            codes,
+            clinical_date: clinical_date(resource),
+            refs: OnceCell::new(),
+        }
+    }
+
+    fn refs(&self) -> &[String] {
+        self.refs.get_or_init(|| {
+            let mut out = Vec::new();
+            all_references(self.resource, &mut out);
+            out
+        })
+    }
+
+    fn sensitive_codes(&self) -> Vec<&'a str> {
+        self.labels
+            .iter()
+            .map(|(_, c)| *c)
+            .filter(|c| sensitivity_bit(c) & self.required != 0)
+            .collect()
+    }
+
+    fn part2(&self) -> bool {
+        self.required & 4 != 0
+    }
+}
+
+fn is_release(action: ConsentAction) -> bool {
+    matches!(
+        action,
+        ConsentAction::Access | ConsentAction::Use | ConsentAction::Disclose
+    )
+}
+
+/// Calls `f` with each (system, code) of an array of Codings or of CodeableConcepts.
+fn each_code<'a>(v: &'a Value, key: &str, mut f: impl FnMut(&'a str, &'a str) -> bool) -> bool {
     for item in v
         .get(key)
         .and_then(Value::as_array)
         .map(Vec::as_slice)
         .unwrap_or_default()
     {
-        let codings: Vec<&Value> = match item.get("coding").and_then(Value::as_array) {
-            Some(c) => c.iter().collect(),
-            None => vec![item],
-        };
-        for c in codings {
-            if let Some(code) = c.get("code").and_then(Value::as_str) {
-                out.push((c.get("system").and_then(Value::as_str).unwrap_or(""), code));
+        match item.get("coding").and_then(Value::as_array) {
+            Some(codings) => {
+                for c in codings {
+                    if let Some(code) = c.get("code").and_then(Value::as_str) {
+                        if f(c.get("system").and_then(Value::as_str).unwrap_or(""), code) {
+                            return true;
+                        }
+                    }
+                }
+            }
+            None => {
+                if let Some(code) = item.get("code").and_then(Value::as_str) {
+                    if f(
+                        item.get("system").and_then(Value::as_str).unwrap_or(""),
+                        code,
+                    ) {
+                        return true;
+                    }
+                }
             }
         }
     }
-    out
+    false
 }
 
 fn in_period(period: &Value, at_ms: i64) -> bool {
@@ -158,125 +338,109 @@ fn clinical_date(resource: &Value) -> Option<i64> {
         .map(|r| r.start)
 }
 
+/// Whether an actor entry's `role` lets it cover `action` (see the module docs).
+fn role_covers(actor: &Value, action: ConsentAction) -> bool {
+    let mut recipient = false;
+    let mut source = false;
+    if let Some(role) = actor.get("role") {
+        for c in role
+            .get("coding")
+            .and_then(Value::as_array)
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+        {
+            match c.get("code").and_then(Value::as_str) {
+                Some("PRCP" | "IRCP") => recipient = true,
+                Some("AUT" | "INF") => source = true,
+                _ => {}
+            }
+        }
+    }
+    match (recipient, source) {
+        (true, false) => is_release(action),
+        (false, true) => !is_release(action),
+        _ => true,
+    }
+}
+
 impl ConsentEngine {
-    fn provision_matches(
-        &self,
-        p: &Value,
-        req: &ConsentRequest<'_>,
-        own_type: Option<Verdict>,
-    ) -> bool {
+    fn provision_matches(&self, p: &Value, f: &Facts<'_>, verdict: Verdict) -> bool {
         if let Some(period) = p.get("period") {
-            if !in_period(period, req.now_ms) {
+            if !in_period(period, f.now_ms) {
                 return false;
             }
         }
         if let Some(actors) = p.get("actor").and_then(Value::as_array) {
-            let mine: Vec<&str> = req.actor.references().map(strip_base).collect();
             let hit = actors.iter().any(|a| {
                 a.pointer("/reference/reference")
                     .and_then(Value::as_str)
                     .map(strip_base)
-                    .is_some_and(|r| mine.contains(&r))
+                    .is_some_and(|r| f.actor_refs.contains(&r))
+                    && role_covers(a, f.action)
             });
             if !hit {
                 return false;
             }
         }
-        if p.get("action").is_some()
-            && !codes(p, "action")
-                .iter()
-                .any(|(_, c)| *c == req.action.code())
-        {
+        if p.get("action").is_some() && !each_code(p, "action", |_, c| c == f.action.code()) {
             return false;
         }
         if p.get("purpose").is_some() {
-            let Some(purpose) = req.actor.purpose_of_use.as_deref() else {
+            let Some(purpose) = f.purpose else {
                 return false;
             };
-            if !codes(p, "purpose").iter().any(|(_, c)| *c == purpose) {
+            if !each_code(p, "purpose", |_, c| c == purpose) {
                 return false;
             }
         }
         if p.get("securityLabel").is_some() {
-            let on_resource = labels::security_labels(req.resource);
-            let level = labels::confidentiality_of(req.resource);
-            let hit = codes(p, "securityLabel").iter().any(|(system, code)| {
+            let mut conditions = false;
+            let hit = each_code(p, "securityLabel", |system, code| {
+                if is_obligation(system, code) {
+                    return false;
+                }
+                conditions = true;
                 match labels::confidentiality_rank(code)
-                    .filter(|_| system.is_empty() || *system == CONFIDENTIALITY)
+                    .filter(|_| system.is_empty() || system == CONFIDENTIALITY)
                 {
-                    Some(rank) => match own_type {
-                        Some(Verdict::Deny) => level >= rank,
-                        _ => level <= rank,
+                    // The high-water mark follows the provision's effective type.
+                    Some(rank) => match verdict {
+                        Verdict::Deny => f.level >= rank,
+                        Verdict::Permit => f.level <= rank,
                     },
-                    None => on_resource.iter().any(|(s, c)| {
-                        c == code && (system.is_empty() || s.is_empty() || s == system)
+                    None => f.labels.iter().any(|(s, c)| {
+                        *c == code && (system.is_empty() || s.is_empty() || *s == system)
                     }),
                 }
             });
-            if !hit {
+            // A securityLabel holding only obligation codes sets no condition.
+            if conditions && !hit {
                 return false;
             }
         }
-        if p.get("class").is_some() {
-            let rtype = req
-                .resource
-                .get("resourceType")
-                .and_then(Value::as_str)
-                .unwrap_or("");
-            let profiles: Vec<&str> = req
-                .resource
-                .pointer("/meta/profile")
-                .and_then(Value::as_array)
-                .map(|a| a.iter().filter_map(Value::as_str).collect())
-                .unwrap_or_default();
-            let hit = codes(p, "class").iter().any(|(_, c)| {
-                *c == rtype || profiles.iter().any(|pr| pr.split('|').next() == Some(*c))
-            });
-            if !hit {
-                return false;
-            }
+        if p.get("class").is_some()
+            && !each_code(p, "class", |_, c| {
+                c == f.rtype || f.profiles.contains(&c.split('|').next().unwrap_or(c))
+            })
+        {
+            return false;
         }
-        if p.get("code").is_some() {
-            let mut resource_codes = Vec::new();
-            for key in ["code", "medicationCodeableConcept", "vaccineCode"] {
-                if let Some(cc) = req.resource.get(key) {
-                    for c in cc
-                        .get("coding")
-                        .and_then(Value::as_array)
-                        .map(Vec::as_slice)
-                        .unwrap_or_default()
-                    {
-                        if let Some(code) = c.get("code").and_then(Value::as_str) {
-                            resource_codes.push((
-                                c.get("system")
-                                    .and_then(Value::as_str)
-                                    .unwrap_or("")
-                                    .to_string(),
-                                code.to_string(),
-                            ));
-                        }
-                    }
-                }
-            }
-            let hit = codes(p, "code").iter().any(|(s, c)| {
-                resource_codes
+        if p.get("code").is_some()
+            && !each_code(p, "code", |s, c| {
+                f.codes
                     .iter()
-                    .any(|(rs, rc)| rc == c && (s.is_empty() || rs == s))
-            });
-            if !hit {
-                return false;
-            }
+                    .any(|(rs, rc)| *rc == c && (s.is_empty() || *rs == s))
+            })
+        {
+            return false;
         }
         if let Some(dp) = p.get("dataPeriod") {
-            match clinical_date(req.resource) {
+            match f.clinical_date {
                 Some(at) if in_period(dp, at) => {}
                 _ => return false,
             }
         }
         if let Some(data) = p.get("data").and_then(Value::as_array) {
-            let me = resource_reference(req.resource);
-            let mut refs = Vec::new();
-            all_references(req.resource, &mut refs);
             let hit = data.iter().any(|d| {
                 let Some(target) = d
                     .pointer("/reference/reference")
@@ -286,16 +450,16 @@ impl ConsentEngine {
                     return false;
                 };
                 match d.get("meaning").and_then(Value::as_str) {
-                    Some("instance") => me.as_deref() == Some(target),
+                    Some("instance") => f.me.as_deref() == Some(target),
                     Some("related") | Some("dependents") => {
-                        me.as_deref() == Some(target) || refs.iter().any(|r| r == target)
+                        f.me.as_deref() == Some(target) || f.refs().iter().any(|r| r == target)
                     }
                     Some("authoredby") => {
                         ["author", "recorder", "requester", "asserter", "performer"]
                             .iter()
                             .any(|k| {
                                 let mut authors = Vec::new();
-                                if let Some(v) = req.resource.get(*k) {
+                                if let Some(v) = f.resource.get(*k) {
                                     all_references(v, &mut authors);
                                 }
                                 authors.iter().any(|a| a == target)
@@ -315,35 +479,33 @@ impl ConsentEngine {
     fn evaluate(
         &self,
         p: &Value,
-        path: &str,
+        path: &mut Vec<usize>,
         parent: Parent,
-        sensitive: &[&str],
-        req: &ConsentRequest<'_>,
+        f: &Facts<'_>,
     ) -> Option<Matched> {
-        let Parent {
-            depth,
-            verdict: inherited,
-            names_sensitive: inherited_names_sensitive,
-        } = parent;
-        let own = match p.get("type").and_then(Value::as_str) {
-            Some("permit") => Some(Verdict::Permit),
-            Some("deny") => Some(Verdict::Deny),
-            _ => None,
+        let verdict = match p.get("type").and_then(Value::as_str) {
+            Some("permit") => Verdict::Permit,
+            Some("deny") => Verdict::Deny,
+            // An untyped nested provision refines its parent's decision.
+            _ => parent.verdict,
         };
-        if !self.provision_matches(p, req, own) {
+        if !self.provision_matches(p, f, verdict) {
             return None;
         }
-        let verdict = own.unwrap_or(inherited);
-        let names_sensitive = inherited_names_sensitive
-            || codes(p, "securityLabel")
-                .iter()
-                .any(|(_, c)| sensitive.contains(c));
+        let mut named = parent.named;
+        let mut redact = false;
+        each_code(p, "securityLabel", |system, code| {
+            named |= sensitivity_bit(code);
+            redact |= is_obligation(system, code);
+            false
+        });
         let mut best = Matched {
             verdict,
-            path: path.to_string(),
-            depth,
-            names_sensitive,
+            path: path.clone(),
+            named,
+            redact,
         };
+        let mut best_depth = parent.depth;
         for (i, child) in p
             .get("provision")
             .and_then(Value::as_array)
@@ -352,20 +514,24 @@ impl ConsentEngine {
             .iter()
             .enumerate()
         {
-            let child_path = format!("{path}.provision[{i}]");
-            let parent = Parent {
-                depth: depth + 1,
+            path.push(i);
+            let inner = Parent {
+                depth: parent.depth + 1,
                 verdict,
-                names_sensitive,
+                named,
             };
-            if let Some(m) = self.evaluate(child, &child_path, parent, sensitive, req) {
+            let found = self.evaluate(child, path, inner, f);
+            path.pop();
+            if let Some(m) = found {
+                let depth = m.path.len();
                 // Deeper wins; at equal depth a deny wins.
-                if m.depth > best.depth
-                    || (m.depth == best.depth
+                if depth > best_depth
+                    || (depth == best_depth
                         && m.verdict == Verdict::Deny
                         && best.verdict == Verdict::Permit)
                 {
                     best = m;
+                    best_depth = depth;
                 }
             }
         }
@@ -383,6 +549,32 @@ impl ConsentEngine {
                         .any(|c| c.get("code").and_then(Value::as_str) == Some("patient-privacy"))
                 })
     }
+
+    /// Redactions the configured rules require for this release.
+    fn rule_obligations(&self, f: &Facts<'_>, actor: &Actor) -> Vec<Obligation> {
+        self.redaction
+            .iter()
+            .filter(|r| f.labels.iter().any(|(_, c)| *c == r.label))
+            .filter(|r| {
+                !actor
+                    .references()
+                    .any(|a| r.except.iter().any(|e| strip_base(e) == strip_base(a)))
+            })
+            .map(|r| Obligation::Redact {
+                reason: format!(
+                    "data labelled {} is released to this reader only redacted",
+                    r.label
+                ),
+            })
+            .collect()
+    }
+}
+
+/// One Consent's outcome: (dateTime, `Consent/{id}`, matched provision).
+struct Outcome {
+    when: i64,
+    consent: String,
+    m: Matched,
 }
 
 impl ConsentPolicy for ConsentEngine {
@@ -398,17 +590,6 @@ impl ConsentPolicy for ConsentEngine {
     }
 
     fn decide(&self, req: &ConsentRequest<'_>) -> Decision {
-        // Sensitivity rules govern release; collecting or correcting labelled data is
-        // decided like any other data.
-        let releasing = matches!(
-            req.action,
-            ConsentAction::Access | ConsentAction::Use | ConsentAction::Disclose
-        );
-        let sensitive = if releasing {
-            labels::sensitivity_codes(req.resource)
-        } else {
-            Vec::new()
-        };
         if let Some(purpose) = req.actor.purpose_of_use.as_deref() {
             if self.break_glass_purposes.iter().any(|p| p == purpose)
                 && matches!(req.action, ConsentAction::Access | ConsentAction::Use)
@@ -417,12 +598,16 @@ impl ConsentPolicy for ConsentEngine {
                     verdict: Verdict::Permit,
                     source: DecisionSource::BreakTheGlass,
                     basis: format!("emergency access (purpose {purpose}) overrides the patient's consent; this access raises a security alert"),
+                    obligations: Vec::new(),
                 };
             }
         }
-        let part2 = sensitive.iter().any(|c| labels::PART2.contains(c));
-        // (dateTime, consent reference, matched provision)
-        let mut outcomes: Vec<(i64, String, Matched)> = Vec::new();
+        // Sensitivity rules govern release; collecting or correcting labelled data is
+        // decided like any other data.
+        let f = Facts::of(req);
+        let part2 = f.part2();
+        let mut outcomes: Vec<Outcome> = Vec::new();
+        let mut path = Vec::new();
         for consent in req.consents.iter().filter(|c| Self::applicable(c)) {
             let Some(root) = consent.get("provision") else {
                 continue;
@@ -434,77 +619,139 @@ impl ConsentPolicy for ConsentEngine {
             let parent = Parent {
                 depth: 0,
                 verdict: base,
-                names_sensitive: false,
+                named: 0,
             };
-            if let Some(m) = self.evaluate(root, "Consent.provision", parent, &sensitive, req) {
-                let when = consent
-                    .get("dateTime")
-                    .and_then(Value::as_str)
-                    .and_then(parse_date_range)
-                    .map_or(i64::MIN, |r| r.start);
-                let reference =
-                    resource_reference(consent).unwrap_or_else(|| "Consent (no id)".into());
-                outcomes.push((when, reference, m));
+            path.clear();
+            if let Some(m) = self.evaluate(root, &mut path, parent, &f) {
+                outcomes.push(Outcome {
+                    when: consent
+                        .get("dateTime")
+                        .and_then(Value::as_str)
+                        .and_then(parse_date_range)
+                        .map_or(i64::MIN, |r| r.start),
+                    consent: resource_reference(consent)
+                        .unwrap_or_else(|| "Consent (no id)".into()),
+                    m,
+                });
             }
         }
-        let chosen = if part2 {
-            outcomes
-                .iter()
-                .find(|(_, _, m)| m.verdict == Verdict::Deny)
-                .or_else(|| outcomes.iter().max_by_key(|(w, _, _)| *w))
+        let combiner = if part2 {
+            Combiner::DenyOverrides
         } else {
+            self.combiner
+        };
+        let latest = |o: &&Outcome| o.when;
+        let latest_deny = outcomes
+            .iter()
+            .filter(|o| o.m.verdict == Verdict::Deny)
+            .max_by_key(latest);
+        let chosen = match combiner {
+            Combiner::DenyOverrides => latest_deny.or_else(|| outcomes.iter().max_by_key(latest)),
             // Most recent wins; on equal dateTime a deny wins.
-            outcomes.iter().max_by(|a, b| {
-                a.0.cmp(&b.0)
-                    .then((a.2.verdict == Verdict::Deny).cmp(&(b.2.verdict == Verdict::Deny)))
-            })
+            Combiner::MostRecent => outcomes.iter().max_by(|a, b| {
+                a.when
+                    .cmp(&b.when)
+                    .then((a.m.verdict == Verdict::Deny).cmp(&(b.m.verdict == Verdict::Deny)))
+            }),
+        };
+        let explicit = |o: &Outcome| f.required & !o.m.named == 0;
+        // A permit that does not name the data's sensitivity yields to one (not overruled by
+        // a later deny) that does: both permit, and only the latter covers this data.
+        let chosen = match chosen {
+            Some(c) if c.m.verdict == Verdict::Permit && !explicit(c) => Some(
+                outcomes
+                    .iter()
+                    .filter(|o| o.m.verdict == Verdict::Permit && explicit(o))
+                    .filter(|o| latest_deny.is_none_or(|d| o.when >= d.when))
+                    .max_by_key(latest)
+                    .unwrap_or(c),
+            ),
+            other => other,
         };
         match chosen {
-            Some((_, consent, m)) => {
-                if m.verdict == Verdict::Permit && !sensitive.is_empty() && !m.names_sensitive {
+            Some(o) => {
+                let source = DecisionSource::Consent {
+                    consent: o.consent.clone(),
+                    provision: o.m.path_string(),
+                };
+                if o.m.verdict == Verdict::Permit && !explicit(o) {
                     return Decision {
                         verdict: Verdict::Deny,
-                        source: DecisionSource::Consent {
-                            consent: consent.clone(),
-                            provision: m.path.clone(),
-                        },
+                        source,
                         basis: format!(
-                            "{consent} permits at {}, but the data is labelled {} and no provision names that label explicitly",
-                            m.path,
-                            sensitive.join(", ")
+                            "{} permits at {}, but the data is labelled {} and no provision names that label explicitly",
+                            o.consent,
+                            o.m.path_string(),
+                            f.sensitive_codes().join(", ")
                         ),
+                        obligations: Vec::new(),
                     };
                 }
+                let mut obligations = Vec::new();
+                if o.m.verdict == Verdict::Permit {
+                    if o.m.redact && is_release(req.action) {
+                        obligations.push(Obligation::Redact {
+                            reason: format!(
+                                "{} at {} permits this data only redacted",
+                                o.consent,
+                                o.m.path_string()
+                            ),
+                        });
+                    }
+                    if is_release(req.action) {
+                        obligations.extend(self.rule_obligations(&f, req.actor));
+                    }
+                }
                 Decision {
-                    verdict: m.verdict,
-                    source: DecisionSource::Consent {
-                        consent: consent.clone(),
-                        provision: m.path.clone(),
-                    },
+                    verdict: o.m.verdict,
                     basis: format!(
-                        "{consent} {} at {}{}",
-                        if m.verdict == Verdict::Permit { "permits" } else { "denies" },
-                        m.path,
-                        if part2 { " (42 CFR Part 2 data: deny overrides)" } else { "" }
+                        "{} {} at {}{}",
+                        o.consent,
+                        if o.m.verdict == Verdict::Permit {
+                            "permits"
+                        } else {
+                            "denies"
+                        },
+                        o.m.path_string(),
+                        if part2 {
+                            " (42 CFR Part 2 data: deny overrides)"
+                        } else {
+                            ""
+                        }
                     ),
+                    source,
+                    obligations,
                 }
             }
-            None if !sensitive.is_empty() => Decision {
+            None if f.required != 0 => Decision {
                 verdict: Verdict::Deny,
                 source: DecisionSource::NoApplicableConsent,
                 basis: format!(
                     "no consent applies and the data is labelled {}, which needs the patient's explicit permit",
-                    sensitive.join(", ")
+                    f.sensitive_codes().join(", ")
                 ),
+                obligations: Vec::new(),
             },
-            None => Decision {
-                verdict: if self.default == DefaultPolicy::OptOut { Verdict::Permit } else { Verdict::Deny },
-                source: DecisionSource::NoApplicableConsent,
-                basis: format!(
-                    "no consent applies; the gateway's default policy is {}",
-                    if self.default == DefaultPolicy::OptOut { "opt-out (share)" } else { "opt-in (do not share)" }
-                ),
-            },
+            None => {
+                let permit = self.default == DefaultPolicy::OptOut;
+                Decision {
+                    verdict: if permit { Verdict::Permit } else { Verdict::Deny },
+                    source: DecisionSource::NoApplicableConsent,
+                    basis: format!(
+                        "no consent applies; the gateway's default policy is {}",
+                        if permit {
+                            "opt-out (share)"
+                        } else {
+                            "opt-in (do not share)"
+                        }
+                    ),
+                    obligations: if permit && is_release(req.action) {
+                        self.rule_obligations(&f, req.actor)
+                    } else {
+                        Vec::new()
+                    },
+                }
+            }
         }
     }
 }

@@ -10,10 +10,11 @@
 pub mod engine;
 pub mod labelling;
 pub mod labels;
+pub mod redact;
 
 use serde_json::Value;
 
-pub use engine::{ConsentEngine, DefaultPolicy};
+pub use engine::{Combiner, ConsentEngine, DefaultPolicy, RedactionRule};
 pub use labelling::LabelRules;
 
 /// The `consentaction` a request performs.
@@ -103,11 +104,44 @@ pub struct Decision {
     pub source: DecisionSource,
     /// Human-readable basis.
     pub basis: String,
+    /// What the gateway must do when it releases the data (only ever set on a permit).
+    pub obligations: Vec<Obligation>,
+}
+
+/// A condition on a permit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Obligation {
+    /// Release the resource only in its redacted form ([`redact::redact`]), saying why.
+    Redact { reason: String },
+}
+
+impl Obligation {
+    /// The v3-ActCode ObligationPolicy code, for explanations (`$evaluate`).
+    pub fn code(&self) -> &'static str {
+        match self {
+            Obligation::Redact { .. } => "REDACT",
+        }
+    }
+
+    pub fn reason(&self) -> &str {
+        match self {
+            Obligation::Redact { reason } => reason,
+        }
+    }
 }
 
 impl Decision {
     pub fn is_permit(&self) -> bool {
         self.verdict == Verdict::Permit
+    }
+
+    /// Whether a permit releases the data only redacted.
+    pub fn requires_redaction(&self) -> bool {
+        self.is_permit()
+            && self
+                .obligations
+                .iter()
+                .any(|o| matches!(o, Obligation::Redact { .. }))
     }
 }
 
@@ -142,6 +176,7 @@ impl ConsentPolicy for ConsentNotEnforced {
             verdict: Verdict::Permit,
             source: DecisionSource::NotEnforced,
             basis: "consent enforcement is not enabled on this gateway".into(),
+            obligations: Vec::new(),
         }
     }
 

@@ -148,6 +148,7 @@ impl ConsentScope<'_> {
                     basis: format!(
                         "emergency access granted earlier to {who} for {p} is still open"
                     ),
+                    obligations: Vec::new(),
                 };
             }
         }
