@@ -1,9 +1,30 @@
-//! The shared care-plan view and `Patient/$match`: gathers a person's linked Patients and
-//! the resources the reader may see, and hands them to `caregate-careplan`.
+//! The shared care-plan view, `Patient/$match`, and manual `$link` / `$unlink`: gathers a
+//! person's linked Patients and the resources the reader may see, and hands them to
+//! `caregate-careplan`.
+//!
+//! Manual linking decisions are R4 `Linkage` resources written through the ordinary update
+//! path (validated, versioned, audited); one Linkage per pair of Patients, with an id derived
+//! from the pair, so its history is the pair's decision log. A link is `active: true`, an
+//! unlink `active: false`; both carry a `caregate` tag, and only tagged Linkages are
+//! applied. Unlinks beat every rule. No source's Patient is ever changed, so undoing a wrong
+//! link loses nothing: each Patient's view again draws on its own sources only.
+//!
+//! Linking is as sensitive as consent management (a wrong link shows one person's record
+//! to another person's team), so `$link`/`$unlink` need an explicit Linkage write grant
+//! (`system/Linkage.cu`, `.cud`, `.write` or `.*`): the wildcard `system/*.*` does not
+//! reach Linkage writes (see `scopes.rs`).
+//!
+//! Built views are kept in a [`ViewCache`] keyed by reader, Patient and `_since`, and
+//! served while nothing they draw on has changed (see `caregate_careplan::cache`).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
 
 use caregate_audit::{patient_of, Subtype};
 use caregate_careplan::{
-    build_view, group_people, match_candidates, view_etag, LinkConfig, Person, Source, ViewOptions,
+    build_view, group_people_with, linkage_resource, match_candidates, override_from_linkage,
+    view_etag, LinkConfig, LinkOverride, Person, Source, ViewCache, ViewOptions,
 };
 use caregate_core::{parse_date_range, ErrorKind, FhirError, FhirResult};
 use caregate_store::VersionRecord;
@@ -29,8 +50,39 @@ const VIEW_SOURCES: [(&str, &str); 10] = [
 /// A computed view and its ETag.
 #[derive(Debug, Clone)]
 pub struct CarePlanView {
-    pub bundle: Value,
+    /// Shared with the view cache: serving a cached view copies nothing.
+    pub bundle: Arc<Value>,
     pub etag: String,
+}
+
+/// What the cache keeps per view: the view and what each read of it must audit.
+#[derive(Debug)]
+pub(crate) struct CachedCarePlan {
+    view: CarePlanView,
+    touched: Vec<(String, Option<String>)>,
+}
+
+/// The pipeline's view cache.
+pub(crate) type CarePlanCache = ViewCache<Arc<CachedCarePlan>>;
+
+/// How long a built view may be served (its gap flags depend on the clock).
+const VIEW_TTL: Duration = Duration::from_secs(30);
+/// Views kept at most.
+const VIEW_CAPACITY: usize = 4096;
+/// Patients gathered into one person at most (bounds the work a chain of links can cause).
+const MAX_PERSON_PATIENTS: usize = 256;
+
+pub(crate) fn new_view_cache() -> CarePlanCache {
+    ViewCache::new(VIEW_TTL, VIEW_CAPACITY)
+}
+
+/// `Parameters.parameter` named `name`.
+fn parameter<'a>(parameters: &'a Value, name: &str) -> Option<&'a Value> {
+    parameters
+        .get("parameter")
+        .and_then(Value::as_array)?
+        .iter()
+        .find(|p| p.get("name").and_then(Value::as_str) == Some(name))
 }
 
 impl Pipeline {
@@ -92,20 +144,109 @@ impl Pipeline {
         Ok(found)
     }
 
-    /// The person `Patient/{id}` belongs to, from the configured linking rules.
-    fn person_of(&self, patient: &Value, id: &str) -> FhirResult<Person> {
-        let mut candidates = self.candidates_for(patient)?;
-        if !candidates
-            .iter()
-            .any(|c| c.get("id").and_then(Value::as_str) == Some(id))
-        {
-            candidates.push(patient.clone());
+    /// The manual decisions recorded for any of `patients`, by Linkage id, with the
+    /// decision's `lastUpdated`.
+    fn link_decisions(
+        &self,
+        patients: &[String],
+        out: &mut BTreeMap<String, (String, LinkOverride)>,
+    ) -> FhirResult<()> {
+        if patients.is_empty() || self.search.param("Linkage", "item").is_none() {
+            return Ok(());
         }
+        // One search for all of them (comma = OR), in chunks to keep the query small.
+        for chunk in patients.chunks(50) {
+            let value = chunk
+                .iter()
+                .map(|p| escape(p))
+                .collect::<Vec<_>>()
+                .join(",");
+            for r in self.search_all("Linkage", vec![("item".into(), value)], 1000)? {
+                if out.contains_key(&r.id) {
+                    continue;
+                }
+                if let Some(o) = override_from_linkage(&parse_record(&r)?) {
+                    out.insert(r.id.clone(), (r.last_updated.clone(), o));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The person `Patient/{id}` belongs to: the configured linking rules over the Patients
+    /// that could match, with the manual decisions applied. Patients joined by a manual
+    /// link bring their own candidates (a link may join records no rule would find).
+    fn person_of(&self, patient: &Value, id: &str) -> FhirResult<Person> {
+        let me = format!("Patient/{id}");
+        let mut known: Vec<Value> = self.candidates_for(patient)?;
+        let has = |known: &[Value], r: &str| {
+            known
+                .iter()
+                .any(|c| c.get("id").and_then(Value::as_str) == r.strip_prefix("Patient/"))
+        };
+        if !has(&known, &me) {
+            known.push(patient.clone());
+        }
+        let mut decisions: BTreeMap<String, (String, LinkOverride)> = BTreeMap::new();
+        let mut asked: Vec<String> = Vec::new();
+        loop {
+            let refs: Vec<String> = known
+                .iter()
+                .filter_map(|c| c.get("id").and_then(Value::as_str))
+                .map(|i| format!("Patient/{i}"))
+                .filter(|r| !asked.contains(r))
+                .collect();
+            if refs.is_empty() || known.len() >= MAX_PERSON_PATIENTS {
+                break;
+            }
+            asked.extend(refs.iter().cloned());
+            let before = decisions.len();
+            self.link_decisions(&refs, &mut decisions)?;
+            if decisions.len() == before {
+                break;
+            }
+            let links: Vec<LinkOverride> = decisions
+                .values()
+                .map(|(_, o)| o.clone())
+                .filter(|o| o.link)
+                .collect();
+            for o in &links {
+                for other in [&o.a, &o.b] {
+                    if has(&known, other) || known.len() >= MAX_PERSON_PATIENTS {
+                        continue;
+                    }
+                    let Some(oid) = other.strip_prefix("Patient/") else {
+                        continue;
+                    };
+                    let Some(record) = self
+                        .store
+                        .read("Patient", oid)
+                        .map_err(store_error)?
+                        .filter(|r| !r.is_deleted())
+                    else {
+                        continue;
+                    };
+                    let linked = parse_record(&record)?;
+                    for c in self.candidates_for(&linked)? {
+                        let cid = c.get("id").and_then(Value::as_str).unwrap_or_default();
+                        if !has(&known, &format!("Patient/{cid}")) {
+                            known.push(c);
+                        }
+                    }
+                    if !has(&known, other) {
+                        known.push(linked);
+                    }
+                }
+            }
+        }
+        // Oldest first, so that the newest decision about a pair wins.
+        let mut ordered: Vec<(String, LinkOverride)> = decisions.into_values().collect();
+        ordered.sort_by(|a, b| a.0.cmp(&b.0));
+        let overrides: Vec<LinkOverride> = ordered.into_iter().map(|(_, o)| o).collect();
         let cfg = LinkConfig {
             trusted_systems: self.options.trusted_identifier_systems.clone(),
         };
-        let me = format!("Patient/{id}");
-        Ok(group_people(&candidates, &cfg)
+        Ok(group_people_with(&known, &cfg, &overrides)
             .into_iter()
             .find(|p| p.members.contains(&me))
             .unwrap_or(Person {
@@ -148,6 +289,22 @@ impl Pipeline {
                 ));
             }
         }
+        // The reader decides what the view may hold: who they are, for whom they act and
+        // why (consent), for which Patient and since when.
+        let actor = &caller.actor;
+        let key = format!(
+            "{:?}\u{0}{:?}\u{0}{:?}\u{0}{:?}\u{0}{:?}\u{0}{id}\u{0}{since:?}",
+            actor.client_id,
+            actor.organization,
+            actor.practitioner,
+            actor.care_teams,
+            actor.purpose_of_use
+        );
+        if let Some(hit) = self.views.get(&key) {
+            self.audit_view_read(caller, id, &hit.touched);
+            return Ok(hit.view.clone());
+        }
+        let generation = self.views.global_generation();
         let record = self
             .store
             .read("Patient", id)
@@ -160,7 +317,9 @@ impl Pipeline {
             return Err(FhirError::not_found(format!("Patient/{id} is not known")));
         }
         let person = self.person_of(&patient, id)?;
+        let stamp = self.views.stamp(generation, &person.members);
         let mut gathered: Vec<(Value, String)> = Vec::new();
+        let mut seen: std::collections::HashSet<(String, String)> = Default::default();
         let mut withheld = false;
         for member in &person.members {
             for (rtype, param) in VIEW_SOURCES {
@@ -168,11 +327,7 @@ impl Pipeline {
                     continue;
                 }
                 for r in self.search_all(rtype, vec![(param.to_string(), member.clone())], 1000)? {
-                    if gathered.iter().any(|(v, _)| {
-                        v.get("id").and_then(Value::as_str) == Some(&r.id)
-                            && v.get("resourceType").and_then(Value::as_str)
-                                == Some(&r.resource_type)
-                    }) {
+                    if !seen.insert((r.resource_type.clone(), r.id.clone())) {
                         continue;
                     }
                     let v = parse_record(&r)?;
@@ -212,7 +367,7 @@ impl Pipeline {
             &ViewOptions {
                 now: caregate_core::now_instant().1,
                 since: since.map(str::to_string),
-                withheld,
+                withheld: withheld && self.options.withheld_notice,
             },
         );
         let etag = view_etag(&bundle);
@@ -232,13 +387,168 @@ impl Pipeline {
             })
             .collect();
         scope.audit_alerts(caller, Subtype::Operation);
+        self.audit_view_read(caller, id, &touched);
+        let view = CarePlanView {
+            bundle: Arc::new(bundle),
+            etag,
+        };
+        // Views the consent trimmed, or read under emergency access, are built afresh each
+        // time: their security alerts must be raised on every read.
+        if !withheld && !self.emergency_access_open(caller) {
+            self.views.put(
+                key,
+                stamp,
+                Arc::new(CachedCarePlan {
+                    view: view.clone(),
+                    touched,
+                }),
+            );
+        }
+        Ok(view)
+    }
+
+    /// The read AuditEvents of one view (one per patient whose data it drew on).
+    fn audit_view_read(&self, caller: &Caller, id: &str, touched: &[(String, Option<String>)]) {
         self.audit_async(&self.per_patient_entries(
             caller,
             Subtype::Operation,
-            touched,
+            touched.iter().cloned(),
             Some(format!("Patient/{id}/$care-plan")),
         ));
-        Ok(CarePlanView { bundle, etag })
+    }
+
+    /// Whether the caller asserts an emergency purpose or holds an open break-the-glass
+    /// grant for any patient.
+    fn emergency_access_open(&self, caller: &Caller) -> bool {
+        if matches!(
+            caller.actor.purpose_of_use.as_deref(),
+            Some("ETREAT" | "BTG")
+        ) {
+            return true;
+        }
+        let who = caller
+            .actor
+            .organization
+            .clone()
+            .or_else(|| caller.actor.client_id.clone())
+            .unwrap_or_else(|| "local".into());
+        let now = chrono::Utc::now().timestamp_millis();
+        self.emergency_grants
+            .lock()
+            .iter()
+            .any(|((w, _), until)| *w == who && *until > now)
+    }
+
+    /// Turns the view cache (and its bookkeeping on every commit) on or off.
+    pub fn set_view_cache(&self, enabled: bool) {
+        self.views.set_enabled(enabled);
+    }
+
+    /// `POST /Patient/{id}/$link` (`link` true) or `$unlink`: records that `Patient/{id}`
+    /// and the Parameters' `other` Patient are (or are not) the same person, as a versioned
+    /// `Linkage`, and returns it. Both Patients must exist and be visible to the caller.
+    pub fn link_patients(
+        &self,
+        caller: &Caller,
+        id: &str,
+        parameters: &Value,
+        link: bool,
+    ) -> FhirResult<Value> {
+        self.audited(
+            caller,
+            Subtype::Operation,
+            Some(format!("Patient/{id}")),
+            || self.link_patients_inner(caller, id, parameters, link),
+        )
+    }
+
+    fn link_patients_inner(
+        &self,
+        caller: &Caller,
+        id: &str,
+        parameters: &Value,
+        link: bool,
+    ) -> FhirResult<Value> {
+        let op = if link { "$link" } else { "$unlink" };
+        caller.require("Patient", Permission::Read)?;
+        caller.require("Linkage", Permission::Create)?;
+        caller.require("Linkage", Permission::Update)?;
+        if parameters.get("resourceType").and_then(Value::as_str) != Some("Parameters") {
+            return Err(FhirError::at(
+                ErrorKind::BadRequest,
+                "Parameters",
+                format!("{op} takes a Parameters resource with an 'other' parameter"),
+            ));
+        }
+        const OTHER: &str = "Parameters.parameter.where(name='other').valueReference";
+        let other_ref = parameter(parameters, "other")
+            .and_then(|p| p.pointer("/valueReference/reference"))
+            .and_then(Value::as_str)
+            .ok_or_else(|| {
+                FhirError::at(
+                    ErrorKind::BadRequest,
+                    OTHER,
+                    format!("{op} needs an 'other' parameter: a Reference to the other Patient"),
+                )
+            })?;
+        let other = patient_reference_id(other_ref).ok_or_else(|| {
+            FhirError::at(
+                ErrorKind::BadRequest,
+                OTHER,
+                format!("'{other_ref}' is not a reference to a Patient"),
+            )
+        })?;
+        if other == id {
+            return Err(FhirError::at(
+                ErrorKind::BadRequest,
+                OTHER,
+                format!("{op} needs two different Patients; both are Patient/{id}"),
+            ));
+        }
+        let mut scope = self.consent_scope(caller)?;
+        for pid in [id, other] {
+            let record = self
+                .store
+                .read("Patient", pid)
+                .map_err(store_error)?
+                .filter(|r| !r.is_deleted())
+                .ok_or_else(|| FhirError::not_found(format!("Patient/{pid} is not known")))?;
+            if !scope.readable(&parse_record(&record)?)? {
+                return Err(FhirError::not_found(format!("Patient/{pid} is not known")));
+            }
+        }
+        scope.audit_alerts(caller, Subtype::Operation);
+        let (a, b) = (format!("Patient/{id}"), format!("Patient/{other}"));
+        let author = caller
+            .actor
+            .organization
+            .as_deref()
+            .filter(|o| o.starts_with("Organization/"));
+        let linkage = linkage_resource(&a, &b, link, author);
+        let linkage_id = linkage
+            .get("id")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        // The ordinary update path: validated, versioned, audited, and seen by the view
+        // cache's invalidation like any other commit.
+        let outcome = self.update(caller, "Linkage", &linkage_id, linkage, None)?;
+        let decision = format!(
+            "Linkage/{}/_history/{}",
+            outcome.record.id, outcome.record.version
+        );
+        let entries: Vec<_> = [&a, &b]
+            .into_iter()
+            .map(|p| {
+                let mut e = self.audit_entry(caller, Subtype::Operation);
+                e.patient = Some(p.clone());
+                e.entities = vec![a.clone(), b.clone(), decision.clone()];
+                e.query = Some(format!("Patient/{id}/{op}"));
+                e
+            })
+            .collect();
+        self.audit_async(&entries);
+        Ok(outcome.resource)
     }
 
     /// `POST /Patient/$match` (R4 operation): candidates for the given Patient, graded.
@@ -309,6 +619,14 @@ impl Pipeline {
             "entry": entries
         }))
     }
+}
+
+/// The id in `Patient/{id}` or `https://base/Patient/{id}` (a history suffix ignored).
+fn patient_reference_id(reference: &str) -> Option<&str> {
+    let r = reference.split("/_history/").next().unwrap_or(reference);
+    let (head, id) = r.rsplit_once('/')?;
+    let rtype = head.rsplit('/').next().unwrap_or(head);
+    (rtype == "Patient" && caregate_core::is_valid_id(id)).then_some(id)
 }
 
 /// Escapes a search value (`,` `|` `$` `\`).

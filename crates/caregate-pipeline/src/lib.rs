@@ -207,15 +207,22 @@ pub struct Pipeline {
     /// Open break-the-glass grants: (who, patient) → open until (epoch ms). In memory: a
     /// restart closes them, which errs on the side of privacy.
     emergency_grants: parking_lot::Mutex<std::collections::HashMap<(String, String), i64>>,
+    /// Built shared care-plan views, invalidated by every commit (a shared-view stage).
+    views: Arc<careplan::CarePlanCache>,
 }
 
 impl Pipeline {
     pub fn new(
         store: Arc<dyn Store>,
         search: Arc<SearchRegistry>,
-        stages: Stages,
+        mut stages: Stages,
         options: PipelineOptions,
     ) -> Pipeline {
+        let views = Arc::new(careplan::new_view_cache());
+        stages.shared_view = Arc::new(caregate_careplan::BothViews(
+            views.clone(),
+            stages.shared_view,
+        ));
         Pipeline {
             store,
             search,
@@ -223,6 +230,7 @@ impl Pipeline {
             options,
             consents_exist: std::sync::atomic::AtomicU8::new(0),
             emergency_grants: parking_lot::Mutex::new(std::collections::HashMap::new()),
+            views,
         }
     }
 

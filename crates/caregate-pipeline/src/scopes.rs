@@ -99,12 +99,15 @@ impl Scopes {
     }
 
     pub fn allows(&self, resource_type: &str, permission: Permission) -> bool {
-        // The audit trail is for auditors, and recording a patient's consent is for
-        // consent management: a wildcard grant reaches neither AuditEvent nor writes of
-        // Consent; only an explicit grant (system/AuditEvent.rs, system/Consent.cud) does.
+        // The audit trail is for auditors, recording a patient's consent is for consent
+        // management, and deciding that two records are (not) one person is for identity
+        // management (a wrong link shows one person's record to another's team): a
+        // wildcard grant reaches neither AuditEvent nor writes of Consent or Linkage; only
+        // an explicit grant (system/AuditEvent.rs, system/Consent.cud, system/Linkage.cu)
+        // does.
         let wildcard_applies = match resource_type {
             "AuditEvent" => false,
-            "Consent" => matches!(permission, Permission::Read | Permission::Search),
+            "Consent" | "Linkage" => matches!(permission, Permission::Read | Permission::Search),
             _ => true,
         };
         self.grants.iter().any(|(ty, bits)| {
@@ -183,6 +186,12 @@ mod tests {
         let manager = Scopes::parse(["system/*.*", "system/Consent.cud"]).unwrap();
         assert!(manager.allows("Consent", Permission::Create));
         assert!(manager.allows("Consent", Permission::Delete));
+        assert!(all.allows("Linkage", Permission::Search));
+        assert!(!all.allows("Linkage", Permission::Create));
+        assert!(!all.allows("Linkage", Permission::Update));
+        let linker = Scopes::parse(["system/*.*", "system/Linkage.cu"]).unwrap();
+        assert!(linker.allows("Linkage", Permission::Update));
+        assert!(!linker.allows("Linkage", Permission::Delete));
     }
 
     #[test]

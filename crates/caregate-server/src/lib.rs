@@ -314,6 +314,14 @@ pub fn start(config: &ServerConfig) -> Result<RunningServer, StartError> {
             )
             .route("/Patient/$match", web::post().to(operations::patient_match))
             .route(
+                "/Patient/{id}/$link",
+                web::post().to(operations::patient_link),
+            )
+            .route(
+                "/Patient/{id}/$unlink",
+                web::post().to(operations::patient_unlink),
+            )
+            .route(
                 "/Consent/$evaluate",
                 web::post().to(operations::consent_evaluate),
             )

@@ -1,5 +1,5 @@
 //! Operations outside the core REST interactions: `$disclosures`, `$care-plan` (and its
-//! clinician page), `$match`, and the conformance reports.
+//! clinician page), `$match`, `$link`/`$unlink`, and the conformance reports.
 
 use actix_web::http::header;
 use actix_web::http::StatusCode;
@@ -175,6 +175,50 @@ pub async fn patient_match(
     );
     match blocking(move || pipeline.patient_match(&caller, &parameters, &base)).await {
         Ok(bundle) => resource_response(StatusCode::OK, &bundle, op.rendering),
+        Err(e) => error_response(&e, op.rendering),
+    }
+}
+
+/// `POST /Patient/{id}/$link` and `$unlink` with a Parameters body (`other`: Reference to
+/// the other Patient): records the manual decision as a `Linkage` and answers it. Needs an
+/// explicit Linkage write grant (`system/Linkage.cu`).
+pub async fn patient_link(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+    payload: web::Payload,
+) -> HttpResponse {
+    link_or_unlink(req, state, path.into_inner(), payload, true).await
+}
+
+/// See [`patient_link`].
+pub async fn patient_unlink(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+    payload: web::Payload,
+) -> HttpResponse {
+    link_or_unlink(req, state, path.into_inner(), payload, false).await
+}
+
+async fn link_or_unlink(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    id: String,
+    payload: web::Payload,
+    link: bool,
+) -> HttpResponse {
+    let op = op_or_return!(req, state);
+    let parameters = match read_body(&req, payload, state.max_body_bytes)
+        .await
+        .and_then(|body| crate::format::parse_body(req.headers(), &body))
+    {
+        Ok(v) => v,
+        Err(e) => return error_response(&e, op.rendering),
+    };
+    let (pipeline, caller) = (state.pipeline.clone(), op.caller.clone());
+    match blocking(move || pipeline.link_patients(&caller, &id, &parameters, link)).await {
+        Ok(linkage) => resource_response(StatusCode::OK, &linkage, op.rendering),
         Err(e) => error_response(&e, op.rendering),
     }
 }

@@ -204,3 +204,233 @@ async fn every_item_names_the_organisation_that_contributed_it() {
     );
     s.stop().await;
 }
+
+fn goal_coded(patient: &str, code: &str, text: &str) -> Value {
+    json!({
+        "resourceType": "Goal",
+        "lifecycleStatus": "active",
+        "description": {"coding": [{"system": "http://loinc.org", "code": code}], "text": text},
+        "subject": {"reference": patient}
+    })
+}
+
+fn other(patient: &str) -> Value {
+    json!({"resourceType": "Parameters", "parameter": [
+        {"name": "other", "valueReference": {"reference": patient}}
+    ]})
+}
+
+/// Goals' texts and the members listed on the view's synthesized Patient.
+async fn view_of(s: &TestServer, token: &str, id: &str) -> (Vec<String>, Vec<String>) {
+    let r = s.get_as(token, &format!("Patient/{id}/$care-plan")).await;
+    assert_eq!(r.status(), 200);
+    let view: Value = r.json().await.unwrap();
+    let entries = view["entry"].as_array().unwrap();
+    let mut goals: Vec<String> = entries
+        .iter()
+        .filter(|e| e["resource"]["resourceType"] == "Goal")
+        .map(|e| {
+            e["resource"]["description"]["text"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    goals.sort();
+    let person: Vec<&Value> = entries
+        .iter()
+        .filter(|e| e["resource"]["resourceType"] == "Patient")
+        .collect();
+    assert_eq!(person.len(), 1, "one synthesized Patient: {view}");
+    let members = person[0]["resource"]["link"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| {
+            assert_eq!(l["type"], "seealso");
+            l["other"]["reference"].as_str().unwrap().to_string()
+        })
+        .collect();
+    (goals, members)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn manual_link_and_unlink_are_recorded_audited_and_lose_nothing() {
+    let s = TestServer::start_with(|c| {
+        c.linking.trusted_systems = vec!["urn:insurer:member".into()];
+        c.clients = vec![
+            support::client("psych", "psych-token", &["system/*.*"]),
+            support::client("idm", "idm-token", &["system/*.*", "system/Linkage.cu"]),
+            support::client("auditor", "audit-token", &["system/AuditEvent.rs"]),
+        ];
+    })
+    .await;
+    let create = |body: Value| {
+        let s = &s;
+        async move {
+            let r = s
+                .post_as("psych-token", body["resourceType"].as_str().unwrap(), &body)
+                .await;
+            assert_eq!(r.status(), 201);
+            r.json::<Value>().await.unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        }
+    };
+    // a and c share the insurer id (linked by rule); b shares nothing with either.
+    let a = create(patient("urn:mrn:psychiatry", "P-1")).await;
+    let mut b_patient = patient("urn:mrn:community", "CM-4");
+    b_patient["identifier"] = json!([{"system": "urn:mrn:community", "value": "CM-4"}]);
+    b_patient["name"] = json!([{"family": "Rivera-Lopez", "given": ["Samantha"]}]);
+    let b = create(b_patient).await;
+    let c = create(patient("urn:mrn:primary-care", "PC-9")).await;
+    let (pa, pb, pc) = (
+        format!("Patient/{a}"),
+        format!("Patient/{b}"),
+        format!("Patient/{c}"),
+    );
+    create(goal_coded(&pa, "a-goal", "Goal from a")).await;
+    create(goal_coded(&pb, "b-goal", "Goal from b")).await;
+    create(goal_coded(&pc, "c-goal", "Goal from c")).await;
+    let patient_before: Value = s.get_as("psych-token", &pb).await.json().await.unwrap();
+
+    let sorted = |mut v: Vec<String>| {
+        v.sort();
+        v
+    };
+    let (goals, members) = view_of(&s, "psych-token", &a).await;
+    assert_eq!(goals, vec!["Goal from a", "Goal from c"]);
+    assert_eq!(members, sorted(vec![pa.clone(), pc.clone()]));
+    let (goals, members) = view_of(&s, "psych-token", &b).await;
+    assert_eq!(
+        (goals, members),
+        (vec!["Goal from b".to_string()], vec![pb.clone()])
+    );
+
+    // Linking is identity management: the wildcard scope is not enough.
+    let r = s
+        .post_as("psych-token", &format!("Patient/{a}/$link"), &other(&pb))
+        .await;
+    assert_eq!(r.status(), 403);
+    // Bad input names the element.
+    let r = s
+        .post_as(
+            "idm-token",
+            &format!("Patient/{a}/$link"),
+            &json!({"resourceType": "Parameters"}),
+        )
+        .await;
+    assert_eq!(r.status(), 400);
+    let oo: Value = r.json().await.unwrap();
+    assert_eq!(
+        support::first_expression(&oo),
+        "Parameters.parameter.where(name='other').valueReference"
+    );
+    let r = s
+        .post_as(
+            "idm-token",
+            &format!("Patient/{a}/$link"),
+            &other("Observation/x"),
+        )
+        .await;
+    assert_eq!(r.status(), 400);
+    let r = s
+        .post_as(
+            "idm-token",
+            &format!("Patient/{a}/$link"),
+            &other("Patient/nope"),
+        )
+        .await;
+    assert_eq!(r.status(), 404);
+
+    // Link b to a: one person of three, seen from any of them.
+    let r = s
+        .post_as("idm-token", &format!("Patient/{a}/$link"), &other(&pb))
+        .await;
+    assert_eq!(r.status(), 200);
+    let linkage: Value = r.json().await.unwrap();
+    assert_eq!(linkage["resourceType"], "Linkage");
+    assert_eq!(linkage["active"], true);
+    assert_eq!(linkage["author"]["reference"], "Organization/idm");
+    let linkage_id = linkage["id"].as_str().unwrap().to_string();
+    let all = vec!["Goal from a", "Goal from b", "Goal from c"];
+    for id in [&a, &b, &c] {
+        let (goals, members) = view_of(&s, "psych-token", id).await;
+        assert_eq!(goals, all, "view of {id}");
+        assert_eq!(members, sorted(vec![pa.clone(), pb.clone(), pc.clone()]));
+    }
+
+    // The link was wrong: undo it. Each Patient's view again holds only its own sources.
+    let r = s
+        .post_as("idm-token", &format!("Patient/{b}/$unlink"), &other(&pa))
+        .await;
+    assert_eq!(r.status(), 200);
+    let unlinked: Value = r.json().await.unwrap();
+    assert_eq!(unlinked["id"], linkage_id.as_str(), "one Linkage per pair");
+    assert_eq!(unlinked["active"], false);
+    assert_eq!(unlinked["meta"]["versionId"], "2");
+    let (goals, members) = view_of(&s, "psych-token", &b).await;
+    assert_eq!(
+        (goals, members),
+        (vec!["Goal from b".to_string()], vec![pb.clone()])
+    );
+    let (goals, members) = view_of(&s, "psych-token", &a).await;
+    assert_eq!(goals, vec!["Goal from a", "Goal from c"]);
+    assert_eq!(members, sorted(vec![pa.clone(), pc.clone()]));
+
+    // An unlink beats the rules: a and c share a trusted identifier, yet are split.
+    let r = s
+        .post_as("idm-token", &format!("Patient/{c}/$unlink"), &other(&pa))
+        .await;
+    assert_eq!(r.status(), 200);
+    let (goals, members) = view_of(&s, "psych-token", &a).await;
+    assert_eq!(
+        (goals, members),
+        (vec!["Goal from a".to_string()], vec![pa.clone()])
+    );
+    let (goals, _) = view_of(&s, "psych-token", &c).await;
+    assert_eq!(goals, vec!["Goal from c"]);
+
+    // The sources' Patients were never touched; the decisions are a versioned log.
+    let patient_after: Value = s.get_as("psych-token", &pb).await.json().await.unwrap();
+    assert_eq!(patient_after, patient_before);
+    let history: Value = s
+        .get_as("psych-token", &format!("Linkage/{linkage_id}/_history"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(history["total"], 2, "{history}");
+
+    // Every decision left an operation AuditEvent naming both Patients and the Linkage.
+    let mut found = Vec::new();
+    for _ in 0..60 {
+        let events: Value = s
+            .get_as(
+                "audit-token",
+                &format!("AuditEvent?patient={pb}&subtype=operation"),
+            )
+            .await
+            .json()
+            .await
+            .unwrap();
+        found = events["entry"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+            .iter()
+            .map(|e| e["resource"].to_string())
+            .filter(|t| t.contains(&format!("Linkage/{linkage_id}")))
+            .collect();
+        if found.len() >= 2 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(found.len(), 2, "the $link and the $unlink: {found:?}");
+    for event in &found {
+        assert!(event.contains(&pa) && event.contains(&pb), "{event}");
+    }
+    s.stop().await;
+}
