@@ -1,4 +1,14 @@
-//! Who is calling: bearer tokens checked against the client registry.
+//! Who is calling: a bearer token (a client's static token, or a SMART access token from
+//! `POST /auth/token`) or a mutual-TLS client certificate, checked against the client
+//! registry.
+//!
+//! Precedence: a request with an `Authorization` header is authenticated by its token. If
+//! it also came over mutual TLS with a certificate registered to a *different* client,
+//! it is refused (401) — a token must not be replayed over another client's connection. A
+//! request without a token is authenticated by its certificate when the certificate is
+//! registered (`cert_sha256`); a verified certificate that maps to no client is 401.
+
+use std::sync::Arc;
 
 use caregate_consent::Actor;
 use caregate_core::{ErrorKind, FhirError, IssueCode};
@@ -7,30 +17,57 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::config::ClientConfig;
+use crate::smart::{TokenError, TokenKey};
 
 struct RegisteredClient {
     id: String,
     organization: Option<String>,
-    token_hash: [u8; 32],
+    /// SHA-256 of the static bearer token, when the client has one.
+    token_hash: Option<[u8; 32]>,
     scopes: Scopes,
     /// Purposes of use the client may assert; empty means any.
     purposes: Vec<String>,
+    /// SHA-256 of the client's mutual-TLS certificate (DER).
+    cert_sha256: Option<[u8; 32]>,
 }
 
 /// The registered clients; empty in local development mode.
 pub struct ClientRegistry {
     clients: Vec<RegisteredClient>,
+    /// Verifies SMART access tokens (when SMART Backend Services are configured).
+    token_key: Option<Arc<TokenKey>>,
+}
+
+/// A SHA-256 fingerprint written as hex, optionally with `:` separators.
+pub fn parse_fingerprint(text: &str) -> Result<[u8; 32], String> {
+    let digits: String = text.chars().filter(|c| *c != ':').collect();
+    let bytes = hex::decode(&digits).map_err(|e| format!("not hex: {e}"))?;
+    bytes
+        .try_into()
+        .map_err(|_| "must be a SHA-256 (32 bytes, 64 hex digits)".to_string())
 }
 
 impl ClientRegistry {
     pub fn new(clients: &[ClientConfig]) -> Result<ClientRegistry, String> {
         let mut out = Vec::new();
         for c in clients {
-            let bytes =
-                hex::decode(&c.token_sha256).map_err(|e| format!("client '{}': {e}", c.id))?;
-            let token_hash: [u8; 32] = bytes
-                .try_into()
-                .map_err(|_| format!("client '{}': token_sha256 must be 32 bytes", c.id))?;
+            let token_hash = if c.token_sha256.is_empty() {
+                None
+            } else {
+                let bytes =
+                    hex::decode(&c.token_sha256).map_err(|e| format!("client '{}': {e}", c.id))?;
+                Some(
+                    bytes
+                        .try_into()
+                        .map_err(|_| format!("client '{}': token_sha256 must be 32 bytes", c.id))?,
+                )
+            };
+            let cert_sha256 = c
+                .cert_sha256
+                .as_deref()
+                .map(parse_fingerprint)
+                .transpose()
+                .map_err(|e| format!("client '{}': cert_sha256: {e}", c.id))?;
             let scopes =
                 Scopes::parse(c.scopes.iter().map(String::as_str)).map_err(|e| e.to_string())?;
             out.push(RegisteredClient {
@@ -39,9 +76,19 @@ impl ClientRegistry {
                 token_hash,
                 scopes,
                 purposes: c.purposes.clone(),
+                cert_sha256,
             });
         }
-        Ok(ClientRegistry { clients: out })
+        Ok(ClientRegistry {
+            clients: out,
+            token_key: None,
+        })
+    }
+
+    /// Accept SMART access tokens signed with this key.
+    pub fn with_token_key(mut self, key: Arc<TokenKey>) -> ClientRegistry {
+        self.token_key = Some(key);
+        self
     }
 
     pub fn is_empty(&self) -> bool {
@@ -55,6 +102,18 @@ impl ClientRegistry {
         authorization: Option<&str>,
         purpose: Option<String>,
     ) -> Result<Caller, FhirError> {
+        self.authenticate_request(authorization, purpose, None)
+    }
+
+    /// The caller for a request: its `Authorization` header value, its
+    /// `X-Purpose-Of-Use`, and the SHA-256 of the client certificate verified in the TLS
+    /// handshake (mutual TLS), if any.
+    pub fn authenticate_request(
+        &self,
+        authorization: Option<&str>,
+        purpose: Option<String>,
+        client_cert_sha256: Option<&[u8; 32]>,
+    ) -> Result<Caller, FhirError> {
         if self.clients.is_empty() {
             return Ok(Caller {
                 actor: Actor {
@@ -65,7 +124,28 @@ impl ClientRegistry {
                 ..Caller::default()
             });
         }
-        let token = authorization
+        let cert_client = client_cert_sha256.and_then(|fp| {
+            // Fingerprints are not secrets, but compare them like tokens all the same.
+            let mut found = None;
+            for c in &self.clients {
+                if c.cert_sha256.is_some_and(|h| bool::from(h.ct_eq(fp))) {
+                    found = Some(c);
+                }
+            }
+            found
+        });
+        let Some(authorization) = authorization else {
+            return match (client_cert_sha256, cert_client) {
+                (_, Some(client)) => self.caller(client, None, purpose, None),
+                (Some(_), None) => Err(unauthorized(
+                    "The client certificate is not registered to any client",
+                )),
+                (None, None) => Err(unauthorized(
+                    "This gateway requires a bearer token (Authorization: Bearer ...)",
+                )),
+            };
+        };
+        let token = Some(authorization)
             .and_then(|h| {
                 let (scheme, token) = h.trim().split_once(' ')?;
                 scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
@@ -74,15 +154,79 @@ impl ClientRegistry {
             .ok_or_else(|| {
                 unauthorized("This gateway requires a bearer token (Authorization: Bearer ...)")
             })?;
-        let hash: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        // Compare against every client in constant time so timing reveals nothing.
-        let mut found = None;
-        for c in &self.clients {
-            if bool::from(c.token_hash.ct_eq(&hash)) {
-                found = Some(c);
+        let (client, granted, token_purpose, practitioner) = if crate::smart::is_access_token(token)
+        {
+            let key = self
+                .token_key
+                .as_ref()
+                .ok_or_else(|| unauthorized("The bearer token is not valid"))?;
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs() as i64)
+                .unwrap_or(0);
+            let claims = key.verify(token, now).map_err(|e| match e {
+                TokenError::Expired => unauthorized("The access token has expired"),
+                TokenError::Invalid => unauthorized("The bearer token is not valid"),
+            })?;
+            // A client removed from the registry loses its outstanding tokens.
+            let client = self
+                .clients
+                .iter()
+                .find(|c| c.id == claims.sub)
+                .ok_or_else(|| unauthorized("The bearer token's client is not registered"))?;
+            let granted = Scopes::parse(claims.scope.split_whitespace())
+                .map_err(|_| unauthorized("The bearer token is not valid"))?;
+            (
+                client,
+                Some(granted),
+                claims.purpose_of_use,
+                claims.practitioner,
+            )
+        } else {
+            let hash: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+            // Compare against every client in constant time so timing reveals nothing.
+            let mut found = None;
+            for c in &self.clients {
+                if c.token_hash.is_some_and(|h| bool::from(h.ct_eq(&hash))) {
+                    found = Some(c);
+                }
             }
+            (
+                found.ok_or_else(|| unauthorized("The bearer token is not valid"))?,
+                None,
+                None,
+                None,
+            )
+        };
+        if cert_client.is_some_and(|c| c.id != client.id) {
+            return Err(unauthorized(
+                "The bearer token and the client certificate belong to different clients",
+            ));
         }
-        let client = found.ok_or_else(|| unauthorized("The bearer token is not valid"))?;
+        // A purpose fixed in the access token wins; a header may only repeat it.
+        let purpose = match (token_purpose, purpose) {
+            (Some(t), Some(h)) if t != h => {
+                return Err(FhirError::new(
+                    ErrorKind::Forbidden,
+                    format!(
+                        "X-Purpose-Of-Use '{h}' differs from the purpose of use '{t}' the access token was issued for"
+                    ),
+                )
+                .with_code(IssueCode::Forbidden))
+            }
+            (Some(t), _) => Some(t),
+            (None, h) => h,
+        };
+        self.caller(client, granted, purpose, practitioner)
+    }
+
+    fn caller(
+        &self,
+        client: &RegisteredClient,
+        granted: Option<Scopes>,
+        purpose: Option<String>,
+        practitioner: Option<String>,
+    ) -> Result<Caller, FhirError> {
         if let Some(p) = &purpose {
             if !client.purposes.is_empty() && !client.purposes.contains(p) {
                 return Err(FhirError::new(
@@ -99,10 +243,11 @@ impl ClientRegistry {
             actor: Actor {
                 client_id: Some(client.id.clone()),
                 organization: client.organization.clone(),
+                practitioner,
                 purpose_of_use: purpose,
                 ..Actor::default()
             },
-            scopes: Some(client.scopes.clone()),
+            scopes: Some(granted.unwrap_or_else(|| client.scopes.clone())),
             ..Caller::default()
         })
     }

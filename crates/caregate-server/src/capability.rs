@@ -113,3 +113,26 @@ pub fn capability_statement(
         }]
     })
 }
+
+/// Announces SMART Backend Services in `rest.security`: the `oauth-uris` extension with the
+/// token endpoint, and the SMART-on-FHIR service coding.
+pub fn add_smart_security(capability: &mut Value, token_url: &str) {
+    let Some(security) = capability
+        .get_mut("rest")
+        .and_then(|r| r.get_mut(0))
+        .and_then(|r| r.get_mut("security"))
+    else {
+        return;
+    };
+    security["extension"] = json!([{
+        "url": "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris",
+        "extension": [{"url": "token", "valueUri": token_url}]
+    }]);
+    security["service"] = json!([{"coding": [{
+        "system": "http://terminology.hl7.org/CodeSystem/restful-security-service",
+        "code": "SMART-on-FHIR"
+    }]}]);
+    security["description"] = json!(
+        "SMART Backend Services (client_credentials with private_key_jwt, RS384/ES384; see /.well-known/smart-configuration), static bearer tokens of registered clients, or a registered mutual-TLS client certificate; SMART system scopes (v1 and v2 syntax) are enforced per interaction and resource type."
+    );
+}

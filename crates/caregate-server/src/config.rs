@@ -13,6 +13,15 @@
 //! scopes = ["system/*.read", "system/CarePlan.write"]
 //! purposes = ["TREAT"]
 //!
+//! [[client]]                      # a SMART Backend Services client (private_key_jwt)
+//! id = "county-hie"
+//! scopes = ["system/*.rs"]
+//! jwks_url = "https://hie.example.org/.well-known/jwks.json"   # or jwks = '{"keys":[...]}'
+//! cert_sha256 = "ab12..."         # optional: its mutual-TLS certificate identifies it too
+//!
+//! [smart]
+//! token_secret = "<64+ hex digits shared by every gateway node>"
+//!
 //! [validation]
 //! unknown_profile = "error"       # a meta.profile / required profile not loaded: error|warning
 //! unknown_extension = "warning"   # an extension whose definition is not loaded: error|warning
@@ -55,6 +64,31 @@ pub struct ServerConfig {
     pub tls: Option<crate::tls::TlsConfig>,
     #[serde(default)]
     pub validation: ValidationConfig,
+    /// SMART Backend Services (`/.well-known/smart-configuration`, `POST /auth/token`).
+    #[serde(default)]
+    pub smart: Option<SmartConfig>,
+}
+
+/// `[smart]`: SMART Backend Services. The token endpoint is served when this section is
+/// present or any client registers a key set (`jwks` / `jwks_url`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmartConfig {
+    /// Hex HMAC-SHA256 key (at least 32 bytes) that signs access tokens. Every gateway node
+    /// behind one load balancer must share it; when absent a random key is made at start,
+    /// and tokens then survive neither a restart nor a hop to another node.
+    #[serde(default)]
+    pub token_secret: Option<String>,
+    /// Lifetime of access tokens in seconds (at most 300, the default).
+    #[serde(default)]
+    pub token_lifetime_secs: Option<u64>,
+    /// How long a fetched `jwks_url` key set is used before it is fetched again
+    /// (default 3600 s). A `kid` not in the cached set triggers a refetch at most once
+    /// every `jwks_min_refetch_secs` (default 10 s) per URL.
+    #[serde(default)]
+    pub jwks_cache_secs: Option<u64>,
+    #[serde(default)]
+    pub jwks_min_refetch_secs: Option<u64>,
 }
 
 /// `[validation]`: what inbound resources are validated against.
@@ -163,19 +197,32 @@ fn default_policy() -> String {
     "opt-out".into()
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClientConfig {
     pub id: String,
     /// The Organization the client acts for (`Organization/{id}`).
     pub organization: Option<String>,
-    /// SHA-256 (hex) of the client's bearer token; the token itself is never stored.
+    /// SHA-256 (hex) of the client's static bearer token; the token itself is never
+    /// stored. Empty (or absent) for a client that only uses SMART or mutual TLS.
+    #[serde(default)]
     pub token_sha256: String,
     #[serde(default)]
     pub scopes: Vec<String>,
     /// Purposes of use (v3-ActReason) the client may assert.
     #[serde(default)]
     pub purposes: Vec<String>,
+    /// SMART Backend Services: the client's public keys as a JWKS, either a JSON string
+    /// (`jwks = '{"keys": [...]}'`) or a TOML table (`[client.jwks]` with `keys = [...]`).
+    #[serde(default)]
+    pub jwks: Option<serde_json::Value>,
+    /// SMART Backend Services: where the client publishes its JWKS (fetched and cached).
+    #[serde(default)]
+    pub jwks_url: Option<String>,
+    /// Mutual TLS: SHA-256 (hex, colons allowed) of the client certificate (DER) that
+    /// identifies this client without a bearer token.
+    #[serde(default)]
+    pub cert_sha256: Option<String>,
 }
 
 fn default_listen() -> SocketAddr {
@@ -203,6 +250,7 @@ impl Default for ServerConfig {
             linking: LinkingConfig::default(),
             tls: None,
             validation: ValidationConfig::default(),
+            smart: None,
         }
     }
 }
@@ -270,17 +318,77 @@ impl ServerConfig {
             }
         }
         for c in &self.clients {
-            if c.token_sha256.len() != 64 || !c.token_sha256.bytes().all(|b| b.is_ascii_hexdigit())
+            if !c.token_sha256.is_empty()
+                && (c.token_sha256.len() != 64
+                    || !c.token_sha256.bytes().all(|b| b.is_ascii_hexdigit()))
             {
                 return Err(ConfigError::Invalid(format!(
                     "client '{}': token_sha256 must be 64 hex digits (sha256 of the token)",
                     c.id
                 )));
             }
+            if c.token_sha256.is_empty()
+                && c.jwks.is_none()
+                && c.jwks_url.is_none()
+                && c.cert_sha256.is_none()
+            {
+                return Err(ConfigError::Invalid(format!(
+                    "client '{}': needs a credential: token_sha256, jwks, jwks_url or cert_sha256",
+                    c.id
+                )));
+            }
+            if let Some(fp) = &c.cert_sha256 {
+                crate::auth::parse_fingerprint(fp).map_err(|e| {
+                    ConfigError::Invalid(format!("client '{}': cert_sha256: {e}", c.id))
+                })?;
+            }
+            if let Some(jwks) = &c.jwks {
+                crate::smart::Jwks::from_config(jwks)
+                    .map_err(|e| ConfigError::Invalid(format!("client '{}': jwks: {e}", c.id)))?;
+            }
+            if let Some(url) = &c.jwks_url {
+                if !(url.starts_with("https://") || url.starts_with("http://")) {
+                    return Err(ConfigError::Invalid(format!(
+                        "client '{}': jwks_url must be an http(s) URL",
+                        c.id
+                    )));
+                }
+            }
             caregate_pipeline::Scopes::parse(c.scopes.iter().map(String::as_str))
                 .map_err(|e| ConfigError::Invalid(format!("client '{}': {e}", c.id)))?;
         }
+        if let Some(secret) = self.smart.as_ref().and_then(|s| s.token_secret.as_ref()) {
+            match hex::decode(secret) {
+                Ok(bytes) if bytes.len() >= 32 => {}
+                _ => {
+                    return Err(ConfigError::Invalid(
+                        "smart.token_secret must be at least 32 bytes as hex (64+ hex digits)"
+                            .into(),
+                    ))
+                }
+            }
+        }
+        if self
+            .smart
+            .as_ref()
+            .and_then(|s| s.token_lifetime_secs)
+            .is_some_and(|l| l == 0 || l > 300)
+        {
+            return Err(ConfigError::Invalid(
+                "smart.token_lifetime_secs must be between 1 and 300".into(),
+            ));
+        }
         Ok(())
+    }
+
+    /// SMART Backend Services are served when `[smart]` is present or a client has keys.
+    pub fn smart_enabled(&self) -> bool {
+        !self.development_mode()
+            && (self.smart.is_some()
+                || self
+                    .clients
+                    .iter()
+                    .any(|c| c.jwks.is_some() || c.jwks_url.is_some()))
     }
 
     /// Without registered clients the gateway is in local development mode.

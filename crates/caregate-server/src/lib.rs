@@ -9,6 +9,7 @@ pub mod format;
 mod notify;
 mod operations;
 mod routes;
+pub mod smart;
 pub mod tls;
 
 pub use routes::RequestId;
@@ -28,7 +29,8 @@ use serde_json::Value;
 
 pub use auth::{token_hash_hex, ClientRegistry};
 pub use config::{
-    ClientConfig, ConfigError, ConsentConfig, RequiredProfile, ServerConfig, ValidationConfig,
+    ClientConfig, ConfigError, ConsentConfig, RequiredProfile, ServerConfig, SmartConfig,
+    ValidationConfig,
 };
 
 /// What every handler shares.
@@ -38,6 +40,8 @@ pub struct AppState {
     pub capability: Value,
     pub base_url: Option<String>,
     pub max_body_bytes: usize,
+    /// SMART Backend Services, when configured.
+    pub smart: Option<Arc<smart::SmartService>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -251,12 +255,32 @@ pub fn start(config: &ServerConfig) -> Result<RunningServer, StartError> {
             .with_notifier(notifier.clone()),
     );
     notifier.attach(&pipeline);
-    let clients = ClientRegistry::new(&config.clients).map_err(StartError::Config)?;
-    let capability = capability::capability_statement(
+    let mut clients = ClientRegistry::new(&config.clients).map_err(StartError::Config)?;
+    let smart = if config.smart_enabled() {
+        let secret = config
+            .smart
+            .as_ref()
+            .and_then(|s| s.token_secret.as_deref());
+        let key = Arc::new(smart::TokenKey::from_config(secret).map_err(StartError::Config)?);
+        clients = clients.with_token_key(key.clone());
+        Some(Arc::new(
+            smart::SmartService::new(config, key).map_err(StartError::Config)?,
+        ))
+    } else {
+        None
+    };
+    let mut capability = capability::capability_statement(
         pipeline.search_registry(),
         config.base_url.as_deref(),
         config.development_mode(),
     );
+    // Without base_url the token URL depends on the request; /metadata adds it then.
+    if let (Some(_), Some(base)) = (&smart, &config.base_url) {
+        capability::add_smart_security(
+            &mut capability,
+            &format!("{}/auth/token", base.trim_end_matches('/')),
+        );
+    }
     let state = web::Data::new(AppState {
         pipeline,
         clients,
@@ -266,6 +290,7 @@ pub fn start(config: &ServerConfig) -> Result<RunningServer, StartError> {
             .clone()
             .map(|b| b.trim_end_matches('/').to_string()),
         max_body_bytes: config.max_body_bytes,
+        smart,
     });
     let mut server = HttpServer::new(move || {
         App::new()
@@ -293,6 +318,11 @@ pub fn start(config: &ServerConfig) -> Result<RunningServer, StartError> {
                 }
             })
             .route("/metadata", web::get().to(routes::metadata))
+            .route(
+                "/.well-known/smart-configuration",
+                web::get().to(smart::smart_configuration),
+            )
+            .route("/auth/token", web::post().to(smart::token))
             .route("/", web::post().to(routes::bundle))
             .route("/", web::get().to(routes::search_system))
             .route("/_history", web::get().to(routes::history_system))
@@ -354,6 +384,7 @@ pub fn start(config: &ServerConfig) -> Result<RunningServer, StartError> {
             .route("/{type}", web::delete().to(routes::conditional_delete))
             .default_service(web::to(routes::fallback))
     })
+    .on_connect(tls::on_connect)
     .disable_signals()
     .shutdown_timeout(5);
     if let Some(w) = config.workers {

@@ -97,7 +97,15 @@ pub(crate) fn caller_of(req: &HttpRequest, state: &AppState) -> Result<Caller, F
         .and_then(|v| v.to_str().ok());
     let network_address = req.peer_addr().map(|a| a.ip().to_string());
     let request_id = req.extensions().get::<RequestId>().map(|r| r.0.clone());
-    let mut caller = match state.clients.authenticate(authorization, purpose) {
+    // The client certificate verified in a mutual-TLS handshake (tls::on_connect).
+    let client_cert = req
+        .conn_data::<crate::tls::PeerCertificate>()
+        .map(|c| c.sha256);
+    let authenticated =
+        state
+            .clients
+            .authenticate_request(authorization, purpose, client_cert.as_ref());
+    let mut caller = match authenticated {
         Ok(c) => c,
         Err(e) => {
             state
@@ -306,6 +314,13 @@ pub async fn metadata(req: HttpRequest, state: web::Data<AppState>) -> HttpRespo
         Ok(r) => r,
         Err(e) => return error_response(&e, JSON_DEFAULT),
     };
+    if state.smart.is_some() && state.base_url.is_none() {
+        // The token URL is this request's own (see lib.rs: static when base_url is set).
+        let mut capability = state.capability.clone();
+        let token_url = format!("{}/auth/token", base_url(&req, &state));
+        crate::capability::add_smart_security(&mut capability, &token_url);
+        return resource_response(StatusCode::OK, &capability, rendering);
+    }
     resource_response(StatusCode::OK, &state.capability, rendering)
 }
 

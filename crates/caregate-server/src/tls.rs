@@ -147,3 +147,26 @@ pub fn write_dev_certs(dir: &Path, client_name: &str) -> Result<DevCerts, TlsErr
     write(&files.client_key, client_key.serialize_pem())?;
     Ok(files)
 }
+
+/// The client certificate a mutual-TLS connection presented and the handshake verified
+/// against `client_ca`, kept in the connection's data (`HttpRequest::conn_data`).
+#[derive(Debug, Clone, Copy)]
+pub struct PeerCertificate {
+    /// SHA-256 of the end-entity certificate (DER), matched against `cert_sha256`.
+    pub sha256: [u8; 32],
+}
+
+/// `HttpServer::on_connect`: records the verified client certificate of a TLS connection.
+/// Plain TCP connections and TLS connections without a client certificate record nothing.
+pub fn on_connect(connection: &dyn std::any::Any, data: &mut actix_web::dev::Extensions) {
+    use sha2::{Digest, Sha256};
+    type Tls = actix_tls::accept::rustls_0_23::TlsStream<actix_web::rt::net::TcpStream>;
+    if let Some(stream) = connection.downcast_ref::<Tls>() {
+        let (_, session) = stream.get_ref();
+        if let Some(cert) = session.peer_certificates().and_then(|c| c.first()) {
+            data.insert(PeerCertificate {
+                sha256: Sha256::digest(cert.as_ref()).into(),
+            });
+        }
+    }
+}

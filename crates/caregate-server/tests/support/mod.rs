@@ -131,6 +131,7 @@ pub fn client(id: &str, token: &str, scopes: &[&str]) -> ClientConfig {
         token_sha256: caregate_server::token_hash_hex(token),
         scopes: scopes.iter().map(|s| s.to_string()).collect(),
         purposes: vec![],
+        ..ClientConfig::default()
     }
 }
 
