@@ -86,12 +86,21 @@ pub struct DevCerts {
     pub server_key: PathBuf,
     pub client_cert: PathBuf,
     pub client_key: PathBuf,
+    /// Every client certificate written: (name, certificate, key), the first being
+    /// `client_cert`/`client_key`.
+    pub clients: Vec<(String, PathBuf, PathBuf)>,
 }
 
 /// A local CA, a server certificate for localhost/127.0.0.1 and one client certificate
 /// (named `client_name`), all signed by the CA, as PEM files in `dir`. For development
 /// and tests only.
 pub fn write_dev_certs(dir: &Path, client_name: &str) -> Result<DevCerts, TlsError> {
+    write_dev_certs_for(dir, &[client_name])
+}
+
+/// As [`write_dev_certs`], with one client certificate per name (at least one), all from
+/// the same CA.
+pub fn write_dev_certs_for(dir: &Path, client_names: &[&str]) -> Result<DevCerts, TlsError> {
     use rcgen::{
         BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     };
@@ -119,33 +128,55 @@ pub fn write_dev_certs(dir: &Path, client_name: &str) -> Result<DevCerts, TlsErr
     let server_key = KeyPair::generate().map_err(err)?;
     let server_cert = server_params.signed_by(&server_key, &issuer).map_err(err)?;
 
-    let mut client_params = CertificateParams::new(Vec::<String>::new()).map_err(err)?;
-    client_params
-        .distinguished_name
-        .push(DnType::CommonName, client_name);
-    client_params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-    let client_key = KeyPair::generate().map_err(err)?;
-    let client_cert = client_params.signed_by(&client_key, &issuer).map_err(err)?;
-
-    let files = DevCerts {
-        ca: dir.join("ca.pem"),
-        server_cert: dir.join("server.pem"),
-        server_key: dir.join("server-key.pem"),
-        client_cert: dir.join(format!("{client_name}.pem")),
-        client_key: dir.join(format!("{client_name}-key.pem")),
-    };
     let write = |path: &Path, text: String| {
         std::fs::write(path, text).map_err(|e| TlsError::Read {
             path: path.display().to_string(),
             reason: e.to_string(),
         })
     };
+    let mut clients = Vec::new();
+    for name in client_names {
+        let mut client_params = CertificateParams::new(Vec::<String>::new()).map_err(err)?;
+        client_params
+            .distinguished_name
+            .push(DnType::CommonName, *name);
+        client_params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let client_key = KeyPair::generate().map_err(err)?;
+        let client_cert = client_params.signed_by(&client_key, &issuer).map_err(err)?;
+        let cert_path = dir.join(format!("{name}.pem"));
+        let key_path = dir.join(format!("{name}-key.pem"));
+        write(&cert_path, client_cert.pem())?;
+        write(&key_path, client_key.serialize_pem())?;
+        clients.push((name.to_string(), cert_path, key_path));
+    }
+    let (_, client_cert, client_key) = clients
+        .first()
+        .cloned()
+        .ok_or_else(|| TlsError::Config("at least one client certificate name".into()))?;
+    let files = DevCerts {
+        ca: dir.join("ca.pem"),
+        server_cert: dir.join("server.pem"),
+        server_key: dir.join("server-key.pem"),
+        client_cert,
+        client_key,
+        clients,
+    };
     write(&files.ca, ca_cert.pem())?;
     write(&files.server_cert, server_cert.pem())?;
     write(&files.server_key, server_key.serialize_pem())?;
-    write(&files.client_cert, client_cert.pem())?;
-    write(&files.client_key, client_key.serialize_pem())?;
     Ok(files)
+}
+
+/// SHA-256 (hex) of the first certificate in a PEM file: the `cert_sha256` that registers
+/// it as a client's mutual-TLS identity.
+pub fn certificate_sha256(path: &Path) -> Result<String, TlsError> {
+    use sha2::{Digest, Sha256};
+    let chain = certs(path)?;
+    // `certs` refuses files without a certificate.
+    Ok(chain
+        .first()
+        .map(|c| hex::encode(Sha256::digest(c.as_ref())))
+        .unwrap_or_default())
 }
 
 /// The client certificate a mutual-TLS connection presented and the handshake verified

@@ -1,8 +1,8 @@
 //! HTTPS with mutual TLS: a client certificate from the configured CA is accepted, a client
-//! without one is refused in the handshake.
+//! without one is refused in the handshake; registered certificates identify clients.
 
 use caregate_server::tls::{write_dev_certs, TlsConfig};
-use caregate_server::ServerConfig;
+use caregate_server::{ClientConfig, ServerConfig};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn mutual_tls_accepts_known_clients_only() {
@@ -63,6 +63,146 @@ async fn mutual_tls_accepts_known_clients_only() {
     assert!(
         !over_plain_http.is_ok_and(|r| r.status().is_success()),
         "plain HTTP is not served on the TLS port"
+    );
+    handle.stop(true).await;
+}
+
+fn https_client(
+    ca: &std::path::Path,
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> reqwest::Client {
+    let ca = reqwest::Certificate::from_pem(&std::fs::read(ca).expect("ca")).expect("ca pem");
+    let mut identity_pem = std::fs::read(cert).expect("client cert");
+    identity_pem.extend(std::fs::read(key).expect("client key"));
+    reqwest::Client::builder()
+        .add_root_certificate(ca)
+        .identity(reqwest::Identity::from_pem(&identity_pem).expect("identity"))
+        .build()
+        .expect("client")
+}
+
+/// A certificate registered to a client (`cert_sha256`) authenticates as that client
+/// without a bearer token; a certificate the CA issued but no client registered is 401;
+/// a token over another client's certificate is 401.
+#[tokio::test(flavor = "multi_thread")]
+async fn client_certificates_identify_registered_clients() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let certs = caregate_server::tls::write_dev_certs_for(
+        &dir.path().join("certs"),
+        &["psych-ehr", "unregistered", "lab"],
+    )
+    .expect("dev certs");
+    let fingerprint = |i: usize| {
+        caregate_server::tls::certificate_sha256(&certs.clients[i].1).expect("fingerprint")
+    };
+    let psych_fp = fingerprint(0);
+    // Written with colons, as `openssl x509 -fingerprint -sha256` prints it.
+    let lab_fp = fingerprint(2)
+        .as_bytes()
+        .chunks(2)
+        .map(|c| std::str::from_utf8(c).expect("hex"))
+        .collect::<Vec<_>>()
+        .join(":")
+        .to_uppercase();
+    let config = ServerConfig {
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        data: dir.path().join("data"),
+        workers: Some(1),
+        tls: Some(TlsConfig {
+            cert: certs.server_cert.clone(),
+            key: certs.server_key.clone(),
+            client_ca: Some(certs.ca.clone()),
+        }),
+        clients: vec![
+            ClientConfig {
+                id: "psych-ehr".into(),
+                organization: Some("Organization/psych".into()),
+                scopes: vec!["system/*.*".into()],
+                cert_sha256: Some(psych_fp),
+                ..ClientConfig::default()
+            },
+            ClientConfig {
+                id: "lab".into(),
+                scopes: vec!["system/Observation.rs".into()],
+                cert_sha256: Some(lab_fp),
+                token_sha256: caregate_server::token_hash_hex("lab-token"),
+                ..ClientConfig::default()
+            },
+        ],
+        ..ServerConfig::default()
+    };
+    let running = caregate_server::start(&config).expect("server starts");
+    let port = running.addr.port();
+    let handle = running.handle.clone();
+    tokio::spawn(running.server);
+    let url = |path: &str| format!("https://localhost:{port}/{path}");
+
+    let psych = https_client(&certs.ca, &certs.clients[0].1, &certs.clients[0].2);
+    let r = psych
+        .post(url("Patient"))
+        .header("content-type", "application/fhir+json")
+        .body(r#"{"resourceType":"Patient","name":[{"family":"Mtls"}]}"#)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(r.status(), 201, "the certificate alone authenticates");
+    let id = r.json::<serde_json::Value>().await.expect("json")["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let r = psych
+        .get(url(&format!("Patient/{id}")))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(r.status(), 200);
+
+    // The lab's certificate maps to the lab and its scopes: no Patient reads.
+    let lab = https_client(&certs.ca, &certs.clients[2].1, &certs.clients[2].2);
+    let r = lab
+        .get(url(&format!("Patient/{id}")))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(r.status(), 403);
+    assert_eq!(
+        lab.get(url("Observation"))
+            .send()
+            .await
+            .expect("request")
+            .status(),
+        200
+    );
+    // Its own token over its own certificate is fine; over the psychiatry EHR's
+    // certificate it is refused.
+    let r = lab
+        .get(url("Observation"))
+        .bearer_auth("lab-token")
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(r.status(), 200);
+    let r = psych
+        .get(url("Observation"))
+        .bearer_auth("lab-token")
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(r.status(), 401);
+
+    // Verified by the CA, registered to nobody: 401 with an OperationOutcome.
+    let stranger = https_client(&certs.ca, &certs.clients[1].1, &certs.clients[1].2);
+    let r = stranger
+        .get(url("Patient"))
+        .send()
+        .await
+        .expect("handshake succeeds");
+    assert_eq!(r.status(), 401);
+    assert_eq!(
+        r.json::<serde_json::Value>().await.expect("json")["resourceType"],
+        "OperationOutcome"
     );
     handle.stop(true).await;
 }
