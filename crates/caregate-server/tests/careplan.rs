@@ -1,6 +1,7 @@
 //! The shared care-plan view over HTTP: two sources' Patients linked by an insurer id, their
 //! plans merged into one CarePlan, conflicts flagged, ETag polling, and Patient/$match.
 
+mod careplan_scenario;
 mod support;
 
 use serde_json::{json, Value};
@@ -432,5 +433,120 @@ async fn manual_link_and_unlink_are_recorded_audited_and_lose_nothing() {
     for event in &found {
         assert!(event.contains(&pa) && event.contains(&pb), "{event}");
     }
+    s.stop().await;
+}
+
+async fn view_as(s: &TestServer, token: &str, id: String) -> Value {
+    let r = s.get_as(token, &format!("Patient/{id}/$care-plan")).await;
+    assert_eq!(r.status(), 200, "{token}");
+    r.json::<Value>().await.unwrap()
+}
+
+/// The mental-health scenario read by three members of the team: the same person's view,
+/// merged and flagged for all, with the substance-use Condition (labelled 42CFRPart2 on
+/// ingest) shown to psychiatry and withheld from case management, neutrally marked.
+#[tokio::test(flavor = "multi_thread")]
+async fn mental_health_team_each_reader_sees_what_the_consent_allows() {
+    use careplan_scenario as sc;
+    let s = sc::server(|_| {}).await;
+    let scenario = sc::load(&s).await;
+    let condition_names = |view: &Value| -> Vec<String> {
+        let mut names: Vec<String> = sc::of_type(view, "Condition")
+            .iter()
+            .filter_map(|c| c["code"]["text"].as_str().map(str::to_string))
+            .collect();
+        names.sort();
+        names
+    };
+    let withheld = |view: &Value| {
+        sc::of_type(view, "OperationOutcome")
+            .iter()
+            .any(|o| o["issue"][0]["code"] == "suppressed")
+    };
+
+    // Any of the five records opens the same person's view.
+    let psych = view_as(&s, sc::PSYCH, scenario.patients[1].clone()).await;
+    let psych_members = sc::of_type(&psych, "Patient")[0]["link"]
+        .as_array()
+        .unwrap()
+        .len();
+    assert_eq!(psych_members, 5);
+    assert_eq!(
+        sc::flag_codes(&psych),
+        vec![
+            "discharge-without-follow-up",
+            "goal-without-activity",
+            "medication-dose-conflict"
+        ]
+    );
+    let cbt: Vec<&Value> = sc::of_type(&psych, "ServiceRequest")
+        .into_iter()
+        .filter(|r| r["code"]["coding"][0]["code"] == "304891004")
+        .collect();
+    assert_eq!(cbt.len(), 1, "therapy's and peer support's sessions merged");
+    assert_eq!(cbt[0]["extension"].as_array().unwrap().len(), 2);
+    let housing = sc::of_type(&psych, "ServiceRequest")
+        .into_iter()
+        .find(|r| r["code"]["coding"][0]["code"] == "710920002")
+        .expect("the housing referral");
+    assert_eq!(housing["status"], "active");
+    assert_eq!(
+        condition_names(&psych),
+        vec!["Major depressive disorder", sc::SUD_CONDITION],
+        "psychiatry sees the Part 2 Condition"
+    );
+    assert!(!withheld(&psych), "nothing is withheld from psychiatry");
+
+    let cm = view_as(
+        &s,
+        sc::CASE_MANAGER,
+        scenario.psychiatry_patient().to_string(),
+    )
+    .await;
+    assert_eq!(
+        condition_names(&cm),
+        vec!["Major depressive disorder"],
+        "case management does not see the Part 2 Condition"
+    );
+    assert!(
+        !cm.to_string().contains("F11.20"),
+        "no trace of it anywhere in the view"
+    );
+    assert!(
+        withheld(&cm),
+        "a neutral withheld marker says something is missing"
+    );
+    // Everything else is the same shared plan.
+    assert_eq!(sc::flag_codes(&cm), sc::flag_codes(&psych));
+    assert_eq!(
+        sc::of_type(&cm, "ServiceRequest").len(),
+        sc::of_type(&psych, "ServiceRequest").len()
+    );
+    // Primary care holds no explicit Part 2 permit either.
+    let primary = view_as(&s, sc::PRIMARY, scenario.patients[1].clone()).await;
+    assert_eq!(condition_names(&primary), vec!["Major depressive disorder"]);
+    // Repeated reads (served from the view cache) decide the same way.
+    let again = view_as(
+        &s,
+        sc::CASE_MANAGER,
+        scenario.psychiatry_patient().to_string(),
+    )
+    .await;
+    assert_eq!(condition_names(&again), vec!["Major depressive disorder"]);
+    let again = view_as(&s, sc::PSYCH, scenario.patients[1].clone()).await;
+    assert_eq!(again, psych);
+    s.stop().await;
+
+    // Without the notice configured, the view is silent about what it left out.
+    let s = sc::server(|c| c.consent.withheld_notice = false).await;
+    let scenario = sc::load(&s).await;
+    let cm = view_as(
+        &s,
+        sc::CASE_MANAGER,
+        scenario.psychiatry_patient().to_string(),
+    )
+    .await;
+    assert_eq!(condition_names(&cm), vec!["Major depressive disorder"]);
+    assert!(!withheld(&cm));
     s.stop().await;
 }
