@@ -3,10 +3,9 @@
 //! Matching a provision against a request (each present element is a condition):
 //! - `period`: the decision time lies inside it;
 //! - `actor`: one actor's `reference` is the caller's organization, practitioner, or a
-//!   CareTeam the caller belongs to. A `role` narrows the actions the actor entry covers:
-//!   recipient roles (v3-ParticipationType `PRCP`, `IRCP`) cover release (access, use,
-//!   disclose), source roles (`AUT`, `INF`) cover collect and correct; other roles, or none,
-//!   cover every action;
+//!   CareTeam the caller belongs to. The entry's `role` (required by R4) is not a condition:
+//!   a request carries no role to compare it with, and Consents in the field name recipients
+//!   with `IRCP`/`PRCP` for contributions too;
 //! - `action`: one coding equals the request's `consentaction`;
 //! - `purpose`: one coding equals the caller's purpose of use;
 //! - `securityLabel`: one label is on the resource. Confidentiality codes are a high-water
@@ -338,31 +337,6 @@ fn clinical_date(resource: &Value) -> Option<i64> {
         .map(|r| r.start)
 }
 
-/// Whether an actor entry's `role` lets it cover `action` (see the module docs).
-fn role_covers(actor: &Value, action: ConsentAction) -> bool {
-    let mut recipient = false;
-    let mut source = false;
-    if let Some(role) = actor.get("role") {
-        for c in role
-            .get("coding")
-            .and_then(Value::as_array)
-            .map(Vec::as_slice)
-            .unwrap_or_default()
-        {
-            match c.get("code").and_then(Value::as_str) {
-                Some("PRCP" | "IRCP") => recipient = true,
-                Some("AUT" | "INF") => source = true,
-                _ => {}
-            }
-        }
-    }
-    match (recipient, source) {
-        (true, false) => is_release(action),
-        (false, true) => !is_release(action),
-        _ => true,
-    }
-}
-
 impl ConsentEngine {
     fn provision_matches(&self, p: &Value, f: &Facts<'_>, verdict: Verdict) -> bool {
         if let Some(period) = p.get("period") {
@@ -376,7 +350,6 @@ impl ConsentEngine {
                     .and_then(Value::as_str)
                     .map(strip_base)
                     .is_some_and(|r| f.actor_refs.contains(&r))
-                    && role_covers(a, f.action)
             });
             if !hit {
                 return false;

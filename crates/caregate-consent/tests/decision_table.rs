@@ -348,17 +348,16 @@ fn table() -> Vec<Case> {
         case("a CareTeam the caller is not in does not")
             .one(deny_except(json!({"type": "permit", "actor": actor("CareTeam/other")})))
             .deny(At("c", "")),
-        case("recipient role (PRCP) covers access")
+        case("actor with a recipient role (PRCP) matches by its reference")
             .one(deny_except(json!({"type": "permit", "actor": actor_role("Organization/clinic", "PRCP")})))
             .permit(At("c", ".provision[0]")),
-        case("recipient role (PRCP) does not cover collect")
-            .one(deny_except(json!({"type": "permit", "actor": actor_role("Organization/clinic", "PRCP")})))
+        case("the role is not a condition: an IRCP entry covers the actor's contributions too")
+            .one(deny_except(json!({"type": "permit", "actor": actor_role("Organization/clinic", "IRCP")})))
             .action(Collect)
+            .permit(At("c", ".provision[0]")),
+        case("a role with another actor's reference does not match")
+            .one(deny_except(json!({"type": "permit", "actor": actor_role("Organization/other", "PRCP")})))
             .deny(At("c", "")),
-        case("author role (AUT) covers collect")
-            .one(deny_except(json!({"type": "permit", "actor": actor_role("Organization/clinic", "AUT")})))
-            .action(Collect)
-            .permit(At("c", ".provision[0]")),
         // -- purpose of use
         case("purpose matches")
             .one(deny_except(json!({"type": "permit", "purpose": purpose(&["TREAT"])})))

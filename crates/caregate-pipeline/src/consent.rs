@@ -12,6 +12,27 @@ use serde_json::Value;
 use crate::write::parse_record;
 use crate::{store_error, Caller, Pipeline};
 
+/// How one resource may be released to a reader.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Release {
+    Hidden,
+    Whole,
+    /// Only as [`caregate_consent::redact::redact`] leaves it.
+    Redacted,
+}
+
+impl Release {
+    fn of(decision: &Decision) -> Release {
+        if !decision.is_permit() {
+            Release::Hidden
+        } else if decision.requires_redaction() {
+            Release::Redacted
+        } else {
+            Release::Whole
+        }
+    }
+}
+
 /// Consent state for one request.
 pub(crate) struct ConsentScope<'p> {
     pipeline: &'p Pipeline,
@@ -167,20 +188,44 @@ impl ConsentScope<'_> {
         Ok(decision)
     }
 
-    /// May this resource be shown? Hidden resources are simply left out of results. Held
-    /// data is shown to its source, and to others only under a permitting Consent.
-    pub(crate) fn readable(&mut self, resource: &Value) -> FhirResult<bool> {
+    /// How this resource may be released to the reader: hidden, whole, or redacted (a
+    /// permit with a `REDACT` obligation). Held data is shown to its source, and to others
+    /// only under a permitting Consent.
+    pub(crate) fn release_of(&mut self, resource: &Value) -> FhirResult<Release> {
         if !self.enforced {
-            return Ok(true);
+            return Ok(Release::Whole);
         }
         if let Some(contributor) = held_by(resource) {
             if contributor == contributor_of(&self.actor) {
-                return Ok(true);
+                return Ok(Release::Whole);
             }
             let d = self.decide(ConsentAction::Access, resource)?;
-            return Ok(d.is_permit() && matches!(d.source, DecisionSource::Consent { .. }));
+            if !(d.is_permit() && matches!(d.source, DecisionSource::Consent { .. })) {
+                return Ok(Release::Hidden);
+            }
+            return Ok(Release::of(&d));
         }
-        Ok(self.decide(ConsentAction::Access, resource)?.is_permit())
+        let d = self.decide(ConsentAction::Access, resource)?;
+        Ok(Release::of(&d))
+    }
+
+    /// May this resource be shown whole? Callers that cannot show a redacted copy (the
+    /// care-plan view, subscription deliveries) use this and leave redacted data out.
+    pub(crate) fn readable(&mut self, resource: &Value) -> FhirResult<bool> {
+        Ok(self.release_of(resource)? == Release::Whole)
+    }
+
+    /// The resource as this reader may see it: `None` when hidden, redacted when a permit
+    /// says so.
+    pub(crate) fn visible(&mut self, mut resource: Value) -> FhirResult<Option<Value>> {
+        match self.release_of(&resource)? {
+            Release::Hidden => Ok(None),
+            Release::Whole => Ok(Some(resource)),
+            Release::Redacted => {
+                caregate_consent::redact::redact(&mut resource);
+                Ok(Some(resource))
+            }
+        }
     }
 
     /// Writes one security-alert AuditEvent per distinct denial or emergency access.
@@ -250,7 +295,8 @@ impl Pipeline {
     /// integrators and auditors. Parameters in: `patient` (Reference), `actor`
     /// (Reference, repeatable: Organization, Practitioner or CareTeam), `action` (code),
     /// `purpose` (code), and `resource` (a resource) or `type` (code) with `label`s
-    /// (Coding, repeatable). Out: `decision`, `source`, `basis`, `consent`, `provision`.
+    /// (Coding, repeatable). Out: `decision`, `source`, `basis`, `consent`, `provision`, and one
+    /// `obligation` (parts `code`, `reason`) per obligation of a permit.
     pub fn evaluate_consent(&self, caller: &Caller, parameters: &Value) -> FhirResult<Value> {
         use caregate_core::{ErrorKind, FhirError};
         use serde_json::json;
@@ -355,6 +401,12 @@ impl Pipeline {
         if let Some(p) = provision {
             out.push(json!({"name": "provision", "valueString": p}));
         }
+        for o in &decision.obligations {
+            out.push(json!({"name": "obligation", "part": [
+                {"name": "code", "valueCoding": {"system": caregate_consent::labels::OBLIGATION, "code": o.code()}},
+                {"name": "reason", "valueString": o.reason()}
+            ]}));
+        }
         Ok(json!({"resourceType": "Parameters", "parameter": out}))
     }
 }
@@ -433,5 +485,51 @@ impl Pipeline {
             .collect();
         out.sort();
         out
+    }
+}
+
+/// The caregate Consent profile (`profiles/caregate/StructureDefinition-caregate-consent.json`):
+/// what the engine needs from a Consent to decide anything.
+pub const CONSENT_PROFILE: &str =
+    "http://caregate.example/fhir/StructureDefinition/caregate-consent";
+
+/// Wraps the validation stage so that every Consent written is also checked against
+/// [`CONSENT_PROFILE`]; its errors answer 422 naming the element.
+pub(crate) fn with_consent_profile(
+    inner: std::sync::Arc<dyn crate::Validator>,
+) -> std::sync::Arc<dyn crate::Validator> {
+    std::sync::Arc::new(ConsentProfileCheck(inner))
+}
+
+struct ConsentProfileCheck(std::sync::Arc<dyn crate::Validator>);
+
+impl crate::Validator for ConsentProfileCheck {
+    fn validate(&self, resource: &Value) -> Vec<caregate_core::Issue> {
+        self.0.validate(resource)
+    }
+
+    fn validate_write(&self, client: Option<&str>, resource: &Value) -> crate::Verdict {
+        let mut verdict = self.0.validate_write(client, resource);
+        let is_consent = resource.get("resourceType").and_then(Value::as_str) == Some("Consent");
+        // A structurally broken Consent already answers 400; the profile adds nothing.
+        if !is_consent || verdict.issues.iter().any(|i| i.severity.is_error()) {
+            return verdict;
+        }
+        for issue in self
+            .0
+            .validate_against(resource, &[CONSENT_PROFILE.to_string()])
+        {
+            if !verdict.issues.contains(&issue) {
+                verdict.unprocessable |= issue.severity.is_error();
+                verdict.issues.push(issue);
+            }
+        }
+        // Errors first (what refused the resource), then warnings.
+        verdict.issues.sort_by_key(|i| !i.severity.is_error());
+        verdict
+    }
+
+    fn validate_against(&self, resource: &Value, profiles: &[String]) -> Vec<caregate_core::Issue> {
+        self.0.validate_against(resource, profiles)
     }
 }

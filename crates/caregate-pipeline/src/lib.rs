@@ -218,6 +218,8 @@ impl Pipeline {
         mut stages: Stages,
         options: PipelineOptions,
     ) -> Pipeline {
+        // Every Consent write is also held to the caregate Consent profile.
+        stages.validator = consent::with_consent_profile(stages.validator);
         let views = Arc::new(careplan::new_view_cache());
         stages.shared_view = Arc::new(caregate_careplan::BothViews(
             views.clone(),

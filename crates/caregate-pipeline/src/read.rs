@@ -4,7 +4,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::OnceLock;
 
-use crate::consent::ConsentScope;
+use crate::consent::{ConsentScope, Release};
 use caregate_audit::{patient_of, Subtype};
 use caregate_core::{parse_date_range, ErrorKind, FhirError, FhirResult};
 use caregate_search::Summary;
@@ -55,7 +55,7 @@ impl Pipeline {
         if resource_type == "AuditEvent" {
             return self.read_audit_event(caller, id);
         }
-        let record = self
+        let mut record = self
             .store
             .read(resource_type, id)
             .map_err(store_error)?
@@ -69,7 +69,9 @@ impl Pipeline {
                 ),
             ));
         }
-        self.release(caller, Subtype::Read, &record)?;
+        if let Some(redacted) = self.release(caller, Subtype::Read, &record)? {
+            record.content = Some(redacted);
+        }
         Ok(record)
     }
 
@@ -171,7 +173,7 @@ impl Pipeline {
                 "'{version}' is not a version of {resource_type}/{id}"
             ))
         })?;
-        let record = self
+        let mut record = self
             .store
             .vread(resource_type, id, version)
             .map_err(store_error)?
@@ -184,19 +186,29 @@ impl Pipeline {
                 format!("Version {version} of {resource_type}/{id} is a deletion"),
             ));
         }
-        self.release(caller, Subtype::Vread, &record)?;
+        if let Some(redacted) = self.release(caller, Subtype::Vread, &record)? {
+            record.content = Some(redacted);
+        }
         Ok(record)
     }
 
     /// Releases one stored version to the caller: the consent decision (a hidden resource
     /// answers 404 like a missing one, or 403 with the reason when configured) and the
-    /// AuditEvent, parsing the stored JSON once for both.
-    fn release(&self, caller: &Caller, subtype: Subtype, record: &VersionRecord) -> FhirResult<()> {
+    /// AuditEvent, parsing the stored JSON once for both. Returns the serialized redacted
+    /// copy when the permit carries a redaction obligation.
+    fn release(
+        &self,
+        caller: &Caller,
+        subtype: Subtype,
+        record: &VersionRecord,
+    ) -> FhirResult<Option<Vec<u8>>> {
         let resource = parse_record(record)?;
+        let mut redacted = None;
         if self.stages.consent.filters_reads() {
             let mut scope = self.consent_scope(caller)?;
-            // `readable` also applies the held-data rule, which a bare decision does not.
-            let visible = scope.readable(&resource)?;
+            // `release_of` also applies the held-data rule, which a bare decision does not.
+            let release = scope.release_of(&resource)?;
+            let visible = release != Release::Hidden;
             let basis = if visible || !self.options.explain_hidden_reads {
                 String::new()
             } else {
@@ -219,9 +231,16 @@ impl Pipeline {
                     ))
                 });
             }
+            if release == Release::Redacted {
+                let mut copy = resource.clone();
+                caregate_consent::redact::redact(&mut copy);
+                redacted = Some(serde_json::to_vec(&copy).map_err(|e| {
+                    FhirError::internal(format!("redacted copy not serializable: {e}"))
+                })?);
+            }
         }
         self.audit_read_of(caller, subtype, record, Some(&resource));
-        Ok(())
+        Ok(redacted)
     }
 
     /// Type-level (`resource_type` given) or system-level search, answered as a searchset
@@ -305,10 +324,9 @@ impl Pipeline {
         let mut seen: HashSet<Key> = HashSet::new();
         let mut match_keys: Vec<Key> = Vec::new();
         for record in &page.matches {
-            let resource = parse_record(record)?;
-            if !scope.readable(&resource)? {
+            let Some(resource) = scope.visible(parse_record(record)?)? else {
                 continue;
-            }
+            };
             let key = (record.resource_type.clone(), record.id.clone());
             touched.push((
                 format!(
@@ -342,11 +360,10 @@ impl Pipeline {
                     if !seen.insert(key.clone()) {
                         continue;
                     }
-                    let resource = parse_record(&record)?;
-                    if !scope.readable(&resource)? {
+                    let Some(resource) = scope.visible(parse_record(&record)?)? else {
                         hidden_includes += 1;
                         continue;
-                    }
+                    };
                     next.push(key);
                     touched.push((
                         format!(
@@ -541,7 +558,7 @@ impl Pipeline {
         loop {
             let page = self.store.search(&q).map_err(store_error)?;
             for record in &page.matches {
-                if scope.readable(&parse_record(record)?)? {
+                if scope.release_of(&parse_record(record)?)? != Release::Hidden {
                     visible += 1;
                 }
             }
@@ -792,11 +809,10 @@ impl Pipeline {
                 json!(format!("{base}/{}/{}", v.resource_type, v.id)),
             );
             if v.content.is_some() {
-                let resource = parse_record(v)?;
-                if !scope.readable(&resource)? {
+                let Some(resource) = scope.visible(parse_record(v)?)? else {
                     hidden += 1;
                     continue;
-                }
+                };
                 entry.insert("resource".into(), resource);
             }
             let (method, url, status) = match v.method {
@@ -865,7 +881,9 @@ impl Pipeline {
                 let chunk = self.store.history(&q).map_err(store_error)?;
                 for v in &chunk.versions {
                     // Deletions carry no content and are visible as such.
-                    if v.content.is_none() || scope.readable(&parse_record(v)?)? {
+                    if v.content.is_none()
+                        || scope.release_of(&parse_record(v)?)? != Release::Hidden
+                    {
                         visible += 1;
                     }
                 }

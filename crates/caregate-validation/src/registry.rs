@@ -25,9 +25,10 @@ use crate::terminology::Terminology;
 
 /// caregate's own profiles, as differentials. Kept in the repository under
 /// `profiles/caregate/` and built into the binary like the core package.
-const OWN_PROFILES: &[&str] = &[include_str!(
-    "../../../profiles/caregate/StructureDefinition-caregate-careplan.json"
-)];
+const OWN_PROFILES: &[&str] = &[
+    include_str!("../../../profiles/caregate/StructureDefinition-caregate-careplan.json"),
+    include_str!("../../../profiles/caregate/StructureDefinition-caregate-consent.json"),
+];
 
 /// Why a package or resource file could not be loaded.
 #[derive(Debug, thiserror::Error)]
