@@ -261,3 +261,139 @@ fn unauthorized(message: &str) -> FhirError {
 pub fn token_hash_hex(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::smart::AccessClaims;
+
+    const CERT_A: [u8; 32] = [0xaa; 32];
+    const CERT_B: [u8; 32] = [0xbb; 32];
+
+    fn registry() -> (ClientRegistry, Arc<TokenKey>) {
+        let key = Arc::new(TokenKey::new(&[1u8; 32]));
+        let clients = [
+            ClientConfig {
+                id: "a".into(),
+                organization: Some("Organization/a".into()),
+                token_sha256: token_hash_hex("a-token"),
+                scopes: vec!["system/*.*".into()],
+                purposes: vec!["TREAT".into()],
+                cert_sha256: Some(hex::encode(CERT_A)),
+                ..ClientConfig::default()
+            },
+            ClientConfig {
+                id: "b".into(),
+                scopes: vec!["system/*.read".into()],
+                cert_sha256: Some(hex::encode(CERT_B)),
+                ..ClientConfig::default()
+            },
+        ];
+        let registry = ClientRegistry::new(&clients)
+            .expect("registry")
+            .with_token_key(key.clone());
+        (registry, key)
+    }
+
+    fn smart_token(key: &TokenKey, sub: &str, purpose: Option<&str>) -> String {
+        let exp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_secs() as i64
+            + 60;
+        let token = key.sign(&AccessClaims {
+            sub: sub.into(),
+            scope: "system/Patient.rs".into(),
+            exp,
+            purpose_of_use: purpose.map(str::to_string),
+            practitioner: Some("Practitioner/dr-who".into()),
+        });
+        format!("Bearer {token}")
+    }
+
+    fn status(r: Result<Caller, FhirError>) -> ErrorKind {
+        r.expect_err("refused").kind
+    }
+
+    #[test]
+    fn smart_tokens_carry_scopes_purpose_and_practitioner() {
+        let (registry, key) = registry();
+        let caller = registry
+            .authenticate(Some(&smart_token(&key, "a", Some("TREAT"))), None)
+            .expect("valid token");
+        assert_eq!(caller.actor.client_id.as_deref(), Some("a"));
+        assert_eq!(caller.actor.organization.as_deref(), Some("Organization/a"));
+        assert_eq!(caller.actor.purpose_of_use.as_deref(), Some("TREAT"));
+        assert_eq!(
+            caller.actor.practitioner.as_deref(),
+            Some("Practitioner/dr-who")
+        );
+        // The token's scopes, not the client's registered ones.
+        let scopes = caller.scopes.expect("scopes");
+        assert!(scopes.allows("Patient", caregate_pipeline::Permission::Read));
+        assert!(!scopes.allows("CarePlan", caregate_pipeline::Permission::Read));
+        // The header may repeat the token's purpose, not change it.
+        let token = smart_token(&key, "a", Some("TREAT"));
+        assert!(registry
+            .authenticate(Some(&token), Some("TREAT".into()))
+            .is_ok());
+        assert_eq!(
+            status(registry.authenticate(Some(&token), Some("HPAYMT".into()))),
+            ErrorKind::Forbidden
+        );
+        // A purpose the client is not (or no longer) registered for.
+        assert_eq!(
+            status(registry.authenticate(Some(&smart_token(&key, "a", Some("HMARKT"))), None)),
+            ErrorKind::Forbidden
+        );
+        // Without a token key (SMART not configured) our tokens mean nothing.
+        let plain = ClientRegistry::new(&[ClientConfig {
+            id: "a".into(),
+            token_sha256: token_hash_hex("a-token"),
+            ..ClientConfig::default()
+        }])
+        .expect("registry");
+        assert_eq!(
+            status(plain.authenticate(Some(&smart_token(&key, "a", None)), None)),
+            ErrorKind::Unauthorized
+        );
+    }
+
+    #[test]
+    fn client_certificates() {
+        let (registry, key) = registry();
+        let by_cert = registry
+            .authenticate_request(None, None, Some(&CERT_B))
+            .expect("registered certificate");
+        assert_eq!(by_cert.actor.client_id.as_deref(), Some("b"));
+        assert_eq!(
+            status(registry.authenticate_request(None, None, Some(&[0xcc; 32]))),
+            ErrorKind::Unauthorized
+        );
+        assert_eq!(
+            status(registry.authenticate_request(None, None, None)),
+            ErrorKind::Unauthorized
+        );
+        // A token over the connection of the same client, of no client, of another one.
+        assert!(registry
+            .authenticate_request(Some("Bearer a-token"), None, Some(&CERT_A))
+            .is_ok());
+        assert!(registry
+            .authenticate_request(Some("Bearer a-token"), None, Some(&[0xcc; 32]))
+            .is_ok());
+        assert_eq!(
+            status(registry.authenticate_request(Some("Bearer a-token"), None, Some(&CERT_B))),
+            ErrorKind::Unauthorized
+        );
+        assert_eq!(
+            status(registry.authenticate_request(
+                Some(&smart_token(&key, "a", None)),
+                None,
+                Some(&CERT_B)
+            )),
+            ErrorKind::Unauthorized
+        );
+        assert_eq!(parse_fingerprint(&["AB"; 32].join(":")), Ok([0xab; 32]));
+        assert!(parse_fingerprint("abcd").is_err());
+    }
+}

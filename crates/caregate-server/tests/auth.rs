@@ -316,3 +316,68 @@ async fn conformance_statistics_per_source() {
     assert!(html.contains("<td>ehr-a</td><td>Patient</td>"), "{html}");
     s.stop().await;
 }
+
+#[test]
+fn smart_and_certificate_clients_in_the_config_file() {
+    use caregate_server::ServerConfig;
+    let es384 = r#"{"kty": "EC", "crv": "P-384", "kid": "k1",
+        "x": "6kdg7T78N2k6QcdBjakSQsCB97xzpYLibpf7y8kQ5ZuFeH8o-PFHjdsJURlOY7fx",
+        "y": "wbtM7s7nvuX3ZQQcLFwsWjEFfyOXkHQ2zB26J_hyoYKECBbIxFrG8H5gtUZ-UOk9"}"#;
+    // The JWKS inline as a JSON string, as a TOML table, or as a URL; no static token.
+    let as_string = ServerConfig::from_toml(&format!(
+        "[[client]]\nid = \"hie\"\nscopes = [\"system/*.rs\"]\njwks = '{{\"keys\": [{}]}}'\n",
+        es384.replace('\n', " ")
+    ))
+    .expect("jwks as a JSON string");
+    assert!(as_string.smart_enabled());
+    let as_table = ServerConfig::from_toml(
+        "[[client]]\nid = \"hie\"\nscopes = [\"system/*.rs\"]\n[client.jwks]\nkeys = [{ kty = \"RSA\", kid = \"r\", n = \"AQAB\", e = \"AQAB\" }]\n",
+    )
+    .expect("jwks as a TOML table");
+    assert!(as_table.clients[0].jwks.is_some());
+    let by_url = ServerConfig::from_toml(
+        "[[client]]\nid = \"hie\"\njwks_url = \"https://hie.example.org/jwks.json\"\n[smart]\ntoken_secret = \"000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f\"\ntoken_lifetime_secs = 120\n",
+    )
+    .expect("jwks_url and [smart]");
+    assert!(by_url.smart_enabled());
+    let by_cert = ServerConfig::from_toml(&format!(
+        "[[client]]\nid = \"lab\"\ncert_sha256 = \"{}\"\n",
+        ["ab"; 32].join(":")
+    ))
+    .expect("certificate fingerprint with colons");
+    assert!(
+        !by_cert.smart_enabled(),
+        "no keys, no [smart]: no token endpoint"
+    );
+
+    let refused = |text: &str, what: &str| {
+        let e = ServerConfig::from_toml(text).expect_err(what);
+        e.to_string()
+    };
+    assert!(refused("[[client]]\nid = \"x\"\n", "no credential").contains("credential"));
+    assert!(refused(
+        "[[client]]\nid = \"x\"\njwks = '{\"nokeys\": 1}'\n",
+        "not a JWKS"
+    )
+    .contains("jwks"));
+    assert!(refused(
+        "[[client]]\nid = \"x\"\njwks_url = \"ftp://x/jwks\"\n",
+        "not http"
+    )
+    .contains("jwks_url"));
+    assert!(refused(
+        "[[client]]\nid = \"x\"\ncert_sha256 = \"abcd\"\n",
+        "short fingerprint"
+    )
+    .contains("cert_sha256"));
+    assert!(refused(
+        "[[client]]\nid = \"x\"\njwks_url = \"https://x/j\"\n[smart]\ntoken_secret = \"00ff\"\n",
+        "short secret"
+    )
+    .contains("token_secret"));
+    assert!(refused(
+        "[[client]]\nid = \"x\"\njwks_url = \"https://x/j\"\n[smart]\ntoken_lifetime_secs = 3600\n",
+        "token lifetime over 300 s"
+    )
+    .contains("token_lifetime_secs"));
+}
