@@ -571,6 +571,14 @@ impl SmartService {
 
     /// Handles one token request (RFC 6749 §4.4 with RFC 7523 client authentication).
     pub async fn token(&self, request: &TokenRequest<'_>) -> Result<TokenResponse, OAuthError> {
+        // RFC 6749 §3.2: request parameters must not be repeated.
+        for (i, (name, _)) in request.form.iter().enumerate() {
+            if request.form[..i].iter().any(|(n, _)| n == name) {
+                return Err(invalid_request(format!(
+                    "the parameter '{name}' is repeated"
+                )));
+            }
+        }
         match request.param("grant_type") {
             None => return Err(invalid_request("grant_type is required")),
             Some("client_credentials") => {}
@@ -738,10 +746,17 @@ impl SmartService {
                 "client_assertion aud must be the token URL {token_url}"
             )));
         }
-        let exp = claims
-            .get("exp")
-            .and_then(Value::as_i64)
-            .ok_or_else(|| invalid_client("client_assertion has no numeric exp"))?;
+        // NumericDate may carry a fraction; whole seconds are enough here.
+        let numeric = |name: &str| {
+            claims
+                .get(name)
+                .and_then(|v| v.as_i64().or_else(|| v.as_f64().map(|f| f as i64)))
+        };
+        let exp =
+            numeric("exp").ok_or_else(|| invalid_client("client_assertion has no numeric exp"))?;
+        if numeric("nbf").is_some_and(|nbf| nbf > now + CLOCK_SKEW) {
+            return Err(invalid_client("client_assertion is not valid yet (nbf)"));
+        }
         if exp + CLOCK_SKEW <= now {
             return Err(invalid_client("client_assertion has expired"));
         }

@@ -407,6 +407,25 @@ async fn bad_assertions_are_refused() {
         (status, body["error"].as_str()),
         (400, Some("invalid_request"))
     );
+    let (status, body) = token_request(
+        &s,
+        &[
+            ("grant_type", "client_credentials"),
+            (
+                "client_assertion_type",
+                "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+            ),
+            ("client_assertion", &es.assertion(&claims(&s, "hie"))),
+            ("scope", "system/Patient.rs"),
+            ("scope", "system/*.*"),
+        ],
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("invalid_request")),
+        "repeated parameter"
+    );
     let (status, body) =
         request_token(&s, &es.assertion(&claims(&s, "hie")), "system/Patient.c").await;
     assert_eq!(
