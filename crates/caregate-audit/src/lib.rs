@@ -2,7 +2,13 @@
 //! `type` rest, `subtype` the interaction, action, outcome, the client and server agents
 //! (with purpose of use and network address), and entities for the patient, the data
 //! touched, the query and the request id. The store chains them by hash.
+//!
+//! The trail stores each event in a compact form ([`AuditEntry::to_stored`]: the facts
+//! only, about a tenth of the rendered resource) and renders the BALP AuditEvent when it is
+//! read ([`render_stored`]). Auditing every read costs less that way, and the hash chain
+//! covers exactly the facts recorded; the rendering is a pure function of them.
 
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
 const BALP: &str = "https://profiles.ihe.net/ITI/BALP/StructureDefinition";
@@ -26,6 +32,27 @@ pub enum Subtype {
 }
 
 impl Subtype {
+    const ALL: [Subtype; 13] = [
+        Subtype::Read,
+        Subtype::Vread,
+        Subtype::Update,
+        Subtype::Delete,
+        Subtype::HistoryInstance,
+        Subtype::HistoryType,
+        Subtype::HistorySystem,
+        Subtype::Create,
+        Subtype::SearchType,
+        Subtype::SearchSystem,
+        Subtype::Batch,
+        Subtype::Transaction,
+        Subtype::Operation,
+    ];
+
+    /// The subtype for a `restful-interaction` code.
+    pub fn from_code(code: &str) -> Option<Subtype> {
+        Subtype::ALL.into_iter().find(|s| s.code() == code)
+    }
+
     pub fn code(self) -> &'static str {
         match self {
             Subtype::Read => "read",
@@ -260,6 +287,122 @@ impl AuditEntry {
     }
 }
 
+/// The stored form of one event. Short keys because every read writes one; `f` marks the
+/// format so that a future layout can be told apart.
+#[derive(Serialize, Deserialize)]
+struct Stored {
+    /// Format version (1).
+    f: u8,
+    /// AuditEvent.id
+    i: String,
+    /// AuditEvent.recorded (FHIR instant)
+    t: String,
+    /// Subtype code
+    s: String,
+    /// Outcome code (0, 4, 8)
+    o: String,
+    /// Outcome description for failures
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    d: Option<String>,
+    /// Client id
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    c: Option<String>,
+    /// Organization reference
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    g: Option<String>,
+    /// Purpose of use
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    u: Option<String>,
+    /// Network address
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    n: Option<String>,
+    /// Request id
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    r: Option<String>,
+    /// Patient reference
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    p: Option<String>,
+    /// Entity references
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    e: Vec<String>,
+    /// Query string
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    q: Option<String>,
+    /// Security alert text
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    a: Option<String>,
+}
+
+/// A stored audit event that cannot be read back.
+#[derive(Debug, thiserror::Error)]
+pub enum StoredAuditError {
+    #[error("stored AuditEvent is not JSON: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("stored AuditEvent has an unknown subtype '{0}'")]
+    Subtype(String),
+}
+
+impl AuditEntry {
+    /// The compact stored form of this entry as event `id`, recorded at `recorded`.
+    pub fn to_stored(&self, id: &str, recorded: &str) -> Vec<u8> {
+        let (o, d) = match &self.outcome {
+            Outcome::Success => ("0", None),
+            Outcome::MinorFailure(d) => ("4", Some(d.clone())),
+            Outcome::SeriousFailure(d) => ("8", Some(d.clone())),
+        };
+        let stored = Stored {
+            f: 1,
+            i: id.to_string(),
+            t: recorded.to_string(),
+            s: self.subtype.code().to_string(),
+            o: o.to_string(),
+            d,
+            c: self.client_id.clone(),
+            g: self.organization.clone(),
+            u: self.purpose_of_use.clone(),
+            n: self.network_address.clone(),
+            r: self.request_id.clone(),
+            p: self.patient.clone(),
+            e: self.entities.clone(),
+            q: self.query.clone(),
+            a: self.security_alert.clone(),
+        };
+        // Serialising plain strings and numbers cannot fail.
+        serde_json::to_vec(&stored).unwrap_or_default()
+    }
+}
+
+/// The AuditEvent resource for stored content: the compact form rendered as BALP, or
+/// (for trails written before the compact form) the stored resource itself.
+pub fn render_stored(content: &[u8]) -> Result<Value, StoredAuditError> {
+    let value: Value = serde_json::from_slice(content)?;
+    if value.get("resourceType").is_some() {
+        return Ok(value);
+    }
+    let stored: Stored = serde_json::from_value(value)?;
+    let subtype =
+        Subtype::from_code(&stored.s).ok_or_else(|| StoredAuditError::Subtype(stored.s.clone()))?;
+    let description = stored.d.unwrap_or_default();
+    let entry = AuditEntry {
+        subtype,
+        outcome: match stored.o.as_str() {
+            "4" => Outcome::MinorFailure(description),
+            "8" | "12" => Outcome::SeriousFailure(description),
+            _ => Outcome::Success,
+        },
+        client_id: stored.c,
+        organization: stored.g,
+        purpose_of_use: stored.u,
+        network_address: stored.n,
+        request_id: stored.r,
+        patient: stored.p,
+        entities: stored.e,
+        query: stored.q,
+        security_alert: stored.a,
+    };
+    Ok(entry.to_resource(&stored.i, &stored.t))
+}
+
 /// Standard base64 (AuditEvent.entity.query is base64Binary).
 fn base64(bytes: &[u8]) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
@@ -342,6 +485,54 @@ mod tests {
             v["entity"][1]["query"],
             base64(b"CarePlan?subject=Patient/1")
         );
+    }
+
+    #[test]
+    fn stored_form_renders_the_same_event() {
+        let mut e = AuditEntry::new(Subtype::Read);
+        e.client_id = Some("psych-ehr".into());
+        e.organization = Some("Organization/riverside".into());
+        e.purpose_of_use = Some("TREAT".into());
+        e.network_address = Some("10.0.0.7".into());
+        e.request_id = Some("req-1".into());
+        e.patient = Some("Patient/1".into());
+        e.entities = vec!["CarePlan/9/_history/2".into()];
+        let recorded = "2026-11-27T04:00:00.123Z";
+        let stored = e.to_stored("a1", recorded);
+        let full = serde_json::to_vec(&e.to_resource("a1", recorded)).unwrap_or_default();
+        assert!(
+            stored.len() * 4 < full.len(),
+            "{} vs {}",
+            stored.len(),
+            full.len()
+        );
+        assert_eq!(
+            render_stored(&stored).ok(),
+            Some(e.to_resource("a1", recorded))
+        );
+
+        let mut alert = AuditEntry::new(Subtype::Operation);
+        alert.outcome = Outcome::MinorFailure("consent denied".into());
+        alert.security_alert = Some("Consent/c1 denies".into());
+        alert.query = Some("_id=1".into());
+        let stored = alert.to_stored("a2", recorded);
+        let rendered = render_stored(&stored).ok();
+        assert_eq!(rendered, Some(alert.to_resource("a2", recorded)));
+        assert_eq!(
+            rendered.as_ref().map(|r| r["outcome"].clone()),
+            Some(json!("4"))
+        );
+
+        // Trails written before the compact form keep reading as they were stored.
+        let legacy = json!({"resourceType": "AuditEvent", "id": "old", "recorded": recorded});
+        let bytes = serde_json::to_vec(&legacy).unwrap_or_default();
+        assert_eq!(render_stored(&bytes).ok(), Some(legacy));
+        assert!(
+            render_stored(b"{\"f\":1,\"i\":\"x\",\"t\":\"t\",\"s\":\"nope\",\"o\":\"0\"}").is_err()
+        );
+        for s in Subtype::ALL {
+            assert_eq!(Subtype::from_code(s.code()), Some(s));
+        }
     }
 
     #[test]

@@ -16,6 +16,8 @@ pub enum ErrorKind {
     MethodNotAllowed,
     /// 406: the requested response format cannot be produced.
     NotAcceptable,
+    /// 408: the request was not received in time.
+    RequestTimeout,
     /// 409: a version conflict detected without `If-Match`.
     Conflict,
     /// 410: the resource was deleted.
@@ -45,6 +47,7 @@ impl ErrorKind {
             ErrorKind::NotFound => 404,
             ErrorKind::MethodNotAllowed => 405,
             ErrorKind::NotAcceptable => 406,
+            ErrorKind::RequestTimeout => 408,
             ErrorKind::Conflict => 409,
             ErrorKind::Gone => 410,
             ErrorKind::PreconditionFailed => 412,
@@ -72,6 +75,7 @@ impl ErrorKind {
             | ErrorKind::NotImplemented => IssueCode::NotSupported,
             ErrorKind::Internal => IssueCode::Exception,
             ErrorKind::Unavailable => IssueCode::Transient,
+            ErrorKind::RequestTimeout => IssueCode::Timeout,
         }
     }
 }

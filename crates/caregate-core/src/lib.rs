@@ -3,11 +3,13 @@
 //! that found them to the HTTP edge.
 
 mod error;
+mod limits;
 mod outcome;
 mod resource_types;
 mod time;
 
 pub use error::{ErrorKind, FhirError, FhirResult};
+pub use limits::{check_content, xml_depth, ContentLimits};
 pub use outcome::{Issue, IssueCode, OperationOutcome, Severity};
 pub use resource_types::{is_resource_type, RESOURCE_TYPES};
 pub use time::{format_instant, now_instant, parse_date_range, DateRange};
