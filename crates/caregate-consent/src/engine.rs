@@ -23,6 +23,10 @@
 //! applicable Consent the configured default applies — but data labelled PSY, PSYTHPN,
 //! ETH/SUD/42CFRPart2 or HIV is only released by a permit whose provision (or an enclosing
 //! one) names each of those sensitivity categories the data carries.
+//!
+//! A patient's Consents are compiled once into a [`ConsentSet`] (dates parsed, references
+//! normalised, inapplicable Consents dropped), so deciding a page of resources walks small
+//! structs rather than JSON.
 
 use std::cell::OnceCell;
 
@@ -96,6 +100,8 @@ fn sensitivity_bit(code: &str) -> u8 {
     }
 }
 
+const SUBSTANCE_USE: u8 = 4;
+
 /// Obligation codes that may appear in `provision.securityLabel` (v3-ActCode
 /// ObligationPolicy): both mean "release only redacted" here.
 const REDACT_CODES: [&str; 2] = ["REDACT", "MASK"];
@@ -104,114 +110,441 @@ fn is_obligation(system: &str, code: &str) -> bool {
     REDACT_CODES.contains(&code) && (system.is_empty() || system == labels::OBLIGATION)
 }
 
-/// What a provision inherits from the one enclosing it.
-#[derive(Clone, Copy)]
-struct Parent {
-    depth: usize,
-    verdict: Verdict,
-    named: u8,
+// ---- compiled Consents ----------------------------------------------------------------
+
+/// `[start, end)` in epoch millis; an absent or unreadable bound is open.
+#[derive(Debug, Clone, Copy)]
+struct Span {
+    start: Option<i64>,
+    end: Option<i64>,
 }
 
-/// The outcome of one provision tree.
-struct Matched {
-    verdict: Verdict,
-    /// Child indexes from the root provision to the deciding one.
-    path: Vec<usize>,
-    /// Sensitivity categories named by the deciding provision or an enclosing one.
-    named: u8,
-    /// The deciding provision carries a redaction obligation.
-    redact: bool,
-}
-
-impl Matched {
-    fn path_string(&self) -> String {
-        let mut s = String::from("Consent.provision");
-        for i in &self.path {
-            s.push_str(&format!(".provision[{i}]"));
+impl Span {
+    fn of(period: &Value) -> Span {
+        let bound = |k: &str| {
+            period
+                .get(k)
+                .and_then(Value::as_str)
+                .and_then(parse_date_range)
+        };
+        Span {
+            start: bound("start").map(|r| r.start),
+            end: bound("end").map(|r| r.end),
         }
-        s
+    }
+
+    fn contains(&self, at: i64) -> bool {
+        self.start.is_none_or(|s| at >= s) && self.end.is_none_or(|e| at < e)
     }
 }
 
-/// Everything about the request the provisions test, extracted once per decision so that a
-/// patient with many provisions does not re-walk the resource for each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Meaning {
+    Instance,
+    Related,
+    AuthoredBy,
+    /// A meaning caregate does not know: never matches.
+    Unknown,
+}
+
+#[derive(Debug, Clone)]
+struct Coding {
+    system: String,
+    code: String,
+}
+
+/// One provision, compiled. `None` for an element means it is absent (a wildcard).
+#[derive(Debug, Clone)]
+struct Provision {
+    verdict: Option<Verdict>,
+    period: Option<Span>,
+    actors: Option<Vec<String>>,
+    actions: Option<Vec<String>>,
+    purposes: Option<Vec<String>>,
+    /// Confidentiality ranks named in `securityLabel`.
+    levels: Vec<u8>,
+    /// Other labels named in `securityLabel` (obligation codes excluded).
+    labels: Vec<Coding>,
+    /// Whether `securityLabel` sets a condition (anything besides obligation codes).
+    label_condition: bool,
+    /// Sensitivity categories this provision names.
+    named: u8,
+    /// Carries a redaction obligation.
+    redact: bool,
+    classes: Option<Vec<String>>,
+    codes: Option<Vec<Coding>>,
+    data_period: Option<Span>,
+    data: Option<Vec<(Meaning, String)>>,
+    children: Vec<Provision>,
+}
+
+/// (system, code) of each Coding in an array of Codings or of CodeableConcepts.
+fn codings(v: &Value, key: &str) -> Option<Vec<Coding>> {
+    let items = v.get(key)?.as_array()?;
+    let mut out = Vec::new();
+    for item in items {
+        let list: Vec<&Value> = match item.get("coding").and_then(Value::as_array) {
+            Some(c) => c.iter().collect(),
+            None => vec![item],
+        };
+        for c in list {
+            if let Some(code) = c.get("code").and_then(Value::as_str) {
+                out.push(Coding {
+                    system: c
+                        .get("system")
+                        .and_then(Value::as_str)
+                        .unwrap_or("")
+                        .to_string(),
+                    code: code.to_string(),
+                });
+            }
+        }
+    }
+    Some(out)
+}
+
+fn codes_only(v: &Value, key: &str) -> Option<Vec<String>> {
+    codings(v, key).map(|c| c.into_iter().map(|c| c.code).collect())
+}
+
+impl Provision {
+    /// Levels of nesting below this provision.
+    fn depth(&self) -> usize {
+        self.children
+            .iter()
+            .map(|c| 1 + c.depth())
+            .max()
+            .unwrap_or(0)
+    }
+
+    fn compile(p: &Value) -> Provision {
+        let verdict = match p.get("type").and_then(Value::as_str) {
+            Some("permit") => Some(Verdict::Permit),
+            Some("deny") => Some(Verdict::Deny),
+            _ => None,
+        };
+        let mut levels = Vec::new();
+        let mut labels = Vec::new();
+        let mut label_condition = false;
+        let mut named = 0;
+        let mut redact = false;
+        for c in codings(p, "securityLabel").unwrap_or_default() {
+            if is_obligation(&c.system, &c.code) {
+                redact = true;
+                continue;
+            }
+            label_condition = true;
+            named |= sensitivity_bit(&c.code);
+            match labels::confidentiality_rank(&c.code)
+                .filter(|_| c.system.is_empty() || c.system == CONFIDENTIALITY)
+            {
+                Some(rank) => levels.push(rank),
+                None => labels.push(c),
+            }
+        }
+        Provision {
+            verdict,
+            period: p.get("period").map(Span::of),
+            actors: p.get("actor").and_then(Value::as_array).map(|actors| {
+                actors
+                    .iter()
+                    .filter_map(|a| a.pointer("/reference/reference").and_then(Value::as_str))
+                    .map(|r| strip_base(r).to_string())
+                    .collect()
+            }),
+            actions: codes_only(p, "action"),
+            purposes: codes_only(p, "purpose"),
+            levels,
+            labels,
+            label_condition,
+            named,
+            redact,
+            classes: codes_only(p, "class")
+                .map(|c| c.into_iter().map(|c| unversioned(&c).to_string()).collect()),
+            codes: codings(p, "code"),
+            data_period: p.get("dataPeriod").map(Span::of),
+            data: p.get("data").and_then(Value::as_array).map(|data| {
+                data.iter()
+                    .filter_map(|d| {
+                        let target = d.pointer("/reference/reference")?.as_str()?;
+                        let meaning = match d.get("meaning").and_then(Value::as_str) {
+                            Some("instance") => Meaning::Instance,
+                            Some("related") | Some("dependents") => Meaning::Related,
+                            Some("authoredby") => Meaning::AuthoredBy,
+                            _ => Meaning::Unknown,
+                        };
+                        Some((meaning, strip_base(target).to_string()))
+                    })
+                    .collect()
+            }),
+            children: p
+                .get("provision")
+                .and_then(Value::as_array)
+                .map(|c| c.iter().map(Provision::compile).collect())
+                .unwrap_or_default(),
+        }
+    }
+}
+
+/// Provisions nested deeper than this make a Consent fail closed (it denies everything):
+/// provision paths are kept in a fixed array so that deciding allocates nothing for them.
+const MAX_DEPTH: usize = 12;
+
+/// One Consent compiled for deciding. Compile once ([`PreparedConsent::prepare`]) and share
+/// (the pipeline caches them by content hash across requests).
+#[derive(Debug, Clone)]
+pub struct PreparedConsent {
+    /// `Consent/{id}`.
+    reference: String,
+    /// `dateTime`, epoch millis (`i64::MIN` when absent: the oldest).
+    when: i64,
+    root: Provision,
+    /// Nested deeper than [`MAX_DEPTH`]: decides deny at the root.
+    too_deep: bool,
+}
+
+impl PreparedConsent {
+    /// `None` when the Consent never applies (not active, not `patient-privacy`, or
+    /// without a provision).
+    pub fn prepare(consent: &Value) -> Option<PreparedConsent> {
+        if !applicable(consent) {
+            return None;
+        }
+        let root = Provision::compile(consent.get("provision")?);
+        Some(PreparedConsent {
+            reference: resource_reference(consent).unwrap_or_else(|| "Consent (no id)".into()),
+            when: consent
+                .get("dateTime")
+                .and_then(Value::as_str)
+                .and_then(parse_date_range)
+                .map_or(i64::MIN, |r| r.start),
+            too_deep: root.depth() > MAX_DEPTH,
+            root,
+        })
+    }
+}
+
+/// A patient's Consents, compiled for deciding: only active `patient-privacy` Consents
+/// with a provision are kept.
+#[derive(Debug, Clone, Default)]
+pub struct ConsentSet {
+    consents: Vec<std::sync::Arc<PreparedConsent>>,
+}
+
+impl ConsentSet {
+    pub fn new(resources: &[Value]) -> ConsentSet {
+        ConsentSet {
+            consents: resources
+                .iter()
+                .filter_map(PreparedConsent::prepare)
+                .map(std::sync::Arc::new)
+                .collect(),
+        }
+    }
+
+    /// From Consents compiled earlier.
+    pub fn from_prepared(consents: Vec<std::sync::Arc<PreparedConsent>>) -> ConsentSet {
+        ConsentSet { consents }
+    }
+
+    /// How many applicable Consents the set holds.
+    pub fn len(&self) -> usize {
+        self.consents.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.consents.is_empty()
+    }
+}
+
+fn applicable(consent: &Value) -> bool {
+    consent.get("resourceType").and_then(Value::as_str) == Some("Consent")
+        && consent.get("status").and_then(Value::as_str) == Some("active")
+        && consent
+            .pointer("/scope/coding")
+            .and_then(Value::as_array)
+            .is_some_and(|c| {
+                c.iter()
+                    .any(|c| c.get("code").and_then(Value::as_str) == Some("patient-privacy"))
+            })
+}
+
+// ---- the request ------------------------------------------------------------------------
+
+/// Everything about the request the provisions test, extracted once per decision in one
+/// pass over the resource's top-level elements (no hashed lookups); what few provisions
+/// need (codes, profiles, references, dates) is extracted on first use.
 struct Facts<'a> {
     resource: &'a Value,
-    action: ConsentAction,
+    action: &'static str,
+    /// The caller's organization, practitioner and CareTeams, base URLs stripped.
+    actor_refs: Vec<&'a str>,
     purpose: Option<&'a str>,
     now_ms: i64,
-    actor_refs: Vec<&'a str>,
     rtype: &'a str,
-    me: Option<String>,
-    profiles: Vec<&'a str>,
+    id: &'a str,
+    meta: Option<&'a Value>,
     labels: Vec<(&'a str, &'a str)>,
     level: u8,
     /// Sensitivity categories a release must be explicitly permitted for.
     required: u8,
-    codes: Vec<(&'a str, &'a str)>,
-    clinical_date: Option<i64>,
-    refs: OnceCell<Vec<String>>,
+    /// The first clinical date element, by priority (see [`DATE_ELEMENTS`]).
+    date: Option<&'a Value>,
+    codes: OnceCell<Vec<(&'a str, &'a str)>>,
+    clinical_date: OnceCell<Option<i64>>,
+    refs: OnceCell<Vec<&'a str>>,
+    authors: OnceCell<Vec<&'a str>>,
 }
+
+/// The elements that date a resource's content, most specific first.
+const DATE_ELEMENTS: [&str; 11] = [
+    "effectiveDateTime",
+    "effectivePeriod",
+    "onsetDateTime",
+    "authoredOn",
+    "recordedDate",
+    "occurrenceDateTime",
+    "performedDateTime",
+    "period",
+    "issued",
+    "date",
+    "created",
+];
 
 impl<'a> Facts<'a> {
     fn of(req: &ConsentRequest<'a>) -> Facts<'a> {
         let resource = req.resource;
-        let labels = labels::security_labels(resource);
-        let releasing = is_release(req.action);
-        let required = if releasing {
-            labels.iter().fold(0, |m, (_, c)| m | sensitivity_bit(c))
-        } else {
-            0
-        };
-        let mut codes = Vec::new();
-        for key in ["code", "medicationCodeableConcept", "vaccineCode"] {
-            if let Some(cc) = resource.get(key) {
-                for c in cc
-                    .get("coding")
-                    .and_then(Value::as_array)
-                    .map(Vec::as_slice)
-                    .unwrap_or_default()
-                {
-                    if let Some(code) = c.get("code").and_then(Value::as_str) {
-                        codes.push((c.get("system").and_then(Value::as_str).unwrap_or(""), code));
+        let (mut rtype, mut id, mut meta) = ("", "", None);
+        let mut date: Option<(usize, &Value)> = None;
+        if let Some(obj) = resource.as_object() {
+            for (k, v) in obj {
+                match k.as_str() {
+                    "resourceType" => rtype = v.as_str().unwrap_or(""),
+                    "id" => id = v.as_str().unwrap_or(""),
+                    "meta" => meta = Some(v),
+                    other => {
+                        if let Some(rank) = DATE_ELEMENTS.iter().position(|d| *d == other) {
+                            if date.is_none_or(|(r, _)| rank < r) {
+                                date = Some((rank, v));
+                            }
+                        }
                     }
                 }
             }
         }
+        let mut labels = Vec::new();
+        for l in meta
+            .and_then(|m| field(m, "security"))
+            .and_then(Value::as_array)
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+        {
+            if let Some(code) = field_str(l, "code") {
+                labels.push((field_str(l, "system").unwrap_or(""), code));
+            }
+        }
+        let required = if is_release(req.action) {
+            labels.iter().fold(0, |m, (_, c)| m | sensitivity_bit(c))
+        } else {
+            0
+        };
+        let level = labels
+            .iter()
+            .filter(|(s, _)| *s == CONFIDENTIALITY || s.is_empty())
+            .filter_map(|(_, c)| labels::confidentiality_rank(c))
+            .max()
+            .unwrap_or(3);
         Facts {
             resource,
-            action: req.action,
+            action: req.action.code(),
+            actor_refs: req.actor.references().map(strip_base).collect(),
             purpose: req.actor.purpose_of_use.as_deref(),
             now_ms: req.now_ms,
-            actor_refs: req.actor.references().map(strip_base).collect(),
-            rtype: resource
-                .get("resourceType")
-                .and_then(Value::as_str)
-                .unwrap_or(""),
-            me: resource_reference(resource),
-            profiles: resource
-                .pointer("/meta/profile")
-                .and_then(Value::as_array)
-                .map(|a| {
-                    a.iter()
-                        .filter_map(Value::as_str)
-                        .map(|p| p.split('|').next().unwrap_or(p))
-                        .collect()
-                })
-                .unwrap_or_default(),
-            level: labels::confidentiality_of(resource),
+            rtype,
+            id,
+            meta,
             labels,
+            level,
             required,
-            codes,
-            clinical_date: clinical_date(resource),
+            date: date.map(|(_, v)| v),
+            codes: OnceCell::new(),
+            clinical_date: OnceCell::new(),
             refs: OnceCell::new(),
+            authors: OnceCell::new(),
         }
     }
 
-    fn refs(&self) -> &[String] {
+    /// Whether one of the caller's references (organization, practitioner, CareTeams) is
+    /// `reference`.
+    fn is_actor(&self, reference: &str) -> bool {
+        self.actor_refs.contains(&reference)
+    }
+
+    fn has_profile(&self, canonical: &str) -> bool {
+        self.meta
+            .and_then(|m| field(m, "profile"))
+            .and_then(Value::as_array)
+            .is_some_and(|a| {
+                a.iter()
+                    .filter_map(Value::as_str)
+                    .any(|p| unversioned(p) == canonical)
+            })
+    }
+
+    fn codes(&self) -> &[(&'a str, &'a str)] {
+        self.codes.get_or_init(|| {
+            let mut codes = Vec::new();
+            for key in ["code", "medicationCodeableConcept", "vaccineCode"] {
+                if let Some(list) = field(self.resource, key)
+                    .and_then(|cc| field(cc, "coding"))
+                    .and_then(Value::as_array)
+                {
+                    for c in list {
+                        if let Some(code) = field_str(c, "code") {
+                            codes.push((field_str(c, "system").unwrap_or(""), code));
+                        }
+                    }
+                }
+            }
+            codes
+        })
+    }
+
+    /// Whether `reference` (`Type/id`) names this resource.
+    fn is_me(&self, reference: &str) -> bool {
+        !self.id.is_empty()
+            && reference.len() == self.rtype.len() + 1 + self.id.len()
+            && reference.starts_with(self.rtype)
+            && reference.ends_with(self.id)
+            && reference.as_bytes().get(self.rtype.len()) == Some(&b'/')
+    }
+
+    fn clinical_date(&self) -> Option<i64> {
+        *self.clinical_date.get_or_init(|| {
+            self.date
+                .and_then(|v| v.as_str().or_else(|| field_str(v, "start")))
+                .or_else(|| self.meta.and_then(|m| field_str(m, "lastUpdated")))
+                .and_then(parse_date_range)
+                .map(|r| r.start)
+        })
+    }
+
+    fn refs(&self) -> &[&'a str] {
         self.refs.get_or_init(|| {
             let mut out = Vec::new();
             all_references(self.resource, &mut out);
+            out
+        })
+    }
+
+    fn authors(&self) -> &[&'a str] {
+        self.authors.get_or_init(|| {
+            let mut out = Vec::new();
+            for k in ["author", "recorder", "requester", "asserter", "performer"] {
+                if let Some(v) = field(self.resource, k) {
+                    all_references(v, &mut out);
+                }
+            }
             out
         })
     }
@@ -223,10 +556,18 @@ impl<'a> Facts<'a> {
             .filter(|c| sensitivity_bit(c) & self.required != 0)
             .collect()
     }
+}
 
-    fn part2(&self) -> bool {
-        self.required & 4 != 0
-    }
+/// `v[key]` by a linear scan: resources' objects are small, and scanning a handful of
+/// keys is cheaper than hashing the key (serde_json's map hashes with SipHash).
+fn field<'v>(v: &'v Value, key: &str) -> Option<&'v Value> {
+    v.as_object()?
+        .iter()
+        .find_map(|(k, x)| (k == key).then_some(x))
+}
+
+fn field_str<'v>(v: &'v Value, key: &str) -> Option<&'v str> {
+    field(v, key).and_then(Value::as_str)
 }
 
 fn is_release(action: ConsentAction) -> bool {
@@ -236,59 +577,19 @@ fn is_release(action: ConsentAction) -> bool {
     )
 }
 
-/// Calls `f` with each (system, code) of an array of Codings or of CodeableConcepts.
-fn each_code<'a>(v: &'a Value, key: &str, mut f: impl FnMut(&'a str, &'a str) -> bool) -> bool {
-    for item in v
-        .get(key)
-        .and_then(Value::as_array)
-        .map(Vec::as_slice)
-        .unwrap_or_default()
-    {
-        match item.get("coding").and_then(Value::as_array) {
-            Some(codings) => {
-                for c in codings {
-                    if let Some(code) = c.get("code").and_then(Value::as_str) {
-                        if f(c.get("system").and_then(Value::as_str).unwrap_or(""), code) {
-                            return true;
-                        }
-                    }
-                }
-            }
-            None => {
-                if let Some(code) = item.get("code").and_then(Value::as_str) {
-                    if f(
-                        item.get("system").and_then(Value::as_str).unwrap_or(""),
-                        code,
-                    ) {
-                        return true;
-                    }
-                }
-            }
-        }
-    }
-    false
-}
-
-fn in_period(period: &Value, at_ms: i64) -> bool {
-    let start = period
-        .get("start")
-        .and_then(Value::as_str)
-        .and_then(parse_date_range);
-    let end = period
-        .get("end")
-        .and_then(Value::as_str)
-        .and_then(parse_date_range);
-    start.is_none_or(|s| at_ms >= s.start) && end.is_none_or(|e| at_ms < e.end)
+fn unversioned(canonical: &str) -> &str {
+    canonical.split('|').next().unwrap_or(canonical)
 }
 
 fn strip_base(reference: &str) -> &str {
     // `https://x/fhir/Organization/1` and `Organization/1` name the same thing here.
-    let parts: Vec<&str> = reference.rsplitn(3, '/').collect();
-    if parts.len() == 3 && reference.contains("://") {
-        let len = parts[0].len() + parts[1].len() + 1;
-        &reference[reference.len() - len..]
-    } else {
-        reference
+    if !reference.contains("://") {
+        return reference;
+    }
+    let mut slashes = reference.rmatch_indices('/');
+    match (slashes.next(), slashes.next()) {
+        (Some(_), Some((i, _))) => &reference[i + 1..],
+        _ => reference,
     }
 }
 
@@ -300,12 +601,15 @@ fn resource_reference(resource: &Value) -> Option<String> {
     ))
 }
 
-fn all_references(v: &Value, out: &mut Vec<String>) {
+/// Every `reference` string inside `v` (base URLs stripped), borrowed from the resource.
+fn all_references<'a>(v: &'a Value, out: &mut Vec<&'a str>) {
     match v {
         Value::Object(m) => {
             for (k, x) in m {
                 match x {
-                    Value::String(s) if k == "reference" => out.push(strip_base(s).to_string()),
+                    Value::String(s) if k == "reference" => out.push(strip_base(s)),
+                    // Narrative holds no references worth following.
+                    Value::Object(_) if k == "text" => {}
                     _ => all_references(x, out),
                 }
             }
@@ -315,214 +619,161 @@ fn all_references(v: &Value, out: &mut Vec<String>) {
     }
 }
 
-fn clinical_date(resource: &Value) -> Option<i64> {
-    let candidates = [
-        "/effectiveDateTime",
-        "/effectivePeriod/start",
-        "/onsetDateTime",
-        "/authoredOn",
-        "/recordedDate",
-        "/occurrenceDateTime",
-        "/performedDateTime",
-        "/period/start",
-        "/issued",
-        "/date",
-        "/created",
-        "/meta/lastUpdated",
-    ];
-    candidates
-        .iter()
-        .find_map(|p| resource.pointer(p).and_then(Value::as_str))
-        .and_then(parse_date_range)
-        .map(|r| r.start)
+// ---- matching ---------------------------------------------------------------------------
+
+/// What a provision inherits from the one enclosing it.
+#[derive(Clone, Copy)]
+struct Parent {
+    verdict: Verdict,
+    named: u8,
+}
+
+/// Child indexes from the root provision to one provision, without allocating.
+#[derive(Clone, Copy, Default)]
+struct Path {
+    len: usize,
+    idx: [u16; MAX_DEPTH],
+}
+
+impl Path {
+    fn push(&mut self, i: usize) {
+        if let Some(slot) = self.idx.get_mut(self.len) {
+            *slot = u16::try_from(i).unwrap_or(u16::MAX);
+        }
+        self.len += 1;
+    }
+
+    fn pop(&mut self) {
+        self.len = self.len.saturating_sub(1);
+    }
+
+    fn render(&self) -> String {
+        use std::fmt::Write;
+        let mut s = String::from("Consent.provision");
+        for i in &self.idx[..self.len.min(MAX_DEPTH)] {
+            let _ = write!(s, ".provision[{i}]");
+        }
+        s
+    }
+}
+
+/// The outcome of one provision tree.
+#[derive(Clone, Copy)]
+struct Matched {
+    verdict: Verdict,
+    path: Path,
+    /// Sensitivity categories named by the deciding provision or an enclosing one.
+    named: u8,
+    /// The deciding provision carries a redaction obligation.
+    redact: bool,
+}
+
+fn matches(p: &Provision, f: &Facts<'_>, verdict: Verdict) -> bool {
+    if p.period.is_some_and(|s| !s.contains(f.now_ms)) {
+        return false;
+    }
+    if let Some(actors) = &p.actors {
+        if !actors.iter().any(|a| f.is_actor(a)) {
+            return false;
+        }
+    }
+    if let Some(actions) = &p.actions {
+        if !actions.iter().any(|a| a == f.action) {
+            return false;
+        }
+    }
+    if let Some(purposes) = &p.purposes {
+        match f.purpose {
+            Some(purpose) if purposes.iter().any(|x| x == purpose) => {}
+            _ => return false,
+        }
+    }
+    if p.label_condition {
+        // The high-water mark follows the provision's effective type.
+        let level_hit = p.levels.iter().any(|rank| match verdict {
+            Verdict::Deny => f.level >= *rank,
+            Verdict::Permit => f.level <= *rank,
+        });
+        let label_hit = || {
+            p.labels.iter().any(|l| {
+                f.labels.iter().any(|(s, c)| {
+                    *c == l.code && (l.system.is_empty() || s.is_empty() || *s == l.system)
+                })
+            })
+        };
+        if !level_hit && !label_hit() {
+            return false;
+        }
+    }
+    if let Some(classes) = &p.classes {
+        if !classes.iter().any(|c| c == f.rtype || f.has_profile(c)) {
+            return false;
+        }
+    }
+    if let Some(codes) = &p.codes {
+        let hit = codes.iter().any(|c| {
+            f.codes()
+                .iter()
+                .any(|(rs, rc)| *rc == c.code && (c.system.is_empty() || *rs == c.system))
+        });
+        if !hit {
+            return false;
+        }
+    }
+    if let Some(span) = &p.data_period {
+        match f.clinical_date() {
+            Some(at) if span.contains(at) => {}
+            _ => return false,
+        }
+    }
+    if let Some(data) = &p.data {
+        let hit = data.iter().any(|(meaning, target)| match meaning {
+            Meaning::Instance => f.is_me(target),
+            Meaning::Related => f.is_me(target) || f.refs().contains(&target.as_str()),
+            Meaning::AuthoredBy => f.authors().contains(&target.as_str()),
+            Meaning::Unknown => false,
+        });
+        if !hit {
+            return false;
+        }
+    }
+    true
+}
+
+/// The deepest matching provision under (and including) `p`.
+fn evaluate(p: &Provision, path: &mut Path, parent: Parent, f: &Facts<'_>) -> Option<Matched> {
+    // An untyped nested provision refines its parent's type.
+    let verdict = p.verdict.unwrap_or(parent.verdict);
+    if !matches(p, f, verdict) {
+        return None;
+    }
+    let named = parent.named | p.named;
+    let mut best = Matched {
+        verdict,
+        path: *path,
+        named,
+        redact: p.redact,
+    };
+    let inner = Parent { verdict, named };
+    for (i, child) in p.children.iter().enumerate() {
+        path.push(i);
+        let found = evaluate(child, path, inner, f);
+        path.pop();
+        if let Some(m) = found {
+            // Deeper wins; at equal depth a deny wins.
+            if m.path.len > best.path.len
+                || (m.path.len == best.path.len
+                    && m.verdict == Verdict::Deny
+                    && best.verdict == Verdict::Permit)
+            {
+                best = m;
+            }
+        }
+    }
+    Some(best)
 }
 
 impl ConsentEngine {
-    fn provision_matches(&self, p: &Value, f: &Facts<'_>, verdict: Verdict) -> bool {
-        if let Some(period) = p.get("period") {
-            if !in_period(period, f.now_ms) {
-                return false;
-            }
-        }
-        if let Some(actors) = p.get("actor").and_then(Value::as_array) {
-            let hit = actors.iter().any(|a| {
-                a.pointer("/reference/reference")
-                    .and_then(Value::as_str)
-                    .map(strip_base)
-                    .is_some_and(|r| f.actor_refs.contains(&r))
-            });
-            if !hit {
-                return false;
-            }
-        }
-        if p.get("action").is_some() && !each_code(p, "action", |_, c| c == f.action.code()) {
-            return false;
-        }
-        if p.get("purpose").is_some() {
-            let Some(purpose) = f.purpose else {
-                return false;
-            };
-            if !each_code(p, "purpose", |_, c| c == purpose) {
-                return false;
-            }
-        }
-        if p.get("securityLabel").is_some() {
-            let mut conditions = false;
-            let hit = each_code(p, "securityLabel", |system, code| {
-                if is_obligation(system, code) {
-                    return false;
-                }
-                conditions = true;
-                match labels::confidentiality_rank(code)
-                    .filter(|_| system.is_empty() || system == CONFIDENTIALITY)
-                {
-                    // The high-water mark follows the provision's effective type.
-                    Some(rank) => match verdict {
-                        Verdict::Deny => f.level >= rank,
-                        Verdict::Permit => f.level <= rank,
-                    },
-                    None => f.labels.iter().any(|(s, c)| {
-                        *c == code && (system.is_empty() || s.is_empty() || *s == system)
-                    }),
-                }
-            });
-            // A securityLabel holding only obligation codes sets no condition.
-            if conditions && !hit {
-                return false;
-            }
-        }
-        if p.get("class").is_some()
-            && !each_code(p, "class", |_, c| {
-                c == f.rtype || f.profiles.contains(&c.split('|').next().unwrap_or(c))
-            })
-        {
-            return false;
-        }
-        if p.get("code").is_some()
-            && !each_code(p, "code", |s, c| {
-                f.codes
-                    .iter()
-                    .any(|(rs, rc)| *rc == c && (s.is_empty() || *rs == s))
-            })
-        {
-            return false;
-        }
-        if let Some(dp) = p.get("dataPeriod") {
-            match f.clinical_date {
-                Some(at) if in_period(dp, at) => {}
-                _ => return false,
-            }
-        }
-        if let Some(data) = p.get("data").and_then(Value::as_array) {
-            let hit = data.iter().any(|d| {
-                let Some(target) = d
-                    .pointer("/reference/reference")
-                    .and_then(Value::as_str)
-                    .map(strip_base)
-                else {
-                    return false;
-                };
-                match d.get("meaning").and_then(Value::as_str) {
-                    Some("instance") => f.me.as_deref() == Some(target),
-                    Some("related") | Some("dependents") => {
-                        f.me.as_deref() == Some(target) || f.refs().iter().any(|r| r == target)
-                    }
-                    Some("authoredby") => {
-                        ["author", "recorder", "requester", "asserter", "performer"]
-                            .iter()
-                            .any(|k| {
-                                let mut authors = Vec::new();
-                                if let Some(v) = f.resource.get(*k) {
-                                    all_references(v, &mut authors);
-                                }
-                                authors.iter().any(|a| a == target)
-                            })
-                    }
-                    _ => false,
-                }
-            });
-            if !hit {
-                return false;
-            }
-        }
-        true
-    }
-
-    /// The deepest matching provision under (and including) `p`.
-    fn evaluate(
-        &self,
-        p: &Value,
-        path: &mut Vec<usize>,
-        parent: Parent,
-        f: &Facts<'_>,
-    ) -> Option<Matched> {
-        let verdict = match p.get("type").and_then(Value::as_str) {
-            Some("permit") => Verdict::Permit,
-            Some("deny") => Verdict::Deny,
-            // An untyped nested provision refines its parent's decision.
-            _ => parent.verdict,
-        };
-        if !self.provision_matches(p, f, verdict) {
-            return None;
-        }
-        let mut named = parent.named;
-        let mut redact = false;
-        each_code(p, "securityLabel", |system, code| {
-            named |= sensitivity_bit(code);
-            redact |= is_obligation(system, code);
-            false
-        });
-        let mut best = Matched {
-            verdict,
-            path: path.clone(),
-            named,
-            redact,
-        };
-        let mut best_depth = parent.depth;
-        for (i, child) in p
-            .get("provision")
-            .and_then(Value::as_array)
-            .map(Vec::as_slice)
-            .unwrap_or_default()
-            .iter()
-            .enumerate()
-        {
-            path.push(i);
-            let inner = Parent {
-                depth: parent.depth + 1,
-                verdict,
-                named,
-            };
-            let found = self.evaluate(child, path, inner, f);
-            path.pop();
-            if let Some(m) = found {
-                let depth = m.path.len();
-                // Deeper wins; at equal depth a deny wins.
-                if depth > best_depth
-                    || (depth == best_depth
-                        && m.verdict == Verdict::Deny
-                        && best.verdict == Verdict::Permit)
-                {
-                    best = m;
-                    best_depth = depth;
-                }
-            }
-        }
-        Some(best)
-    }
-
-    fn applicable(consent: &Value) -> bool {
-        consent.get("resourceType").and_then(Value::as_str) == Some("Consent")
-            && consent.get("status").and_then(Value::as_str) == Some("active")
-            && consent
-                .pointer("/scope/coding")
-                .and_then(Value::as_array)
-                .is_some_and(|c| {
-                    c.iter()
-                        .any(|c| c.get("code").and_then(Value::as_str) == Some("patient-privacy"))
-                })
-    }
-
     /// Redactions the configured rules require for this release.
     fn rule_obligations(&self, f: &Facts<'_>, actor: &Actor) -> Vec<Obligation> {
         self.redaction
@@ -543,10 +794,10 @@ impl ConsentEngine {
     }
 }
 
-/// One Consent's outcome: (dateTime, `Consent/{id}`, matched provision).
-struct Outcome {
+/// One Consent's outcome.
+struct Outcome<'c> {
     when: i64,
-    consent: String,
+    consent: &'c str,
     m: Matched,
 }
 
@@ -578,32 +829,33 @@ impl ConsentPolicy for ConsentEngine {
         // Sensitivity rules govern release; collecting or correcting labelled data is
         // decided like any other data.
         let f = Facts::of(req);
-        let part2 = f.part2();
-        let mut outcomes: Vec<Outcome> = Vec::new();
-        let mut path = Vec::new();
-        for consent in req.consents.iter().filter(|c| Self::applicable(c)) {
-            let Some(root) = consent.get("provision") else {
+        let part2 = f.required & SUBSTANCE_USE != 0;
+        let mut outcomes: Vec<Outcome<'_>> = Vec::with_capacity(req.consents.len());
+        for consent in &req.consents.consents {
+            let base = consent.root.verdict.unwrap_or(Verdict::Deny);
+            if consent.too_deep {
+                // Fail closed: a Consent the engine cannot walk denies.
+                outcomes.push(Outcome {
+                    when: consent.when,
+                    consent: &consent.reference,
+                    m: Matched {
+                        verdict: Verdict::Deny,
+                        path: Path::default(),
+                        named: 0,
+                        redact: false,
+                    },
+                });
                 continue;
-            };
-            let base = match root.get("type").and_then(Value::as_str) {
-                Some("permit") => Verdict::Permit,
-                _ => Verdict::Deny,
-            };
+            }
             let parent = Parent {
-                depth: 0,
                 verdict: base,
                 named: 0,
             };
-            path.clear();
-            if let Some(m) = self.evaluate(root, &mut path, parent, &f) {
+            let mut path = Path::default();
+            if let Some(m) = evaluate(&consent.root, &mut path, parent, &f) {
                 outcomes.push(Outcome {
-                    when: consent
-                        .get("dateTime")
-                        .and_then(Value::as_str)
-                        .and_then(parse_date_range)
-                        .map_or(i64::MIN, |r| r.start),
-                    consent: resource_reference(consent)
-                        .unwrap_or_else(|| "Consent (no id)".into()),
+                    when: consent.when,
+                    consent: &consent.reference,
                     m,
                 });
             }
@@ -613,7 +865,7 @@ impl ConsentPolicy for ConsentEngine {
         } else {
             self.combiner
         };
-        let latest = |o: &&Outcome| o.when;
+        let latest = |o: &&Outcome<'_>| o.when;
         let latest_deny = outcomes
             .iter()
             .filter(|o| o.m.verdict == Verdict::Deny)
@@ -627,7 +879,7 @@ impl ConsentPolicy for ConsentEngine {
                     .then((a.m.verdict == Verdict::Deny).cmp(&(b.m.verdict == Verdict::Deny)))
             }),
         };
-        let explicit = |o: &Outcome| f.required & !o.m.named == 0;
+        let explicit = |o: &Outcome<'_>| f.required & !o.m.named == 0;
         // A permit that does not name the data's sensitivity yields to one (not overruled by
         // a later deny) that does: both permit, and only the latter covers this data.
         let chosen = match chosen {
@@ -643,56 +895,54 @@ impl ConsentPolicy for ConsentEngine {
         };
         match chosen {
             Some(o) => {
-                let source = DecisionSource::Consent {
-                    consent: o.consent.clone(),
-                    provision: o.m.path_string(),
-                };
+                let path = o.m.path.render();
                 if o.m.verdict == Verdict::Permit && !explicit(o) {
                     return Decision {
                         verdict: Verdict::Deny,
-                        source,
                         basis: format!(
-                            "{} permits at {}, but the data is labelled {} and no provision names that label explicitly",
+                            "{} permits at {path}, but the data is labelled {} and no provision names that label explicitly",
                             o.consent,
-                            o.m.path_string(),
                             f.sensitive_codes().join(", ")
                         ),
+                        source: DecisionSource::Consent {
+                            consent: o.consent.to_string(),
+                            provision: path,
+                        },
                         obligations: Vec::new(),
                     };
                 }
                 let mut obligations = Vec::new();
-                if o.m.verdict == Verdict::Permit {
-                    if o.m.redact && is_release(req.action) {
+                if o.m.verdict == Verdict::Permit && is_release(req.action) {
+                    if o.m.redact {
                         obligations.push(Obligation::Redact {
                             reason: format!(
-                                "{} at {} permits this data only redacted",
-                                o.consent,
-                                o.m.path_string()
+                                "{} at {path} permits this data only redacted",
+                                o.consent
                             ),
                         });
                     }
-                    if is_release(req.action) {
-                        obligations.extend(self.rule_obligations(&f, req.actor));
-                    }
+                    obligations.extend(self.rule_obligations(&f, req.actor));
                 }
                 Decision {
                     verdict: o.m.verdict,
                     basis: format!(
-                        "{} {} at {}{}",
+                        "{} {} at {path}{}",
                         o.consent,
                         if o.m.verdict == Verdict::Permit {
                             "permits"
                         } else {
                             "denies"
                         },
-                        o.m.path_string(),
                         if part2 {
                             " (42 CFR Part 2 data: deny overrides)"
                         } else {
                             ""
                         }
                     ),
-                    source,
+                    source: DecisionSource::Consent {
+                        consent: o.consent.to_string(),
+                        provision: path,
+                    },
                     obligations,
                 }
             }
@@ -770,7 +1020,7 @@ mod tests {
             actor,
             action: ConsentAction::Access,
             resource,
-            consents,
+            consents: &ConsentSet::new(consents),
             now_ms: now(),
         })
     }

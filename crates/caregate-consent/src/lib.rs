@@ -14,7 +14,9 @@ pub mod redact;
 
 use serde_json::Value;
 
-pub use engine::{Combiner, ConsentEngine, DefaultPolicy, RedactionRule};
+pub use engine::{
+    Combiner, ConsentEngine, ConsentSet, DefaultPolicy, PreparedConsent, RedactionRule,
+};
 pub use labelling::LabelRules;
 
 /// The `consentaction` a request performs.
@@ -71,8 +73,9 @@ pub struct ConsentRequest<'a> {
     pub action: ConsentAction,
     /// The resource written or read.
     pub resource: &'a Value,
-    /// The Consent resources of the resource's patient (any status; the engine filters).
-    pub consents: &'a [Value],
+    /// The Consents of the resource's patient, compiled ([`ConsentSet::new`] keeps the
+    /// active privacy Consents of whatever it is given).
+    pub consents: &'a ConsentSet,
     /// The decision time, epoch millis.
     pub now_ms: i64,
 }
@@ -205,7 +208,7 @@ mod tests {
             actor: &actor,
             action: ConsentAction::Access,
             resource: &r,
-            consents: &[],
+            consents: &ConsentSet::default(),
             now_ms: 0,
         });
         assert!(d.is_permit());

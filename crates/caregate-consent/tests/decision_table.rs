@@ -4,8 +4,8 @@
 //! whether the permit carries a redaction obligation.
 
 use caregate_consent::{
-    Actor, Combiner, ConsentAction, ConsentEngine, ConsentPolicy, ConsentRequest, DecisionSource,
-    DefaultPolicy, RedactionRule, Verdict,
+    Actor, Combiner, ConsentAction, ConsentEngine, ConsentPolicy, ConsentRequest, ConsentSet,
+    DecisionSource, DefaultPolicy, RedactionRule, Verdict,
 };
 use caregate_core::parse_date_range;
 use serde_json::{json, Value};
@@ -310,6 +310,15 @@ fn table() -> Vec<Case> {
         case("an untyped nested provision refines its parent's type")
             .one(deny_except(json!({"actor": actor("Organization/clinic")})))
             .deny(At("c", ".provision[0]")),
+        case("a Consent nested deeper than the engine walks fails closed")
+            .one({
+                let mut p = json!({"type": "permit"});
+                for _ in 0..13 {
+                    p = json!({"type": "permit", "provision": [p]});
+                }
+                p
+            })
+            .deny(At("c", "")),
         case("a root provision that does not match: the Consent does not apply (opt-out)")
             .one(json!({"type": "deny", "actor": actor("Organization/other")}))
             .permit(NoConsent),
@@ -706,7 +715,7 @@ fn decision_table() {
             actor: &c.actor,
             action: c.action,
             resource: &c.resource,
-            consents: &c.consents,
+            consents: &ConsentSet::new(&c.consents),
             now_ms: now(),
         });
         let basis = match &d.source {

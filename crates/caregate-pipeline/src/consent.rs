@@ -3,14 +3,46 @@
 //! security alert (denials and break-the-glass).
 
 use std::collections::HashMap;
+use std::sync::{Arc, OnceLock};
 
 use caregate_audit::{patient_of, Subtype};
-use caregate_consent::{Actor, ConsentAction, ConsentRequest, Decision, DecisionSource, Verdict};
+use caregate_consent::{
+    Actor, ConsentAction, ConsentRequest, ConsentSet, Decision, DecisionSource, PreparedConsent,
+    Verdict,
+};
 use caregate_core::FhirResult;
 use serde_json::Value;
 
 use crate::write::parse_record;
 use crate::{store_error, Caller, Pipeline};
+
+/// Compiled Consents by the SHA-256 of their stored content (`None`: the version never
+/// applies — inactive, another scope). Content-addressed, so it is shared safely by every
+/// pipeline in the process and never stale: a new version has a new hash. Cleared when it
+/// grows past [`PREPARED_LIMIT`] entries.
+type PreparedCache = parking_lot::Mutex<HashMap<String, Option<Arc<PreparedConsent>>>>;
+
+const PREPARED_LIMIT: usize = 100_000;
+
+fn prepared(record: &caregate_store::VersionRecord) -> FhirResult<Option<Arc<PreparedConsent>>> {
+    static CACHE: OnceLock<PreparedCache> = OnceLock::new();
+    if record.hash.is_empty() {
+        // Nothing to key on: compile without caching.
+        return Ok(PreparedConsent::prepare(&parse_record(record)?).map(Arc::new));
+    }
+    let cache = CACHE.get_or_init(Default::default);
+    if let Some(hit) = cache.lock().get(&record.hash) {
+        return Ok(hit.clone());
+    }
+    // Parsed and compiled outside the lock; a concurrent miss compiles the same thing twice.
+    let compiled = PreparedConsent::prepare(&parse_record(record)?).map(Arc::new);
+    let mut cache = cache.lock();
+    if cache.len() >= PREPARED_LIMIT {
+        cache.clear();
+    }
+    cache.insert(record.hash.clone(), compiled.clone());
+    Ok(compiled)
+}
 
 /// How one resource may be released to a reader.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,7 +70,7 @@ pub(crate) struct ConsentScope<'p> {
     pipeline: &'p Pipeline,
     enforced: bool,
     actor: Actor,
-    consents: HashMap<String, Vec<Value>>,
+    consents: HashMap<String, Arc<ConsentSet>>,
     /// (basis, patient) of decisions to audit as security alerts.
     alerts: Vec<(String, Option<String>)>,
     now_ms: i64,
@@ -103,32 +135,34 @@ impl ConsentScope<'_> {
         &self.actor
     }
 
-    fn consents_of(&mut self, patient: &str) -> FhirResult<&[Value]> {
+    /// The patient's Consents, compiled: fetched once per request, compiled once per
+    /// Consent version (see [`prepared`]).
+    fn consents_of(&mut self, patient: &str) -> FhirResult<Arc<ConsentSet>> {
         if self.no_consents_anywhere()? {
-            return Ok(&[]);
+            return Ok(Arc::default());
         }
-        if !self.consents.contains_key(patient) {
-            let params = vec![("patient".to_string(), patient.to_string())];
-            let mut parsed = self.pipeline.search.parse(Some("Consent"), &params, true)?;
-            parsed.query.count = 200;
-            parsed.query.total = false;
-            let records = self
-                .pipeline
-                .store
-                .search(&parsed.query)
-                .map_err(store_error)?
-                .matches;
-            let consents = records
-                .iter()
-                .map(parse_record)
-                .collect::<FhirResult<Vec<_>>>()?;
-            self.consents.insert(patient.to_string(), consents);
+        if let Some(set) = self.consents.get(patient) {
+            return Ok(set.clone());
         }
-        Ok(self
-            .consents
-            .get(patient)
-            .map(Vec::as_slice)
-            .unwrap_or_default())
+        let params = vec![("patient".to_string(), patient.to_string())];
+        let mut parsed = self.pipeline.search.parse(Some("Consent"), &params, true)?;
+        parsed.query.count = 200;
+        parsed.query.total = false;
+        let records = self
+            .pipeline
+            .store
+            .search(&parsed.query)
+            .map_err(store_error)?
+            .matches;
+        let mut compiled = Vec::with_capacity(records.len());
+        for record in &records {
+            if let Some(c) = prepared(record)? {
+                compiled.push(c);
+            }
+        }
+        let set = Arc::new(ConsentSet::from_prepared(compiled));
+        self.consents.insert(patient.to_string(), set.clone());
+        Ok(set)
     }
 
     /// The engine's decision for one resource.
@@ -138,9 +172,9 @@ impl ConsentScope<'_> {
         resource: &Value,
     ) -> FhirResult<Decision> {
         let patient = patient_of(resource);
-        let consents: Vec<Value> = match &patient {
-            Some(p) if self.enforced => self.consents_of(p)?.to_vec(),
-            _ => Vec::new(),
+        let consents = match &patient {
+            Some(p) if self.enforced => self.consents_of(p)?,
+            _ => Arc::default(),
         };
         let mut decision = self.pipeline.stages.consent.decide(&ConsentRequest {
             actor: &self.actor,
