@@ -12,7 +12,9 @@ use crate::{ErrorKind, FhirError, IssueCode};
 /// Limits on one request body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ContentLimits {
-    /// Deepest nesting of objects and arrays (the resource itself is depth 1).
+    /// Deepest nesting of objects and arrays, each counting one level as JSON parsers
+    /// count them (the resource itself is depth 1; `Patient.name[0].given` is depth 3).
+    /// Above 128 the JSON parser itself stops.
     pub max_depth: usize,
     /// Most JSON values (objects, arrays, primitives) in one body.
     pub max_elements: usize,
@@ -22,11 +24,11 @@ pub struct ContentLimits {
 
 impl Default for ContentLimits {
     fn default() -> Self {
-        // Depth: real resources stay below ~30 (Questionnaire items nest two levels per
-        // item); a transaction Bundle adds three. Elements: a 16 MiB Synthea transaction
+        // Depth: real resources stay below ~40 (a Questionnaire item nests two levels);
+        // a transaction Bundle adds four. Elements: a 16 MiB Synthea transaction
         // holds ~400k values. Strings: attachments larger than this belong in Binary.
         ContentLimits {
-            max_depth: 64,
+            max_depth: 100,
             max_elements: 1_000_000,
             max_string_bytes: 8 * 1024 * 1024,
         }
@@ -102,9 +104,8 @@ fn walk<'a>(
                 return Err(too_deep(path, limits));
             }
             for (i, child) in items.iter().enumerate() {
-                // An array is one FHIR element repeated: the index replaces a level.
                 path.push(Step::Index(i));
-                walk(child, depth, limits, path, elements)?;
+                walk(child, depth + 1, limits, path, elements)?;
                 path.pop();
             }
         }
@@ -233,27 +234,27 @@ mod tests {
             "contact": [{"name": {"given": ["Bénédicte"]}}]
         });
         assert!(check_content(&patient, &ContentLimits::default()).is_ok());
-        assert!(check_content(&nested(60), &ContentLimits::default()).is_ok());
+        assert!(check_content(&nested(45), &ContentLimits::default()).is_ok());
     }
 
     #[test]
     fn too_deep_names_the_element() {
-        let e = check_content(&nested(70), &ContentLimits::default()).unwrap_err();
+        let e = check_content(&nested(55), &ContentLimits::default()).unwrap_err();
         assert_eq!(e.kind, ErrorKind::BadRequest);
         let issue = &e.issues[0];
         assert_eq!(issue.code, IssueCode::TooCostly);
         assert!(issue.expression[0].starts_with("$this.extension[0].extension[0]"));
-        let mut bundle = json!({"resourceType": "Bundle", "entry": [{"resource": nested(70)}]});
+        let mut bundle = json!({"resourceType": "Bundle", "entry": [{"resource": nested(55)}]});
         bundle["entry"][0]["resource"]["resourceType"] = json!("Basic");
         let e = check_content(&bundle, &ContentLimits::default()).unwrap_err();
         assert!(e.issues[0].expression[0].starts_with("Bundle.entry[0].resource.extension[0]"));
-        assert!(issue.diagnostics.contains("64"), "{}", issue.diagnostics);
+        assert!(issue.diagnostics.contains("100"), "{}", issue.diagnostics);
     }
 
     #[test]
     fn element_count_and_string_length() {
         let limits = ContentLimits {
-            max_depth: 64,
+            max_depth: 100,
             max_elements: 10,
             max_string_bytes: 5,
         };

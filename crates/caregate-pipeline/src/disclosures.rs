@@ -68,7 +68,7 @@ impl Pipeline {
         loop {
             let (events, total) = self.store.audit_search(&query).map_err(store_error)?;
             for content in &events {
-                let Ok(event) = serde_json::from_slice::<Value>(content) else {
+                let Ok(event) = caregate_audit::render_stored(content) else {
                     continue;
                 };
                 if let Some(d) = disclosure_of(&event) {

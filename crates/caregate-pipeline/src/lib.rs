@@ -267,11 +267,12 @@ impl Pipeline {
         e
     }
 
-    /// The stored form of an audit entry: the AuditEvent JSON plus its search columns.
-    pub(crate) fn audit_record(entry: &AuditEntry) -> AuditRecord {
+    /// The stored form of an audit entry: its compact record (rendered as a BALP
+    /// AuditEvent when read) plus the columns audit searches filter on.
+    pub fn audit_record(entry: &AuditEntry) -> AuditRecord {
         let (now, recorded) = caregate_core::now_instant();
         let id = uuid::Uuid::new_v4().to_string();
-        let content = serde_json::to_vec(&entry.to_resource(&id, &recorded)).unwrap_or_default();
+        let content = entry.to_stored(&id, &recorded);
         AuditRecord {
             id,
             recorded_ms: now.timestamp_millis(),

@@ -113,14 +113,16 @@ impl Pipeline {
             .into_iter()
             .next()
             .ok_or_else(|| FhirError::not_found(format!("AuditEvent/{id} is not known")))?;
-        let recorded = serde_json::from_slice::<Value>(&content)
-            .ok()
-            .and_then(|v| {
-                v.get("recorded")
-                    .and_then(Value::as_str)
-                    .map(str::to_string)
-            })
+        // The trail keeps a compact record; readers get the rendered BALP AuditEvent.
+        let event = caregate_audit::render_stored(&content)
+            .map_err(|e| FhirError::internal(e.to_string()))?;
+        let recorded = event
+            .get("recorded")
+            .and_then(Value::as_str)
+            .map(str::to_string)
             .unwrap_or_default();
+        let content = serde_json::to_vec(&event)
+            .map_err(|e| FhirError::internal(format!("cannot write AuditEvent: {e}")))?;
         let record = VersionRecord {
             resource_type: "AuditEvent".into(),
             id: id.to_string(),
@@ -635,9 +637,8 @@ impl Pipeline {
         let mut entries = Vec::with_capacity(events.len());
         let mut match_ids = Vec::new();
         for content in &events {
-            let event: Value = serde_json::from_slice(content).map_err(|e| {
-                FhirError::internal(format!("stored AuditEvent is unreadable: {e}"))
-            })?;
+            let event = caregate_audit::render_stored(content)
+                .map_err(|e| FhirError::internal(e.to_string()))?;
             let id = event
                 .get("id")
                 .and_then(Value::as_str)

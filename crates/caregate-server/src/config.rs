@@ -64,6 +64,9 @@ pub struct ServerConfig {
     pub tls: Option<crate::tls::TlsConfig>,
     #[serde(default)]
     pub validation: ValidationConfig,
+    /// Request shape limits and timeouts.
+    #[serde(default)]
+    pub limits: crate::limits::LimitsConfig,
     /// SMART Backend Services (`/.well-known/smart-configuration`, `POST /auth/token`).
     #[serde(default)]
     pub smart: Option<SmartConfig>,
@@ -250,6 +253,7 @@ impl Default for ServerConfig {
             linking: LinkingConfig::default(),
             tls: None,
             validation: ValidationConfig::default(),
+            limits: crate::limits::LimitsConfig::default(),
             smart: None,
         }
     }
@@ -271,6 +275,7 @@ impl ServerConfig {
     }
 
     pub fn check(&self) -> Result<(), ConfigError> {
+        self.limits.check().map_err(ConfigError::Invalid)?;
         if !matches!(
             self.consent.without_consent.as_str(),
             "accept" | "hold" | "reject"

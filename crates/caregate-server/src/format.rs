@@ -4,7 +4,9 @@
 use actix_web::http::header::{self, HeaderMap};
 use actix_web::http::StatusCode;
 use actix_web::HttpResponse;
-use caregate_core::{ErrorKind, FhirError, OperationOutcome};
+use caregate_core::{
+    check_content, xml_depth, ContentLimits, ErrorKind, FhirError, IssueCode, OperationOutcome,
+};
 use serde_json::Value;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,8 +99,13 @@ pub fn negotiate(headers: &HeaderMap, query: &[(String, String)]) -> Result<Rend
     }
 }
 
-/// Parses a request body by its `Content-Type` into JSON.
-pub fn parse_body(headers: &HeaderMap, body: &[u8]) -> Result<Value, FhirError> {
+/// Parses a request body by its `Content-Type` into JSON, refusing content beyond `limits`
+/// (too deep, too many elements, too long a string) before any stage works on it.
+pub fn parse_body(
+    headers: &HeaderMap,
+    body: &[u8],
+    limits: &ContentLimits,
+) -> Result<Value, FhirError> {
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok());
@@ -116,23 +123,46 @@ pub fn parse_body(headers: &HeaderMap, body: &[u8]) -> Result<Value, FhirError> 
             "The request body is empty; a FHIR resource is required",
         ));
     }
-    match format {
+    let value = match format {
         Format::Json => serde_json::from_slice(body).map_err(|e| {
+            let message = json_error_message(&e);
+            // serde_json stops at 128 levels on its own; say which limit it was.
+            let (message, code) = if message.contains("recursion limit") {
+                (
+                    format!("The content nests deeper than {} levels", limits.max_depth),
+                    IssueCode::TooCostly,
+                )
+            } else {
+                (
+                    format!("The body is not valid JSON: {message}"),
+                    IssueCode::Invalid,
+                )
+            };
             FhirError::bad_request(format!(
-                "The body is not valid JSON: {} at line {} column {}",
-                json_error_message(&e),
+                "{message} at line {} column {}",
                 e.line(),
                 e.column()
             ))
-        }),
+            .with_code(code)
+        })?,
         Format::Xml => {
             let text = std::str::from_utf8(body)
                 .map_err(|_| FhirError::bad_request("The XML body is not UTF-8"))?;
+            // The XML reader recurses per element: refuse deep documents before it runs.
+            if xml_depth(body) > limits.max_depth {
+                return Err(FhirError::bad_request(format!(
+                    "The XML content nests deeper than {} elements",
+                    limits.max_depth
+                ))
+                .with_code(IssueCode::TooCostly));
+            }
             caregate_format::xml_to_json(text).map_err(|e| {
                 FhirError::bad_request(format!("The XML body is not a valid FHIR resource: {e}"))
-            })
+            })?
         }
-    }
+    };
+    check_content(&value, limits)?;
+    Ok(value)
 }
 
 fn json_error_message(e: &serde_json::Error) -> String {

@@ -6,6 +6,7 @@ pub mod auth;
 pub mod capability;
 pub mod config;
 pub mod format;
+pub mod limits;
 mod notify;
 mod operations;
 mod routes;
@@ -40,6 +41,8 @@ pub struct AppState {
     pub capability: Value,
     pub base_url: Option<String>,
     pub max_body_bytes: usize,
+    pub content_limits: caregate_core::ContentLimits,
+    pub body_timeout: std::time::Duration,
     /// SMART Backend Services, when configured.
     pub smart: Option<Arc<smart::SmartService>>,
 }
@@ -231,6 +234,52 @@ pub struct RunningServer {
     pub server: actix_web::dev::Server,
 }
 
+/// One line per request on target `caregate::access`: method, the matched route pattern
+/// (`/{type}/{id}`, never the concrete path), resource type, status, duration and request id.
+/// Paths and query strings are left out on purpose: ids and search values (names, MRNs,
+/// birth dates) are patient data, and logs must never hold any.
+struct AccessLog {
+    method: actix_web::http::Method,
+    request_id: String,
+    started: std::time::Instant,
+}
+
+impl AccessLog {
+    fn start(req: &actix_web::dev::ServiceRequest, id: &RequestId) -> AccessLog {
+        AccessLog {
+            method: req.method().clone(),
+            request_id: id.0.clone(),
+            started: std::time::Instant::now(),
+        }
+    }
+
+    /// Logs the finished request; the route is known only once routing has happened.
+    fn finish<B>(self, response: &actix_web::dev::ServiceResponse<B>) {
+        let req = response.request();
+        let route = req.match_pattern();
+        let resource_type = req
+            .match_info()
+            .get("type")
+            .filter(|t| caregate_core::is_resource_type(t))
+            .or_else(|| {
+                // Fixed routes such as `/Patient/{id}/$care-plan` name their type literally.
+                route
+                    .as_deref()
+                    .and_then(|r| r.trim_start_matches('/').split('/').next())
+                    .filter(|t| caregate_core::is_resource_type(t))
+            });
+        tracing::info!(
+            target: "caregate::access",
+            method = %self.method,
+            route = %route.as_deref().unwrap_or("(unmatched)"),
+            resource_type = %resource_type.unwrap_or("-"),
+            status = response.status().as_u16(),
+            ms = self.started.elapsed().as_secs_f64() * 1000.0,
+            request_id = %self.request_id,
+        );
+    }
+}
+
 /// Opens the store under `config.data`, binds and returns the server (not yet awaited).
 pub fn start(config: &ServerConfig) -> Result<RunningServer, StartError> {
     config
@@ -290,6 +339,8 @@ pub fn start(config: &ServerConfig) -> Result<RunningServer, StartError> {
             .clone()
             .map(|b| b.trim_end_matches('/').to_string()),
         max_body_bytes: config.max_body_bytes,
+        content_limits: config.limits.content(),
+        body_timeout: config.limits.body_timeout(),
         smart,
     });
     let mut server = HttpServer::new(move || {
@@ -304,10 +355,12 @@ pub fn start(config: &ServerConfig) -> Result<RunningServer, StartError> {
                         .and_then(|v| v.to_str().ok()),
                 );
                 let header_value = actix_web::http::header::HeaderValue::from_str(&id.0).ok();
+                let access = AccessLog::start(&req, &id);
                 req.extensions_mut().insert(id);
                 let response = srv.call(req);
                 async move {
                     let mut response = response.await?;
+                    access.finish(&response);
                     if let Some(v) = header_value {
                         response.headers_mut().insert(
                             actix_web::http::header::HeaderName::from_static("x-request-id"),
@@ -386,7 +439,11 @@ pub fn start(config: &ServerConfig) -> Result<RunningServer, StartError> {
     })
     .on_connect(tls::on_connect)
     .disable_signals()
-    .shutdown_timeout(5);
+    .shutdown_timeout(5)
+    .client_request_timeout(config.limits.header_timeout())
+    .client_disconnect_timeout(std::time::Duration::from_secs(2))
+    .keep_alive(std::time::Duration::from_secs(config.limits.keep_alive_s))
+    .max_connections(config.limits.max_connections_per_worker);
     if let Some(w) = config.workers {
         server = server.workers(w.max(1));
     }

@@ -220,7 +220,7 @@ fn subscriber_may_see(
         })
         .ok()
         .and_then(|(events, _)| events.into_iter().next())
-        .and_then(|c| serde_json::from_slice::<Value>(&c).ok());
+        .and_then(|c| caregate_audit::render_stored(&c).ok());
     let organization = created.as_ref().and_then(|e| {
         e.get("agent")?
             .as_array()?

@@ -163,7 +163,7 @@ pub async fn patient_match(
     let op = op_or_return!(req, state);
     let parameters = match read_body(&req, payload, state.max_body_bytes)
         .await
-        .and_then(|body| crate::format::parse_body(req.headers(), &body))
+        .and_then(|body| crate::format::parse_body(req.headers(), &body, &state.content_limits))
     {
         Ok(v) => v,
         Err(e) => return error_response(&e, op.rendering),
@@ -211,7 +211,7 @@ async fn link_or_unlink(
     let op = op_or_return!(req, state);
     let parameters = match read_body(&req, payload, state.max_body_bytes)
         .await
-        .and_then(|body| crate::format::parse_body(req.headers(), &body))
+        .and_then(|body| crate::format::parse_body(req.headers(), &body, &state.content_limits))
     {
         Ok(v) => v,
         Err(e) => return error_response(&e, op.rendering),
@@ -233,7 +233,7 @@ pub async fn consent_evaluate(
     let op = op_or_return!(req, state);
     let parameters = match read_body(&req, payload, state.max_body_bytes)
         .await
-        .and_then(|body| crate::format::parse_body(req.headers(), &body))
+        .and_then(|body| crate::format::parse_body(req.headers(), &body, &state.content_limits))
     {
         Ok(v) => v,
         Err(e) => return error_response(&e, op.rendering),

@@ -155,13 +155,16 @@ pub(crate) async fn blocking<T: Send + 'static>(
         .map_err(|_| FhirError::internal("the request could not be processed"))?
 }
 
-/// Reads the body with the configured limit, answering 413 with an OperationOutcome.
+/// Reads the body with the configured limit, answering 413 with an OperationOutcome, and
+/// 408 when the client takes longer than `[limits] body_timeout_ms` to send it (a slow
+/// sender holds a connection, not a worker: the read is asynchronous).
 pub(crate) async fn read_body(
     req: &HttpRequest,
     mut payload: web::Payload,
     limit: usize,
 ) -> Result<web::BytesMut, FhirError> {
     let too_large = || {
+        tracing::warn!(target: "caregate::limits", limit, "request body over the size limit");
         FhirError::new(
             ErrorKind::PayloadTooLarge,
             format!("The request body is larger than the configured limit of {limit} bytes"),
@@ -177,16 +180,35 @@ pub(crate) async fn read_body(
             return Err(too_large());
         }
     }
-    let mut body = web::BytesMut::new();
-    while let Some(chunk) = payload.next().await {
-        let chunk = chunk
-            .map_err(|e| FhirError::bad_request(format!("Reading the request body failed: {e}")))?;
-        if body.len() + chunk.len() > limit {
-            return Err(too_large());
+    let timeout = req
+        .app_data::<web::Data<AppState>>()
+        .map_or(Duration::from_secs(30), |s| s.body_timeout);
+    let read = async {
+        let mut body = web::BytesMut::new();
+        while let Some(chunk) = payload.next().await {
+            let chunk = chunk.map_err(|e| {
+                FhirError::bad_request(format!("Reading the request body failed: {e}"))
+            })?;
+            if body.len() + chunk.len() > limit {
+                return Err(too_large());
+            }
+            body.extend_from_slice(&chunk);
         }
-        body.extend_from_slice(&chunk);
+        Ok(body)
+    };
+    match actix_web::rt::time::timeout(timeout, read).await {
+        Ok(result) => result,
+        Err(_) => {
+            tracing::warn!(target: "caregate::limits", timeout_ms = timeout.as_millis() as u64, "request body not received in time");
+            Err(FhirError::new(
+                ErrorKind::RequestTimeout,
+                format!(
+                    "The request body was not received within {} ms",
+                    timeout.as_millis()
+                ),
+            ))
+        }
     }
-    Ok(body)
 }
 
 async fn body_json(
@@ -195,7 +217,7 @@ async fn body_json(
     state: &AppState,
 ) -> Result<Value, FhirError> {
     let body = read_body(req, payload, state.max_body_bytes).await?;
-    parse_body(req.headers(), &body)
+    parse_body(req.headers(), &body, &state.content_limits)
 }
 
 fn http_date(ms: i64) -> String {

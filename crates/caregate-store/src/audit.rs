@@ -9,7 +9,9 @@
 //! hash(0) = 64 zeros
 //! ```
 //!
-//! where `content(n)` is the stored AuditEvent JSON. Verification recomputes every hash in
+//! where `content(n)` is the stored record: the compact JSON that `caregate-audit` writes
+//! (and renders as a BALP AuditEvent on read), or the full AuditEvent JSON in trails written
+//! before the compact form. Verification recomputes every hash in
 //! sequence order: an edited event breaks its own hash, a removed one leaves a gap in the
 //! sequence, a reordered one breaks the link to its predecessor. Removing events from the
 //! *end* leaves a valid shorter chain, so verification reports the head (sequence and hash)
@@ -60,7 +62,7 @@ pub struct AuditRecord {
     pub purpose: Option<String>,
     /// References of the entities touched (`CarePlan/1/_history/2`), for `entity=` search.
     pub entities: Vec<String>,
-    /// The AuditEvent resource as JSON.
+    /// The stored record (caregate-audit's compact form).
     pub content: Vec<u8>,
 }
 
