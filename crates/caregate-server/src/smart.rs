@@ -441,6 +441,13 @@ struct SmartClient {
     jwks_url: Option<String>,
 }
 
+/// (client id, jti) → expiry of the assertion that used it.
+#[derive(Default)]
+struct ReplayCache {
+    entries: HashMap<(String, String), i64>,
+    next_prune: i64,
+}
+
 #[derive(Default)]
 struct CachedJwks {
     jwks: Option<Arc<Jwks>>,
@@ -454,7 +461,7 @@ pub struct SmartService {
     lifetime: i64,
     clients: HashMap<String, SmartClient>,
     /// (client id, jti) → expiry of the assertion that used it.
-    seen: Mutex<HashMap<(String, String), i64>>,
+    seen: Mutex<ReplayCache>,
     jwks_cache: Mutex<HashMap<String, Arc<tokio::sync::Mutex<CachedJwks>>>>,
     cache_ttl: Duration,
     min_refetch: Duration,
@@ -535,7 +542,7 @@ impl SmartService {
             key,
             lifetime: smart.token_lifetime_secs.unwrap_or(300).min(300) as i64,
             clients,
-            seen: Mutex::new(HashMap::new()),
+            seen: Mutex::new(ReplayCache::default()),
             jwks_cache: Mutex::new(HashMap::new()),
             cache_ttl: Duration::from_secs(smart.jwks_cache_secs.unwrap_or(3600)),
             min_refetch: Duration::from_secs(smart.jwks_min_refetch_secs.unwrap_or(10)),
@@ -613,6 +620,12 @@ impl SmartService {
         let (client_id, jti, exp) = self
             .verify_assertion(assertion, request.token_url, now)
             .await?;
+        // RFC 7523 §3: a client_id sent alongside must name the assertion's client.
+        if request.param("client_id").is_some_and(|id| id != client_id) {
+            return Err(invalid_client(
+                "client_id differs from the client_assertion's iss",
+            ));
+        }
         let client = self
             .clients
             .get(&client_id)
@@ -781,7 +794,8 @@ impl SmartService {
 
     fn jti_seen(&self, client: &str, jti: &str) -> bool {
         let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-        seen.contains_key(&(client.to_string(), jti.to_string()))
+        seen.entries
+            .contains_key(&(client.to_string(), jti.to_string()))
     }
 
     /// Records a jti, refusing one seen before (checked again under the lock, so two
@@ -795,8 +809,12 @@ impl SmartService {
         now: i64,
     ) -> Result<(), OAuthError> {
         let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-        seen.retain(|_, e| *e + CLOCK_SKEW > now);
-        match seen.entry((client.to_string(), jti)) {
+        // Pruning walks every entry, so it runs at most once a second, not per request.
+        if now >= seen.next_prune {
+            seen.entries.retain(|_, e| *e + CLOCK_SKEW > now);
+            seen.next_prune = now + 1;
+        }
+        match seen.entries.entry((client.to_string(), jti)) {
             std::collections::hash_map::Entry::Occupied(_) => {
                 Err(invalid_client("client_assertion jti has been used before"))
             }
