@@ -507,55 +507,13 @@ async fn purpose_of_use_in_the_token_reaches_consent() {
         c.clients[1].purposes = vec!["TREAT".into(), "HPAYMT".into()];
     })
     .await;
-    let pid = s
-        .post_as(
-            "loader-token",
-            "Patient",
-            &json!({"resourceType": "Patient", "name": [{"family": "Purpose"}]}),
-        )
-        .await
-        .json::<Value>()
-        .await
-        .expect("json")["id"]
-        .as_str()
-        .expect("id")
-        .to_string();
-    let patient = format!("Patient/{pid}");
-    let r = s
-        .post_as(
-            "loader-token",
-            "Condition",
-            &json!({"resourceType": "Condition",
-                    "clinicalStatus": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-clinical", "code": "active"}]},
-                    "code": {"text": "asthma"}, "subject": {"reference": patient}}),
-        )
-        .await;
-    assert_eq!(r.status(), 201);
-    let cid = r.json::<Value>().await.expect("json")["id"]
-        .as_str()
-        .expect("id")
-        .to_string();
     // Only the HIE, only for treatment.
-    let consent = json!({
-        "resourceType": "Consent", "status": "active", "dateTime": "2024-01-01",
-        "scope": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy"}]},
-        "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
-        "policyRule": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "OPTIN"}]},
-        "patient": {"reference": patient},
-        "provision": {"type": "deny", "provision": [
-            {"type": "permit",
-             "actor": [{"role": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType", "code": "IRCP"}]},
-                        "reference": {"reference": "Organization/hie"}}],
-             "purpose": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActReason", "code": "TREAT"}],
-             "action": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentaction", "code": "access"}]}]}
-        ]}
-    });
-    assert_eq!(
-        s.post_as("loader-token", "Consent", &consent)
-            .await
-            .status(),
-        201
-    );
+    let cid = condition_shared_only_with(
+        &s,
+        "Organization/hie",
+        json!([{"system": "http://terminology.hl7.org/CodeSystem/v3-ActReason", "code": "TREAT"}]),
+    )
+    .await;
 
     let es = Key::es384();
     let token_for = |purpose: Option<&'static str>| {
@@ -610,6 +568,101 @@ async fn purpose_of_use_in_the_token_reaches_consent() {
     assert_eq!(r.status(), 403);
     // A purpose the client is not registered for is refused at the token endpoint.
     let (status, body) = token_for(Some("ETREAT")).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("invalid_request"))
+    );
+    s.stop().await;
+}
+
+/// A Patient with one Condition, and a Consent that denies everything but access by
+/// `actor` (for the given `purpose` codings, or any purpose when empty). Returns the
+/// Condition's id.
+async fn condition_shared_only_with(s: &TestServer, actor: &str, purpose: Value) -> String {
+    let pid = s
+        .post_as(
+            "loader-token",
+            "Patient",
+            &json!({"resourceType": "Patient", "name": [{"family": "Consenting"}]}),
+        )
+        .await
+        .json::<Value>()
+        .await
+        .expect("json")["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let patient = format!("Patient/{pid}");
+    let r = s
+        .post_as(
+            "loader-token",
+            "Condition",
+            &json!({"resourceType": "Condition",
+                    "clinicalStatus": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-clinical", "code": "active"}]},
+                    "code": {"text": "asthma"}, "subject": {"reference": patient}}),
+        )
+        .await;
+    assert_eq!(r.status(), 201);
+    let cid = r.json::<Value>().await.expect("json")["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let mut permit = json!({"type": "permit",
+        "actor": [{"role": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType", "code": "IRCP"}]},
+                   "reference": {"reference": actor}}],
+        "action": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentaction", "code": "access"}]}]});
+    if purpose.as_array().is_some_and(|p| !p.is_empty()) {
+        permit["purpose"] = purpose;
+    }
+    let consent = json!({
+        "resourceType": "Consent", "status": "active", "dateTime": "2024-01-01",
+        "scope": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy"}]},
+        "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
+        "policyRule": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "OPTIN"}]},
+        "patient": {"reference": patient},
+        "provision": {"type": "deny", "provision": [permit]}
+    });
+    let r = s.post_as("loader-token", "Consent", &consent).await;
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap_or_default());
+    cid
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_acting_practitioner_in_the_token_reaches_consent() {
+    let s = smart_server(|_| {}).await;
+    let cid = condition_shared_only_with(&s, "Practitioner/dr-lee", json!([])).await;
+    let es = Key::es384();
+    let token = |practitioner: &'static str| {
+        let assertion = es.assertion(&claims(&s, "hie"));
+        let s = &s;
+        async move {
+            let mut params = vec![
+                ("grant_type", "client_credentials"),
+                (
+                    "client_assertion_type",
+                    "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+                ),
+                ("client_assertion", assertion.as_str()),
+                ("scope", "system/*.read"),
+            ];
+            if !practitioner.is_empty() {
+                params.push(("practitioner", practitioner));
+            }
+            token_request(s, &params).await
+        }
+    };
+    let read = format!("Condition/{cid}");
+    let (status, body) = token("Practitioner/dr-lee").await;
+    assert_eq!(status, 200, "{body}");
+    let lee = body["access_token"].as_str().expect("token").to_string();
+    assert_eq!(s.get_as(&lee, &read).await.status(), 200);
+    let (_, body) = token("Practitioner/dr-other").await;
+    let other = body["access_token"].as_str().expect("token").to_string();
+    assert_eq!(s.get_as(&other, &read).await.status(), 404);
+    let (_, body) = token("").await;
+    let nobody = body["access_token"].as_str().expect("token").to_string();
+    assert_eq!(s.get_as(&nobody, &read).await.status(), 404);
+    let (status, body) = token("Patient/dr-lee").await;
     assert_eq!(
         (status, body["error"].as_str()),
         (400, Some("invalid_request"))

@@ -192,6 +192,15 @@ async fn client_certificates_identify_registered_clients() {
         .expect("request");
     assert_eq!(r.status(), 401);
 
+    // A certificate from another CA is refused in the handshake, registered or not.
+    let elsewhere = caregate_server::tls::write_dev_certs(&dir.path().join("other"), "psych-ehr")
+        .expect("other CA");
+    let foreign = https_client(&certs.ca, &elsewhere.client_cert, &elsewhere.client_key);
+    assert!(
+        foreign.get(url("Patient")).send().await.is_err(),
+        "a certificate from an unknown CA"
+    );
+
     // Verified by the CA, registered to nobody: 401 with an OperationOutcome.
     let stranger = https_client(&certs.ca, &certs.clients[1].1, &certs.clients[1].2);
     let r = stranger
