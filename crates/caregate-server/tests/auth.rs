@@ -366,6 +366,15 @@ fn smart_and_certificate_clients_in_the_config_file() {
     )
     .contains("jwks_url"));
     assert!(refused(
+        "[[client]]\nid = \"x\"\njwks_url = \"http://keys.example.org/jwks\"\n",
+        "plain http to another host"
+    )
+    .contains("jwks_url"));
+    assert!(ServerConfig::from_toml(
+        "[[client]]\nid = \"x\"\njwks_url = \"http://127.0.0.1:8081/jwks\"\n"
+    )
+    .is_ok());
+    assert!(refused(
         "[[client]]\nid = \"x\"\ncert_sha256 = \"abcd\"\n",
         "short fingerprint"
     )
