@@ -69,6 +69,8 @@ pub(crate) type CarePlanCache = ViewCache<Arc<CachedCarePlan>>;
 const VIEW_TTL: Duration = Duration::from_secs(30);
 /// Views kept at most.
 const VIEW_CAPACITY: usize = 4096;
+/// Resources of one type a view draws on at most.
+const MAX_ITEMS: usize = 20_000;
 /// Patients gathered into one person at most (bounds the work a chain of links can cause).
 const MAX_PERSON_PATIENTS: usize = 256;
 
@@ -321,12 +323,29 @@ impl Pipeline {
         let mut gathered: Vec<(Value, String)> = Vec::new();
         let mut seen: std::collections::HashSet<(String, String)> = Default::default();
         let mut withheld = false;
-        for member in &person.members {
+        // One search per resource type for all members (a comma is OR): each search has a
+        // fixed cost (SQL preparation), so 8 sources cost 10 searches, not 80.
+        for members in person.members.chunks(50) {
+            let value = members
+                .iter()
+                .map(|m| escape(m))
+                .collect::<Vec<_>>()
+                .join(",");
             for (rtype, param) in VIEW_SOURCES {
                 if self.search.param(rtype, param).is_none() {
                     continue;
                 }
-                for r in self.search_all(rtype, vec![(param.to_string(), member.clone())], 1000)? {
+                let found =
+                    self.search_all(rtype, vec![(param.to_string(), value.clone())], MAX_ITEMS)?;
+                if found.len() >= MAX_ITEMS {
+                    // Never drop items silently: a person this large needs paging first.
+                    return Err(FhirError::new(
+                        ErrorKind::Unprocessable,
+                        format!("This person has more than {MAX_ITEMS} {rtype} resources; the shared view cannot be built"),
+                    )
+                    .with_code(caregate_core::IssueCode::TooCostly));
+                }
+                for r in found {
                     if !seen.insert((r.resource_type.clone(), r.id.clone())) {
                         continue;
                     }
@@ -637,111 +656,41 @@ fn escape(v: &str) -> String {
         .replace('$', "\\$")
 }
 
-/// The shared care-plan view as a page for clinicians: problems, goals, activities, the care
-/// team and flags, each item with where it came from.
+/// The shared care-plan view as a page for clinicians: flags first, then problems → goals
+/// → activities (each with who is responsible, its status and where it came from), the
+/// care team, what changed recently and which records were linked. Self-contained: no
+/// scripts, fonts or style sheets from elsewhere.
 pub fn care_plan_html(patient_id: &str, view: &Value) -> String {
-    let esc = |s: &str| {
-        s.replace('&', "&amp;")
-            .replace('<', "&lt;")
-            .replace('>', "&gt;")
-            .replace('"', "&quot;")
-    };
-    let entries = view
+    let resources: Vec<&Value> = view
         .get("entry")
         .and_then(Value::as_array)
         .map(Vec::as_slice)
-        .unwrap_or_default();
-    let label = |r: &Value| -> String {
-        for pointer in [
-            "/code/text",
-            "/code/coding/0/display",
-            "/description/text",
-            "/description/coding/0/display",
-            "/medicationCodeableConcept/coding/0/display",
-            "/medicationCodeableConcept/text",
-            "/detail",
-            "/title",
-            "/name",
-        ] {
-            if let Some(t) = r.pointer(pointer).and_then(Value::as_str) {
-                return t.to_string();
-            }
-        }
-        r.pointer("/code/coding/0/code")
-            .or_else(|| r.pointer("/description/coding/0/code"))
-            .and_then(Value::as_str)
-            .unwrap_or("(not coded)")
-            .to_string()
-    };
-    let sources = |r: &Value| -> String {
-        let mut out = Vec::new();
-        for ext in r
-            .get("extension")
-            .and_then(Value::as_array)
-            .map(Vec::as_slice)
-            .unwrap_or_default()
-        {
-            if ext.get("url").and_then(Value::as_str)
-                != Some(caregate_careplan::ITEM_SOURCE_EXTENSION)
-            {
-                continue;
-            }
-            let mut who = String::new();
-            for part in ext
-                .get("extension")
-                .and_then(Value::as_array)
-                .map(Vec::as_slice)
-                .unwrap_or_default()
-            {
-                let value = part
-                    .get("valueString")
-                    .and_then(Value::as_str)
-                    .or_else(|| {
-                        part.pointer("/valueReference/reference")
-                            .and_then(Value::as_str)
-                    })
-                    .or_else(|| {
-                        part.pointer("/valueReference/display")
-                            .and_then(Value::as_str)
-                    })
-                    .unwrap_or("");
-                match part.get("url").and_then(Value::as_str) {
-                    Some("organization") | Some("system") if who.is_empty() => {
-                        who = value.to_string()
-                    }
-                    Some("originalReference") if who.is_empty() => who = value.to_string(),
-                    _ => {}
-                }
-            }
-            out.push(esc(&who));
-        }
-        out.join("<br>")
-    };
-    let status = |r: &Value| -> String {
-        r.get("status")
-            .or_else(|| r.get("lifecycleStatus"))
-            .and_then(Value::as_str)
-            .or_else(|| {
-                r.pointer("/clinicalStatus/coding/0/code")
-                    .and_then(Value::as_str)
-            })
-            .unwrap_or("")
-            .to_string()
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|e| e.get("resource"))
+        .collect();
+    let of_type = |types: &[&str]| -> Vec<&Value> {
+        resources
+            .iter()
+            .copied()
+            .filter(|r| types.contains(&str_of(r, "/resourceType")))
+            .collect()
     };
     let section = |title: &str, types: &[&str]| -> String {
-        let rows: Vec<String> = entries
-            .iter()
-            .filter_map(|e| e.get("resource"))
-            .filter(|r| {
-                types.contains(&r.get("resourceType").and_then(Value::as_str).unwrap_or(""))
-            })
+        let rows: Vec<String> = of_type(types)
+            .into_iter()
             .map(|r| {
                 format!(
-                    "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-                    esc(r.get("resourceType").and_then(Value::as_str).unwrap_or("")),
-                    esc(&label(r)),
-                    esc(&status(r)),
-                    sources(r)
+                    "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                    html_escape(str_of(r, "/resourceType")),
+                    html_escape(&item_label(r)),
+                    html_escape(&responsible(r)),
+                    html_escape(&item_status(r)),
+                    item_sources(r)
+                        .iter()
+                        .map(|(who, _)| html_escape(who))
+                        .collect::<Vec<_>>()
+                        .join("<br>")
                 )
             })
             .collect();
@@ -749,14 +698,12 @@ pub fn care_plan_html(patient_id: &str, view: &Value) -> String {
             return format!("<h2>{title}</h2><p>None recorded.</p>");
         }
         format!(
-            "<h2>{title}</h2><table><thead><tr><th>Kind</th><th>Item</th><th>Status</th><th>From</th></tr></thead><tbody>{}</tbody></table>",
+            "<h2>{title}</h2><table><thead><tr><th>Kind</th><th>Item</th><th>Responsible</th><th>Status</th><th>From</th></tr></thead><tbody>{}</tbody></table>",
             rows.join("\n")
         )
     };
-    let team: Vec<String> = entries
-        .iter()
-        .filter_map(|e| e.get("resource"))
-        .filter(|r| r.get("resourceType").and_then(Value::as_str) == Some("CareTeam"))
+    let team: Vec<String> = of_type(&["CareTeam"])
+        .into_iter()
         .flat_map(|t| {
             t.get("participant")
                 .and_then(Value::as_array)
@@ -769,40 +716,270 @@ pub fn care_plan_html(patient_id: &str, view: &Value) -> String {
                 .or_else(|| p.pointer("/member/reference"))
                 .and_then(Value::as_str)
                 .unwrap_or("(unnamed)");
-            let role = p
-                .pointer("/role/0/text")
-                .or_else(|| p.pointer("/role/0/coding/0/display"))
-                .and_then(Value::as_str)
-                .unwrap_or("");
-            format!("<li>{} — {}</li>", esc(who), esc(role))
-        })
-        .collect();
-    let flags: Vec<String> = entries
-        .iter()
-        .filter_map(|e| e.get("resource"))
-        .filter(|r| r.get("resourceType").and_then(Value::as_str) == Some("DetectedIssue"))
-        .map(|r| {
+            let roles: Vec<&str> = p
+                .get("role")
+                .and_then(Value::as_array)
+                .map(Vec::as_slice)
+                .unwrap_or_default()
+                .iter()
+                .filter_map(|r| {
+                    r.get("text")
+                        .or_else(|| r.pointer("/coding/0/display"))
+                        .and_then(Value::as_str)
+                })
+                .collect();
+            let from: Vec<String> = item_sources(&p).into_iter().map(|(who, _)| who).collect();
             format!(
-                "<li class=\"flag\">{}</li>",
-                esc(r.get("detail").and_then(Value::as_str).unwrap_or("flag"))
+                "<li>{} — {}{}</li>",
+                html_escape(who),
+                html_escape(&roles.join(", ")),
+                if from.is_empty() {
+                    String::new()
+                } else {
+                    format!(" <small>({})</small>", html_escape(&from.join(", ")))
+                }
             )
         })
         .collect();
-    let withheld = entries.iter().any(|e| {
-        e.pointer("/resource/resourceType").and_then(Value::as_str) == Some("OperationOutcome")
-    });
+    let flags: Vec<String> = of_type(&["DetectedIssue"])
+        .into_iter()
+        .map(|r| {
+            format!(
+                "<li class=\"flag {}\"><strong>{}</strong>: {}</li>",
+                html_escape(str_of(r, "/severity")),
+                html_escape(str_of(r, "/code/text")),
+                html_escape(r.get("detail").and_then(Value::as_str).unwrap_or("flag"))
+            )
+        })
+        .collect();
+    // What changed recently: items by their newest contributing version.
+    let mut recent: Vec<(String, String, String)> = of_type(&[
+        "Condition",
+        "Goal",
+        "ServiceRequest",
+        "MedicationRequest",
+        "Task",
+        "Appointment",
+    ])
+    .into_iter()
+    .filter_map(|r| {
+        let (who, when) = item_sources(r).into_iter().max_by(|a, b| a.1.cmp(&b.1))?;
+        Some((when, item_label(r), who))
+    })
+    .collect();
+    recent.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+    recent.truncate(10);
+    let recent: Vec<String> = recent
+        .iter()
+        .map(|(when, what, who)| {
+            format!(
+                "<li><time>{}</time> {} <small>({})</small></li>",
+                html_escape(when.get(..10).unwrap_or(when)),
+                html_escape(what),
+                html_escape(who)
+            )
+        })
+        .collect();
+    let linked: Vec<String> = of_type(&["Patient"])
+        .into_iter()
+        .flat_map(|p| {
+            p.get("link")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default()
+        })
+        .map(|l| {
+            let basis = l
+                .pointer("/extension/0/valueCode")
+                .and_then(Value::as_str)
+                .map(|b| format!(" ({b})"))
+                .unwrap_or_default();
+            format!(
+                "<li>{}{}</li>",
+                html_escape(str_of(&l, "/other/reference")),
+                html_escape(&basis)
+            )
+        })
+        .collect();
+    let withheld = resources
+        .iter()
+        .any(|r| str_of(r, "/resourceType") == "OperationOutcome");
+    let list = |items: &[String], empty: &str| {
+        if items.is_empty() {
+            format!("<p>{empty}</p>")
+        } else {
+            format!("<ul>{}</ul>", items.join(""))
+        }
+    };
     format!(
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>Shared care plan: Patient/{id}</title><style>\
-         body{{font-family:sans-serif;margin:2em;max-width:70em}}table{{border-collapse:collapse;margin-bottom:1em}}td,th{{border:1px solid #999;padding:4px 8px;text-align:left;vertical-align:top}}\
-         .flag{{color:#8a1c1c}}.notice{{background:#eef;padding:.5em}}</style></head><body>\
+         body{{font-family:sans-serif;margin:2em;max-width:75em;color:#222}}table{{border-collapse:collapse;margin-bottom:1em}}td,th{{border:1px solid #999;padding:4px 8px;text-align:left;vertical-align:top}}\
+         th{{background:#eee}}.flag{{color:#8a1c1c;margin-bottom:.3em}}.flag.high{{font-weight:bold}}.notice{{background:#eef;padding:.5em}}small{{color:#555}}</style></head><body>\
          <h1>Shared care plan</h1><p>Patient/{id}: one view of the plans every contributing team keeps.</p>\
-         {withheld}<h2>Flags</h2>{flags}{problems}{goals}{activities}<h2>Care team</h2>{team}</body></html>\n",
-        id = esc(patient_id),
+         {withheld}<h2>Flags</h2>{flags}{problems}{goals}{activities}<h2>Care team</h2>{team}<h2>Recently changed</h2>{recent}<h2>Linked records</h2>{linked}</body></html>\n",
+        id = html_escape(patient_id),
         withheld = if withheld { "<p class=\"notice\">Some information was withheld in accordance with the patient's consent.</p>" } else { "" },
-        flags = if flags.is_empty() { "<p>No conflicts or gaps found.</p>".to_string() } else { format!("<ul>{}</ul>", flags.join("")) },
+        flags = list(&flags, "No conflicts or gaps found."),
         problems = section("Problems", &["Condition"]),
         goals = section("Goals", &["Goal"]),
         activities = section("Activities", &["ServiceRequest", "MedicationRequest", "Task", "Appointment"]),
-        team = if team.is_empty() { "<p>No care team recorded.</p>".to_string() } else { format!("<ul>{}</ul>", team.join("")) },
+        team = list(&team, "No care team recorded."),
+        recent = list(&recent, "Nothing recorded yet."),
+        linked = list(&linked, "None."),
     )
+}
+
+fn html_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+fn str_of<'a>(v: &'a Value, pointer: &str) -> &'a str {
+    v.pointer(pointer).and_then(Value::as_str).unwrap_or("")
+}
+
+/// What a clinician calls the item; medication orders with their dose and frequency.
+fn item_label(r: &Value) -> String {
+    let mut label = None;
+    for pointer in [
+        "/code/text",
+        "/code/coding/0/display",
+        "/description/text",
+        "/description/coding/0/display",
+        "/medicationCodeableConcept/text",
+        "/medicationCodeableConcept/coding/0/display",
+        "/serviceType/0/text",
+        "/serviceType/0/coding/0/display",
+        "/detail",
+        "/title",
+        "/name",
+    ] {
+        if let Some(t) = r.pointer(pointer).and_then(Value::as_str) {
+            label = Some(t.to_string());
+            break;
+        }
+    }
+    let mut label = label.unwrap_or_else(|| {
+        r.pointer("/code/coding/0/code")
+            .or_else(|| r.pointer("/description/coding/0/code"))
+            .or_else(|| r.pointer("/medicationCodeableConcept/coding/0/code"))
+            .and_then(Value::as_str)
+            .unwrap_or("(not coded)")
+            .to_string()
+    });
+    if let Some(dosage) = r.pointer("/dosageInstruction/0") {
+        let dose = dosage.pointer("/doseAndRate/0/doseQuantity");
+        let value = dose.and_then(|d| d.get("value")).map(|v| match v {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        });
+        let unit = dose
+            .and_then(|d| d.get("unit").or_else(|| d.get("code")))
+            .and_then(Value::as_str);
+        let repeat = dosage.pointer("/timing/repeat");
+        let freq = repeat
+            .and_then(|t| t.get("frequency"))
+            .map(Value::to_string);
+        let period = repeat.and_then(|t| t.get("period")).map(Value::to_string);
+        let period_unit = repeat
+            .and_then(|t| t.get("periodUnit"))
+            .and_then(Value::as_str);
+        let mut parts = Vec::new();
+        if let Some(v) = value {
+            parts.push(format!("{v} {}", unit.unwrap_or("")).trim().to_string());
+        }
+        if let (Some(f), Some(p), Some(u)) = (freq, period, period_unit) {
+            parts.push(format!("{f}× per {p} {u}"));
+        }
+        if let Some(text) = dosage.get("text").and_then(Value::as_str) {
+            parts.push(text.to_string());
+        }
+        if !parts.is_empty() {
+            label = format!("{label} — {}", parts.join(", "));
+        }
+    }
+    label
+}
+
+/// Who is responsible for an item, from the element each type uses for it.
+fn responsible(r: &Value) -> String {
+    let who = |v: &Value| -> Option<String> {
+        v.get("display")
+            .or_else(|| v.get("reference"))
+            .and_then(Value::as_str)
+            .map(str::to_string)
+    };
+    let first_of = |pointers: &[&str]| -> Option<String> {
+        pointers.iter().find_map(|p| r.pointer(p).and_then(who))
+    };
+    match str_of(r, "/resourceType") {
+        "MedicationRequest" => first_of(&["/requester", "/performer"]),
+        "ServiceRequest" => first_of(&["/performer/0", "/requester"]),
+        "Task" => first_of(&["/owner", "/requester"]),
+        "Goal" => first_of(&["/expressedBy"]),
+        "Condition" => first_of(&["/asserter", "/recorder"]),
+        "Appointment" => r
+            .get("participant")
+            .and_then(Value::as_array)
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|p| p.get("actor"))
+            .filter(|a| !str_of(a, "/reference").starts_with("Patient/"))
+            .find_map(who),
+        _ => None,
+    }
+    .unwrap_or_default()
+}
+
+fn item_status(r: &Value) -> String {
+    r.get("status")
+        .or_else(|| r.get("lifecycleStatus"))
+        .and_then(Value::as_str)
+        .or_else(|| {
+            r.pointer("/clinicalStatus/coding/0/code")
+                .and_then(Value::as_str)
+        })
+        .unwrap_or("")
+        .to_string()
+}
+
+/// `(organisation or system or original reference, lastUpdated)` per contributing source.
+fn item_sources(r: &Value) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for ext in r
+        .get("extension")
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .filter(|e| str_of(e, "/url") == caregate_careplan::ITEM_SOURCE_EXTENSION)
+    {
+        let (mut who, mut when) = (String::new(), String::new());
+        for part in ext
+            .get("extension")
+            .and_then(Value::as_array)
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+        {
+            let value = part
+                .get("valueString")
+                .or_else(|| part.get("valueInstant"))
+                .or_else(|| part.pointer("/valueReference/reference"))
+                .or_else(|| part.pointer("/valueReference/display"))
+                .and_then(Value::as_str)
+                .unwrap_or("");
+            match str_of(part, "/url") {
+                "organization" | "system" | "originalReference" if who.is_empty() => {
+                    who = value.to_string()
+                }
+                "lastUpdated" => when = value.to_string(),
+                _ => {}
+            }
+        }
+        out.push((who, when));
+    }
+    out
 }

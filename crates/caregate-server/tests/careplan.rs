@@ -121,7 +121,7 @@ async fn one_person_one_shared_care_plan() {
         html.contains("urn:ehr:psychiatry") && html.contains("urn:ehr:primary-care"),
         "{html}"
     );
-    assert!(html.contains("class=\"flag\""), "{html}");
+    assert!(html.contains("<li class=\"flag"), "{html}");
 
     // $match finds both records with certainty through the insurer id.
     let params = json!({"resourceType": "Parameters", "parameter": [

@@ -165,7 +165,7 @@ async fn clinician_page_in_headless_chromium() {
     let problems_at = dom.find("<h2>Problems</h2>").expect("problems section");
     assert!(flags_at < problems_at, "flags first: {dom}");
     let flags = &dom[flags_at..problems_at];
-    assert_eq!(flags.matches("class=\"flag\"").count(), 3, "{flags}");
+    assert_eq!(flags.matches("<li class=\"flag").count(), 3, "{flags}");
     assert!(flags.contains("sertraline"), "the dose conflict: {flags}");
     assert!(
         flags.contains("PHQ-9 below 10"),
@@ -194,6 +194,14 @@ async fn clinician_page_in_headless_chromium() {
     assert!(dom.contains("Major depressive disorder"), "{dom}");
     assert!(dom.contains("Referral to housing support service"), "{dom}");
     assert!(dom.contains("Organization/therapy") && dom.contains("Organization/peer"));
+    // Who is responsible, and the conflicting doses side by side.
+    assert!(dom.contains("Dr. Priya Shah (psychiatrist)"), "{dom}");
+    assert!(dom.contains("sertraline — 100 mg") && dom.contains("sertraline — 50 mg"));
+    // What changed recently, and the five linked records.
+    let recent_at = dom.find("<h2>Recently changed</h2>").expect("recent section");
+    let linked_at = dom.find("<h2>Linked records</h2>").expect("linked section");
+    assert!(dom[recent_at..linked_at].contains("<time>"), "{dom}");
+    assert_eq!(dom[linked_at..].matches("(certain)").count(), 5, "{dom}");
 
     let png = std::fs::read(&shot).expect("screenshot written");
     println!("clinician page screenshot: {}", shot.display());
