@@ -95,12 +95,17 @@ pub struct DevCerts {
 /// (named `client_name`), all signed by the CA, as PEM files in `dir`. For development
 /// and tests only.
 pub fn write_dev_certs(dir: &Path, client_name: &str) -> Result<DevCerts, TlsError> {
-    write_dev_certs_for(dir, &[client_name])
+    write_dev_certs_for(dir, &[client_name], &[])
 }
 
 /// As [`write_dev_certs`], with one client certificate per name (at least one), all from
-/// the same CA.
-pub fn write_dev_certs_for(dir: &Path, client_names: &[&str]) -> Result<DevCerts, TlsError> {
+/// the same CA. The certificates of the names in `expired` expired in 2020 (for testing
+/// that the handshake refuses them).
+pub fn write_dev_certs_for(
+    dir: &Path,
+    client_names: &[&str],
+    expired: &[&str],
+) -> Result<DevCerts, TlsError> {
     use rcgen::{
         BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     };
@@ -141,6 +146,10 @@ pub fn write_dev_certs_for(dir: &Path, client_names: &[&str]) -> Result<DevCerts
             .distinguished_name
             .push(DnType::CommonName, *name);
         client_params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        if expired.contains(name) {
+            client_params.not_before = rcgen::date_time_ymd(2019, 1, 1);
+            client_params.not_after = rcgen::date_time_ymd(2020, 1, 1);
+        }
         let client_key = KeyPair::generate().map_err(err)?;
         let client_cert = client_params.signed_by(&client_key, &issuer).map_err(err)?;
         let cert_path = dir.join(format!("{name}.pem"));

@@ -91,7 +91,8 @@ async fn client_certificates_identify_registered_clients() {
     let dir = tempfile::tempdir().expect("tempdir");
     let certs = caregate_server::tls::write_dev_certs_for(
         &dir.path().join("certs"),
-        &["psych-ehr", "unregistered", "lab"],
+        &["psych-ehr", "unregistered", "lab", "expired"],
+        &["expired"],
     )
     .expect("dev certs");
     let fingerprint = |i: usize| {
@@ -199,6 +200,13 @@ async fn client_certificates_identify_registered_clients() {
     assert!(
         foreign.get(url("Patient")).send().await.is_err(),
         "a certificate from an unknown CA"
+    );
+
+    // An expired certificate from the right CA is refused in the handshake too.
+    let expired = https_client(&certs.ca, &certs.clients[3].1, &certs.clients[3].2);
+    assert!(
+        expired.get(url("Patient")).send().await.is_err(),
+        "an expired certificate"
     );
 
     // Verified by the CA, registered to nobody: 401 with an OperationOutcome.
