@@ -770,7 +770,8 @@ impl SmartService {
         if numeric("nbf").is_some_and(|nbf| nbf > now + CLOCK_SKEW) {
             return Err(invalid_client("client_assertion is not valid yet (nbf)"));
         }
-        if exp + CLOCK_SKEW <= now {
+        // Saturating: exp is the client's number and may be anything.
+        if exp.saturating_add(CLOCK_SKEW) <= now {
             return Err(invalid_client("client_assertion has expired"));
         }
         if exp > now + MAX_ASSERTION_LIFETIME + CLOCK_SKEW {
@@ -811,7 +812,8 @@ impl SmartService {
         let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
         // Pruning walks every entry, so it runs at most once a second, not per request.
         if now >= seen.next_prune {
-            seen.entries.retain(|_, e| *e + CLOCK_SKEW > now);
+            seen.entries
+                .retain(|_, e| e.saturating_add(CLOCK_SKEW) > now);
             seen.next_prune = now + 1;
         }
         match seen.entries.entry((client.to_string(), jti)) {

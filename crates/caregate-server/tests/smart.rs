@@ -310,6 +310,20 @@ async fn bad_assertions_are_refused() {
         "exp too far ahead",
     );
 
+    for extreme in [
+        json!(i64::MAX),
+        json!(i64::MIN),
+        json!(1e300),
+        json!("soon"),
+    ] {
+        let mut c = claims(&s, "hie");
+        c["exp"] = extreme;
+        invalid_client(
+            request_token(&s, &es.assertion(&c), scope).await,
+            "extreme exp",
+        );
+    }
+
     let mut c = claims(&s, "hie");
     c.as_object_mut().expect("object").remove("exp");
     invalid_client(request_token(&s, &es.assertion(&c), scope).await, "no exp");
