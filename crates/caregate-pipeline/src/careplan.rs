@@ -302,9 +302,13 @@ impl Pipeline {
             actor.care_teams,
             actor.purpose_of_use
         );
-        if let Some(hit) = self.views.get(&key) {
-            self.audit_view_read(caller, id, &hit.touched);
-            return Ok(hit.view.clone());
+        // Under emergency access every read is decided (and alerted) afresh.
+        let emergency = self.emergency_access_open(caller);
+        if !emergency {
+            if let Some(hit) = self.views.get(&key) {
+                self.audit_view_read(caller, id, &hit.touched);
+                return Ok(hit.view.clone());
+            }
         }
         let generation = self.views.global_generation();
         let record = self
@@ -413,7 +417,7 @@ impl Pipeline {
         };
         // Views the consent trimmed, or read under emergency access, are built afresh each
         // time: their security alerts must be raised on every read.
-        if !withheld && !self.emergency_access_open(caller) {
+        if !withheld && !emergency && !self.emergency_access_open(caller) {
             self.views.put(
                 key,
                 stamp,

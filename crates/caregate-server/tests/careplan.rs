@@ -107,6 +107,20 @@ async fn one_person_one_shared_care_plan() {
         .await
         .unwrap();
     assert_eq!(again.status(), 304);
+    // A new item from either source shows at once (the cached view is invalidated), with a
+    // new ETag; the old one no longer matches.
+    s.create(goal_coded(&pb, "new-goal", "Sleep 7 hours")).await;
+    let r = s
+        .http
+        .get(s.url(&format!("Patient/{a}/$care-plan")))
+        .header("if-none-match", &etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_ne!(r.headers()["etag"].to_str().unwrap(), etag);
+    let view: Value = r.json().await.unwrap();
+    assert!(view.to_string().contains("Sleep 7 hours"));
     assert_eq!(s.get("Patient/nope/$care-plan").await.status(), 404);
     // The clinician page shows the merged items and the flag.
     let page = s.get(&format!("ui/patients/{a}/care-plan")).await;
