@@ -223,3 +223,121 @@ async fn client_certificates_identify_registered_clients() {
     );
     handle.stop(true).await;
 }
+
+/// The SMART Backend Services flow over real TLS: the assertion's `aud` is the https token
+/// URL, and the access token reads over the same connection type.
+#[tokio::test(flavor = "multi_thread")]
+async fn smart_backend_services_over_tls() {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine;
+    use ring::signature::{EcdsaKeyPair, ECDSA_P384_SHA384_FIXED_SIGNING};
+    use rustls::pki_types::pem::PemObject;
+
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let certs = write_dev_certs(&dir.path().join("certs"), "unused").expect("dev certs");
+    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let config = ServerConfig {
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        data: dir.path().join("data"),
+        workers: Some(1),
+        tls: Some(TlsConfig {
+            cert: certs.server_cert.clone(),
+            key: certs.server_key.clone(),
+            client_ca: None,
+        }),
+        clients: vec![ClientConfig {
+            id: "hie".into(),
+            scopes: vec!["system/*.rs".into()],
+            jwks: Some(serde_json::json!(std::fs::read_to_string(
+                fixtures.join("smart-jwks.json")
+            )
+            .expect("jwks"))),
+            ..ClientConfig::default()
+        }],
+        ..ServerConfig::default()
+    };
+    let running = caregate_server::start(&config).expect("server starts");
+    let port = running.addr.port();
+    let handle = running.handle.clone();
+    tokio::spawn(running.server);
+    let ca =
+        reqwest::Certificate::from_pem(&std::fs::read(&certs.ca).expect("ca")).expect("ca pem");
+    let http = reqwest::Client::builder()
+        .add_root_certificate(ca)
+        .build()
+        .expect("client");
+    let token_url = format!("https://localhost:{port}/auth/token");
+
+    let discovery: serde_json::Value = http
+        .get(format!(
+            "https://localhost:{port}/.well-known/smart-configuration"
+        ))
+        .send()
+        .await
+        .expect("request")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(discovery["token_endpoint"], token_url.as_str());
+
+    let key_der =
+        rustls::pki_types::PrivatePkcs8KeyDer::from_pem_file(fixtures.join("smart-es384-key.pem"))
+            .expect("pem");
+    let rng = ring::rand::SystemRandom::new();
+    let key = EcdsaKeyPair::from_pkcs8(
+        &ECDSA_P384_SHA384_FIXED_SIGNING,
+        key_der.secret_pkcs8_der(),
+        &rng,
+    )
+    .expect("key");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    let message = format!(
+        "{}.{}",
+        URL_SAFE_NO_PAD.encode(r#"{"alg":"ES384","kid":"es384-test","typ":"JWT"}"#),
+        URL_SAFE_NO_PAD.encode(
+            serde_json::json!({"iss": "hie", "sub": "hie", "aud": token_url,
+                               "exp": now + 120, "jti": "tls-1"})
+            .to_string()
+        )
+    );
+    let sig = key.sign(&rng, message.as_bytes()).expect("sign");
+    let assertion = format!("{message}.{}", URL_SAFE_NO_PAD.encode(sig.as_ref()));
+    let form: String = form_urlencoded::Serializer::new(String::new())
+        .append_pair("grant_type", "client_credentials")
+        .append_pair(
+            "client_assertion_type",
+            "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+        )
+        .append_pair("client_assertion", &assertion)
+        .append_pair("scope", "system/Patient.rs")
+        .finish();
+    let r = http
+        .post(&token_url)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form)
+        .send()
+        .await
+        .expect("token request");
+    assert_eq!(r.status(), 200);
+    let body: serde_json::Value = r.json().await.expect("json");
+    let token = body["access_token"].as_str().expect("token");
+    let r = http
+        .get(format!("https://localhost:{port}/Patient"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(r.status(), 200);
+    let r = http
+        .get(format!("https://localhost:{port}/Observation"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(r.status(), 403, "only Patient was granted");
+    handle.stop(true).await;
+}
