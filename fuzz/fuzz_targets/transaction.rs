@@ -3,7 +3,7 @@
 //! SQLite store with full validation, labelling and consent.
 #![no_main]
 
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 
 use caregate_core::{check_content, ContentLimits};
 use caregate_pipeline::{Caller, Pipeline, ReturnPreference};
@@ -17,7 +17,7 @@ fn pipeline() -> &'static Pipeline {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = SqliteStore::open(&dir.path().join("fuzz.sqlite"), SqliteOptions::default())
             .expect("store");
-        let pipeline = caregate_server::build_pipeline(Arc::new(store));
+        let pipeline = caregate_server::build_pipeline(store);
         (dir, pipeline)
     })
     .1

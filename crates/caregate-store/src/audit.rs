@@ -242,19 +242,28 @@ pub(crate) fn search(conn: &Connection, q: &AuditQuery) -> Result<(Vec<Vec<u8>>,
 }
 
 pub(crate) fn verify(conn: &Connection) -> Result<ChainReport, StoreError> {
+    // One sequential pass over the table with borrowed column values: a million events
+    // must verify in seconds, so nothing is allocated per event unless it is broken.
     let mut stmt =
-        conn.prepare("SELECT seq, id, content, prev_hash, hash FROM audit_event ORDER BY seq")?;
+        conn.prepare("SELECT seq, content, prev_hash, hash FROM audit_event ORDER BY seq")?;
     let mut rows = stmt.query([])?;
     let mut expected_seq = 1i64;
-    let mut prev = GENESIS_HASH.to_string();
+    let mut prev = [0u8; 64];
+    prev.copy_from_slice(GENESIS_HASH.as_bytes());
     let mut events = 0u64;
-    let mut head = None;
+    let mut head_seq = None;
     while let Some(row) = rows.next()? {
         let seq: i64 = row.get(0)?;
-        let id: String = row.get(1)?;
-        let content: Vec<u8> = row.get(2)?;
-        let stored_prev: String = row.get(3)?;
-        let stored_hash: String = row.get(4)?;
+        let column = |i: usize| -> Result<&[u8], StoreError> {
+            let value = row.get_ref(i)?;
+            value
+                .as_bytes_or_null()
+                .map(Option::unwrap_or_default)
+                .map_err(|e| StoreError::Database(format!("audit event {seq}: {e}")))
+        };
+        let content = column(1)?;
+        let stored_prev = column(2)?;
+        let stored_hash = column(3)?;
         events += 1;
         let problem = if seq != expected_seq {
             Some(format!(
@@ -268,27 +277,57 @@ pub(crate) fn verify(conn: &Connection) -> Result<ChainReport, StoreError> {
                 "its link to the previous event does not match (events removed or reordered)"
                     .to_string(),
             )
-        } else if link_hash(&prev, seq, &content) != stored_hash {
+        } else if link_hash_bytes(&prev, seq, content) != stored_hash {
             Some("its content or hash was changed".to_string())
         } else {
             None
         };
         if let Some(problem) = problem {
+            let id: String = conn.query_row(
+                "SELECT id FROM audit_event WHERE seq = ?1",
+                params![seq],
+                |r| r.get(0),
+            )?;
+            let head = match head_seq {
+                Some(s) => Some((s, String::from_utf8_lossy(&prev).into_owned())),
+                None => None,
+            };
             return Ok(ChainReport {
                 events,
                 head,
                 first_break: Some(ChainBreak { seq, id, problem }),
             });
         }
-        prev = stored_hash.clone();
-        head = Some((seq, stored_hash));
+        if stored_hash.len() != prev.len() {
+            return Err(StoreError::Database(format!(
+                "audit event {seq} has a malformed hash"
+            )));
+        }
+        prev.copy_from_slice(stored_hash);
+        head_seq = Some(seq);
         expected_seq = seq + 1;
     }
     Ok(ChainReport {
         events,
-        head,
+        head: head_seq.map(|s| (s, String::from_utf8_lossy(&prev).into_owned())),
         first_break: None,
     })
+}
+
+/// [`link_hash`] into a stack buffer (hex, 64 bytes).
+fn link_hash_bytes(prev: &[u8], seq: i64, content: &[u8]) -> [u8; 64] {
+    let mut content_hex = [0u8; 64];
+    // Both buffers are exactly twice the digest length, so encoding cannot fail.
+    let _ = hex::encode_to_slice(Sha256::digest(content), &mut content_hex);
+    let mut h = Sha256::new();
+    h.update(prev);
+    h.update(b":");
+    h.update(seq.to_string().as_bytes());
+    h.update(b":");
+    h.update(content_hex);
+    let mut out = [0u8; 64];
+    let _ = hex::encode_to_slice(h.finalize(), &mut out);
+    out
 }
 
 #[cfg(test)]
@@ -302,5 +341,9 @@ mod tests {
         assert_ne!(a, link_hash(GENESIS_HASH, 1, b"{ }"));
         assert_ne!(a, link_hash(&a, 1, b"{}"));
         assert_eq!(a.len(), 64);
+        assert_eq!(
+            link_hash_bytes(GENESIS_HASH.as_bytes(), 1, b"{}").as_slice(),
+            a.as_bytes()
+        );
     }
 }
