@@ -1,9 +1,8 @@
 //! What auditing costs: the same ingest and searches through the whole pipeline with the
-//! audit trail on, and with a store that drops every AuditEvent; then `audit verify` over a
-//! chain of one million events.
+//! audit trail on, and with a store that drops every AuditEvent. (`audit verify` over a
+//! million events is `cargo bench -p caregate-store --bench audit_chain`.)
 //!
 //!     cargo bench -p caregate-server --bench audit
-//!     AUDIT_VERIFY_EVENTS=100000 cargo bench -p caregate-server --bench audit   # quicker
 //!
 //! Single-threaded and in-process, so the numbers are per core without HTTP.
 
@@ -230,53 +229,4 @@ fn main() {
         (t_with / t_without - 1.0) * 100.0
     );
     drop(kept);
-
-    verify_chain();
-}
-
-/// Appends `AUDIT_VERIFY_EVENTS` (default 1,000,000) realistic events, then times the
-/// chain walk that `caregate audit verify` does.
-fn verify_chain() {
-    let events: usize = std::env::var("AUDIT_VERIFY_EVENTS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1_000_000);
-    if events == 0 {
-        return;
-    }
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let store = SqliteStore::open(&tmp.path().join("audit.sqlite"), SqliteOptions::default())
-        .expect("store");
-    let started = Instant::now();
-    let batch = 10_000;
-    for start in (0..events).step_by(batch) {
-        let records: Vec<AuditRecord> = (start..(start + batch).min(events))
-            .map(|i| {
-                let mut e = caregate_audit::AuditEntry::new(caregate_audit::Subtype::Read);
-                e.client_id = Some("psychiatry-ehr".into());
-                e.organization = Some("Organization/riverside".into());
-                e.purpose_of_use = Some("TREAT".into());
-                e.network_address = Some("10.1.2.3".into());
-                e.request_id = Some(format!("req-{i}"));
-                e.patient = Some(format!("Patient/p{}", i % 5000));
-                e.entities = vec![format!("CarePlan/cp{i}/_history/1")];
-                Pipeline::audit_record(&e)
-            })
-            .collect();
-        store.commit(Vec::new(), records).expect("append");
-    }
-    let append = started.elapsed().as_secs_f64();
-    let size = std::fs::metadata(tmp.path().join("audit.sqlite"))
-        .map(|m| m.len())
-        .unwrap_or(0);
-    let started = Instant::now();
-    let report = store.verify_audit_chain().expect("verify");
-    let verify = started.elapsed().as_secs_f64();
-    assert!(report.first_break.is_none(), "chain intact");
-    println!(
-        "audit chain: appended {events} events in {append:.1} s ({:.0}/s, database {:.0} MB); verified in {verify:.2} s ({:.0} events/s)",
-        events as f64 / append,
-        size as f64 / 1e6,
-        events as f64 / verify
-    );
 }

@@ -1,7 +1,7 @@
 //! Storage for caregate: immutable, content-hashed resource versions, history and the search
 //! index, behind the [`Store`] trait. [`SqliteStore`] is the embedded default (one file, WAL,
-//! one writer thread that commits concurrent requests together); a PostgreSQL implementation
-//! plugs in behind the same trait.
+//! one writer thread that commits concurrent requests together). The trait is shaped so a
+//! PostgreSQL implementation can follow without changing callers (none exists yet).
 //!
 //! The store never interprets FHIR content: callers hand it finished JSON bytes, the
 //! version number they expect to replace and the index entries the search layer extracted.
