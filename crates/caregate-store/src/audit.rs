@@ -288,10 +288,7 @@ pub(crate) fn verify(conn: &Connection) -> Result<ChainReport, StoreError> {
                 params![seq],
                 |r| r.get(0),
             )?;
-            let head = match head_seq {
-                Some(s) => Some((s, String::from_utf8_lossy(&prev).into_owned())),
-                None => None,
-            };
+            let head = head_seq.map(|s| (s, String::from_utf8_lossy(&prev).into_owned()));
             return Ok(ChainReport {
                 events,
                 head,
