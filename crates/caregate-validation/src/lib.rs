@@ -22,6 +22,7 @@ mod model;
 pub mod package;
 mod primitive;
 mod profile;
+mod questionnaire;
 pub mod registry;
 pub mod snapshot;
 pub mod terminology;

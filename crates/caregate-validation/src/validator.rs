@@ -210,7 +210,7 @@ fn issue(severity: Severity, code: IssueCode, loc: &str, msg: String) -> Issue {
 
 /// The resource type a reference string points at (`Patient/1`, `http://x/fhir/Patient/1`,
 /// `Patient/1/_history/2`); `None` for `#contained`, `urn:` and unknown shapes.
-fn reference_type(reference: &str) -> Option<&str> {
+pub(crate) fn reference_type(reference: &str) -> Option<&str> {
     let path = reference.split(['?', '#']).next().unwrap_or(reference);
     let parts: Vec<&str> = path.split('/').collect();
     let n = parts.len();
@@ -286,6 +286,9 @@ impl<'v> Ctx<'v> {
                 alias: None,
             };
             pass.element(0, res, loc);
+        }
+        if rt == "QuestionnaireResponse" {
+            crate::questionnaire::check(self.registry(), self.v.model, res, loc, out);
         }
         let mut claims: Vec<(String, String)> = Vec::new();
         if self.opts.meta_profiles {
