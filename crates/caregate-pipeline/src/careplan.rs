@@ -53,6 +53,24 @@ pub struct CarePlanView {
     /// Shared with the view cache: serving a cached view copies nothing.
     pub bundle: Arc<Value>,
     pub etag: String,
+    /// The compact JSON of `bundle`, rendered once per built view (cached views share it).
+    json: Arc<std::sync::OnceLock<Vec<u8>>>,
+}
+
+impl CarePlanView {
+    fn new(bundle: Value, etag: String) -> CarePlanView {
+        CarePlanView {
+            bundle: Arc::new(bundle),
+            etag,
+            json: Arc::default(),
+        }
+    }
+
+    /// The Bundle as compact JSON (what `serde_json::to_vec` gives), rendered on first use.
+    pub fn json(&self) -> &[u8] {
+        self.json
+            .get_or_init(|| serde_json::to_vec(&*self.bundle).unwrap_or_default())
+    }
 }
 
 /// What the cache keeps per view: the view and what each read of it must audit.
@@ -411,10 +429,7 @@ impl Pipeline {
             .collect();
         scope.audit_alerts(caller, Subtype::Operation);
         self.audit_view_read(caller, id, &touched);
-        let view = CarePlanView {
-            bundle: Arc::new(bundle),
-            etag,
-        };
+        let view = CarePlanView::new(bundle, etag);
         // Views the consent trimmed, or read under emergency access, are built afresh each
         // time: their security alerts must be raised on every read.
         if !withheld && !emergency && !self.emergency_access_open(caller) {

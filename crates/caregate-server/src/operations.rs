@@ -145,6 +145,11 @@ pub async fn care_plan(
         HttpResponse::NotModified().finish()
     } else if op.html {
         html_page(caregate_pipeline::care_plan_html(&patient, &view.bundle))
+    } else if op.rendering.format == Format::Json && !op.rendering.pretty {
+        // Rendered once per built view; polling readers of an unchanged view share it.
+        HttpResponse::Ok()
+            .insert_header((header::CONTENT_TYPE, Format::Json.content_type()))
+            .body(view.json().to_vec())
     } else {
         resource_response(StatusCode::OK, &view.bundle, op.rendering)
     };
