@@ -245,6 +245,16 @@ async fn run_step(
         .into_iter()
         .flatten()
     {
+        // `header:NAME` captures a response header (an ETag for a later If-None-Match).
+        if let Some(header) = pointer.as_str().and_then(|p| p.strip_prefix("header:")) {
+            match headers.get(header).and_then(|v| v.to_str().ok()) {
+                Some(v) => {
+                    vars.insert(name.clone(), v.to_string());
+                }
+                None => problems.push(format!("cannot capture {name}: header {header} missing")),
+            }
+            continue;
+        }
         match pointer.as_str().and_then(|p| json.pointer(p)) {
             Some(Value::String(s)) => {
                 vars.insert(name.clone(), s.clone());
