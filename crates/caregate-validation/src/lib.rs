@@ -18,6 +18,7 @@
 //!   the [`InvariantEvaluator`] hook.
 
 pub mod invariants;
+mod limits;
 mod model;
 pub mod package;
 mod primitive;

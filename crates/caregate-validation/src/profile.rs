@@ -72,6 +72,11 @@ pub(crate) struct Elem {
     pub types: Vec<TypeRule>,
     pub fixed: Option<Value>,
     pub pattern: Option<Value>,
+    /// `minValue[x]` / `maxValue[x]`: (type suffix, bound), e.g. (`Quantity`, {..}).
+    pub min_value: Option<(String, Value)>,
+    pub max_value: Option<(String, Value)>,
+    /// `maxLength` of a string-based element.
+    pub max_length: Option<u64>,
     pub binding: Option<(BindingStrength, String)>,
     /// The binding is the one the core definition already has: the structural validator
     /// checked it, so it is not checked twice.
@@ -92,6 +97,8 @@ pub struct Profile {
     pub(crate) elems: Vec<Elem>,
     /// Extension definitions: where the extension may be used.
     pub(crate) contexts: Vec<(String, String)>,
+    /// The root element is a modifier (an extension that must be a `modifierExtension`).
+    pub(crate) is_modifier: bool,
     /// Some element has a FHIRPath constraint the invariant evaluator checks (anything
     /// but the keys in [`crate::invariants::SKIPPED_INVARIANTS`]).
     pub(crate) has_invariants: bool,
@@ -187,15 +194,21 @@ impl Profile {
                 .collect();
             let mut fixed = None;
             let mut pattern = None;
+            let (mut min_value, mut max_value) = (None, None);
             if let Value::Object(m) = e {
                 for (k, v) in m {
                     if k.starts_with("fixed") {
                         fixed = Some(v.clone());
                     } else if k.starts_with("pattern") {
                         pattern = Some(v.clone());
+                    } else if let Some(t) = k.strip_prefix("minValue") {
+                        min_value = Some((t.to_string(), v.clone()));
+                    } else if let Some(t) = k.strip_prefix("maxValue") {
+                        max_value = Some((t.to_string(), v.clone()));
                     }
                 }
             }
+            let max_length = e.get("maxLength").and_then(Value::as_u64);
             let binding = e.get("binding").and_then(|b| {
                 let strength = BindingStrength::from_code(b.get("strength")?.as_str()?)?;
                 Some((strength, b.get("valueSet")?.as_str()?.to_string()))
@@ -277,6 +290,9 @@ impl Profile {
                 types,
                 fixed,
                 pattern,
+                min_value,
+                max_value,
+                max_length,
                 binding,
                 binding_is_core,
                 slicing,
@@ -318,11 +334,17 @@ impl Profile {
                     && !crate::invariants::SKIPPED_INVARIANTS.contains(&c.key.as_str())
             })
         });
+        let is_modifier = elements
+            .first()
+            .and_then(|e| e.get("isModifier"))
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
         Profile {
             url,
             type_name,
             elems,
             contexts,
+            is_modifier,
             has_invariants,
         }
     }

@@ -239,6 +239,81 @@ fn pattern_matches(pattern: &Value, value: &Value) -> bool {
     }
 }
 
+/// Bundle rules the definitions do not state as invariants: each `fullUrl` is an absolute
+/// URL (R4 Bundle.entry.fullUrl: "fullUrl SHALL NOT disagree with the id in the resource";
+/// the reference validator requires it absolute), and the paging/self link relations occur
+/// at most once.
+fn bundle_rules(bundle: &Value, loc: &str, out: &mut Vec<Issue>) {
+    for (i, e) in arr(bundle, "entry").iter().enumerate() {
+        if let Some(url) = e.get("fullUrl").and_then(Value::as_str) {
+            if !url.contains(':') {
+                out.push(issue(
+                    Severity::Error,
+                    IssueCode::Invalid,
+                    &format!("{loc}.entry[{i}]"),
+                    format!("The fullUrl must be an absolute URL (not '{url}')"),
+                ));
+            }
+        }
+    }
+    let links = arr(bundle, "link");
+    for (i, l) in links.iter().enumerate() {
+        let Some(rel) = l.get("relation").and_then(Value::as_str) else {
+            continue;
+        };
+        let unique = matches!(
+            rel,
+            "self" | "first" | "previous" | "prev" | "next" | "last"
+        );
+        let earlier = links[..i]
+            .iter()
+            .any(|o| o.get("relation").and_then(Value::as_str) == Some(rel));
+        if unique && earlier {
+            out.push(issue(
+                Severity::Error,
+                IssueCode::Invalid,
+                &format!("{loc}.link[{i}]"),
+                format!("The link relationship type '{rel}' can only occur once"),
+            ));
+        }
+    }
+}
+
+fn arr<'a>(v: &'a Value, key: &str) -> &'a [Value] {
+    v.get(key)
+        .and_then(Value::as_array)
+        .map_or(&[], Vec::as_slice)
+}
+
+/// Attachment.size states the size of `data` when both are present (decoded byte count of
+/// the base64; computed from its length, without decoding).
+fn attachment_size(att: &Value, loc: &str, out: &mut Vec<Issue>) {
+    let (Some(data), Some(size)) = (
+        att.get("data").and_then(Value::as_str),
+        att.get("size").and_then(Value::as_u64),
+    ) else {
+        return;
+    };
+    let chars = data.bytes().filter(|b| !b.is_ascii_whitespace()).count() as u64;
+    let padding = data
+        .trim_end()
+        .bytes()
+        .rev()
+        .take_while(|b| *b == b'=')
+        .count() as u64;
+    let actual = (chars / 4 * 3 + (chars % 4).saturating_sub(1)).saturating_sub(padding);
+    if actual != size {
+        out.push(issue(
+            Severity::Error,
+            IssueCode::Structure,
+            loc,
+            format!(
+                "Stated Attachment size {size} does not match the actual size of the data {actual}"
+            ),
+        ));
+    }
+}
+
 fn show(v: &Value) -> String {
     let s = v.to_string();
     if s.chars().count() > 120 {
@@ -287,8 +362,12 @@ impl<'v> Ctx<'v> {
             };
             pass.element(0, res, loc);
         }
-        if rt == "QuestionnaireResponse" {
-            crate::questionnaire::check(self.registry(), self.v.model, res, loc, out);
+        match rt {
+            "QuestionnaireResponse" => {
+                crate::questionnaire::check(self.registry(), self.v.model, res, loc, out)
+            }
+            "Bundle" => bundle_rules(res, loc, out),
+            _ => {}
         }
         let mut claims: Vec<(String, String)> = Vec::new();
         if self.opts.meta_profiles {
@@ -657,6 +736,9 @@ impl<'c, 'v> Pass<'c, 'v> {
                 );
             }
         }
+        if el.min_value.is_some() || el.max_value.is_some() || el.max_length.is_some() {
+            self.limits(c, value, loc);
+        }
         if let Some((strength, vs)) = &el.binding {
             if !el.binding_is_core
                 && matches!(
@@ -675,6 +757,9 @@ impl<'c, 'v> Pass<'c, 'v> {
             },
         };
         if let Some(t) = type_rule {
+            if self.base && t.code == "Attachment" {
+                attachment_size(value, loc, self.out);
+            }
             if t.code == "Reference" && !t.target_profiles.is_empty() {
                 self.reference(t, value, loc);
             }
@@ -731,6 +816,32 @@ impl<'c, 'v> Pass<'c, 'v> {
                     }
                 }
             }
+        }
+    }
+
+    /// `minValue[x]`, `maxValue[x]` and `maxLength` of element `c` on one value.
+    fn limits(&mut self, c: usize, value: &Value, loc: &str) {
+        let el = self.elem(c);
+        let url = &self.profile.url;
+        let mut found = Vec::new();
+        for (bound, is_min) in [(&el.min_value, true), (&el.max_value, false)] {
+            let Some((t, b)) = bound else {
+                continue;
+            };
+            if let Some(msg) = crate::limits::violation(t, b, value, is_min) {
+                found.push(format!("{msg} (profile {url})"));
+            }
+        }
+        if let (Some(max), Some(s)) = (el.max_length, value.as_str()) {
+            let len = s.chars().count() as u64;
+            if len > max {
+                found.push(format!(
+                    "The value is {len} characters long, more than the maximum length {max} of the profile {url}"
+                ));
+            }
+        }
+        for msg in found {
+            self.push(Severity::Error, IssueCode::Invalid, loc, msg);
         }
     }
 
@@ -1100,6 +1211,19 @@ impl<'c, 'v> Pass<'c, 'v> {
                     "The extension {url} is not allowed to be used at this point (allowed: {})",
                     contexts.join(", ")
                 ),
+            );
+        }
+        let modifier_use = element_path.ends_with("modifierExtension");
+        if p.is_modifier != modifier_use {
+            self.push(
+                Severity::Error,
+                IssueCode::Structure,
+                &item.loc,
+                if modifier_use {
+                    format!("The extension {url} must not be used as a modifierExtension (it is a regular extension)")
+                } else {
+                    format!("The extension {url} must not be used as an extension (it is a modifierExtension)")
+                },
             );
         }
         self.sub_pass(&p, false, value, &item.loc.clone(), None);
