@@ -9,15 +9,21 @@
 //!   patients sharing a bucket only cost each other a spurious rebuild), bumped for every
 //!   `Patient/{id}` a committed resource references anywhere (subject, `for`, Appointment
 //!   participants, Consent.patient, Provenance targets, ...);
+//! - one counter per bucket of *linking keys* ([`crate::linking::linking_keys`]: each
+//!   identifier, each normalised family name with the birth date), bumped for the keys of
+//!   every Patient written: a new or changed Patient can only join a person whose members
+//!   share one of its keys, so registering an unrelated Patient invalidates nothing;
 //! - one global counter, bumped by commits that can change who belongs to which person or
-//!   what any reader may see (Patients, Linkages, CareTeams — CareTeam membership counts as
-//!   the reader in consent decisions — and deletions, whose content is not at hand).
+//!   what any reader may see in ways the buckets cannot follow (Linkages, CareTeams —
+//!   CareTeam membership counts as the reader in consent decisions — and deletions, whose
+//!   content is not at hand);
+//! - a count of Patient writes, so a view whose read overlapped one is not stored.
 //!
-//! A reader takes the global generation *before* reading anything, the members'
-//! generations once it knows the person and before gathering their resources, and stores
-//! the view under that [`Stamp`]. A commit racing with the read bumps a counter after the
-//! snapshot, so the stored view is simply never served. Entries also expire after a time
-//! to live, because the view's gap flags (overdue, no follow-up) depend on the clock.
+//! A reader calls [`ViewCache::begin`] *before* reading anything, takes the [`Stamp`] of the
+//! members and their linking keys once it knows the person and before gathering their
+//! resources, and stores the view under it. A commit racing with the read bumps a counter
+//! after the snapshot, so the stored view is simply never served. Entries also expire after
+//! a time to live, because the view's gap flags (overdue, no follow-up) depend on the clock.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -31,11 +37,19 @@ use crate::{Committed, SharedView};
 /// Number of patient buckets (a power of two).
 pub const BUCKETS: usize = 4096;
 
+/// Where a read began (see [`ViewCache::begin`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Begin {
+    global: u64,
+    patient_writes: u64,
+}
+
 /// The generations a cached view was built under.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Stamp {
-    global: u64,
+    begin: Begin,
     members: Vec<(usize, u64)>,
+    keys: Vec<(usize, u64)>,
 }
 
 struct Cached<V> {
@@ -49,7 +63,9 @@ struct Cached<V> {
 pub struct ViewCache<V> {
     enabled: AtomicBool,
     global: AtomicU64,
+    patient_writes: AtomicU64,
     buckets: Box<[AtomicU64]>,
+    key_buckets: Box<[AtomicU64]>,
     entries: Mutex<HashMap<String, Cached<V>>>,
     ttl: Duration,
     capacity: usize,
@@ -71,7 +87,9 @@ impl<V: Clone> ViewCache<V> {
         ViewCache {
             enabled: AtomicBool::new(true),
             global: AtomicU64::new(0),
+            patient_writes: AtomicU64::new(0),
             buckets: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
+            key_buckets: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
             entries: Mutex::new(HashMap::new()),
             ttl,
             capacity: capacity.max(1),
@@ -90,32 +108,44 @@ impl<V: Clone> ViewCache<V> {
         self.enabled.load(Ordering::Acquire)
     }
 
-    /// The global generation; take it before reading anything for a view.
-    pub fn global_generation(&self) -> u64 {
-        self.global.load(Ordering::Acquire)
+    /// Call before reading anything for a view.
+    pub fn begin(&self) -> Begin {
+        Begin {
+            global: self.global.load(Ordering::Acquire),
+            patient_writes: self.patient_writes.load(Ordering::Acquire),
+        }
     }
 
-    /// The stamp for a view of `members` (`Patient/{id}`), begun at `global`; take it before
-    /// gathering the members' resources.
-    pub fn stamp(&self, global: u64, members: &[String]) -> Stamp {
-        let mut m: Vec<(usize, u64)> = members
-            .iter()
-            .map(|p| {
-                let b = bucket(p);
-                (b, self.buckets[b].load(Ordering::Acquire))
-            })
-            .collect();
-        m.sort_unstable();
-        m.dedup();
-        Stamp { global, members: m }
+    /// The stamp for a view of `members` (`Patient/{id}`) whose Patients have the given
+    /// linking keys, begun at `begin`; take it before gathering the members' resources.
+    pub fn stamp(&self, begin: Begin, members: &[String], link_keys: &[String]) -> Stamp {
+        let snapshot = |buckets: &[AtomicU64], indices: Vec<usize>| {
+            let mut out: Vec<(usize, u64)> = indices
+                .into_iter()
+                .map(|b| (b, buckets[b].load(Ordering::Acquire)))
+                .collect();
+            out.sort_unstable();
+            out.dedup();
+            out
+        };
+        Stamp {
+            begin,
+            members: snapshot(&self.buckets, members.iter().map(|m| bucket(m)).collect()),
+            keys: snapshot(
+                &self.key_buckets,
+                link_keys.iter().map(|k| key_bucket(k)).collect(),
+            ),
+        }
     }
 
     fn current(&self, stamp: &Stamp) -> bool {
-        stamp.global == self.global.load(Ordering::Acquire)
-            && stamp
-                .members
-                .iter()
-                .all(|&(b, g)| self.buckets[b].load(Ordering::Acquire) == g)
+        let same = |buckets: &[AtomicU64], list: &[(usize, u64)]| {
+            list.iter()
+                .all(|&(b, g)| buckets[b].load(Ordering::Acquire) == g)
+        };
+        stamp.begin.global == self.global.load(Ordering::Acquire)
+            && same(&self.buckets, &stamp.members)
+            && same(&self.key_buckets, &stamp.keys)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Cached<V>>> {
@@ -143,7 +173,12 @@ impl<V: Clone> ViewCache<V> {
 
     /// Stores a view built under `stamp` (ignored when it is already out of date).
     pub fn put(&self, key: String, stamp: Stamp, value: V) {
-        if !self.enabled() || !self.current(&stamp) {
+        // A Patient written while the view was read may have joined the person after the
+        // candidates were searched but before the keys were stamped: do not keep it.
+        if !self.enabled()
+            || !self.current(&stamp)
+            || self.patient_writes.load(Ordering::Acquire) != stamp.begin.patient_writes
+        {
             return;
         }
         let mut entries = self.lock();
@@ -175,11 +210,15 @@ impl<V: Clone> ViewCache<V> {
                 self.global.fetch_add(1, Ordering::AcqRel);
                 continue;
             };
-            if matches!(c.resource_type, "Patient" | "Linkage" | "CareTeam") {
+            if matches!(c.resource_type, "Linkage" | "CareTeam") {
                 self.global.fetch_add(1, Ordering::AcqRel);
             }
             if c.resource_type == "Patient" {
+                self.patient_writes.fetch_add(1, Ordering::AcqRel);
                 self.bump(&format!("Patient/{}", c.id));
+                for k in crate::linking::linking_keys(resource) {
+                    self.key_buckets[key_bucket(&k)].fetch_add(1, Ordering::AcqRel);
+                }
             }
             let mut seen: Vec<usize> = Vec::new();
             patient_references(resource, &mut |r| {
@@ -216,11 +255,19 @@ impl SharedView for BothViews {
     }
 }
 
-/// The bucket of `Patient/{id}` (FNV-1a over the id; a base or history suffix ignored).
+/// The bucket of `Patient/{id}` (a base or history suffix ignored).
 fn bucket(reference: &str) -> usize {
-    let id = patient_id(reference).unwrap_or(reference);
+    fnv(patient_id(reference).unwrap_or(reference))
+}
+
+fn key_bucket(key: &str) -> usize {
+    fnv(key)
+}
+
+/// FNV-1a, reduced to a bucket index.
+fn fnv(text: &str) -> usize {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in id.bytes() {
+    for b in text.bytes() {
         h ^= u64::from(b);
         h = h.wrapping_mul(0x0100_0000_01b3);
     }
@@ -281,8 +328,8 @@ mod tests {
     fn served_until_a_member_changes() {
         let c = cache();
         let members = vec!["Patient/a".to_string(), "Patient/b".to_string()];
-        let g = c.global_generation();
-        c.put("k".into(), c.stamp(g, &members), 7);
+        let g = c.begin();
+        c.put("k".into(), c.stamp(g, &members, &[]), 7);
         assert_eq!(c.get("k"), Some(7));
         // Another patient's data does not invalidate this view.
         let other = json!({"resourceType": "Goal", "subject": {"reference": "Patient/zz-other"}});
@@ -302,13 +349,12 @@ mod tests {
         let c = cache();
         let members = vec!["Patient/a".to_string()];
         for (rtype, resource) in [
-            ("Patient", Some(json!({"resourceType": "Patient"}))),
             ("Linkage", Some(json!({"resourceType": "Linkage"}))),
             ("CareTeam", Some(json!({"resourceType": "CareTeam"}))),
             ("Goal", None),
         ] {
-            let g = c.global_generation();
-            c.put("k".into(), c.stamp(g, &members), 1);
+            let g = c.begin();
+            c.put("k".into(), c.stamp(g, &members, &[]), 1);
             assert_eq!(c.get("k"), Some(1));
             c.invalidate(&[committed(rtype, "z", resource.as_ref())]);
             assert_eq!(c.get("k"), None, "{rtype}");
@@ -319,8 +365,8 @@ mod tests {
     fn a_view_built_across_a_commit_is_not_stored() {
         let c = cache();
         let members = vec!["Patient/a".to_string()];
-        let g = c.global_generation();
-        let stamp = c.stamp(g, &members);
+        let g = c.begin();
+        let stamp = c.stamp(g, &members, &[]);
         let goal = json!({"resourceType": "Goal", "subject": {"reference": "Patient/a"}});
         c.invalidate(&[committed("Goal", "g", Some(&goal))]);
         c.put("k".into(), stamp, 1);
@@ -330,19 +376,61 @@ mod tests {
     #[test]
     fn bounded_expiring_and_switchable() {
         let c: ViewCache<u32> = ViewCache::new(Duration::from_millis(0), 2);
-        let g = c.global_generation();
-        c.put("k".into(), c.stamp(g, &[]), 1);
+        let g = c.begin();
+        c.put("k".into(), c.stamp(g, &[], &[]), 1);
         assert_eq!(c.get("k"), None, "expired");
         let c = cache();
         for i in 0..20 {
-            let g = c.global_generation();
-            c.put(format!("k{i}"), c.stamp(g, &[]), i);
+            let g = c.begin();
+            c.put(format!("k{i}"), c.stamp(g, &[], &[]), i);
         }
         assert!(c.lock().len() <= 8);
         c.set_enabled(false);
-        let g = c.global_generation();
-        c.put("off".into(), c.stamp(g, &[]), 1);
+        let g = c.begin();
+        c.put("off".into(), c.stamp(g, &[], &[]), 1);
         assert_eq!(c.get("off"), None);
+    }
+
+    #[test]
+    fn only_patients_sharing_a_linking_key_invalidate() {
+        use crate::linking::linking_keys;
+        let c = cache();
+        let member = json!({"resourceType": "Patient", "id": "a",
+            "identifier": [{"system": "urn:insurer", "value": "M-1"}],
+            "name": [{"family": "Rivera", "given": ["Alex"]}], "birthDate": "1990-06-01"});
+        let keys = linking_keys(&member);
+        let members = vec!["Patient/a".to_string()];
+        let store = |c: &ViewCache<u32>| {
+            let g = c.begin();
+            c.put("k".into(), c.stamp(g, &members, &keys), 1);
+            assert_eq!(c.get("k"), Some(1));
+        };
+        store(&c);
+        // An unrelated registration leaves the view alone.
+        let stranger = json!({"resourceType": "Patient", "id": "z",
+            "identifier": [{"system": "urn:insurer", "value": "M-999"}],
+            "name": [{"family": "Okafor", "given": ["Tom"]}], "birthDate": "1971-01-01"});
+        c.invalidate(&[committed("Patient", "z", Some(&stranger))]);
+        assert_eq!(c.get("k"), Some(1));
+        // A Patient sharing the insurer id, or the name and birth date, may join: invalidated.
+        let same_id = json!({"resourceType": "Patient", "id": "b",
+            "identifier": [{"system": "urn:insurer", "value": "M-1"}]});
+        c.invalidate(&[committed("Patient", "b", Some(&same_id))]);
+        assert_eq!(c.get("k"), None);
+        store(&c);
+        let same_name = json!({"resourceType": "Patient", "id": "d",
+            "name": [{"family": "RIVERA", "given": ["A"]}], "birthDate": "1990-06-01"});
+        c.invalidate(&[committed("Patient", "d", Some(&same_name))]);
+        assert_eq!(c.get("k"), None);
+        // A change to the member itself invalidates.
+        store(&c);
+        c.invalidate(&[committed("Patient", "a", Some(&member))]);
+        assert_eq!(c.get("k"), None);
+        // A view whose read overlapped any Patient write is not stored.
+        let g = c.begin();
+        c.invalidate(&[committed("Patient", "z", Some(&stranger))]);
+        c.put("k".into(), c.stamp(g, &members, &keys), 1);
+        assert_eq!(c.get("k"), None);
     }
 
     #[test]

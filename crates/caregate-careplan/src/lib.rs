@@ -20,12 +20,12 @@ pub mod cache;
 pub mod linking;
 pub mod view;
 
-pub use cache::{BothViews, Stamp, ViewCache};
+pub use cache::{Begin, BothViews, Stamp, ViewCache};
 
 pub use linking::{
-    group_people, group_people_with, linkage_id, linkage_resource, match_candidates, match_grade,
-    normalize_name, override_from_linkage, LinkConfig, LinkOverride, Match, MatchGrade, Person,
-    LINK_DECISION_SYSTEM, MANUAL_LINK_REASON, MATCH_GRADE_EXTENSION,
+    group_people, group_people_with, linkage_id, linkage_resource, linking_keys, match_candidates,
+    match_grade, normalize_name, override_from_linkage, LinkConfig, LinkOverride, Match,
+    MatchGrade, Person, LINK_DECISION_SYSTEM, MANUAL_LINK_REASON, MATCH_GRADE_EXTENSION,
 };
 pub use view::{
     build_view, view_etag, Source, ViewOptions, FLAG_SYSTEM, ITEM_SOURCE_EXTENSION,

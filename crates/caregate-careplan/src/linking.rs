@@ -121,6 +121,31 @@ impl Person {
     }
 }
 
+/// The keys through which a Patient can be linked to others: each identifier
+/// (`id|system|value`, trusted or not: a superset is safe) and each normalised family name
+/// with the birth date (`name|family|birthDate`). Two Patients that share no key never
+/// match by any rule (see [`match_grade`]), which lets the view cache ignore Patients
+/// written elsewhere.
+pub fn linking_keys(patient: &Value) -> Vec<String> {
+    let mut keys = Vec::new();
+    for ident in array(patient, "identifier") {
+        if let (Some(system), Some(value)) = (str_at(ident, "system"), str_at(ident, "value")) {
+            keys.push(format!("id|{system}|{}", value.trim()));
+        }
+    }
+    if let Some(birth) = str_at(patient, "birthDate").map(str::trim) {
+        for name in array(patient, "name") {
+            let family = str_at(name, "family").map(normalize_name);
+            if let Some(family) = family.filter(|f| !f.is_empty()) {
+                keys.push(format!("name|{family}|{birth}"));
+            }
+        }
+    }
+    keys.sort();
+    keys.dedup();
+    keys
+}
+
 /// Grades how likely `a` and `b` are the same person; `None` when no rule matches.
 pub fn match_grade(a: &Value, b: &Value, cfg: &LinkConfig) -> Option<Match> {
     // Rule 1: trusted identifiers.

@@ -23,8 +23,9 @@ use std::time::Duration;
 
 use caregate_audit::{patient_of, Subtype};
 use caregate_careplan::{
-    build_view, group_people_with, linkage_resource, match_candidates, override_from_linkage,
-    view_etag, LinkConfig, LinkOverride, Person, Source, ViewCache, ViewOptions,
+    build_view, group_people_with, linkage_resource, linking_keys, match_candidates,
+    override_from_linkage, view_etag, LinkConfig, LinkOverride, Person, Source, ViewCache,
+    ViewOptions,
 };
 use caregate_core::{parse_date_range, ErrorKind, FhirError, FhirResult};
 use caregate_store::VersionRecord;
@@ -196,7 +197,8 @@ impl Pipeline {
     /// The person `Patient/{id}` belongs to: the configured linking rules over the Patients
     /// that could match, with the manual decisions applied. Patients joined by a manual
     /// link bring their own candidates (a link may join records no rule would find).
-    fn person_of(&self, patient: &Value, id: &str) -> FhirResult<Person> {
+    /// Also returns the linking keys of the person's members (for the view cache).
+    fn person_of(&self, patient: &Value, id: &str) -> FhirResult<(Person, Vec<String>)> {
         let me = format!("Patient/{id}");
         let mut known: Vec<Value> = self.candidates_for(patient)?;
         let has = |known: &[Value], r: &str| {
@@ -266,13 +268,25 @@ impl Pipeline {
         let cfg = LinkConfig {
             trusted_systems: self.options.trusted_identifier_systems.clone(),
         };
-        Ok(group_people_with(&known, &cfg, &overrides)
+        let person = group_people_with(&known, &cfg, &overrides)
             .into_iter()
             .find(|p| p.members.contains(&me))
             .unwrap_or(Person {
                 members: vec![me],
                 links: Vec::new(),
-            }))
+            });
+        let mut keys: Vec<String> = known
+            .iter()
+            .filter(|k| {
+                k.get("id")
+                    .and_then(Value::as_str)
+                    .is_some_and(|i| person.members.contains(&format!("Patient/{i}")))
+            })
+            .flat_map(linking_keys)
+            .collect();
+        keys.sort();
+        keys.dedup();
+        Ok((person, keys))
     }
 
     /// `GET /Patient/{id}/$care-plan`: one synthesized CarePlan for the person, from every
@@ -328,7 +342,7 @@ impl Pipeline {
                 return Ok(hit.view.clone());
             }
         }
-        let generation = self.views.global_generation();
+        let begin = self.views.begin();
         let record = self
             .store
             .read("Patient", id)
@@ -340,8 +354,8 @@ impl Pipeline {
         if !scope.readable(&patient)? {
             return Err(FhirError::not_found(format!("Patient/{id} is not known")));
         }
-        let person = self.person_of(&patient, id)?;
-        let stamp = self.views.stamp(generation, &person.members);
+        let (person, link_keys) = self.person_of(&patient, id)?;
+        let stamp = self.views.stamp(begin, &person.members, &link_keys);
         let mut gathered: Vec<(Value, String)> = Vec::new();
         let mut seen: std::collections::HashSet<(String, String)> = Default::default();
         let mut withheld = false;

@@ -121,6 +121,30 @@ async fn one_person_one_shared_care_plan() {
     assert_ne!(r.headers()["etag"].to_str().unwrap(), etag);
     let view: Value = r.json().await.unwrap();
     assert!(view.to_string().contains("Sleep 7 hours"));
+    // A third record of the same person registered later joins the (cached) view at once;
+    // an unrelated registration changes nothing.
+    s.create(
+        json!({"resourceType": "Patient", "name": [{"family": "Okafor", "given": ["Tom"]}],
+                    "birthDate": "1971-01-01"}),
+    )
+    .await;
+    let members = |view: &Value| {
+        view["entry"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["resource"]["resourceType"] == "Patient")
+            .map_or(0, |p| p["resource"]["link"].as_array().map_or(0, Vec::len))
+    };
+    assert_eq!(
+        members(&s.get_json(&format!("Patient/{a}/$care-plan")).await),
+        2
+    );
+    s.create(patient("urn:mrn:therapy", "T-3")).await;
+    assert_eq!(
+        members(&s.get_json(&format!("Patient/{a}/$care-plan")).await),
+        3
+    );
     assert_eq!(s.get("Patient/nope/$care-plan").await.status(), 404);
     // The clinician page shows the merged items and the flag.
     let page = s.get(&format!("ui/patients/{a}/care-plan")).await;
@@ -137,7 +161,7 @@ async fn one_person_one_shared_care_plan() {
     );
     assert!(html.contains("<li class=\"flag"), "{html}");
 
-    // $match finds both records with certainty through the insurer id.
+    // $match finds the three records with certainty through the insurer id.
     let params = json!({"resourceType": "Parameters", "parameter": [
         {"name": "resource", "resource": patient("urn:mrn:other", "X")},
         {"name": "onlyCertainMatches", "valueBoolean": true}
@@ -145,7 +169,7 @@ async fn one_person_one_shared_care_plan() {
     let r = s.post("Patient/$match", &params).await;
     assert_eq!(r.status(), 200);
     let found: Value = r.json().await.unwrap();
-    assert_eq!(found["total"], 2, "{found}");
+    assert_eq!(found["total"], 3, "{found}");
     assert_eq!(
         found["entry"][0]["search"]["extension"][0]["valueCode"],
         "certain"
