@@ -185,7 +185,68 @@ impl Gen<'_> {
 
     fn apply(&mut self, id: &str, d: &Value) -> Result<(), SnapshotError> {
         let idx = self.locate(id)?;
+        self.check_path(id, idx, d)?;
+        self.check_fixed(id, idx, d)?;
         merge(&mut self.elems[idx], d);
+        Ok(())
+    }
+
+    /// The differential's `path` names the element its id located: the same path, or a
+    /// choice renamed by one of its types (`valueQuantity` for `value[x]`); a path naming
+    /// something else (`Observation.valueBla`) is a broken differential.
+    fn check_path(&self, id: &str, idx: usize, d: &Value) -> Result<(), SnapshotError> {
+        let (Some(dp), Some(ep)) = (s(d, "path"), s(&self.elems[idx], "path")) else {
+            return Ok(());
+        };
+        if dp == ep {
+            return Ok(());
+        }
+        let (dsegs, esegs): (Vec<&str>, Vec<&str>) =
+            (dp.split('.').collect(), ep.split('.').collect());
+        let last = esegs.len().saturating_sub(1);
+        let ok = dsegs.len() == esegs.len()
+            && dsegs.iter().zip(&esegs).enumerate().all(|(k, (ds, es))| {
+                if ds == es {
+                    return true;
+                }
+                let Some(type_part) = es.strip_suffix("[x]").and_then(|b| ds.strip_prefix(b))
+                else {
+                    return false;
+                };
+                if k < last {
+                    return type_part.starts_with(|c: char| c.is_ascii_uppercase());
+                }
+                self.elems[idx]
+                    .get("type")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|t| s(t, "code"))
+                    .any(|c| capitalised(c) == type_part)
+            });
+        if ok {
+            Ok(())
+        } else {
+            Err(self.err(id, format!("the path must be '{ep}', not '{dp}'")))
+        }
+    }
+
+    /// A fixed value the base already fixes cannot be changed (ext-derived fixing
+    /// `Extension.url` to its own URL when its base fixed it to the base's).
+    fn check_fixed(&self, id: &str, idx: usize, d: &Value) -> Result<(), SnapshotError> {
+        let (Value::Object(dm), Value::Object(em)) = (d, &self.elems[idx]) else {
+            return Ok(());
+        };
+        for (k, v) in dm.iter().filter(|(k, _)| k.starts_with("fixed")) {
+            if let Some(old) = em.get(k) {
+                if old != v {
+                    return Err(self.err(
+                        id,
+                        format!("{k} is {v} but the base fixes it to {old}: the value must match the fixed value of the base"),
+                    ));
+                }
+            }
+        }
         Ok(())
     }
 

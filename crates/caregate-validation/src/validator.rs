@@ -367,6 +367,8 @@ impl<'v> Ctx<'v> {
                 crate::questionnaire::check(self.registry(), self.v.model, res, loc, out)
             }
             "Bundle" => bundle_rules(res, loc, out),
+            "StructureDefinition" => self.structure_definition(res, loc, out),
+            "SearchParameter" => self.search_parameter(res, loc, out),
             _ => {}
         }
         let mut claims: Vec<(String, String)> = Vec::new();
@@ -415,6 +417,72 @@ impl<'v> Ctx<'v> {
                     };
                     pass.element(0, res, loc);
                 }
+            }
+        }
+    }
+
+    /// A StructureDefinition given only as a differential must produce a snapshot from
+    /// its base (paths that exist, fixed values that agree with the base's). Only checked
+    /// when the base is loaded; one with a snapshot is taken as published.
+    fn structure_definition(&self, sd: &Value, loc: &str, out: &mut Vec<Issue>) {
+        let has_snapshot = sd
+            .get("snapshot")
+            .and_then(|s| s.get("element"))
+            .and_then(Value::as_array)
+            .is_some_and(|a| !a.is_empty());
+        let base_known = sd
+            .get("baseDefinition")
+            .and_then(Value::as_str)
+            .is_some_and(|b| self.registry().structure_definition(b).is_some());
+        if has_snapshot || !base_known || sd.get("differential").is_none() {
+            return;
+        }
+        if let Err(e) = self.registry().generate_snapshot(sd) {
+            out.push(issue(
+                Severity::Error,
+                IssueCode::Exception,
+                loc,
+                format!("Error generating the snapshot: {e}"),
+            ));
+        }
+    }
+
+    /// A SearchParameter derived from another (`derivedFrom`, when loaded) keeps its type
+    /// and applies only to resource types the original covers.
+    fn search_parameter(&self, sp: &Value, loc: &str, out: &mut Vec<Issue>) {
+        let Some(parent_url) = sp.get("derivedFrom").and_then(Value::as_str) else {
+            return;
+        };
+        let Some(parent) = self
+            .registry()
+            .resolve(parent_url)
+            .filter(|p| p.get("resourceType").and_then(Value::as_str) == Some("SearchParameter"))
+        else {
+            return;
+        };
+        let (t, pt) = (
+            sp.get("type").and_then(Value::as_str),
+            parent.get("type").and_then(Value::as_str),
+        );
+        if let (Some(t), Some(pt)) = (t, pt) {
+            if t != pt {
+                out.push(issue(
+                    Severity::Error,
+                    IssueCode::BusinessRule,
+                    loc,
+                    format!("The type {t} is different to the type {pt} of the SearchParameter {parent_url} it is derived from"),
+                ));
+            }
+        }
+        let parent_bases = arr(parent, "base");
+        for b in arr(sp, "base") {
+            if !parent_bases.contains(b) {
+                out.push(issue(
+                    Severity::Error,
+                    IssueCode::BusinessRule,
+                    loc,
+                    format!("The resource type {} is not listed as a base in the SearchParameter {parent_url} it is derived from", show(b)),
+                ));
             }
         }
     }
