@@ -256,6 +256,7 @@ fn bundle_rules(bundle: &Value, loc: &str, out: &mut Vec<Issue>) {
             }
         }
     }
+    bundle_references(bundle, loc, out);
     let links = arr(bundle, "link");
     for (i, l) in links.iter().enumerate() {
         let Some(rel) = l.get("relation").and_then(Value::as_str) else {
@@ -276,6 +277,109 @@ fn bundle_rules(bundle: &Value, loc: &str, out: &mut Vec<Issue>) {
                 format!("The link relationship type '{rel}' can only occur once"),
             ));
         }
+    }
+}
+
+/// Relative references between entries of a Bundle that holds several versions of one
+/// resource (same type and id): an unversioned reference is ambiguous, and a versioned one
+/// must name a version that is there. History and search bundles are lists, not graphs.
+/// Walks the entries only when such duplicates exist (rare), so common bundles cost a
+/// pass over the entry ids.
+fn bundle_references(bundle: &Value, loc: &str, out: &mut Vec<Issue>) {
+    if matches!(
+        bundle.get("type").and_then(Value::as_str),
+        Some("history" | "searchset")
+    ) {
+        return;
+    }
+    let entries = arr(bundle, "entry");
+    let key = |r: &'_ Value| -> Option<(String, String)> {
+        Some((
+            r.get("resourceType")?.as_str()?.to_string(),
+            r.get("id")?.as_str()?.to_string(),
+        ))
+    };
+    let mut seen: FxMap<(String, String), u32> = FxMap::default();
+    for r in entries.iter().filter_map(|e| e.get("resource")) {
+        if let Some(k) = key(r) {
+            *seen.entry(k).or_default() += 1;
+        }
+    }
+    if seen.values().all(|n| *n < 2) {
+        return;
+    }
+    for (i, e) in entries.iter().enumerate() {
+        let Some(r) = e.get("resource") else {
+            continue;
+        };
+        let mut refs = Vec::new();
+        collect_references(r, &format!("{loc}.entry[{i}].resource"), &mut refs);
+        for (reference, at) in refs {
+            if reference.contains(':') || reference.starts_with('#') {
+                continue;
+            }
+            let parts: Vec<&str> = reference.split('/').collect();
+            let (k, version) = match parts.as_slice() {
+                [t, id] => ((t.to_string(), id.to_string()), None),
+                [t, id, "_history", v] => ((t.to_string(), id.to_string()), Some(*v)),
+                _ => continue,
+            };
+            let n = seen.get(&k).copied().unwrap_or(0);
+            match version {
+                None if n > 1 => out.push(issue(
+                    Severity::Error,
+                    IssueCode::Invalid,
+                    &at,
+                    format!("Found {n} matches for '{reference}' in the bundle: the reference must name the version"),
+                )),
+                Some(v) if n > 1 => {
+                    let found = entries.iter().filter_map(|e| e.get("resource")).any(|r| {
+                        key(r).as_ref() == Some(&k)
+                            && r.get("meta").and_then(|m| m.get("versionId")).and_then(Value::as_str)
+                                == Some(v)
+                    });
+                    if !found {
+                        out.push(issue(
+                            Severity::Error,
+                            IssueCode::Invalid,
+                            &at,
+                            format!("Can't find '{reference}' in the bundle: {n} resources there have that type and id, none that version"),
+                        ));
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Every `reference` string inside `v` with its FHIRPath location (not descending into
+/// contained resources, whose references are their own).
+fn collect_references<'a>(v: &'a Value, loc: &str, out: &mut Vec<(&'a str, String)>) {
+    match v {
+        Value::Object(m) => {
+            for (k, child) in m {
+                if k == "contained" {
+                    continue;
+                }
+                if k == "reference" {
+                    if let Some(r) = child.as_str() {
+                        out.push((r, loc.to_string()));
+                    }
+                    continue;
+                }
+                if child.is_object() || child.is_array() {
+                    collect_references(child, &format!("{loc}.{k}"), out);
+                }
+            }
+        }
+        Value::Array(a) => {
+            let base = loc;
+            for (i, child) in a.iter().enumerate() {
+                collect_references(child, &format!("{base}[{i}]"), out);
+            }
+        }
+        _ => {}
     }
 }
 
@@ -485,6 +589,30 @@ impl<'v> Ctx<'v> {
                 ));
             }
         }
+    }
+
+    /// The resource a reference points at when it is in hand: contained in `container`,
+    /// or an entry of the Bundle being validated (by `fullUrl`, or a relative `Type/id`
+    /// matching exactly one entry).
+    fn resolve_local(&self, reference: &str, container: &'v Value) -> Option<&'v Value> {
+        if let Some(id) = reference.strip_prefix('#') {
+            return arr(container, "contained")
+                .iter()
+                .find(|c| c.get("id").and_then(Value::as_str) == Some(id));
+        }
+        if let Some(r) = self.bundle.get(reference) {
+            return Some(r);
+        }
+        if reference.contains(':') || self.bundle.is_empty() {
+            return None;
+        }
+        let (t, id) = reference.split_once('/')?;
+        let mut hits = self.bundle.values().filter(|r| {
+            r.get("resourceType").and_then(Value::as_str) == Some(t)
+                && r.get("id").and_then(Value::as_str) == Some(id)
+        });
+        let first = hits.next()?;
+        hits.next().is_none().then_some(*first)
     }
 
     /// The type of what a reference points at: contained, in the Bundle, or from the URL.
@@ -1169,6 +1297,67 @@ impl<'c, 'v> Pass<'c, 'v> {
                     return;
                 }
             }
+        }
+        // Target profiles beyond the core type: checked when the target is in hand
+        // (contained or in the Bundle); a remote target cannot be checked here.
+        let profiled = t
+            .target_profiles
+            .iter()
+            .any(|p| !p.starts_with(CORE_SD) || p[CORE_SD.len()..].contains('-'));
+        if !profiled {
+            return;
+        }
+        let Some(target) = self.ctx.resolve_local(reference, self.container) else {
+            return;
+        };
+        let Some(rt) = target.get("resourceType").and_then(Value::as_str) else {
+            return;
+        };
+        let candidates: Vec<String> = t
+            .target_profiles
+            .iter()
+            .filter(|p| {
+                reg.structure_definition(p)
+                    .and_then(|sd| sd.get("type").and_then(Value::as_str))
+                    == Some(rt)
+            })
+            .cloned()
+            .collect();
+        if candidates.is_empty() {
+            return;
+        }
+        let conforms = candidates.iter().any(|p| {
+            let Ok(profile) = reg.profile(p) else {
+                // Unknown profiles are reported where they are claimed, not here.
+                return true;
+            };
+            if self.depth + 1 >= MAX_DEPTH {
+                return true;
+            }
+            let mut issues = Vec::new();
+            let mut pass = Pass {
+                ctx: self.ctx,
+                profile: &profile,
+                base: false,
+                resource: target,
+                container: target,
+                out: &mut issues,
+                depth: self.depth + 1,
+                alias: None,
+            };
+            pass.element(0, target, loc);
+            !issues.iter().any(|i| i.severity.is_error())
+        });
+        if !conforms {
+            self.push(
+                Severity::Error,
+                IssueCode::Structure,
+                loc,
+                format!(
+                    "The {rt} that {reference} points to does not conform to the target profile {}",
+                    candidates.join(" or ")
+                ),
+            );
         }
     }
 
