@@ -185,7 +185,9 @@ pub(crate) fn check_string(p: Primitive, s: &str) -> Result<(), &'static str> {
             }
             Primitive::Instant => "expected YYYY-MM-DDThh:mm:ss(.sss)(Z|+hh:mm)",
             Primitive::Time => "expected hh:mm:ss(.sss)",
-            Primitive::Xhtml => "narrative must be an XHTML <div> element",
+            Primitive::Xhtml => {
+                "narrative must be an XHTML <div> element with only basic formatting (txt-1, txt-2: no scripts, forms, frames, objects or event-handler attributes)"
+            }
             _ => "invalid value",
         })
     }
@@ -258,7 +260,9 @@ fn is_base64(s: &str) -> bool {
     n > 0 && n.is_multiple_of(4)
 }
 
-/// Narrative.div must be an XHTML `div` element; full XHTML checking is a later profile rule.
+/// Narrative.div must be an XHTML `div` element (txt-2) holding only the basic formatting
+/// elements (txt-1): no active content (scripts, forms, frames, objects, styles) and no
+/// event-handler attributes. A scan of the tags, not a full XHTML parse.
 fn is_xhtml_div(s: &str) -> bool {
     let t = s.trim_start();
     t.starts_with("<div")
@@ -266,6 +270,68 @@ fn is_xhtml_div(s: &str) -> bool {
             t.as_bytes().get(4),
             Some(b' ' | b'>' | b'/' | b'\t' | b'\r' | b'\n')
         )
+        && !has_active_xhtml(t)
+}
+
+/// Elements txt-1 leaves out that would make a narrative active or a page of its own.
+const FORBIDDEN_XHTML: &[&str] = &[
+    "script", "object", "applet", "embed", "iframe", "frame", "frameset", "form", "input",
+    "button", "select", "textarea", "style", "link", "meta", "head", "body", "html", "base",
+    "noscript",
+];
+
+fn has_active_xhtml(t: &str) -> bool {
+    let b = t.as_bytes();
+    let mut i = 0;
+    while let Some(off) = b[i..].iter().position(|&c| c == b'<') {
+        let start = i + off + 1;
+        let end = b[start..]
+            .iter()
+            .position(|&c| c == b'>')
+            .map_or(b.len(), |e| start + e);
+        let tag = &t[start..end];
+        i = end.min(b.len());
+        if tag.starts_with('!') || tag.starts_with('?') {
+            continue;
+        }
+        let tag = tag.strip_prefix('/').unwrap_or(tag);
+        let name_end = tag
+            .find(|c: char| c.is_ascii_whitespace() || c == '/')
+            .unwrap_or(tag.len());
+        let name = &tag[..name_end];
+        // A namespace prefix (`h:script`) does not change the element.
+        let local = name.rsplit(':').next().unwrap_or(name);
+        if FORBIDDEN_XHTML
+            .iter()
+            .any(|f| f.eq_ignore_ascii_case(local))
+        {
+            return true;
+        }
+        // Event handlers: an attribute named on… (onclick, onload).
+        let attrs = &tag[name_end..];
+        let mut rest = attrs;
+        while let Some(p) = rest.find(|c: char| c.is_ascii_whitespace()) {
+            rest = rest[p..].trim_start();
+            let attr_end = rest.find('=').unwrap_or(rest.len());
+            let attr = rest[..attr_end].trim();
+            if attr.len() > 2
+                && attr[..2].eq_ignore_ascii_case("on")
+                && !attr.contains(char::is_whitespace)
+            {
+                return true;
+            }
+            // Skip the value (quoted) to the next attribute.
+            rest = &rest[attr_end..];
+            if let Some(r) = rest.strip_prefix('=') {
+                let r = r.trim_start();
+                rest = match r.chars().next() {
+                    Some(q @ ('"' | '\'')) => r[1..].find(q).map_or("", |e| &r[e + 2..]),
+                    _ => r,
+                };
+            }
+        }
+    }
+    false
 }
 
 fn digits(b: &[u8], at: usize, n: usize) -> Option<u32> {
@@ -490,5 +556,18 @@ mod tests {
             "<div xmlns=\"http://www.w3.org/1999/xhtml\">x</div>"
         ));
         assert!(!ok(Primitive::Xhtml, "plain text"));
+        // txt-1: active content is not narrative.
+        assert!(!ok(
+            Primitive::Xhtml,
+            "<div xmlns=\"http://www.w3.org/1999/xhtml\">hi <script>x()</script></div>"
+        ));
+        assert!(!ok(
+            Primitive::Xhtml,
+            "<div xmlns=\"http://www.w3.org/1999/xhtml\"><p onclick=\"x()\">hi</p></div>"
+        ));
+        assert!(ok(
+            Primitive::Xhtml,
+            "<div xmlns=\"http://www.w3.org/1999/xhtml\"><!-- c --><p class=\"one\" title='online'>on</p><a href=\"x\">l</a></div>"
+        ));
     }
 }

@@ -88,6 +88,10 @@ pub struct Validator {
     registry: Arc<Registry>,
     model: &'static StructureModel,
     invariants: Option<Arc<dyn InvariantEvaluator>>,
+    /// Reject strings that carry HTML markup (see [`Validator::with_security_checks`]).
+    security_checks: bool,
+    /// Reject HTML tags in markdown (see [`Validator::with_no_html_in_markdown`]).
+    no_html_in_markdown: bool,
 }
 
 impl std::fmt::Debug for Validator {
@@ -110,7 +114,24 @@ impl Validator {
             registry,
             model: StructureModel::r4_core(),
             invariants: None,
+            security_checks: false,
+            no_html_in_markdown: false,
         }
+    }
+
+    /// Security checks on inbound text (the reference validator's `security-checks`): a
+    /// string element (other than the narrative, which has its own rules) that contains
+    /// HTML markup is an error, since a consumer that renders it unescaped would run it.
+    pub fn with_security_checks(mut self, on: bool) -> Validator {
+        self.security_checks = on;
+        self
+    }
+
+    /// Markdown must not embed HTML tags (the reference validator's `noHtmlInMarkdown`):
+    /// presentation layers should escape them, but not all do.
+    pub fn with_no_html_in_markdown(mut self, on: bool) -> Validator {
+        self.no_html_in_markdown = on;
+        self
     }
 
     /// The validator with FHIRPath invariants (caregate-fhirpath; `memberOf()` answered by
@@ -167,6 +188,9 @@ impl Validator {
             bundle,
         };
         let mut out = Vec::new();
+        if self.security_checks {
+            html_in_strings(resource, rt, &mut out);
+        }
         ctx.resource(resource, rt, resource, &opts.profiles, &mut out, 0);
         // The profile passes may restate a problem another pass found; keep the first.
         for issue in out {
@@ -379,6 +403,45 @@ fn collect_references<'a>(v: &'a Value, loc: &str, out: &mut Vec<(&'a str, Strin
                 collect_references(child, &format!("{base}[{i}]"), out);
             }
         }
+        _ => {}
+    }
+}
+
+/// A tag: `<` then a letter, `/` or `!`, closed by a later `>`.
+fn looks_like_html(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.iter().enumerate().any(|(i, &c)| {
+        c == b'<'
+            && b.get(i + 1)
+                .is_some_and(|n| n.is_ascii_alphabetic() || *n == b'/' || *n == b'!')
+            && b[i + 1..].contains(&b'>')
+    })
+}
+
+/// Every string of the resource except narrative `div`s, checked for HTML markup.
+fn html_in_strings(v: &Value, loc: &str, out: &mut Vec<Issue>) {
+    match v {
+        Value::Object(m) => {
+            for (k, child) in m {
+                if k == "div" || k == "resourceType" {
+                    continue;
+                }
+                html_in_strings(child, &format!("{loc}.{}", k.trim_start_matches('_')), out);
+            }
+        }
+        Value::Array(a) => {
+            for (i, child) in a.iter().enumerate() {
+                html_in_strings(child, &format!("{loc}[{i}]"), out);
+            }
+        }
+        Value::String(s) if looks_like_html(s) => out.push(issue(
+            Severity::Error,
+            IssueCode::Invalid,
+            loc,
+            "The string value contains text that looks like embedded HTML tags, which are not \
+             allowed for security reasons"
+                .to_string(),
+        )),
         _ => {}
     }
 }
@@ -953,6 +1016,19 @@ impl<'c, 'v> Pass<'c, 'v> {
             },
         };
         if let Some(t) = type_rule {
+            if self.base && t.code == "markdown" && self.ctx.v.no_html_in_markdown {
+                if let Some(text) = value.as_str().filter(|s| looks_like_html(s)) {
+                    self.push(
+                        Severity::Error,
+                        IssueCode::Invalid,
+                        loc,
+                        format!(
+                            "The markdown contains what looks like an embedded HTML tag: {}",
+                            show(&Value::String(text.to_string()))
+                        ),
+                    );
+                }
+            }
             if self.base && t.code == "Attachment" {
                 attachment_size(value, loc, self.out);
             }
@@ -1000,7 +1076,8 @@ impl<'c, 'v> Pass<'c, 'v> {
             // own definition (references and extensions inside it, its invariants).
             if let Some(t) = type_rule {
                 if t.code != "Extension" && t.code.starts_with(|ch: char| ch.is_ascii_uppercase()) {
-                    let checkable = has_checkable(value);
+                    // Markdown inside datatypes (Annotation.text) is only seen by walking them.
+                    let checkable = has_checkable(value) || self.ctx.v.no_html_in_markdown;
                     let invariants = self.ctx.v.invariants.is_some();
                     if checkable || invariants {
                         if let Ok(dt) = self.ctx.registry().profile(&format!("{CORE_SD}{}", t.code))

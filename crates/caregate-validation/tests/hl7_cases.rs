@@ -187,7 +187,10 @@ fn hl7_validator_cases_with_profiles() {
             // Supporting files that are not JSON resources (XML originals) are skipped.
             let _ = b.load_path(&dir().join(p));
         }
-        let validator = Validator::with_fhirpath(Arc::new(b.build()));
+        let options = &case["options"];
+        let validator = Validator::with_fhirpath(Arc::new(b.build()))
+            .with_security_checks(options["security-checks"].as_bool() == Some(true))
+            .with_no_html_in_markdown(options["noHtmlInMarkdown"].as_bool() == Some(true));
         let opts = ValidationOptions {
             profiles: case["validate_against"]["url"]
                 .as_str()
