@@ -142,13 +142,47 @@ fn hl7_validator_cases() {
     assert!(invalid_caught >= 23, "{invalid_caught}/{invalid}");
 }
 
-/// Expected-valid cases (no terminology server needed) on which the full validator
-/// rightly or knowingly disagrees, and why. Kept short; every entry is a known gap.
-const PROFILE_VALID_EXCEPTIONS: &[(&str, &str)] = &[];
+/// Agreement with the reference validator on valid/invalid over the cases that need no
+/// terminology server, as reached; a floor that only rises.
+const NO_TX_AGREEMENT_FLOOR: usize = 164;
+
+/// The known disagreements on cases that need no terminology server: `case-id<TAB>reason`
+/// per line (`#` comments). Every such disagreement must be listed, and no listed case may
+/// agree (so the file stays honest).
+fn known_disagreements() -> Vec<(String, String)> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/hl7_known_disagreements.txt");
+    let text = std::fs::read_to_string(&path).expect("hl7_known_disagreements.txt");
+    text.lines()
+        .map(str::trim_end)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|l| {
+            let (id, reason) = l
+                .split_once('\t')
+                .unwrap_or_else(|| panic!("no tab-separated reason: {l}"));
+            assert!(!reason.trim().is_empty(), "empty reason: {l}");
+            (id.to_string(), reason.trim().to_string())
+        })
+        .collect()
+}
+
+/// The first expected error of a case, as the reason a terminology-dependent case differs.
+fn expected_error(case: &Value) -> String {
+    case["expected"]["issues"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|i| matches!(i["severity"].as_str(), Some("error" | "fatal")))
+        .and_then(|i| i["text"].as_str())
+        .map(|t| t.chars().take(160).collect())
+        .unwrap_or_default()
+}
 
 /// The same cases through the full [`Validator`]: the case's supporting files loaded
-/// (`profiles[]`), `validate_against` required. Counts the expected-invalid cases now
-/// caught; no expected-valid case that needs no terminology server may get an error.
+/// (`profiles[]`), `validate_against` required, the validator options the case runs with
+/// that caregate has (`security-checks`, `noHtmlInMarkdown`). Agreement on validity is
+/// counted separately for the cases that need no terminology server (asserted against a
+/// floor, every disagreement explained in `hl7_known_disagreements.txt`) and those that do
+/// (reported with the reference validator's terminology finding).
 #[test]
 fn hl7_validator_cases_with_profiles() {
     use std::sync::Arc;
@@ -158,11 +192,13 @@ fn hl7_validator_cases_with_profiles() {
     let text = std::fs::read_to_string(dir().join("cases.json")).expect("cases.json");
     let doc: Value = serde_json::from_str(&text).expect("cases.json parses");
     let verbose = std::env::var_os("HL7_CASES_VERBOSE").is_some();
+    let known = known_disagreements();
     let mut false_positives = Vec::new();
     let mut tx_disagreements = Vec::new();
+    let mut unexplained = Vec::new();
+    let mut no_tx_disagreeing = Vec::new();
     let (mut plain_invalid, mut plain_caught, mut tx_invalid, mut tx_caught) = (0, 0, 0, 0);
-    let (mut valid_checked, mut agree, mut total) = (0, 0, 0);
-    let mut missed = Vec::new();
+    let (mut agree_no_tx, mut total_no_tx, mut agree_tx, mut total_tx) = (0, 0, 0, 0);
     for case in doc["cases"].as_array().expect("cases") {
         let id = case["id"].as_str().unwrap_or("?");
         let Some(resource) =
@@ -202,61 +238,85 @@ fn hl7_validator_cases_with_profiles() {
             ..ValidationOptions::default()
         };
         let issues = validator.validate(&resource, &opts);
-        let errors: Vec<&caregate_core::Issue> =
-            issues.iter().filter(|i| i.severity.is_error()).collect();
+        let errors: Vec<String> = issues
+            .iter()
+            .filter(|i| i.severity.is_error())
+            .map(|i| format!("{:?} {}", i.expression, i.diagnostics))
+            .collect();
         let expected_valid = case["expected"]["valid"].as_bool().unwrap_or(false);
         let tx = case["needs_terminology_server"].as_bool().unwrap_or(true);
         let invalid = !errors.is_empty();
-        total += 1;
-        agree += usize::from(expected_valid != invalid);
+        let agrees = expected_valid != invalid;
         if verbose {
-            eprintln!(
-                "{id} tx={tx} expected_valid={expected_valid} ours={:?}",
-                errors
-                    .iter()
-                    .map(|i| format!("{:?} {}", i.expression, i.diagnostics))
-                    .collect::<Vec<_>>()
-            );
-        }
-        if expected_valid {
-            valid_checked += 1;
-            if invalid {
-                let line = format!(
-                    "{id}: {:?}",
-                    errors
-                        .iter()
-                        .map(|i| format!("{:?} {}", i.expression, i.diagnostics))
-                        .collect::<Vec<_>>()
-                );
-                if tx {
-                    tx_disagreements.push(line);
-                } else if !PROFILE_VALID_EXCEPTIONS.iter().any(|(x, _)| *x == id) {
-                    false_positives.push(line);
-                }
-            }
-            continue;
+            eprintln!("{id} tx={tx} expected_valid={expected_valid} ours={errors:?}");
         }
         if tx {
-            tx_invalid += 1;
-            tx_caught += usize::from(invalid);
+            total_tx += 1;
+            agree_tx += usize::from(agrees);
+            if !agrees {
+                tx_disagreements.push(format!(
+                    "{id} (expected {}): reference validator: {}; ours: {errors:?}",
+                    if expected_valid { "valid" } else { "invalid" },
+                    expected_error(case)
+                ));
+            }
         } else {
-            plain_invalid += 1;
-            plain_caught += usize::from(invalid);
-            if !invalid {
-                missed.push(id.to_string());
+            total_no_tx += 1;
+            agree_no_tx += usize::from(agrees);
+            if !agrees {
+                no_tx_disagreeing.push(id.to_string());
+                if !known.iter().any(|(k, _)| k == id) {
+                    unexplained.push(format!(
+                        "{id} (expected {}): {errors:?}",
+                        if expected_valid { "valid" } else { "invalid" }
+                    ));
+                }
+                if expected_valid {
+                    false_positives.push(format!("{id}: {errors:?}"));
+                }
+            }
+        }
+        if !expected_valid {
+            if tx {
+                tx_invalid += 1;
+                tx_caught += usize::from(invalid);
+            } else {
+                plain_invalid += 1;
+                plain_caught += usize::from(invalid);
             }
         }
     }
+    let stale: Vec<&String> = known
+        .iter()
+        .map(|(id, _)| id)
+        .filter(|id| !no_tx_disagreeing.contains(id))
+        .collect();
     eprintln!(
-        "HL7 cases, full validator: {total} run, agreement on validity {agree}/{total}; \
-         {valid_checked} expected-valid, {} false positives without tx, {} with tx; \
+        "HL7 cases, full validator: agreement on validity {agree_no_tx}/{total_no_tx} without a \
+         terminology server ({:.1}%), {agree_tx}/{total_tx} needing one; \
          caught {plain_caught}/{plain_invalid} expected-invalid (no tx), {tx_caught}/{tx_invalid} (tx)\n\
-         tx-dependent disagreements on valid cases: {tx_disagreements:#?}\nmissed (no tx): {missed:?}",
-        false_positives.len(),
-        tx_disagreements.len()
+         no-tx disagreements: {no_tx_disagreeing:?}\n\
+         terminology-dependent disagreements: {tx_disagreements:#?}",
+        100.0 * agree_no_tx as f64 / total_no_tx.max(1) as f64,
+    );
+    assert!(
+        unexplained.is_empty(),
+        "disagreements not in hl7_known_disagreements.txt: {unexplained:#?}"
+    );
+    assert!(
+        stale.is_empty(),
+        "listed in hl7_known_disagreements.txt but now agreeing (remove them): {stale:?}"
     );
     assert!(false_positives.is_empty(), "{false_positives:#?}");
-    // Regression floor: what the full validator (with FHIRPath invariants) caught.
-    assert!(plain_caught >= 41, "{plain_caught}/{plain_invalid}");
-    assert!(tx_caught >= 8, "{tx_caught}/{tx_invalid}");
+    assert!(
+        agree_no_tx >= NO_TX_AGREEMENT_FLOOR,
+        "{agree_no_tx}/{total_no_tx} < {NO_TX_AGREEMENT_FLOOR}"
+    );
+    assert!(
+        agree_no_tx * 100 >= total_no_tx * 95,
+        "{agree_no_tx}/{total_no_tx} is below 95%"
+    );
+    // Regression floors: what the full validator (with FHIRPath invariants) caught.
+    assert!(plain_caught >= 81, "{plain_caught}/{plain_invalid}");
+    assert!(tx_caught >= 11, "{tx_caught}/{tx_invalid}");
 }
