@@ -60,6 +60,8 @@ pub struct StructureModel {
     tables: Vec<Table>,
     types: FxMap<Box<str>, TypeInfo>,
     element_table: TableId,
+    /// The table of `Coding` (whose `system` must be absolute).
+    coding_table: Option<TableId>,
     bindings: Vec<BindingInfo>,
     /// The expansion of each binding's value set, resolved on first use so that start-up
     /// does not pay for value sets no resource ever touches.
@@ -106,7 +108,9 @@ impl StructureModel {
     /// Compiles every base (specialization) resource type and datatype of a package.
     pub fn from_package(pkg: &Package) -> Result<StructureModel, ModelError> {
         let compiled = model::compile(pkg)?;
+        let coding_table = compiled.types.get("Coding").and_then(|t| t.table);
         Ok(StructureModel {
+            coding_table,
             tables: compiled.tables,
             types: compiled.types,
             element_table: compiled.element_table,

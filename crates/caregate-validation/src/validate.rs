@@ -173,6 +173,9 @@ impl<'a> Walker<'a> {
         }
         let model = self.model;
         let t = &model.tables[table as usize];
+        if Some(table) == model.coding_table {
+            self.coding_system(obj);
+        }
         let has_underscore = obj.keys().any(|k| k.starts_with('_'));
         let choice_start = self.seen_choices.len();
 
@@ -259,6 +262,23 @@ impl<'a> Walker<'a> {
             }
         }
         self.seen_choices.truncate(choice_start);
+    }
+
+    /// Coding.system names a code system by an absolute URI (`http://loinc.org`,
+    /// `urn:oid:…`); a bare word (`Location1`) identifies nothing outside the sender.
+    fn coding_system(&mut self, obj: &'a Map<String, Value>) {
+        if let Some(Value::String(system)) = obj.get("system") {
+            if !system.contains(':') {
+                self.error_at(
+                    "system",
+                    IssueCode::Invalid,
+                    format!(
+                        "Coding.system must be an absolute URI, not a local reference ('{}')",
+                        echo(system)
+                    ),
+                );
+            }
+        }
     }
 
     /// Records that a choice variant is present in the object whose choices start at

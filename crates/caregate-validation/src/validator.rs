@@ -407,6 +407,42 @@ fn collect_references<'a>(v: &'a Value, loc: &str, out: &mut Vec<(&'a str, Strin
     }
 }
 
+/// ValueSet.compose include/exclude name code systems by absolute URI (a contained code
+/// system is referenced by its full canonical, not by a local name).
+fn value_set_rules(vs: &Value, loc: &str, out: &mut Vec<Issue>) {
+    let Some(compose) = vs.get("compose") else {
+        return;
+    };
+    for part in ["include", "exclude"] {
+        for (i, inc) in arr(compose, part).iter().enumerate() {
+            if let Some(system) = inc.get("system").and_then(Value::as_str) {
+                if !system.contains(':') {
+                    out.push(issue(
+                        Severity::Error,
+                        IssueCode::Invalid,
+                        &format!("{loc}.compose.{part}[{i}]"),
+                        format!("URI values in ValueSet.compose.{part}.system must be absolute, not '{system}'"),
+                    ));
+                }
+            }
+        }
+    }
+}
+
+/// A CodeSystem that supplements another says so in `content`.
+fn code_system_rules(cs: &Value, loc: &str, out: &mut Vec<Issue>) {
+    if cs.get("supplements").is_some()
+        && cs.get("content").and_then(Value::as_str) != Some("supplement")
+    {
+        out.push(issue(
+            Severity::Error,
+            IssueCode::BusinessRule,
+            &format!("{loc}.content"),
+            "CodeSystem supplements SHALL have a content value of 'supplement'".to_string(),
+        ));
+    }
+}
+
 /// A tag: `<` then a letter, `/` or `!`, closed by a later `>`.
 fn looks_like_html(s: &str) -> bool {
     let b = s.as_bytes();
@@ -536,6 +572,8 @@ impl<'v> Ctx<'v> {
             "Bundle" => bundle_rules(res, loc, out),
             "StructureDefinition" => self.structure_definition(res, loc, out),
             "SearchParameter" => self.search_parameter(res, loc, out),
+            "ValueSet" => value_set_rules(res, loc, out),
+            "CodeSystem" => code_system_rules(res, loc, out),
             _ => {}
         }
         let mut claims: Vec<(String, String)> = Vec::new();
