@@ -1,7 +1,7 @@
 //! `ElementDefinition.minValue[x]` / `maxValue[x]` held against an instance value: numbers,
 //! dates and times (compared at their common precision), Quantities in the same units, and
 //! Durations on dates (a bound relative to today, as the reference validator reads them:
-//! `minValueDuration` 100 a on `birthDate` means at least 100 years ago).
+//! `minValueDuration` 100 a on `birthDate` puts the minimum at today minus 100 years).
 
 use serde_json::Value;
 
