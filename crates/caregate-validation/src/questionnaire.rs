@@ -40,7 +40,7 @@ pub(crate) fn check(
                 IssueCode::Invalid,
                 format!("Canonical URL '{canonical}' refers to a {rt}, not a Questionnaire"),
             )
-            .at(&format!("{loc}.questionnaire")),
+            .at(format!("{loc}.questionnaire")),
         );
         return;
     }
