@@ -28,7 +28,7 @@ pub use linking::{
     MatchGrade, Person, LINK_DECISION_SYSTEM, MANUAL_LINK_REASON, MATCH_GRADE_EXTENSION,
 };
 pub use view::{
-    build_view, view_etag, Source, ViewOptions, FLAG_SYSTEM, ITEM_SOURCE_EXTENSION,
+    build_view, etag_of_json, view_etag, Source, ViewOptions, FLAG_SYSTEM, ITEM_SOURCE_EXTENSION,
     LINK_BASIS_EXTENSION,
 };
 

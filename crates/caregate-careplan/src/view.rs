@@ -448,8 +448,14 @@ pub fn build_view(person: &Person, resources: &[Source<'_>], opts: &ViewOptions)
 /// A strong ETag for a view built by [`build_view`]: the quoted SHA-256 (hex) of its compact
 /// JSON serialisation. Equal inputs give equal views and so equal ETags.
 pub fn view_etag(view: &Value) -> String {
+    etag_of_json(view.to_string().as_bytes())
+}
+
+/// [`view_etag`] from the view's compact JSON when it is at hand (serialising a large view
+/// costs more than hashing it, so a caller that needs the bytes anyway serialises once).
+pub fn etag_of_json(json: &[u8]) -> String {
     let mut h = Sha256::new();
-    h.update(view.to_string().as_bytes());
+    h.update(json);
     format!("\"{}\"", hex::encode(h.finalize()))
 }
 

@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use caregate_audit::{patient_of, Subtype};
 use caregate_careplan::{
-    build_view, group_people_with, linkage_resource, linking_keys, match_candidates,
+    build_view, etag_of_json, group_people_with, linkage_resource, linking_keys, match_candidates,
     override_from_linkage, view_etag, LinkConfig, LinkOverride, Person, Source, ViewCache,
     ViewOptions,
 };
@@ -59,11 +59,21 @@ pub struct CarePlanView {
 }
 
 impl CarePlanView {
-    fn new(bundle: Value, etag: String) -> CarePlanView {
+    /// The view, its ETag and compact JSON from one serialisation.
+    fn new(bundle: Value) -> CarePlanView {
+        let json = std::sync::OnceLock::new();
+        let etag = match serde_json::to_vec(&bundle) {
+            Ok(bytes) => {
+                let etag = etag_of_json(&bytes);
+                let _ = json.set(bytes);
+                etag
+            }
+            Err(_) => view_etag(&bundle),
+        };
         CarePlanView {
             bundle: Arc::new(bundle),
             etag,
-            json: Arc::default(),
+            json: Arc::new(json),
         }
     }
 
@@ -361,36 +371,45 @@ impl Pipeline {
         let mut withheld = false;
         // One search per resource type for all members (a comma is OR): each search has a
         // fixed cost (SQL preparation), so 8 sources cost 10 searches, not 80.
+        let types: Vec<(&str, &str)> = VIEW_SOURCES
+            .into_iter()
+            .filter(|(rtype, param)| self.search.param(rtype, param).is_some())
+            .collect();
         for members in person.members.chunks(50) {
             let value = members
                 .iter()
                 .map(|m| escape(m))
                 .collect::<Vec<_>>()
                 .join(",");
-            for (rtype, param) in VIEW_SOURCES {
-                if self.search.param(rtype, param).is_none() {
+            let search = |part: &[(&str, &str)]| -> FhirResult<Vec<VersionRecord>> {
+                let mut out = Vec::new();
+                for (rtype, param) in part {
+                    let found = self.search_all(
+                        rtype,
+                        vec![(param.to_string(), value.clone())],
+                        MAX_ITEMS,
+                    )?;
+                    if found.len() >= MAX_ITEMS {
+                        // Never drop items silently: a person this large needs paging first.
+                        return Err(FhirError::new(
+                            ErrorKind::Unprocessable,
+                            format!("This person has more than {MAX_ITEMS} {rtype} resources; the shared view cannot be built"),
+                        )
+                        .with_code(caregate_core::IssueCode::TooCostly));
+                    }
+                    out.extend(found);
+                }
+                Ok(out)
+            };
+            for r in search(&types)? {
+                if !seen.insert((r.resource_type.clone(), r.id.clone())) {
                     continue;
                 }
-                let found =
-                    self.search_all(rtype, vec![(param.to_string(), value.clone())], MAX_ITEMS)?;
-                if found.len() >= MAX_ITEMS {
-                    // Never drop items silently: a person this large needs paging first.
-                    return Err(FhirError::new(
-                        ErrorKind::Unprocessable,
-                        format!("This person has more than {MAX_ITEMS} {rtype} resources; the shared view cannot be built"),
-                    )
-                    .with_code(caregate_core::IssueCode::TooCostly));
-                }
-                for r in found {
-                    if !seen.insert((r.resource_type.clone(), r.id.clone())) {
-                        continue;
-                    }
-                    let v = parse_record(&r)?;
-                    if scope.readable(&v)? {
-                        gathered.push((v, r.last_updated.clone()));
-                    } else {
-                        withheld = true;
-                    }
+                let v = parse_record(&r)?;
+                if scope.readable(&v)? {
+                    gathered.push((v, r.last_updated.clone()));
+                } else {
+                    withheld = true;
                 }
             }
         }
@@ -425,7 +444,6 @@ impl Pipeline {
                 withheld: withheld && self.options.withheld_notice,
             },
         );
-        let etag = view_etag(&bundle);
         let touched: Vec<(String, Option<String>)> = gathered
             .iter()
             .map(|(v, _)| {
@@ -443,7 +461,7 @@ impl Pipeline {
             .collect();
         scope.audit_alerts(caller, Subtype::Operation);
         self.audit_view_read(caller, id, &touched);
-        let view = CarePlanView::new(bundle, etag);
+        let view = CarePlanView::new(bundle);
         // Views the consent trimmed, or read under emergency access, are built afresh each
         // time: their security alerts must be raised on every read.
         if !withheld && !emergency && !self.emergency_access_open(caller) {

@@ -1175,3 +1175,10 @@ fn person_patient_links_every_source_patient() {
     assert_eq!(lone[0]["link"][0]["other"]["reference"], "Patient/x");
     assert!(lone[0]["link"][0].get("extension").is_none());
 }
+
+#[test]
+fn etag_from_the_json_bytes_is_the_view_etag() {
+    let view = build_view(&person(&["Patient/a"]), &[], &opts());
+    let bytes = serde_json::to_vec(&view).expect("json");
+    assert_eq!(etag_of_json(&bytes), view_etag(&view));
+}
