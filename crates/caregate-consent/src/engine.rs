@@ -156,6 +156,16 @@ struct Coding {
 /// One provision, compiled. `None` for an element means it is absent (a wildcard).
 #[derive(Debug, Clone)]
 struct Provision {
+    /// Preorder position within its Consent.
+    index: usize,
+    /// Levels below the root provision.
+    depth: usize,
+    /// `Consent.provision.provision[i]…`, for explanations.
+    path: String,
+    /// "Consent/x permits at …" and "… denies at …", prepared so that deciding formats
+    /// nothing.
+    basis_permit: String,
+    basis_deny: String,
     verdict: Option<Verdict>,
     period: Option<Span>,
     actors: Option<Vec<String>>,
@@ -208,6 +218,14 @@ fn codes_only(v: &Value, key: &str) -> Option<Vec<String>> {
 }
 
 impl Provision {
+    fn names_care_teams(&self) -> bool {
+        self.actors
+            .iter()
+            .flatten()
+            .any(|a| a.starts_with("CareTeam/"))
+            || self.children.iter().any(Provision::names_care_teams)
+    }
+
     /// Levels of nesting below this provision.
     fn depth(&self) -> usize {
         self.children
@@ -217,12 +235,35 @@ impl Provision {
             .unwrap_or(0)
     }
 
-    fn compile(p: &Value) -> Provision {
+    /// Compiles `p` (found at `path` in `consent`), numbering provisions in preorder from
+    /// `next`.
+    fn compile(
+        p: &Value,
+        consent: &str,
+        path: String,
+        depth: usize,
+        next: &mut usize,
+    ) -> Provision {
+        let index = *next;
+        *next += 1;
         let verdict = match p.get("type").and_then(Value::as_str) {
             Some("permit") => Some(Verdict::Permit),
             Some("deny") => Some(Verdict::Deny),
             _ => None,
         };
+        let children = p
+            .get("provision")
+            .and_then(Value::as_array)
+            .map(|c| {
+                c.iter()
+                    .enumerate()
+                    .map(|(i, c)| {
+                        let child = format!("{path}.provision[{i}]");
+                        Provision::compile(c, consent, child, depth + 1, next)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
         let mut levels = Vec::new();
         let mut labels = Vec::new();
         let mut label_condition = false;
@@ -243,6 +284,10 @@ impl Provision {
             }
         }
         Provision {
+            index,
+            depth,
+            basis_permit: format!("{consent} permits at {path}"),
+            basis_deny: format!("{consent} denies at {path}"),
             verdict,
             period: p.get("period").map(Span::of),
             actors: p.get("actor").and_then(Value::as_array).map(|actors| {
@@ -277,18 +322,15 @@ impl Provision {
                     })
                     .collect()
             }),
-            children: p
-                .get("provision")
-                .and_then(Value::as_array)
-                .map(|c| c.iter().map(Provision::compile).collect())
-                .unwrap_or_default(),
+            children,
+            path,
         }
     }
 }
 
-/// Provisions nested deeper than this make a Consent fail closed (it denies everything):
-/// provision paths are kept in a fixed array so that deciding allocates nothing for them.
-const MAX_DEPTH: usize = 12;
+/// Provisions nested deeper than this make a Consent fail closed (it denies everything),
+/// which bounds the engine's recursion; real Consents nest two or three levels.
+const MAX_DEPTH: usize = 32;
 
 /// One Consent compiled for deciding. Compile once ([`PreparedConsent::prepare`]) and share
 /// (the pipeline caches them by content hash across requests).
@@ -301,6 +343,8 @@ pub struct PreparedConsent {
     root: Provision,
     /// Nested deeper than [`MAX_DEPTH`]: decides deny at the root.
     too_deep: bool,
+    /// A provision names a CareTeam as actor.
+    names_care_teams: bool,
 }
 
 impl PreparedConsent {
@@ -310,15 +354,23 @@ impl PreparedConsent {
         if !applicable(consent) {
             return None;
         }
-        let root = Provision::compile(consent.get("provision")?);
+        let reference = resource_reference(consent).unwrap_or_else(|| "Consent (no id)".into());
+        let root = Provision::compile(
+            consent.get("provision")?,
+            &reference,
+            "Consent.provision".into(),
+            0,
+            &mut 0,
+        );
         Some(PreparedConsent {
-            reference: resource_reference(consent).unwrap_or_else(|| "Consent (no id)".into()),
+            reference,
             when: consent
                 .get("dateTime")
                 .and_then(Value::as_str)
                 .and_then(parse_date_range)
                 .map_or(i64::MIN, |r| r.start),
             too_deep: root.depth() > MAX_DEPTH,
+            names_care_teams: root.names_care_teams(),
             root,
         })
     }
@@ -329,6 +381,35 @@ impl PreparedConsent {
 #[derive(Debug, Clone, Default)]
 pub struct ConsentSet {
     consents: Vec<std::sync::Arc<PreparedConsent>>,
+    /// What is already known for one caller, action and time ([`ConsentSet::for_request`]).
+    statics: Option<Box<Statics>>,
+}
+
+/// The request-level conditions (period, actor, action, purpose) of every provision,
+/// evaluated once for one caller, action and time: a page of decisions then tests only
+/// what depends on the resource.
+#[derive(Debug, Clone)]
+struct Statics {
+    action: ConsentAction,
+    purpose: Option<String>,
+    now_ms: i64,
+    actor_refs: Vec<String>,
+    /// Per Consent, per provision (preorder): whether its request-level conditions hold.
+    admits: Vec<Vec<bool>>,
+}
+
+impl Statics {
+    fn applies_to(&self, who: &Who<'_>) -> bool {
+        self.action == who.action
+            && self.now_ms == who.now_ms
+            && self.purpose.as_deref() == who.purpose
+            && self.actor_refs.len() == who.actor_refs.len()
+            && self
+                .actor_refs
+                .iter()
+                .zip(&who.actor_refs)
+                .all(|(a, b)| a == b)
+    }
 }
 
 impl ConsentSet {
@@ -339,12 +420,56 @@ impl ConsentSet {
                 .filter_map(PreparedConsent::prepare)
                 .map(std::sync::Arc::new)
                 .collect(),
+            statics: None,
         }
     }
 
     /// From Consents compiled earlier.
     pub fn from_prepared(consents: Vec<std::sync::Arc<PreparedConsent>>) -> ConsentSet {
-        ConsentSet { consents }
+        ConsentSet {
+            consents,
+            statics: None,
+        }
+    }
+
+    /// The same Consents with their request-level conditions evaluated for this caller,
+    /// action and time. Decisions for other requests ignore that and evaluate everything.
+    pub fn for_request(&self, actor: &Actor, action: ConsentAction, now_ms: i64) -> ConsentSet {
+        let who = Who::of(actor, action, now_ms);
+        fn walk(p: &Provision, who: &Who<'_>, admits: &mut Vec<bool>) {
+            if admits.len() <= p.index {
+                admits.resize(p.index + 1, false);
+            }
+            admits[p.index] = static_matches(p, who);
+            for c in &p.children {
+                walk(c, who, admits);
+            }
+        }
+        let admits = self
+            .consents
+            .iter()
+            .map(|c| {
+                let mut admits = Vec::new();
+                walk(&c.root, &who, &mut admits);
+                admits
+            })
+            .collect();
+        ConsentSet {
+            consents: self.consents.clone(),
+            statics: Some(Box::new(Statics {
+                action,
+                purpose: who.purpose.map(str::to_string),
+                now_ms,
+                actor_refs: who.actor_refs.iter().map(|r| r.to_string()).collect(),
+                admits,
+            })),
+        }
+    }
+
+    /// Whether a provision names a CareTeam as actor (then the caller's CareTeam membership
+    /// matters and must be in [`Actor::care_teams`]).
+    pub fn names_care_teams(&self) -> bool {
+        self.consents.iter().any(|c| c.names_care_teams)
     }
 
     /// How many applicable Consents the set holds.
@@ -371,16 +496,34 @@ fn applicable(consent: &Value) -> bool {
 
 // ---- the request ------------------------------------------------------------------------
 
+/// The request-level facts: who asks, for what action and purpose, when.
+struct Who<'a> {
+    action: ConsentAction,
+    action_code: &'static str,
+    /// The caller's organization, practitioner and CareTeams, base URLs stripped.
+    actor_refs: Vec<&'a str>,
+    purpose: Option<&'a str>,
+    now_ms: i64,
+}
+
+impl<'a> Who<'a> {
+    fn of(actor: &'a Actor, action: ConsentAction, now_ms: i64) -> Who<'a> {
+        Who {
+            action,
+            action_code: action.code(),
+            actor_refs: actor.references().map(strip_base).collect(),
+            purpose: actor.purpose_of_use.as_deref(),
+            now_ms,
+        }
+    }
+}
+
 /// Everything about the request the provisions test, extracted once per decision in one
 /// pass over the resource's top-level elements (no hashed lookups); what few provisions
 /// need (codes, profiles, references, dates) is extracted on first use.
 struct Facts<'a> {
     resource: &'a Value,
-    action: &'static str,
-    /// The caller's organization, practitioner and CareTeams, base URLs stripped.
-    actor_refs: Vec<&'a str>,
-    purpose: Option<&'a str>,
-    now_ms: i64,
+    who: Who<'a>,
     rtype: &'a str,
     id: &'a str,
     meta: Option<&'a Value>,
@@ -388,28 +531,32 @@ struct Facts<'a> {
     level: u8,
     /// Sensitivity categories a release must be explicitly permitted for.
     required: u8,
-    /// The first clinical date element, by priority (see [`DATE_ELEMENTS`]).
+    /// The first clinical date element, by priority (see [`date_rank`]).
     date: Option<&'a Value>,
     codes: OnceCell<Vec<(&'a str, &'a str)>>,
+    profiles: OnceCell<Vec<&'a str>>,
     clinical_date: OnceCell<Option<i64>>,
     refs: OnceCell<Vec<&'a str>>,
     authors: OnceCell<Vec<&'a str>>,
 }
 
-/// The elements that date a resource's content, most specific first.
-const DATE_ELEMENTS: [&str; 11] = [
-    "effectiveDateTime",
-    "effectivePeriod",
-    "onsetDateTime",
-    "authoredOn",
-    "recordedDate",
-    "occurrenceDateTime",
-    "performedDateTime",
-    "period",
-    "issued",
-    "date",
-    "created",
-];
+/// The rank of an element that dates a resource's content, most specific first.
+fn date_rank(element: &str) -> Option<usize> {
+    Some(match element {
+        "effectiveDateTime" => 0,
+        "effectivePeriod" => 1,
+        "onsetDateTime" => 2,
+        "authoredOn" => 3,
+        "recordedDate" => 4,
+        "occurrenceDateTime" => 5,
+        "performedDateTime" => 6,
+        "period" => 7,
+        "issued" => 8,
+        "date" => 9,
+        "created" => 10,
+        _ => return None,
+    })
+}
 
 impl<'a> Facts<'a> {
     fn of(req: &ConsentRequest<'a>) -> Facts<'a> {
@@ -423,7 +570,7 @@ impl<'a> Facts<'a> {
                     "id" => id = v.as_str().unwrap_or(""),
                     "meta" => meta = Some(v),
                     other => {
-                        if let Some(rank) = DATE_ELEMENTS.iter().position(|d| *d == other) {
+                        if let Some(rank) = date_rank(other) {
                             if date.is_none_or(|(r, _)| rank < r) {
                                 date = Some((rank, v));
                             }
@@ -456,10 +603,7 @@ impl<'a> Facts<'a> {
             .unwrap_or(3);
         Facts {
             resource,
-            action: req.action.code(),
-            actor_refs: req.actor.references().map(strip_base).collect(),
-            purpose: req.actor.purpose_of_use.as_deref(),
-            now_ms: req.now_ms,
+            who: Who::of(req.actor, req.action, req.now_ms),
             rtype,
             id,
             meta,
@@ -468,27 +612,28 @@ impl<'a> Facts<'a> {
             required,
             date: date.map(|(_, v)| v),
             codes: OnceCell::new(),
+            profiles: OnceCell::new(),
             clinical_date: OnceCell::new(),
             refs: OnceCell::new(),
             authors: OnceCell::new(),
         }
     }
 
-    /// Whether one of the caller's references (organization, practitioner, CareTeams) is
-    /// `reference`.
-    fn is_actor(&self, reference: &str) -> bool {
-        self.actor_refs.contains(&reference)
-    }
-
     fn has_profile(&self, canonical: &str) -> bool {
-        self.meta
-            .and_then(|m| field(m, "profile"))
-            .and_then(Value::as_array)
-            .is_some_and(|a| {
-                a.iter()
-                    .filter_map(Value::as_str)
-                    .any(|p| unversioned(p) == canonical)
+        self.profiles
+            .get_or_init(|| {
+                self.meta
+                    .and_then(|m| field(m, "profile"))
+                    .and_then(Value::as_array)
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(Value::as_str)
+                            .map(unversioned)
+                            .collect()
+                    })
+                    .unwrap_or_default()
             })
+            .contains(&canonical)
     }
 
     fn codes(&self) -> &[(&'a str, &'a str)] {
@@ -531,7 +676,7 @@ impl<'a> Facts<'a> {
 
     fn refs(&self) -> &[&'a str] {
         self.refs.get_or_init(|| {
-            let mut out = Vec::new();
+            let mut out = Vec::with_capacity(16);
             all_references(self.resource, &mut out);
             out
         })
@@ -608,8 +753,8 @@ fn all_references<'a>(v: &'a Value, out: &mut Vec<&'a str>) {
             for (k, x) in m {
                 match x {
                     Value::String(s) if k == "reference" => out.push(strip_base(s)),
-                    // Narrative holds no references worth following.
-                    Value::Object(_) if k == "text" => {}
+                    // Narrative and metadata hold no references worth following.
+                    Value::Object(_) if k == "text" || k == "meta" => {}
                     _ => all_references(x, out),
                 }
             }
@@ -628,66 +773,42 @@ struct Parent {
     named: u8,
 }
 
-/// Child indexes from the root provision to one provision, without allocating.
-#[derive(Clone, Copy, Default)]
-struct Path {
-    len: usize,
-    idx: [u16; MAX_DEPTH],
-}
-
-impl Path {
-    fn push(&mut self, i: usize) {
-        if let Some(slot) = self.idx.get_mut(self.len) {
-            *slot = u16::try_from(i).unwrap_or(u16::MAX);
-        }
-        self.len += 1;
-    }
-
-    fn pop(&mut self) {
-        self.len = self.len.saturating_sub(1);
-    }
-
-    fn render(&self) -> String {
-        use std::fmt::Write;
-        let mut s = String::from("Consent.provision");
-        for i in &self.idx[..self.len.min(MAX_DEPTH)] {
-            let _ = write!(s, ".provision[{i}]");
-        }
-        s
-    }
-}
-
 /// The outcome of one provision tree.
 #[derive(Clone, Copy)]
-struct Matched {
+struct Matched<'c> {
     verdict: Verdict,
-    path: Path,
+    /// The deciding provision.
+    provision: &'c Provision,
     /// Sensitivity categories named by the deciding provision or an enclosing one.
     named: u8,
-    /// The deciding provision carries a redaction obligation.
-    redact: bool,
 }
 
-fn matches(p: &Provision, f: &Facts<'_>, verdict: Verdict) -> bool {
-    if p.period.is_some_and(|s| !s.contains(f.now_ms)) {
+/// The request-level conditions: period, actor, action, purpose.
+fn static_matches(p: &Provision, who: &Who<'_>) -> bool {
+    if p.period.is_some_and(|s| !s.contains(who.now_ms)) {
         return false;
     }
     if let Some(actors) = &p.actors {
-        if !actors.iter().any(|a| f.is_actor(a)) {
+        if !actors.iter().any(|a| who.actor_refs.contains(&a.as_str())) {
             return false;
         }
     }
     if let Some(actions) = &p.actions {
-        if !actions.iter().any(|a| a == f.action) {
+        if !actions.iter().any(|a| a == who.action_code) {
             return false;
         }
     }
     if let Some(purposes) = &p.purposes {
-        match f.purpose {
+        match who.purpose {
             Some(purpose) if purposes.iter().any(|x| x == purpose) => {}
             _ => return false,
         }
     }
+    true
+}
+
+/// The conditions on the data: labels, class, code, dataPeriod, data references.
+fn data_matches(p: &Provision, f: &Facts<'_>, verdict: Verdict) -> bool {
     if p.label_condition {
         // The high-water mark follows the provision's effective type.
         let level_hit = p.levels.iter().any(|rank| match verdict {
@@ -741,28 +862,33 @@ fn matches(p: &Provision, f: &Facts<'_>, verdict: Verdict) -> bool {
 }
 
 /// The deepest matching provision under (and including) `p`.
-fn evaluate(p: &Provision, path: &mut Path, parent: Parent, f: &Facts<'_>) -> Option<Matched> {
+fn evaluate<'c>(
+    p: &'c Provision,
+    parent: Parent,
+    f: &Facts<'_>,
+    admits: Option<&[bool]>,
+) -> Option<Matched<'c>> {
     // An untyped nested provision refines its parent's type.
     let verdict = p.verdict.unwrap_or(parent.verdict);
-    if !matches(p, f, verdict) {
+    let admitted = match admits.and_then(|a| a.get(p.index)) {
+        Some(known) => *known,
+        None => static_matches(p, &f.who),
+    };
+    if !admitted || !data_matches(p, f, verdict) {
         return None;
     }
     let named = parent.named | p.named;
     let mut best = Matched {
         verdict,
-        path: *path,
+        provision: p,
         named,
-        redact: p.redact,
     };
     let inner = Parent { verdict, named };
-    for (i, child) in p.children.iter().enumerate() {
-        path.push(i);
-        let found = evaluate(child, path, inner, f);
-        path.pop();
-        if let Some(m) = found {
+    for child in &p.children {
+        if let Some(m) = evaluate(child, inner, f, admits) {
             // Deeper wins; at equal depth a deny wins.
-            if m.path.len > best.path.len
-                || (m.path.len == best.path.len
+            if m.provision.depth > best.provision.depth
+                || (m.provision.depth == best.provision.depth
                     && m.verdict == Verdict::Deny
                     && best.verdict == Verdict::Permit)
             {
@@ -798,7 +924,7 @@ impl ConsentEngine {
 struct Outcome<'c> {
     when: i64,
     consent: &'c str,
-    m: Matched,
+    m: Matched<'c>,
 }
 
 impl ConsentPolicy for ConsentEngine {
@@ -831,7 +957,12 @@ impl ConsentPolicy for ConsentEngine {
         let f = Facts::of(req);
         let part2 = f.required & SUBSTANCE_USE != 0;
         let mut outcomes: Vec<Outcome<'_>> = Vec::with_capacity(req.consents.len());
-        for consent in &req.consents.consents {
+        let statics = req
+            .consents
+            .statics
+            .as_deref()
+            .filter(|s| s.applies_to(&f.who));
+        for (i, consent) in req.consents.consents.iter().enumerate() {
             let base = consent.root.verdict.unwrap_or(Verdict::Deny);
             if consent.too_deep {
                 // Fail closed: a Consent the engine cannot walk denies.
@@ -840,9 +971,8 @@ impl ConsentPolicy for ConsentEngine {
                     consent: &consent.reference,
                     m: Matched {
                         verdict: Verdict::Deny,
-                        path: Path::default(),
+                        provision: &consent.root,
                         named: 0,
-                        redact: false,
                     },
                 });
                 continue;
@@ -851,8 +981,8 @@ impl ConsentPolicy for ConsentEngine {
                 verdict: base,
                 named: 0,
             };
-            let mut path = Path::default();
-            if let Some(m) = evaluate(&consent.root, &mut path, parent, &f) {
+            let admits = statics.and_then(|s| s.admits.get(i)).map(Vec::as_slice);
+            if let Some(m) = evaluate(&consent.root, parent, &f, admits) {
                 outcomes.push(Outcome {
                     when: consent.when,
                     consent: &consent.reference,
@@ -895,7 +1025,7 @@ impl ConsentPolicy for ConsentEngine {
         };
         match chosen {
             Some(o) => {
-                let path = o.m.path.render();
+                let path = &o.m.provision.path;
                 if o.m.verdict == Verdict::Permit && !explicit(o) {
                     return Decision {
                         verdict: Verdict::Deny,
@@ -906,14 +1036,14 @@ impl ConsentPolicy for ConsentEngine {
                         ),
                         source: DecisionSource::Consent {
                             consent: o.consent.to_string(),
-                            provision: path,
+                            provision: path.clone(),
                         },
                         obligations: Vec::new(),
                     };
                 }
                 let mut obligations = Vec::new();
                 if o.m.verdict == Verdict::Permit && is_release(req.action) {
-                    if o.m.redact {
+                    if o.m.provision.redact {
                         obligations.push(Obligation::Redact {
                             reason: format!(
                                 "{} at {path} permits this data only redacted",
@@ -923,25 +1053,19 @@ impl ConsentPolicy for ConsentEngine {
                     }
                     obligations.extend(self.rule_obligations(&f, req.actor));
                 }
+                let mut basis = match o.m.verdict {
+                    Verdict::Permit => o.m.provision.basis_permit.clone(),
+                    Verdict::Deny => o.m.provision.basis_deny.clone(),
+                };
+                if part2 {
+                    basis.push_str(" (42 CFR Part 2 data: deny overrides)");
+                }
                 Decision {
                     verdict: o.m.verdict,
-                    basis: format!(
-                        "{} {} at {path}{}",
-                        o.consent,
-                        if o.m.verdict == Verdict::Permit {
-                            "permits"
-                        } else {
-                            "denies"
-                        },
-                        if part2 {
-                            " (42 CFR Part 2 data: deny overrides)"
-                        } else {
-                            ""
-                        }
-                    ),
+                    basis,
                     source: DecisionSource::Consent {
                         consent: o.consent.to_string(),
-                        provision: path,
+                        provision: path.clone(),
                     },
                     obligations,
                 }

@@ -313,7 +313,7 @@ fn table() -> Vec<Case> {
         case("a Consent nested deeper than the engine walks fails closed")
             .one({
                 let mut p = json!({"type": "permit"});
-                for _ in 0..13 {
+                for _ in 0..33 {
                     p = json!({"type": "permit", "provision": [p]});
                 }
                 p
@@ -711,13 +711,36 @@ fn decision_table() {
     assert!(cases.len() >= 60, "only {} cases", cases.len());
     let mut failures = Vec::new();
     for (i, c) in cases.iter().enumerate() {
-        let d = c.engine.decide(&ConsentRequest {
-            actor: &c.actor,
-            action: c.action,
-            resource: &c.resource,
-            consents: &ConsentSet::new(&c.consents),
-            now_ms: now(),
-        });
+        let set = ConsentSet::new(&c.consents);
+        let decide = |consents: &ConsentSet| {
+            c.engine.decide(&ConsentRequest {
+                actor: &c.actor,
+                action: c.action,
+                resource: &c.resource,
+                consents,
+                now_ms: now(),
+            })
+        };
+        let d = decide(&set);
+        // The set specialised for this request decides the same; one specialised for
+        // another caller or action is not used for this one.
+        assert_eq!(
+            decide(&set.for_request(&c.actor, c.action, now())),
+            d,
+            "#{i} {}: specialised set differs",
+            c.rule
+        );
+        let other = if c.action == ConsentAction::Access {
+            ConsentAction::Collect
+        } else {
+            ConsentAction::Access
+        };
+        assert_eq!(
+            decide(&set.for_request(&psychiatry(), other, now())),
+            d,
+            "#{i} {}: a set specialised for another request was used",
+            c.rule
+        );
         let basis = match &d.source {
             DecisionSource::Consent { consent, provision } => {
                 let id = consent.strip_prefix("Consent/").unwrap_or(consent);

@@ -44,6 +44,44 @@ fn prepared(record: &caregate_store::VersionRecord) -> FhirResult<Option<Arc<Pre
     Ok(compiled)
 }
 
+/// Patients' compiled Consents, kept across requests so that a page of reads costs one
+/// map lookup rather than a store query. Any Consent write drops them all; the generation
+/// makes sure a set read from the store before that write is not cached after it. Like
+/// the "any Consents" flag this is per process: gateway nodes sharing a database need a
+/// store-side signal instead.
+#[derive(Default)]
+pub(crate) struct ConsentSets {
+    inner: parking_lot::Mutex<(u64, HashMap<String, Arc<ConsentSet>>)>,
+}
+
+/// Patients whose Consents are kept at most; beyond that the cache starts over.
+const CONSENT_SETS_LIMIT: usize = 100_000;
+
+impl ConsentSets {
+    /// The cached set, or the generation to pass to [`ConsentSets::insert`].
+    fn get(&self, patient: &str) -> Result<Arc<ConsentSet>, u64> {
+        let inner = self.inner.lock();
+        inner.1.get(patient).cloned().ok_or(inner.0)
+    }
+
+    fn insert(&self, generation: u64, patient: &str, set: Arc<ConsentSet>) {
+        let mut inner = self.inner.lock();
+        if inner.0 != generation {
+            return;
+        }
+        if inner.1.len() >= CONSENT_SETS_LIMIT {
+            inner.1.clear();
+        }
+        inner.1.insert(patient.to_string(), set);
+    }
+
+    fn invalidate(&self) {
+        let mut inner = self.inner.lock();
+        inner.0 += 1;
+        inner.1.clear();
+    }
+}
+
 /// How one resource may be released to a reader.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Release {
@@ -70,7 +108,12 @@ pub(crate) struct ConsentScope<'p> {
     pipeline: &'p Pipeline,
     enforced: bool,
     actor: Actor,
-    consents: HashMap<String, Arc<ConsentSet>>,
+    /// The caller's CareTeams are yet to be looked up.
+    care_teams_pending: bool,
+    /// Who contributes or holds data on this caller's behalf (organization or client).
+    contributor: String,
+    /// The patient's Consents specialised for this caller, per patient and action.
+    consents: HashMap<String, Vec<(ConsentAction, Arc<ConsentSet>)>>,
     /// (basis, patient) of decisions to audit as security alerts.
     alerts: Vec<(String, Option<String>)>,
     now_ms: i64,
@@ -81,39 +124,53 @@ pub(crate) struct ConsentScope<'p> {
 impl Pipeline {
     pub(crate) fn consent_scope(&self, caller: &Caller) -> FhirResult<ConsentScope<'_>> {
         let enforced = self.stages.consent.filters_reads();
-        let mut actor = caller.actor.clone();
-        if enforced && actor.care_teams.is_empty() {
-            // CareTeam membership counts as the actor: find the teams the caller is in.
-            let members: Vec<String> = actor
-                .organization
-                .iter()
-                .chain(actor.practitioner.iter())
-                .cloned()
-                .collect();
-            for member in members {
-                let params = vec![("participant".to_string(), member)];
-                let mut parsed = self.search.parse(Some("CareTeam"), &params, true)?;
-                parsed.query.count = 200;
-                parsed.query.total = false;
-                for team in self
-                    .store
-                    .search(&parsed.query)
-                    .map_err(store_error)?
-                    .matches
-                {
-                    actor.care_teams.push(format!("CareTeam/{}", team.id));
-                }
-            }
-        }
+        let actor = caller.actor.clone();
         Ok(ConsentScope {
             pipeline: self,
             enforced,
+            // CareTeam membership counts as the actor, but is looked up only when a
+            // Consent of the patient names a CareTeam.
+            care_teams_pending: enforced && actor.care_teams.is_empty(),
+            contributor: contributor_of(&actor),
             actor,
             consents: HashMap::new(),
             alerts: Vec::new(),
             now_ms: chrono::Utc::now().timestamp_millis(),
             consent_count: None,
         })
+    }
+}
+
+impl ConsentScope<'_> {
+    /// Adds the CareTeams the caller's organization or practitioner participates in.
+    fn load_care_teams(&mut self) -> FhirResult<()> {
+        self.care_teams_pending = false;
+        let members: Vec<String> = self
+            .actor
+            .organization
+            .iter()
+            .chain(self.actor.practitioner.iter())
+            .cloned()
+            .collect();
+        for member in members {
+            let params = vec![("participant".to_string(), member)];
+            let mut parsed = self
+                .pipeline
+                .search
+                .parse(Some("CareTeam"), &params, true)?;
+            parsed.query.count = 200;
+            parsed.query.total = false;
+            for team in self
+                .pipeline
+                .store
+                .search(&parsed.query)
+                .map_err(store_error)?
+                .matches
+            {
+                self.actor.care_teams.push(format!("CareTeam/{}", team.id));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -141,9 +198,11 @@ impl ConsentScope<'_> {
         if self.no_consents_anywhere()? {
             return Ok(Arc::default());
         }
-        if let Some(set) = self.consents.get(patient) {
-            return Ok(set.clone());
-        }
+        let sets = &self.pipeline.consent_sets;
+        let generation = match sets.get(patient) {
+            Ok(set) => return Ok(set),
+            Err(generation) => generation,
+        };
         let params = vec![("patient".to_string(), patient.to_string())];
         let mut parsed = self.pipeline.search.parse(Some("Consent"), &params, true)?;
         parsed.query.count = 200;
@@ -161,7 +220,33 @@ impl ConsentScope<'_> {
             }
         }
         let set = Arc::new(ConsentSet::from_prepared(compiled));
-        self.consents.insert(patient.to_string(), set.clone());
+        sets.insert(generation, patient, set.clone());
+        Ok(set)
+    }
+
+    /// The patient's Consents with their request-level conditions (actor, purpose, action,
+    /// period) evaluated once for this caller, so each resource is decided on its own facts.
+    fn consents_for(
+        &mut self,
+        patient: &str,
+        action: ConsentAction,
+    ) -> FhirResult<Arc<ConsentSet>> {
+        if let Some((_, set)) = self
+            .consents
+            .get(patient)
+            .and_then(|sets| sets.iter().find(|(a, _)| *a == action))
+        {
+            return Ok(set.clone());
+        }
+        let set = self.consents_of(patient)?;
+        if self.care_teams_pending && set.names_care_teams() {
+            self.load_care_teams()?;
+        }
+        let set = Arc::new(set.for_request(&self.actor, action, self.now_ms));
+        self.consents
+            .entry(patient.to_string())
+            .or_default()
+            .push((action, set.clone()));
         Ok(set)
     }
 
@@ -173,7 +258,7 @@ impl ConsentScope<'_> {
     ) -> FhirResult<Decision> {
         let patient = patient_of(resource);
         let consents = match &patient {
-            Some(p) if self.enforced => self.consents_of(p)?,
+            Some(p) if self.enforced => self.consents_for(p, action)?,
             _ => Arc::default(),
         };
         let mut decision = self.pipeline.stages.consent.decide(&ConsentRequest {
@@ -187,14 +272,14 @@ impl ConsentScope<'_> {
         // requests inside the window need not repeat the emergency purpose, but each one is
         // still a security alert.
         if let Some(p) = &patient {
-            let who = contributor_of(&self.actor);
+            let who = &self.contributor;
             if decision.source == DecisionSource::BreakTheGlass {
-                self.pipeline.grant_emergency_access(&who, p, self.now_ms);
+                self.pipeline.grant_emergency_access(who, p, self.now_ms);
             } else if !decision.is_permit()
                 && matches!(action, ConsentAction::Access | ConsentAction::Use)
                 && self
                     .pipeline
-                    .emergency_access_until(&who, p, self.now_ms)
+                    .emergency_access_until(who, p, self.now_ms)
                     .is_some()
             {
                 decision = Decision {
@@ -230,7 +315,7 @@ impl ConsentScope<'_> {
             return Ok(Release::Whole);
         }
         if let Some(contributor) = held_by(resource) {
-            if contributor == contributor_of(&self.actor) {
+            if contributor == self.contributor {
                 return Ok(Release::Whole);
             }
             let d = self.decide(ConsentAction::Access, resource)?;
@@ -317,8 +402,9 @@ impl Pipeline {
         Ok(self.consents_exist.load(Ordering::Acquire) == 2)
     }
 
-    /// Called for every committed Consent.
+    /// Called for every committed Consent (create, update, delete, in Bundles too).
     pub(crate) fn consent_written(&self) {
+        self.consent_sets.invalidate();
         self.consents_exist
             .store(2, std::sync::atomic::Ordering::Release);
     }

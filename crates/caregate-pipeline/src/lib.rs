@@ -207,6 +207,8 @@ pub struct Pipeline {
     /// Open break-the-glass grants: (who, patient) → open until (epoch ms). In memory: a
     /// restart closes them, which errs on the side of privacy.
     emergency_grants: parking_lot::Mutex<std::collections::HashMap<(String, String), i64>>,
+    /// Patients' compiled Consents across requests, dropped whenever a Consent is written.
+    consent_sets: consent::ConsentSets,
     /// Built shared care-plan views, invalidated by every commit (a shared-view stage).
     views: Arc<careplan::CarePlanCache>,
 }
@@ -232,6 +234,7 @@ impl Pipeline {
             options,
             consents_exist: std::sync::atomic::AtomicU8::new(0),
             emergency_grants: parking_lot::Mutex::new(std::collections::HashMap::new()),
+            consent_sets: Default::default(),
             views,
         }
     }

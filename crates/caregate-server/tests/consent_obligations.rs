@@ -284,3 +284,77 @@ async fn consents_must_meet_the_caregate_profile() {
     assert_eq!(r.status(), 201, "{}", r.text().await.unwrap_or_default());
     s.stop().await;
 }
+
+/// CareTeam membership counts as the actor: a Consent naming a CareTeam lets its members
+/// in (looked up only because the Consent names a CareTeam), and nobody else.
+#[tokio::test(flavor = "multi_thread")]
+async fn care_team_membership_counts_as_the_actor() {
+    let s = start().await;
+    let r = s
+        .post_as(
+            "psy-token",
+            "Patient",
+            &json!({"resourceType": "Patient", "name": [{"family": "Teamed"}]}),
+        )
+        .await;
+    let pid = r.json::<Value>().await.expect("json")["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let patient = format!("Patient/{pid}");
+    let team = json!({"resourceType": "CareTeam", "status": "active",
+        "subject": {"reference": patient},
+        "participant": [{"member": {"reference": "Organization/primary"}}]});
+    let r = s.post_as("psy-token", "CareTeam", &team).await;
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap_or_default());
+    let team_id = r.json::<Value>().await.expect("json")["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let mut c = consent(&patient);
+    c["provision"] = json!({"type": "deny", "provision": [
+        {"type": "permit", "actor": [{"role": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType", "code": "IRCP"}]},
+                                      "reference": {"reference": format!("CareTeam/{team_id}")}}]}
+    ]});
+    let r = s.post_as("psy-token", "Consent", &c).await;
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap_or_default());
+    let r = s
+        .post_as(
+            "psy-token",
+            "Observation",
+            &json!({"resourceType": "Observation", "status": "final",
+                "code": {"coding": [{"system": "http://loinc.org", "code": "8480-6"}]},
+                "subject": {"reference": patient}, "effectiveDateTime": "2025-02-01",
+                "valueQuantity": {"value": 120, "unit": "mmHg", "system": "http://unitsofmeasure.org", "code": "mm[Hg]"}}),
+        )
+        .await;
+    // The psychiatry practice is not in the team: its contribution is refused too.
+    assert_eq!(r.status(), 403, "{}", r.text().await.unwrap_or_default());
+    let r = s
+        .post_as(
+            "pc-token",
+            "Observation",
+            &json!({"resourceType": "Observation", "status": "final",
+                "code": {"coding": [{"system": "http://loinc.org", "code": "8480-6"}]},
+                "subject": {"reference": patient}, "effectiveDateTime": "2025-02-01",
+                "valueQuantity": {"value": 120, "unit": "mmHg", "system": "http://unitsofmeasure.org", "code": "mm[Hg]"}}),
+        )
+        .await;
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap_or_default());
+    let oid = r.json::<Value>().await.expect("json")["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let (status, _) = get(&s, "pc-token", &format!("Observation/{oid}")).await;
+    assert_eq!(status, 200);
+    let (status, _) = get(&s, "psy-token", &format!("Observation/{oid}")).await;
+    assert_eq!(status, 404);
+    let (_, count) = get(
+        &s,
+        "psy-token",
+        &format!("Observation?subject={patient}&_summary=count"),
+    )
+    .await;
+    assert_eq!(count["total"], 0, "{count}");
+    s.stop().await;
+}
