@@ -108,11 +108,15 @@ impl Pipeline {
         action: ConsentAction,
         resource: &Value,
     ) -> FhirResult<Contribution> {
+        // A patient's Consent governs data about that patient; records about no patient
+        // (Organization, Practitioner, Linkage, ...) are outside every Consent, so neither
+        // `without_consent = "reject"` nor "hold" applies to them.
         if !self.stages.consent.filters_reads()
             || matches!(
                 resource.get("resourceType").and_then(Value::as_str),
                 Some("Patient" | "Consent")
             )
+            || caregate_audit::patient_of(resource).is_none()
         {
             return Ok(Contribution::Shared);
         }

@@ -20,6 +20,10 @@ fn operations_for(resource_type: &str) -> Vec<Value> {
                         "documentation": "The person's shared care plan, merged across linked Patients and filtered by consent"}));
         ops.push(json!({"name": "disclosures", "definition": "https://caregate.example.org/fhir/OperationDefinition/Patient-disclosures",
                         "documentation": "Accounting of disclosures, for auditors"}));
+        ops.push(json!({"name": "link", "definition": "https://caregate.example.org/fhir/OperationDefinition/Patient-link",
+                        "documentation": "Records that another Patient is the same person (a versioned, audited Linkage; needs system/Linkage.cu)"}));
+        ops.push(json!({"name": "unlink", "definition": "https://caregate.example.org/fhir/OperationDefinition/Patient-unlink",
+                        "documentation": "Records that another Patient is not the same person; beats every matching rule"}));
     }
     ops
 }

@@ -513,5 +513,13 @@ async fn data_without_consent_can_be_refused() {
         .post("Condition", &condition(&format!("Patient/{pid}"), &[]))
         .await;
     assert_eq!(r.status(), 403);
+    // Records about no patient are outside every Consent and are accepted.
+    let r = s
+        .post(
+            "Organization",
+            &json!({"resourceType": "Organization", "name": "Riverside Psychiatry"}),
+        )
+        .await;
+    assert_eq!(r.status(), 201);
     s.stop().await;
 }

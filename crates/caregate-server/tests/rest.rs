@@ -689,6 +689,23 @@ async fn capability_statement_describes_the_server() {
         "{params:?}"
     );
     assert_eq!(careplan["conditionalDelete"], "single");
+    let patient = resources.iter().find(|r| r["type"] == "Patient").unwrap();
+    let ops: Vec<&str> = patient["operation"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["name"].as_str().unwrap())
+        .collect();
+    for op in [
+        "validate",
+        "match",
+        "care-plan",
+        "disclosures",
+        "link",
+        "unlink",
+    ] {
+        assert!(ops.contains(&op), "{op} missing from {ops:?}");
+    }
     let xml = s.get("metadata?_format=xml").await.text().await.unwrap();
     assert!(
         xml.contains("<CapabilityStatement xmlns=\"http://hl7.org/fhir\">"),
