@@ -272,6 +272,42 @@ async fn prefer_return() {
     assert_eq!(r.status(), 201);
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["resourceType"], "OperationOutcome");
+    // Stored, so no errors; dom-6 (no narrative) is the warning a bare Patient earns.
+    assert!(
+        v["issue"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|i| i["severity"] != "error"),
+        "{v}"
+    );
+
+    // A resource stored with warnings (an extension caregate has no definition for) says
+    // so, naming the element, when the client asks for the OperationOutcome.
+    let mut warned = patient("Warned");
+    warned["extension"] =
+        json!([{"url": "http://ehr.example.org/fhir/local-flag", "valueBoolean": true}]);
+    let r = s
+        .http
+        .post(s.url("Patient"))
+        .header("content-type", "application/fhir+json")
+        .header("prefer", "return=OperationOutcome")
+        .json(&warned)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    assert!(r.headers().contains_key("location"));
+    let v: Value = r.json().await.unwrap();
+    let issues = v["issue"].as_array().unwrap();
+    assert!(
+        issues.iter().any(|i| i["severity"] == "warning"
+            && i["expression"][0]
+                .as_str()
+                .is_some_and(|e| e.starts_with("Patient.extension[0]"))),
+        "{v}"
+    );
+    assert!(issues.iter().all(|i| i["severity"] != "error"), "{v}");
     s.stop().await;
 }
 
