@@ -63,6 +63,10 @@ pub(crate) struct Elem {
     pub path: String,
     /// Last path segment (`value[x]`, `category`).
     pub name: String,
+    /// `_name`: the key of a primitive's id and extensions.
+    pub ext_name: String,
+    /// `value` for `value[x]`: the prefix of a choice's JSON keys.
+    pub choice_base: Option<String>,
     pub slice_name: Option<String>,
     pub min: u32,
     /// `None` = `*`.
@@ -85,6 +89,10 @@ pub(crate) struct Elem {
     pub constraints: Vec<Constraint>,
     /// Direct children (unsliced elements one level down).
     pub children: Vec<usize>,
+    /// The children by JSON key (`name`, and for a choice each `valueQuantity`...; the
+    /// `_name` of a primitive is found by stripping the underscore), so a pass that only
+    /// looks at what is present walks the object's keys instead of every definition.
+    pub child_keys: FxMap<Box<str>, usize>,
     /// Slices of this element, in definition order.
     pub slices: Vec<usize>,
 }
@@ -281,6 +289,8 @@ impl Profile {
             elems.push(Elem {
                 id,
                 path,
+                ext_name: format!("_{name}"),
+                choice_base: name.strip_suffix("[x]").map(str::to_string),
                 name,
                 slice_name,
                 min,
@@ -298,6 +308,7 @@ impl Profile {
                 slicing,
                 constraints,
                 children: Vec::new(),
+                child_keys: FxMap::default(),
                 slices: Vec::new(),
             });
         }
@@ -315,6 +326,28 @@ impl Profile {
                     }
                 }
             }
+        }
+        for p in 0..elems.len() {
+            let mut keys: FxMap<Box<str>, usize> = FxMap::default();
+            for &c in &elems[p].children {
+                let ch = &elems[c];
+                match &ch.choice_base {
+                    Some(base) => {
+                        for t in &ch.types {
+                            let mut cs = t.code.chars();
+                            let cap: String = cs
+                                .next()
+                                .map(|f| f.to_ascii_uppercase().to_string() + cs.as_str())
+                                .unwrap_or_default();
+                            keys.insert(format!("{base}{cap}").into(), c);
+                        }
+                    }
+                    None => {
+                        keys.insert(ch.name.as_str().into(), c);
+                    }
+                }
+            }
+            elems[p].child_keys = keys;
         }
         let contexts = sd
             .get("context")

@@ -768,9 +768,31 @@ impl<'c, 'v> Pass<'c, 'v> {
         let Value::Object(obj) = value else {
             return;
         };
-        let children = &self.elem(e).children;
-        for &c in children {
-            self.child(c, obj, loc);
+        let el = self.elem(e);
+        // Most objects carry no `_name` entries: then none is looked up per element.
+        let underscore = obj.keys().any(|k| k.starts_with('_'));
+        if self.base {
+            // The core definition requires nothing the structural walk did not already
+            // check, so only the elements present matter: found from the object's keys
+            // (a handful) rather than by looking up each of the definition's elements
+            // (dozens). Visited in definition order, as the full walk does.
+            let mut present: Vec<usize> = Vec::with_capacity(obj.len());
+            for k in obj.keys() {
+                let key = k.strip_prefix('_').unwrap_or(k);
+                if let Some(&c) = el.child_keys.get(key) {
+                    if !present.contains(&c) {
+                        present.push(c);
+                    }
+                }
+            }
+            present.sort_unstable();
+            for c in present {
+                self.child(c, obj, loc, underscore);
+            }
+        } else {
+            for &c in &el.children {
+                self.child(c, obj, loc, underscore);
+            }
         }
         self.invariants(e, value, loc);
     }
@@ -824,8 +846,27 @@ impl<'c, 'v> Pass<'c, 'v> {
     }
 
     /// The instance values for child element `c` of `obj`.
-    fn items(&mut self, c: usize, obj: &'v Map<String, Value>, loc: &str) -> Vec<Item<'v>> {
+    fn items(
+        &mut self,
+        c: usize,
+        obj: &'v Map<String, Value>,
+        loc: &str,
+        underscore: bool,
+    ) -> Vec<Item<'v>> {
         let el = self.elem(c);
+        if el.choice_base.is_none() {
+            // The common case first: a plain element, absent or present, looked up once.
+            let name = el.name.as_str();
+            let value = obj.get(name);
+            let ext = if underscore {
+                obj.get(el.ext_name.as_str())
+            } else {
+                None
+            };
+            if value.is_none() && ext.is_none() {
+                return Vec::new();
+            }
+        }
         let mut items = Vec::new();
         let mut add = |key: &str,
                        value: &'v Value,
@@ -852,7 +893,7 @@ impl<'c, 'v> Pass<'c, 'v> {
                 ext: ext.filter(|x| x.is_object()),
             }),
         };
-        if let Some(base) = el.name.strip_suffix("[x]") {
+        if let Some(base) = el.choice_base.as_deref() {
             for (k, v) in obj {
                 let (key, underscore) = match k.strip_prefix('_') {
                     Some(k) => (k, true),
@@ -903,13 +944,14 @@ impl<'c, 'v> Pass<'c, 'v> {
             }
         } else {
             let name = el.name.as_str();
+            let ext_name = el.ext_name.as_str();
             match obj.get(name) {
                 Some(v) => {
-                    let ext = obj.get(&format!("_{name}"));
+                    let ext = if underscore { obj.get(ext_name) } else { None };
                     add(name, v, ext, None);
                 }
                 None => {
-                    if let Some(x) = obj.get(&format!("_{name}")) {
+                    if let Some(x) = obj.get(ext_name) {
                         // `_name` alone: present, without a value.
                         match x {
                             Value::Array(a) => {
@@ -936,8 +978,8 @@ impl<'c, 'v> Pass<'c, 'v> {
         items
     }
 
-    fn child(&mut self, c: usize, obj: &'v Map<String, Value>, loc: &str) {
-        let items = self.items(c, obj, loc);
+    fn child(&mut self, c: usize, obj: &'v Map<String, Value>, loc: &str, underscore: bool) {
+        let items = self.items(c, obj, loc, underscore);
         let el = self.elem(c);
         let count = items.len() as u32;
         if count < el.min && el.min > el.base_min {
