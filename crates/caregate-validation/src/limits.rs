@@ -6,8 +6,8 @@
 use serde_json::Value;
 
 /// Why `value` breaks the bound (`is_min`: a minimum), or `None` when it keeps it or the
-/// two cannot be compared here (different units need UCUM conversion, which caregate does
-/// not have; that is never reported as a violation).
+/// two cannot be compared here (units other than metric prefixes of one base need a UCUM
+/// service, which caregate does not have; that is never reported as a violation).
 pub(crate) fn violation(t: &str, bound: &Value, value: &Value, is_min: bool) -> Option<String> {
     let word = if is_min { "minimum" } else { "maximum" };
     let broken = |ord: std::cmp::Ordering| {
@@ -29,11 +29,25 @@ pub(crate) fn violation(t: &str, bound: &Value, value: &Value, is_min: bool) -> 
                 .then(|| format!("The value {s} is outside the {word} {b}"))
         }
         ("Quantity" | "Duration" | "Age" | "Distance" | "Count", Value::Object(q)) => {
-            if q.get("system") != bound.get("system") || q.get("code") != bound.get("code") {
+            if q.get("system") != bound.get("system") {
                 return None;
             }
-            let a = q.get("value")?.as_f64()?;
-            let b = bound.get("value")?.as_f64()?;
+            let mut a = q.get("value")?.as_f64()?;
+            let mut b = bound.get("value")?.as_f64()?;
+            if q.get("code") != bound.get("code") {
+                // Different UCUM units: comparable when both are the same base unit with
+                // metric prefixes (g and kg); anything else needs a UCUM service.
+                if q.get("system").and_then(Value::as_str) != Some(UCUM) {
+                    return None;
+                }
+                let (fa, ba) = ucum_prefixed(q.get("code")?.as_str()?)?;
+                let (fb, bb) = ucum_prefixed(bound.get("code")?.as_str()?)?;
+                if ba != bb {
+                    return None;
+                }
+                a *= fa;
+                b *= fb;
+            }
             broken(a.partial_cmp(&b)?).then(|| {
                 format!(
                     "The quantity {} is outside the {word} {}",
@@ -53,6 +67,33 @@ pub(crate) fn violation(t: &str, bound: &Value, value: &Value, is_min: bool) -> 
         }
         _ => None,
     }
+}
+
+const UCUM: &str = "http://unitsofmeasure.org";
+
+/// A UCUM unit code as (factor, base unit) when it is a metric-prefixed base unit (`kg` →
+/// (1000, `g`), `mL` → (0.001, `L`)); `None` for anything else.
+fn ucum_prefixed(code: &str) -> Option<(f64, &str)> {
+    const BASES: &[&str] = &[
+        "g", "m", "L", "l", "s", "mol", "Pa", "J", "W", "Hz", "eq", "U",
+    ];
+    const PREFIXES: &[(&str, f64)] = &[
+        ("k", 1e3),
+        ("h", 1e2),
+        ("d", 1e-1),
+        ("c", 1e-2),
+        ("m", 1e-3),
+        ("u", 1e-6),
+        ("n", 1e-9),
+        ("p", 1e-12),
+    ];
+    if BASES.contains(&code) {
+        return Some((1.0, code));
+    }
+    PREFIXES.iter().find_map(|(p, f)| {
+        let base = code.strip_prefix(p)?;
+        BASES.contains(&base).then_some((*f, base))
+    })
 }
 
 /// Compares two FHIR date/time strings on the characters both have (`2022-06-30` against
@@ -127,9 +168,14 @@ mod tests {
         let kg = |v: i64| json!({"value": v, "system": "http://unitsofmeasure.org", "code": "kg"});
         assert!(violation("Quantity", &kg(0), &kg(-1), true).is_some());
         assert!(violation("Quantity", &kg(0), &kg(1), true).is_none());
+        // Prefixed units of one base compare after conversion: 11000 g > 10 kg.
+        let g = |v: i64| json!({"value": v, "system": "http://unitsofmeasure.org", "code": "g"});
+        assert!(violation("Quantity", &kg(0), &g(-1), true).is_some());
+        assert!(violation("Quantity", &kg(10), &g(11_000), false).is_some());
+        assert!(violation("Quantity", &kg(10), &g(9_000), false).is_none());
         // Other units: not comparable without UCUM, not a violation.
-        let g = json!({"value": -1, "system": "http://unitsofmeasure.org", "code": "g"});
-        assert!(violation("Quantity", &kg(0), &g, true).is_none());
+        let lb = json!({"value": -1, "system": "http://unitsofmeasure.org", "code": "[lb_av]"});
+        assert!(violation("Quantity", &kg(0), &lb, true).is_none());
         assert!(violation("Integer", &json!(3), &json!(2), true).is_some());
         assert!(violation("Integer", &json!(3), &json!(4), false).is_some());
         assert!(violation("Date", &json!("2020"), &json!("2019-12-31"), true).is_some());
