@@ -25,8 +25,11 @@
 //! one) names each of those sensitivity categories the data carries.
 //!
 //! A patient's Consents are compiled once into a [`ConsentSet`] (dates parsed, references
-//! normalised, inapplicable Consents dropped), so deciding a page of resources walks small
-//! structs rather than JSON.
+//! normalised, explanations prepared, inapplicable Consents dropped), so deciding walks
+//! small structs rather than JSON; [`ConsentSet::for_request`] further evaluates the
+//! request-level conditions (period, actor, action, purpose) once for a caller, leaving
+//! only the data conditions to each resource. A Consent nested deeper than 32 levels fails
+//! closed (denies).
 
 use std::cell::OnceCell;
 

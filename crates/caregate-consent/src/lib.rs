@@ -5,7 +5,8 @@
 //! the root provision's `type` is the base decision and nested provisions are exceptions —
 //! the deepest matching provision decides. Within a provision, present elements are ANDed
 //! conditions and absent ones wildcards; repeats of one element are ORed. See
-//! [`engine`] for the matching rules of each element.
+//! [`engine`] for the matching rules of each element. A permit may carry obligations
+//! ([`Obligation`]): `REDACT` releases the resource as [`redact::redact`] leaves it.
 
 pub mod engine;
 pub mod labelling;
