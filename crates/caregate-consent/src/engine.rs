@@ -18,6 +18,9 @@
 //! - `data`: `instance` (this resource), `related`/`dependents` (it references the data),
 //!   `authoredby` (the data authored it).
 //!
+//! Within one Consent the root provision's type is the base decision and the deepest
+//! matching nested provision wins; between matching provisions at the same depth a deny wins.
+//!
 //! Combining Consents: by default the most recent `dateTime` wins for ordinary data (see
 //! [`Combiner`]); for data labelled 42CFRPart2, SUD or ETH any deny wins. Without an
 //! applicable Consent the configured default applies — but data labelled PSY, PSYTHPN,
