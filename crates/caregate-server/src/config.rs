@@ -174,6 +174,21 @@ pub struct ConsentConfig {
     /// to its source until a permitting Consent arrives) or `reject`.
     #[serde(default = "default_without_consent")]
     pub without_consent: String,
+    /// Data carrying a label is released redacted to everyone but the listed readers
+    /// (`[[consent.redact]] label = "PSYTHPN"`, `except = ["Organization/psychiatry"]`).
+    #[serde(default)]
+    pub redact: Vec<RedactConfig>,
+}
+
+/// `[[consent.redact]]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedactConfig {
+    /// A security label code (`PSYTHPN`, `ETH`, ...).
+    pub label: String,
+    /// References (`Organization/…`, `Practitioner/…`, `CareTeam/…`) that see the data whole.
+    #[serde(default)]
+    pub except: Vec<String>,
 }
 
 fn default_without_consent() -> String {
@@ -188,6 +203,7 @@ impl Default for ConsentConfig {
             explain_denials: false,
             withheld_notice: true,
             without_consent: default_without_consent(),
+            redact: Vec::new(),
         }
     }
 }

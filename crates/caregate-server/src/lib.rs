@@ -30,8 +30,8 @@ use serde_json::Value;
 
 pub use auth::{token_hash_hex, ClientRegistry};
 pub use config::{
-    ClientConfig, ConfigError, ConsentConfig, RequiredProfile, ServerConfig, SmartConfig,
-    ValidationConfig,
+    ClientConfig, ConfigError, ConsentConfig, RedactConfig, RequiredProfile, ServerConfig,
+    SmartConfig, ValidationConfig,
 };
 
 /// What every handler shares.
@@ -211,6 +211,14 @@ pub fn build_pipeline_full(
             } else {
                 DefaultPolicy::OptOut
             },
+            redaction: consent
+                .redact
+                .iter()
+                .map(|r| caregate_consent::RedactionRule {
+                    label: r.label.clone(),
+                    except: r.except.clone(),
+                })
+                .collect(),
             ..ConsentEngine::default()
         });
     }

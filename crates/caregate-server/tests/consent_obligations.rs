@@ -358,3 +358,65 @@ async fn care_team_membership_counts_as_the_actor() {
     assert_eq!(count["total"], 0, "{count}");
     s.stop().await;
 }
+
+/// `[[consent.redact]]`: a deployment rule (not the patient's Consent) that psychotherapy
+/// notes reach everyone but the psychiatry practice redacted, even under a plain permit.
+#[tokio::test(flavor = "multi_thread")]
+async fn configured_redaction_rule_applies_to_every_other_reader() {
+    let s = TestServer::start_with(|c| {
+        c.clients = vec![
+            client(
+                "psychiatry",
+                "psy-token",
+                &["system/*.*", "system/Consent.cud"],
+            ),
+            client("primary", "pc-token", &["system/*.*"]),
+        ];
+        c.consent.redact = vec![caregate_server::RedactConfig {
+            label: "PSYTHPN".into(),
+            except: vec!["Organization/psychiatry".into()],
+        }];
+    })
+    .await;
+    let pid = s
+        .post_as(
+            "psy-token",
+            "Patient",
+            &json!({"resourceType": "Patient", "name": [{"family": "Rule"}]}),
+        )
+        .await
+        .json::<Value>()
+        .await
+        .expect("json")["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let patient = format!("Patient/{pid}");
+    // A plain permit of psychotherapy notes to both organisations: no REDACT in it.
+    let mut plain = consent(&patient);
+    plain["provision"]["provision"][1]["securityLabel"] =
+        json!([{"system": ACT, "code": "PSYTHPN"}]);
+    let r = s.post_as("psy-token", "Consent", &plain).await;
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap_or_default());
+    let note = json!({
+        "resourceType": "DocumentReference", "status": "current",
+        "type": {"coding": [{"system": "urn:caregate:note-type", "code": "psychotherapy-note"}]},
+        "subject": {"reference": patient},
+        "description": "Session 9: talked about the new job",
+        "content": [{"attachment": {"contentType": "text/plain", "data": "U2Vzc2lvbg=="}}]
+    });
+    let r = s.post_as("psy-token", "DocumentReference", &note).await;
+    assert_eq!(r.status(), 201);
+    let nid = r.json::<Value>().await.expect("json")["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let path = format!("DocumentReference/{nid}");
+    let (_, whole) = get(&s, "psy-token", &path).await;
+    assert_eq!(whole["description"], "Session 9: talked about the new job");
+    let (status, redacted) = get(&s, "pc-token", &path).await;
+    assert_eq!(status, 200, "{redacted}");
+    assert!(redacted.get("description").is_none(), "{redacted}");
+    assert!(security_codes(&redacted).contains(&"REDACTED".to_string()));
+    s.stop().await;
+}
