@@ -642,14 +642,94 @@ impl<'v> Ctx<'v> {
         if has_snapshot || !base_known || sd.get("differential").is_none() {
             return;
         }
-        if let Err(e) = self.registry().generate_snapshot(sd) {
-            out.push(issue(
+        match self.registry().generate_snapshot(sd) {
+            Err(e) => out.push(issue(
                 Severity::Error,
                 IssueCode::Exception,
                 loc,
                 format!("Error generating the snapshot: {e}"),
-            ));
+            )),
+            Ok(snapshot) => self.discriminator_paths(sd, &snapshot, loc, out),
         }
+    }
+
+    /// Each slicing discriminator of the differential names an element of what is sliced
+    /// (`url` of an extension, `code` of a backbone element): a path that names nothing
+    /// cannot tell slices apart. Functions (`resolve()`, `extension(...)`) and `$this`
+    /// are taken as written.
+    fn discriminator_paths(&self, sd: &Value, snapshot: &[Value], loc: &str, out: &mut Vec<Issue>) {
+        let diff = sd
+            .get("differential")
+            .map_or(&[][..], |d| arr(d, "element"));
+        for (i, d) in diff.iter().enumerate() {
+            let Some(slicing) = d.get("slicing") else {
+                continue;
+            };
+            let id = d
+                .get("id")
+                .or_else(|| d.get("path"))
+                .and_then(Value::as_str)
+                .unwrap_or("");
+            let Some(el) = snapshot
+                .iter()
+                .find(|e| e.get("id").and_then(Value::as_str) == Some(id))
+            else {
+                continue;
+            };
+            let path = el.get("path").and_then(Value::as_str).unwrap_or("");
+            for (j, disc) in arr(slicing, "discriminator").iter().enumerate() {
+                let Some(dpath) = disc.get("path").and_then(Value::as_str) else {
+                    continue;
+                };
+                let first = dpath.split('.').next().unwrap_or("").trim();
+                if first.is_empty() || first.starts_with('$') || first.contains('(') {
+                    continue;
+                }
+                if !self.names_child(snapshot, path, el, first) {
+                    out.push(issue(
+                        Severity::Error,
+                        IssueCode::Invalid,
+                        &format!("{loc}.differential.element[{i}].slicing.discriminator[{j}]"),
+                        format!("The discriminator path '{dpath}' does not name an element of the sliced element '{path}'"),
+                    ));
+                }
+            }
+        }
+    }
+
+    /// `name` is a child of the element at `path`: in the snapshot (backbone elements),
+    /// or in the core definition of one of its types.
+    fn names_child(&self, snapshot: &[Value], path: &str, el: &Value, name: &str) -> bool {
+        let is_child = |p: &str, parent: &str| {
+            p.strip_prefix(parent)
+                .and_then(|r| r.strip_prefix('.'))
+                .is_some_and(|r| r == name || r.strip_suffix("[x]") == Some(name))
+        };
+        if snapshot
+            .iter()
+            .filter_map(|e| e.get("path").and_then(Value::as_str))
+            .any(|p| is_child(p, path))
+        {
+            return true;
+        }
+        let types: Vec<&str> = arr(el, "type")
+            .iter()
+            .filter_map(|t| t.get("code").and_then(Value::as_str))
+            .collect();
+        if types.is_empty() {
+            // Nothing to check against: not a finding.
+            return true;
+        }
+        types.iter().any(
+            |t| match self.registry().snapshot(&format!("{CORE_SD}{t}")) {
+                Ok(elements) => elements
+                    .iter()
+                    .filter_map(|e| e.get("path").and_then(Value::as_str))
+                    .any(|p| is_child(p, t)),
+                // A type whose definition is not loaded cannot be checked.
+                Err(_) => true,
+            },
+        )
     }
 
     /// A SearchParameter derived from another (`derivedFrom`, when loaded) keeps its type

@@ -547,3 +547,36 @@ fn bundle_local_reference_targets_meet_target_profiles() {
         show(&errs)
     );
 }
+
+#[test]
+fn slicing_discriminators_name_elements_of_the_sliced_element() {
+    let v = core();
+    let sd = |disc: &str| {
+        json!({
+            "resourceType": "StructureDefinition",
+            "url": "http://example.org/StructureDefinition/ae",
+            "name": "AE", "status": "active", "kind": "resource", "abstract": false,
+            "type": "AuditEvent",
+            "baseDefinition": "http://hl7.org/fhir/StructureDefinition/AuditEvent",
+            "derivation": "constraint",
+            "differential": {"element": [
+                {"id": "AuditEvent.agent", "path": "AuditEvent.agent",
+                 "slicing": {"discriminator": [{"type": "pattern", "path": "type"}], "rules": "open"}},
+                {"id": "AuditEvent.agent.extension", "path": "AuditEvent.agent.extension",
+                 "slicing": {"discriminator": [{"type": "value", "path": disc}], "rules": "open"}}
+            ]}
+        })
+    };
+    let ok = sd("url");
+    assert!(errors(&v, &ok).is_empty(), "{:?}", show(&errors(&v, &ok)));
+    let errs = errors(&v, &sd("type"));
+    assert!(
+        has(
+            &errs,
+            "StructureDefinition.differential.element[1].slicing.discriminator[0]",
+            "'type' does not name an element"
+        ),
+        "{:?}",
+        show(&errs)
+    );
+}
