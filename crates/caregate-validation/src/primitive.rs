@@ -285,10 +285,21 @@ fn has_active_xhtml(t: &str) -> bool {
     let mut i = 0;
     while let Some(off) = b[i..].iter().position(|&c| c == b'<') {
         let start = i + off + 1;
-        let end = b[start..]
-            .iter()
-            .position(|&c| c == b'>')
-            .map_or(b.len(), |e| start + e);
+        // The tag ends at the first `>` outside a quoted attribute value.
+        let mut end = b.len();
+        let mut quote = None;
+        for (k, &c) in b[start..].iter().enumerate() {
+            match quote {
+                Some(q) if c == q => quote = None,
+                Some(_) => {}
+                None if c == b'"' || c == b'\'' => quote = Some(c),
+                None if c == b'>' => {
+                    end = start + k;
+                    break;
+                }
+                None => {}
+            }
+        }
         let tag = &t[start..end];
         i = end.min(b.len());
         if tag.starts_with('!') || tag.starts_with('?') {
@@ -307,26 +318,30 @@ fn has_active_xhtml(t: &str) -> bool {
         {
             return true;
         }
-        // Event handlers: an attribute named on… (onclick, onload).
-        let attrs = &tag[name_end..];
-        let mut rest = attrs;
-        while let Some(p) = rest.find(|c: char| c.is_ascii_whitespace()) {
-            rest = rest[p..].trim_start();
-            let attr_end = rest.find('=').unwrap_or(rest.len());
-            let attr = rest[..attr_end].trim();
-            if attr.len() > 2
-                && attr[..2].eq_ignore_ascii_case("on")
-                && !attr.contains(char::is_whitespace)
-            {
+        // Event handlers: an attribute named on… (onclick, onload). Attributes are read
+        // one after another — valueless ones (`<p hidden onclick=…>`) included — and names
+        // are compared with `get`, as a name may start with a multi-byte character (found
+        // by the ingest_json fuzz target).
+        let mut rest = &tag[name_end..];
+        loop {
+            rest = rest.trim_start_matches(|c: char| c.is_whitespace() || c == '/');
+            if rest.is_empty() {
+                break;
+            }
+            let attr_end = rest
+                .find(|c: char| c == '=' || c.is_whitespace() || c == '/')
+                .unwrap_or(rest.len());
+            let attr = &rest[..attr_end];
+            if attr.len() > 2 && attr.get(..2).is_some_and(|p| p.eq_ignore_ascii_case("on")) {
                 return true;
             }
-            // Skip the value (quoted) to the next attribute.
-            rest = &rest[attr_end..];
+            rest = rest[attr_end..].trim_start();
             if let Some(r) = rest.strip_prefix('=') {
+                // Skip the value: quoted, or up to the next whitespace.
                 let r = r.trim_start();
                 rest = match r.chars().next() {
                     Some(q @ ('"' | '\'')) => r[1..].find(q).map_or("", |e| &r[e + 2..]),
-                    _ => r,
+                    _ => r.find(char::is_whitespace).map_or("", |e| &r[e..]),
                 };
             }
         }
@@ -460,6 +475,22 @@ mod tests {
 
     fn ok(p: Primitive, s: &str) -> bool {
         check_string(p, s).is_ok()
+    }
+
+    /// Regression: fuzz/artifacts/ingest_json/crash-c674fc56… — a malformed tag whose
+    /// "attribute" starts with a multi-byte character panicked on a byte slice.
+    #[test]
+    fn narrative_with_multibyte_attribute_names() {
+        assert!(!has_active_xhtml("<td?住宅: 不详。工作: 18337177888</td>"));
+        assert!(!has_active_xhtml("<p 不详=\"x\">a</p>"));
+        assert!(has_active_xhtml("<p onclick=\"x\">a</p>"));
+        assert!(has_active_xhtml("<p 不 onload=\"x\">a</p>"));
+        assert!(has_active_xhtml("<p hidden onclick=\"x\">a</p>"));
+        assert!(has_active_xhtml("<p title=x onmouseover=y>a</p>"));
+        assert!(has_active_xhtml("<p title='a>b' onclick=\"x\">"));
+        assert!(!has_active_xhtml(
+            "<p title=\"onclick\" class=\"one\">a</p>"
+        ));
     }
 
     #[test]
