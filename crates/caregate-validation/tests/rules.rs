@@ -580,3 +580,21 @@ fn slicing_discriminators_name_elements_of_the_sliced_element() {
         show(&errs)
     );
 }
+
+/// dom-2..dom-5 are answered without FHIRPath when nothing is contained; with contained
+/// resources they are still evaluated (dom-3: a contained resource must be referenced).
+#[test]
+fn contained_invariants_still_apply_when_something_is_contained() {
+    let v = core();
+    let obs = |reference: &str| {
+        json!({"resourceType": "Observation", "status": "final", "code": {"text": "t"},
+            "contained": [{"resourceType": "Patient", "id": "p"}],
+            "subject": {"reference": reference}})
+    };
+    let ok = obs("#p");
+    assert!(errors(&v, &ok).is_empty(), "{:?}", show(&errors(&v, &ok)));
+    let errs = errors(&v, &obs("Patient/elsewhere"));
+    assert!(has(&errs, "Observation", "dom-3"), "{:?}", show(&errs));
+    let none = json!({"resourceType": "Observation", "status": "final", "code": {"text": "t"}});
+    assert!(errors(&v, &none).is_empty());
+}
