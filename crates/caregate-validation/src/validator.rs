@@ -268,6 +268,41 @@ fn pattern_matches(pattern: &Value, value: &Value) -> bool {
     }
 }
 
+/// dom-3: every contained resource is referenced (`#id`) from somewhere in the resource
+/// (its other contained resources included), or itself refers to its container (`#`).
+/// Any string equal to `#id` counts as a reference: the FHIRPath form accepts a
+/// Reference.reference, canonical, uri or url, and no other string type holds `#id`.
+fn contained_all_referenced(resource: &Value) -> bool {
+    let contained = arr(resource, "contained");
+    if contained.is_empty() {
+        return true;
+    }
+    let mut refs: Vec<&str> = Vec::new();
+    collect_local_refs(resource, &mut refs);
+    contained.iter().all(|c| {
+        let Some(id) = c.get("id").and_then(Value::as_str) else {
+            // Without an id it cannot be referenced; structure reports the missing id.
+            return true;
+        };
+        if refs.iter().any(|r| r.strip_prefix('#') == Some(id)) {
+            return true;
+        }
+        let mut inner = Vec::new();
+        collect_local_refs(c, &mut inner);
+        inner.contains(&"#")
+    })
+}
+
+/// Every string starting with `#` inside `v`.
+fn collect_local_refs<'a>(v: &'a Value, out: &mut Vec<&'a str>) {
+    match v {
+        Value::String(s) if s.starts_with('#') => out.push(s),
+        Value::Object(m) => m.values().for_each(|x| collect_local_refs(x, out)),
+        Value::Array(a) => a.iter().for_each(|x| collect_local_refs(x, out)),
+        _ => {}
+    }
+}
+
 /// Bundle rules the definitions do not state as invariants: each `fullUrl` is an absolute
 /// URL (R4 Bundle.entry.fullUrl: "fullUrl SHALL NOT disagree with the id in the resource";
 /// the reference validator requires it absolute), and the paging/self link relations occur
@@ -910,6 +945,20 @@ impl<'c, 'v> Pass<'c, 'v> {
                 && CONTAINED_ONLY.contains(&c.key.as_str())
                 && focus.get("contained").is_none()
             {
+                continue;
+            }
+            if from_core && c.key == "dom-3" {
+                // Natively: the FHIRPath form walks every descendant once per contained
+                // resource, and misses references held in primitive extensions
+                // (`_system` with a valueset-system `#id`), which FHIRPath counts.
+                if !contained_all_referenced(focus) {
+                    self.push(
+                        c.severity,
+                        IssueCode::Invariant,
+                        loc,
+                        format!("Constraint failed: {}: {}", c.key, c.human),
+                    );
+                }
                 continue;
             }
             let outcome = evaluator.evaluate(&InvariantContext {

@@ -597,4 +597,14 @@ fn contained_invariants_still_apply_when_something_is_contained() {
     assert!(has(&errs, "Observation", "dom-3"), "{:?}", show(&errs));
     let none = json!({"resourceType": "Observation", "status": "final", "code": {"text": "t"}});
     assert!(errors(&v, &none).is_empty());
+    // A reference held in a primitive's extension counts (valueset-system on `_system`).
+    let vs = json!({
+        "resourceType": "ValueSet", "status": "active",
+        "contained": [{"resourceType": "CodeSystem", "id": "c1", "status": "active",
+            "content": "complete", "url": "http://example.org/cs/c1"}],
+        "compose": {"include": [{"system": "http://example.org/cs/c1", "_system": {"extension": [
+            {"url": "http://hl7.org/fhir/StructureDefinition/valueset-system", "valueCanonical": "#c1"}
+        ]}}]}
+    });
+    assert!(errors(&v, &vs).is_empty(), "{:?}", show(&errors(&v, &vs)));
 }
