@@ -176,6 +176,13 @@ impl InvariantEvaluator for FhirPathInvariants {
         let Some(src) = c.expression.as_deref() else {
             return InvariantOutcome::Satisfied;
         };
+        if let Some(answer) = native(src, ctx) {
+            return if answer {
+                InvariantOutcome::Satisfied
+            } else {
+                InvariantOutcome::Violated
+            };
+        }
         let expr = match self.compiled(src) {
             Ok(e) => e,
             Err(e) => return InvariantOutcome::NotEvaluated(format!("cannot compile: {e}")),
@@ -198,5 +205,160 @@ impl InvariantEvaluator for FhirPathInvariants {
             Ok(_) => InvariantOutcome::Satisfied,
             Err(e) => InvariantOutcome::NotEvaluated(e.to_string()),
         }
+    }
+}
+
+/// R4 ref-1, on every Reference.
+const REF_1: &str = "reference.startsWith('#').not() or (reference.substring(1).trace('url') in %rootResource.contained.id.trace('ids'))";
+
+/// Answers the commonest constraint shapes without FHIRPath, with the same result:
+/// ref-1, `a.empty() or b.exists()` (cpt-2, qty-3...), `a.empty()` and `a.exists()` over
+/// child names. `None`: evaluate the expression.
+fn native(expr: &str, ctx: &InvariantContext<'_>) -> Option<bool> {
+    let focus = ctx.focus.as_object()?;
+    // An element is present with a value or with only its `_name` (id, extensions), as
+    // FHIRPath sees the FHIR model.
+    let exists = |name: &str| -> Option<bool> {
+        if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            return None;
+        }
+        // A choice (`value` for `valueString`) is left to FHIRPath.
+        let variant = focus.keys().any(|k| {
+            k.trim_start_matches('_')
+                .strip_prefix(name)
+                .is_some_and(|r| r.starts_with(|c: char| c.is_ascii_uppercase()))
+        });
+        if variant {
+            return None;
+        }
+        let present = |k: &str| focus.get(k).is_some_and(|v| !v.is_null());
+        Some(present(name) || present(&format!("_{name}")))
+    };
+    if expr == REF_1 {
+        return Some(match focus.get("reference").and_then(Value::as_str) {
+            Some(r) => match r.strip_prefix('#') {
+                Some(id) => ctx
+                    .container
+                    .get("contained")
+                    .and_then(Value::as_array)
+                    .is_some_and(|cs| {
+                        cs.iter()
+                            .any(|c| c.get("id").and_then(Value::as_str) == Some(id))
+                    }),
+                None => true,
+            },
+            None => true,
+        });
+    }
+    if let Some((a, b)) = expr.split_once(".empty() or ") {
+        let b = b.strip_suffix(".exists()")?;
+        return Some(!exists(a)? || exists(b)?);
+    }
+    if let Some(a) = expr.strip_suffix(".empty()") {
+        return Some(!exists(a)?);
+    }
+    if let Some(a) = expr.strip_suffix(".exists()") {
+        return exists(a);
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::profile::Constraint;
+    use caregate_core::Severity;
+    use serde_json::json;
+
+    /// The native answers equal FHIRPath's on the shapes they cover, and anything else
+    /// (choices, other expressions) is left to FHIRPath.
+    #[test]
+    fn native_answers_match_fhirpath() {
+        let engine = FhirPathInvariants::new(None);
+        let container = json!({"resourceType": "Observation",
+            "contained": [{"resourceType": "Patient", "id": "p"}]});
+        let cases = [
+            ("value.empty() or system.exists()", json!({"value": "1"})),
+            (
+                "value.empty() or system.exists()",
+                json!({"value": "1", "system": "phone"}),
+            ),
+            (
+                "value.empty() or system.exists()",
+                json!({"system": "phone"}),
+            ),
+            ("comparator.empty()", json!({"comparator": "<"})),
+            ("comparator.empty()", json!({"value": 1})),
+            ("system.exists()", json!({"value": 1})),
+            (REF_1, json!({"reference": "#p"})),
+            (REF_1, json!({"reference": "#q"})),
+            (REF_1, json!({"reference": "Patient/1"})),
+            (REF_1, json!({"display": "x"})),
+        ];
+        for (expr, focus) in cases {
+            let constraint = Constraint {
+                key: "t-1".into(),
+                severity: Severity::Error,
+                human: String::new(),
+                expression: Some(expr.into()),
+                source: None,
+            };
+            let ctx = InvariantContext {
+                constraint: &constraint,
+                focus: &focus,
+                resource: &container,
+                container: &container,
+                root: &container,
+                location: "X",
+                fhir_type: None,
+            };
+            let native = native(expr, &ctx).expect("native shape");
+            let compiled = engine.compiled(expr).expect("compiles");
+            let fctx = Context::new(&container)
+                .root_resource(&container)
+                .focus(&focus, None);
+            let fhirpath = compiled.evaluate_bool_in(&fctx).expect("evaluates");
+            assert_eq!(Some(native), fhirpath.or(Some(true)), "{expr} on {focus}");
+        }
+        // A primitive given only by its extensions exists in the FHIR model (as the
+        // reference validator sees it); caregate-fhirpath reads the JSON value only.
+        let sys_ext =
+            json!({"code": "kg", "_system": {"extension": [{"url": "u", "valueString": "x"}]}});
+        let constraint = Constraint {
+            key: "qty-3".into(),
+            severity: Severity::Error,
+            human: String::new(),
+            expression: Some("code.empty() or system.exists()".into()),
+            source: None,
+        };
+        let ctx = InvariantContext {
+            constraint: &constraint,
+            focus: &sys_ext,
+            resource: &sys_ext,
+            container: &sys_ext,
+            root: &sys_ext,
+            location: "X",
+            fhir_type: None,
+        };
+        assert_eq!(native("code.empty() or system.exists()", &ctx), Some(true));
+        // A choice is FHIRPath's to resolve.
+        let ext = json!({"url": "u", "valueString": "x"});
+        let constraint = Constraint {
+            key: "t-2".into(),
+            severity: Severity::Error,
+            human: String::new(),
+            expression: Some("value.exists()".into()),
+            source: None,
+        };
+        let ctx = InvariantContext {
+            constraint: &constraint,
+            focus: &ext,
+            resource: &ext,
+            container: &ext,
+            root: &ext,
+            location: "X",
+            fhir_type: None,
+        };
+        assert_eq!(native("value.exists()", &ctx), None);
     }
 }

@@ -947,28 +947,6 @@ impl<'c, 'v> Pass<'c, 'v> {
             {
                 continue;
             }
-            if from_core && c.key == "ref-1" {
-                // Natively, for every Reference: `reference.startsWith('#').not() or
-                // (reference.substring(1) in %rootResource.contained.id)`.
-                let ok = match focus.get("reference").and_then(Value::as_str) {
-                    Some(r) => match r.strip_prefix('#') {
-                        Some(id) => arr(self.container, "contained")
-                            .iter()
-                            .any(|c| c.get("id").and_then(Value::as_str) == Some(id)),
-                        None => true,
-                    },
-                    None => true,
-                };
-                if !ok {
-                    self.push(
-                        c.severity,
-                        IssueCode::Invariant,
-                        loc,
-                        format!("Constraint failed: {}: {}", c.key, c.human),
-                    );
-                }
-                continue;
-            }
             if from_core && c.key == "dom-3" {
                 // Natively: the FHIRPath form walks every descendant once per contained
                 // resource, and misses references held in primitive extensions
