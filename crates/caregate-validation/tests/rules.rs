@@ -597,7 +597,11 @@ fn contained_invariants_still_apply_when_something_is_contained() {
     assert!(has(&errs, "Observation", "dom-3"), "{:?}", show(&errs));
     // ref-1: a local reference names a contained resource.
     let errs = errors(&v, &obs("#nope"));
-    assert!(has(&errs, "Observation.subject", "ref-1"), "{:?}", show(&errs));
+    assert!(
+        has(&errs, "Observation.subject", "ref-1"),
+        "{:?}",
+        show(&errs)
+    );
     let none = json!({"resourceType": "Observation", "status": "final", "code": {"text": "t"}});
     assert!(errors(&v, &none).is_empty());
     // A reference held in a primitive's extension counts (valueset-system on `_system`).
