@@ -82,17 +82,44 @@ fn synthea() -> Vec<Vec<u8>> {
     files.iter().filter_map(|f| std::fs::read(f).ok()).collect()
 }
 
-fn pipeline(audited: bool) -> (tempfile::TempDir, Pipeline) {
+/// A pipeline over a fresh store (audited or not) and the raw SQLite store underneath, for
+/// flushing the writer's queue.
+fn pipeline(audited: bool) -> (tempfile::TempDir, Pipeline, Arc<dyn Store>) {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let store: Arc<dyn Store> =
+    let raw: Arc<dyn Store> =
         SqliteStore::open(&tmp.path().join("bench.sqlite"), SqliteOptions::default())
             .expect("store");
     let store = if audited {
-        store
+        raw.clone()
     } else {
-        Arc::new(WithoutAudit(store))
+        Arc::new(WithoutAudit(raw.clone()))
     };
-    (tmp, caregate_server::build_pipeline(store))
+    (tmp, caregate_server::build_pipeline(store), raw)
+}
+
+/// Waits until the writer has committed everything queued before (read AuditEvents and
+/// conformance statistics are queued without waiting), so their cost is counted.
+fn flush(raw: &dyn Store) {
+    let mut marker = caregate_audit::AuditEntry::new(caregate_audit::Subtype::Operation);
+    marker.query = Some("bench flush".into());
+    raw.commit(Vec::new(), vec![Pipeline::audit_record(&marker)])
+        .expect("flush");
+}
+
+/// CPU seconds this process has used, every thread included (the writer's work is part of
+/// what auditing costs, even when another core does it).
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let after = stat.rsplit(')').next().unwrap_or_default();
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // utime and stime, in clock ticks of 1/100 s.
+    (ticks(11) + ticks(12)) / 100.0
 }
 
 /// Seconds to import every bundle once.
@@ -172,35 +199,48 @@ fn main() {
         .map(|b| b["entry"].as_array().map_or(0, Vec::len))
         .sum();
 
-    // Ingest: alternate the two set-ups so drift in the machine hits both alike, and
-    // compare the best round of each (the least disturbed by anything else running).
+    // Alternate the two set-ups so drift in the machine hits both alike. Wall time is the
+    // best round of each; CPU time is summed over all rounds and includes the writer
+    // thread, so it is what auditing takes from the machine's capacity.
     let ingest_rounds: usize = std::env::var("AUDIT_INGEST_ROUNDS")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(3);
     let (mut with, mut without) = (f64::MAX, f64::MAX);
+    let (mut cpu_with, mut cpu_without) = (0.0, 0.0);
     let mut kept = Vec::new();
     for round in 0..ingest_rounds {
-        let (dir_a, audited) = pipeline(true);
-        with = with.min(ingest(&audited, &bundles));
-        let (dir_b, plain) = pipeline(false);
-        without = without.min(ingest(&plain, &bundles));
-        if round + 1 == ingest_rounds {
-            kept.push((dir_a, audited));
-            kept.push((dir_b, plain));
+        for audited_round in [true, false] {
+            let (dir, p, raw) = pipeline(audited_round);
+            let cpu = cpu_seconds();
+            let wall = ingest(&p, &bundles);
+            flush(raw.as_ref());
+            let cpu = cpu_seconds() - cpu;
+            if audited_round {
+                with = with.min(wall);
+                cpu_with += cpu;
+            } else {
+                without = without.min(wall);
+                cpu_without += cpu;
+            }
+            if round + 1 == ingest_rounds {
+                kept.push((dir, p, raw));
+            }
         }
     }
     let total = resources as f64;
     println!(
-        "ingest ({} bundles, {resources} resources, best of {ingest_rounds}): audited {:.0} res/s, without audit {:.0} res/s -> auditing costs {:.1}%",
+        "ingest ({} bundles, {resources} resources, {ingest_rounds} rounds): audited {:.0} res/s, without audit {:.0} res/s (best round); CPU {:.2} s vs {:.2} s -> auditing costs {:.1}% CPU",
         bundles.len(),
         total / with,
         total / without,
-        (with / without - 1.0) * 100.0
+        cpu_with,
+        cpu_without,
+        (cpu_with / cpu_without - 1.0) * 100.0
     );
 
-    let (_, audited) = &kept[0];
-    let (_, plain) = &kept[1];
+    let (_, audited, audited_raw) = &kept[0];
+    let (_, plain, plain_raw) = &kept[1];
     // Server-assigned ids differ between the two stores: each gets its own list.
     let patients = patient_ids(audited);
     let plain_patients = patient_ids(plain);
@@ -208,7 +248,7 @@ fn main() {
     let rounds: usize = std::env::var("AUDIT_SEARCH_ROUNDS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(5);
+        .unwrap_or(60);
     if std::env::var_os("AUDIT_PROFILE_SEARCH").is_some() {
         // For attaching a profiler to the audited search loop alone.
         println!("profiling audited searches");
@@ -216,17 +256,34 @@ fn main() {
             searches(audited, &patients, 1);
         }
     }
-    // Warm both (page cache, statement cache) before timing.
+    // Warm both (page cache, statement cache) before measuring.
     searches(audited, &patients, 1);
     searches(plain, &plain_patients, 1);
-    let (t_with, n) = searches(audited, &patients, rounds);
-    let (t_without, _) = searches(plain, &plain_patients, rounds);
+    flush(audited_raw.as_ref());
+    flush(plain_raw.as_ref());
+    let (mut t_with, mut t_without, mut n) = (f64::MAX, f64::MAX, 0);
+    let (mut cpu_with, mut cpu_without) = (0.0, 0.0);
+    for _ in 0..rounds {
+        let cpu = cpu_seconds();
+        let (t, count) = searches(audited, &patients, 1);
+        flush(audited_raw.as_ref());
+        cpu_with += cpu_seconds() - cpu;
+        t_with = t_with.min(t);
+        n = count;
+        let cpu = cpu_seconds();
+        let (t, _) = searches(plain, &plain_patients, 1);
+        flush(plain_raw.as_ref());
+        cpu_without += cpu_seconds() - cpu;
+        t_without = t_without.min(t);
+    }
     println!(
-        "search ({n} searches over {} patients): audited {:.0}/s, without audit {:.0}/s -> auditing costs {:.1}%",
+        "search ({n} searches over {} patients x {rounds} rounds, a 50-patient page each round): audited {:.0}/s, without audit {:.0}/s (best round); CPU {:.2} s vs {:.2} s -> auditing costs {:.1}% CPU",
         patients.len(),
         n as f64 / t_with,
         n as f64 / t_without,
-        (t_with / t_without - 1.0) * 100.0
+        cpu_with,
+        cpu_without,
+        (cpu_with / cpu_without - 1.0) * 100.0
     );
     drop(kept);
 }
