@@ -4,7 +4,8 @@
 use actix_web::http::header;
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
-use caregate_pipeline::Caller;
+use caregate_core::FhirResult;
+use caregate_pipeline::{Caller, Pipeline};
 
 use crate::format::{error_response, negotiate, resource_response, Format, Rendering};
 use crate::routes::{base_url, blocking, caller_of, read_body};
@@ -165,6 +166,23 @@ pub async fn patient_match(
     state: web::Data<AppState>,
     payload: web::Payload,
 ) -> HttpResponse {
+    let base = base_url(&req, &state);
+    body_operation(req, state, payload, move |pipeline, caller, parameters| {
+        pipeline.patient_match(caller, &parameters, &base)
+    })
+    .await
+}
+
+/// A POST operation with a Parameters (or resource) body: the body is read and parsed
+/// within the limits, `run` goes to the blocking pool, and its answer is the response.
+async fn body_operation(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    payload: web::Payload,
+    run: impl FnOnce(&Pipeline, &Caller, serde_json::Value) -> FhirResult<serde_json::Value>
+        + Send
+        + 'static,
+) -> HttpResponse {
     let op = op_or_return!(req, state);
     let parameters = match read_body(&req, payload, state.max_body_bytes)
         .await
@@ -173,13 +191,9 @@ pub async fn patient_match(
         Ok(v) => v,
         Err(e) => return error_response(&e, op.rendering),
     };
-    let (pipeline, caller, base) = (
-        state.pipeline.clone(),
-        op.caller.clone(),
-        base_url(&req, &state),
-    );
-    match blocking(move || pipeline.patient_match(&caller, &parameters, &base)).await {
-        Ok(bundle) => resource_response(StatusCode::OK, &bundle, op.rendering),
+    let (pipeline, caller) = (state.pipeline.clone(), op.caller.clone());
+    match blocking(move || run(&pipeline, &caller, parameters)).await {
+        Ok(out) => resource_response(StatusCode::OK, &out, op.rendering),
         Err(e) => error_response(&e, op.rendering),
     }
 }
@@ -213,19 +227,10 @@ async fn link_or_unlink(
     payload: web::Payload,
     link: bool,
 ) -> HttpResponse {
-    let op = op_or_return!(req, state);
-    let parameters = match read_body(&req, payload, state.max_body_bytes)
-        .await
-        .and_then(|body| crate::format::parse_body(req.headers(), &body, &state.content_limits))
-    {
-        Ok(v) => v,
-        Err(e) => return error_response(&e, op.rendering),
-    };
-    let (pipeline, caller) = (state.pipeline.clone(), op.caller.clone());
-    match blocking(move || pipeline.link_patients(&caller, &id, &parameters, link)).await {
-        Ok(linkage) => resource_response(StatusCode::OK, &linkage, op.rendering),
-        Err(e) => error_response(&e, op.rendering),
-    }
+    body_operation(req, state, payload, move |pipeline, caller, parameters| {
+        pipeline.link_patients(caller, &id, &parameters, link)
+    })
+    .await
 }
 
 /// `POST /Consent/$evaluate`: what the consent engine decides for a described request, and
@@ -235,19 +240,10 @@ pub async fn consent_evaluate(
     state: web::Data<AppState>,
     payload: web::Payload,
 ) -> HttpResponse {
-    let op = op_or_return!(req, state);
-    let parameters = match read_body(&req, payload, state.max_body_bytes)
-        .await
-        .and_then(|body| crate::format::parse_body(req.headers(), &body, &state.content_limits))
-    {
-        Ok(v) => v,
-        Err(e) => return error_response(&e, op.rendering),
-    };
-    let (pipeline, caller) = (state.pipeline.clone(), op.caller.clone());
-    match blocking(move || pipeline.evaluate_consent(&caller, &parameters)).await {
-        Ok(out) => resource_response(StatusCode::OK, &out, op.rendering),
-        Err(e) => error_response(&e, op.rendering),
-    }
+    body_operation(req, state, payload, |pipeline, caller, parameters| {
+        pipeline.evaluate_consent(caller, &parameters)
+    })
+    .await
 }
 
 /// `GET /emergency-access`: open break-the-glass grants, for auditors.

@@ -43,13 +43,8 @@ async fn deep_nesting_is_refused_with_the_element_named() {
     // Beyond serde_json's own recursion limit the answer is the same kind of 400.
     let deep = format!("{}{}", "[".repeat(5000), "]".repeat(5000));
     let r = server
-        .http
-        .post(server.url("Patient"))
-        .header("content-type", "application/fhir+json")
-        .body(deep)
-        .send()
-        .await
-        .expect("send");
+        .post_raw("Patient", "application/fhir+json", deep)
+        .await;
     assert_eq!(r.status(), 400);
     let oo: Value = r.json().await.expect("json");
     assert_eq!(issue_code(&oo), "too-costly", "{oo}");
@@ -61,13 +56,8 @@ async fn deep_nesting_is_refused_with_the_element_named() {
         "</extension>".repeat(3000)
     );
     let r = server
-        .http
-        .post(server.url("Patient"))
-        .header("content-type", "application/fhir+xml")
-        .body(xml)
-        .send()
-        .await
-        .expect("send");
+        .post_raw("Patient", "application/fhir+xml", xml)
+        .await;
     assert_eq!(r.status(), 400);
     let oo: Value = r.json().await.expect("json");
     assert_eq!(issue_code(&oo), "too-costly", "{oo}");

@@ -92,13 +92,8 @@ async fn logs_never_contain_resource_content_or_patient_identifiers() {
         .is_client_error());
     let malformed = format!("{{\"resourceType\":\"Patient\",\"name\":[{{\"family\":\"{FAMILY}\"");
     let r = server
-        .http
-        .post(server.url("Patient"))
-        .header("content-type", "application/fhir+json")
-        .body(malformed)
-        .send()
-        .await
-        .expect("send");
+        .post_raw("Patient", "application/fhir+json", malformed)
+        .await;
     assert_eq!(r.status(), 400);
     let mut deep = json!({"url": "http://example.org/x", "valueString": MRN});
     for _ in 0..30 {

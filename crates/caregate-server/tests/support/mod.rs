@@ -51,6 +51,23 @@ impl TestServer {
             .expect("request")
     }
 
+    /// POSTs bytes as they are, with the given content type (malformed or oversized
+    /// bodies, XML).
+    pub async fn post_raw(
+        &self,
+        path: &str,
+        content_type: &str,
+        body: impl Into<reqwest::Body>,
+    ) -> reqwest::Response {
+        self.http
+            .post(self.url(path))
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .await
+            .expect("request")
+    }
+
     pub async fn put(&self, path: &str, body: &Value) -> reqwest::Response {
         self.http
             .put(self.url(path))
