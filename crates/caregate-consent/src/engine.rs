@@ -19,7 +19,8 @@
 //!   `authoredby` (the data authored it).
 //!
 //! Within one Consent the root provision's type is the base decision and the deepest
-//! matching nested provision wins; between matching provisions at the same depth a deny wins.
+//! matching nested provision wins; between matching provisions at the same depth a deny wins,
+//! and between permits one that names every sensitivity category of the data wins.
 //!
 //! Combining Consents: by default the most recent `dateTime` wins for ordinary data (see
 //! [`Combiner`]); for data labelled 42CFRPart2, SUD or ETH any deny wins. Without an
@@ -890,13 +891,21 @@ fn evaluate<'c>(
         named,
     };
     let inner = Parent { verdict, named };
+    // Whether a permit names every sensitivity category the data carries (only such a
+    // permit releases sensitive data).
+    let releases = |m: &Matched<'_>| f.required & !m.named == 0;
     for child in &p.children {
         if let Some(m) = evaluate(child, inner, f, admits) {
-            // Deeper wins; at equal depth a deny wins.
+            // Deeper wins; at equal depth a deny wins, and between permits one that can
+            // release the data wins over one that cannot (sibling order does not matter).
+            let same_depth = m.provision.depth == best.provision.depth;
             if m.provision.depth > best.provision.depth
-                || (m.provision.depth == best.provision.depth
-                    && m.verdict == Verdict::Deny
-                    && best.verdict == Verdict::Permit)
+                || (same_depth && m.verdict == Verdict::Deny && best.verdict == Verdict::Permit)
+                || (same_depth
+                    && m.verdict == Verdict::Permit
+                    && best.verdict == Verdict::Permit
+                    && releases(&m)
+                    && !releases(&best))
             {
                 best = m;
             }

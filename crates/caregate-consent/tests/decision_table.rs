@@ -297,6 +297,12 @@ fn table() -> Vec<Case> {
                 {"type": "permit", "actor": actor("Organization/clinic")},
                 {"type": "deny", "class": class(&["Condition"])}]}))
             .deny(At("c", ".provision[1]")),
+        case("sibling permits: the one naming the data's sensitivity releases it, whatever the order")
+            .one(json!({"type": "deny", "provision": [
+                {"type": "permit", "actor": actor("Organization/clinic")},
+                {"type": "permit", "actor": actor("Organization/clinic"), "securityLabel": labels(&["ETH"])}]}))
+            .resource(condition(&["ETH", "R"]))
+            .permit(At("c", ".provision[1]")),
         case("a deeper match in one branch beats a shallower one in another")
             .one(json!({"type": "permit", "provision": [
                 {"type": "deny", "class": class(&["Condition"])},

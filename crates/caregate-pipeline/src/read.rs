@@ -406,6 +406,15 @@ impl Pipeline {
             Some(total) => (parsed.query.offset + returned) < total as usize,
             None => returned == requested && requested > 0,
         };
+        // A next link promises more matches: with consent enforced it is given only when a
+        // match this reader may see follows, so paging cannot reveal hidden data.
+        let more = more
+            && (!scope.enforced()
+                || self.visible_after(
+                    &mut scope,
+                    &parsed.query,
+                    parsed.query.offset + returned,
+                )?);
         if !count_only && more {
             links.push(link(
                 "next",
@@ -515,6 +524,37 @@ impl Pipeline {
     /// How many matches of `query` this caller may see. When no patient has a Consent, the
     /// decision depends only on the default policy and the sensitivity labels, which the
     /// index can count; otherwise each match is decided (up to VISIBLE_COUNT_LIMIT).
+    /// Whether a match this reader may see comes at or after raw position `from`. Scans at
+    /// most VISIBLE_COUNT_LIMIT matches; beyond that it answers yes (as the total is then
+    /// not given either).
+    fn visible_after(
+        &self,
+        scope: &mut ConsentScope<'_>,
+        query: &caregate_store::SearchQuery,
+        from: usize,
+    ) -> FhirResult<bool> {
+        if self.stages.consent.overrides_for(scope.actor()) {
+            return Ok(true);
+        }
+        let mut q = query.clone();
+        q.total = false;
+        q.count = 100;
+        q.offset = from;
+        while q.offset < from + VISIBLE_COUNT_LIMIT as usize {
+            let page = self.store.search(&q).map_err(store_error)?;
+            for record in &page.matches {
+                if scope.release_of(&parse_record(record)?)? != Release::Hidden {
+                    return Ok(true);
+                }
+            }
+            if page.matches.len() < q.count {
+                return Ok(false);
+            }
+            q.offset += q.count;
+        }
+        Ok(true)
+    }
+
     fn visible_total(
         &self,
         scope: &mut ConsentScope<'_>,
@@ -840,6 +880,23 @@ impl Pipeline {
                 }),
             );
             entries.push(Value::Object(entry));
+        }
+        // An instance history whose every version is hidden from this reader answers like
+        // a read of it: as if the resource did not exist (or 403 when explaining), so the
+        // history cannot reveal what a read would not.
+        if let HistoryScope::Instance(t, id) = &request.scope {
+            let visible = entries.iter().any(|e| e.get("resource").is_some());
+            if hidden > 0 && !visible && offset == 0 {
+                scope.audit_alerts(caller, Subtype::HistoryInstance);
+                return Err(if self.options.explain_hidden_reads {
+                    FhirError::new(
+                        ErrorKind::Forbidden,
+                        "The patient's consent does not allow this access",
+                    )
+                } else {
+                    FhirError::not_found(format!("{t}/{id} is not known"))
+                });
+            }
         }
         let mut params: Vec<(String, String)> = request
             .params

@@ -198,7 +198,9 @@ async fn clinician_page_in_headless_chromium() {
     assert!(dom.contains("Dr. Priya Shah (psychiatrist)"), "{dom}");
     assert!(dom.contains("sertraline — 100 mg") && dom.contains("sertraline — 50 mg"));
     // What changed recently, and the five linked records.
-    let recent_at = dom.find("<h2>Recently changed</h2>").expect("recent section");
+    let recent_at = dom
+        .find("<h2>Recently changed</h2>")
+        .expect("recent section");
     let linked_at = dom.find("<h2>Linked records</h2>").expect("linked section");
     assert!(dom[recent_at..linked_at].contains("<time>"), "{dom}");
     assert_eq!(dom[linked_at..].matches("(certain)").count(), 5, "{dom}");

@@ -523,3 +523,147 @@ async fn data_without_consent_can_be_refused() {
     assert_eq!(r.status(), 201);
     s.stop().await;
 }
+
+/// Three organisations; the patient shares with all of them but keeps substance-use data
+/// from the case manager. What the case manager cannot see must not show through search
+/// totals, `_summary=count`, `_revinclude`, paging or history, while psychiatry sees it all.
+#[tokio::test(flavor = "multi_thread")]
+async fn hidden_data_does_not_leak_through_includes_paging_or_history() {
+    let s = TestServer::start_with(|c| {
+        c.clients = vec![
+            client("psychiatry", "psy", &["system/*.*", "system/Consent.cud"]),
+            client("primary", "pc", &["system/*.*"]),
+            client("casemgmt", "cm", &["system/*.*"]),
+        ]
+    })
+    .await;
+    let (get, post) = (reqwest::Method::GET, reqwest::Method::POST);
+    let create = |token: &'static str, path: &'static str, body: Value| {
+        let s = &s;
+        let post = post.clone();
+        async move {
+            let r = as_client(s, token, post, path, Some(&body), Some("TREAT")).await;
+            assert_eq!(
+                r.status(),
+                201,
+                "{path}: {}",
+                r.text().await.unwrap_or_default()
+            );
+            r.json::<Value>().await.expect("json")["id"]
+                .as_str()
+                .expect("id")
+                .to_string()
+        }
+    };
+    let pid = create(
+        "psy",
+        "Patient",
+        json!({"resourceType": "Patient", "name": [{"family": "Threeway"}]}),
+    )
+    .await;
+    let patient = format!("Patient/{pid}");
+    let act = "http://terminology.hl7.org/CodeSystem/v3-ActCode";
+    let ircp = json!({"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType", "code": "IRCP"}]});
+    let actor = |org: &str| json!({"role": ircp, "reference": {"reference": format!("Organization/{org}")}});
+    let consent = json!({
+        "resourceType": "Consent", "status": "active", "dateTime": "2025-01-01",
+        "scope": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy"}]},
+        "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
+        "policyRule": {"coding": [{"system": act, "code": "OPTIN"}]},
+        "patient": {"reference": patient},
+        "provision": {"type": "deny", "provision": [
+            {"type": "permit", "actor": [actor("psychiatry"), actor("primary"), actor("casemgmt")]},
+            {"type": "permit", "actor": [actor("psychiatry")],
+             "securityLabel": [{"system": act, "code": "ETH"}]},
+            {"type": "deny", "actor": [actor("casemgmt")],
+             "securityLabel": [{"system": act, "code": "ETH"}]}
+        ]}
+    });
+    create("psy", "Consent", consent).await;
+    let ordinary = create("pc", "Condition", condition(&patient, &[])).await;
+    let mut sud = condition(&patient, &[]);
+    sud["code"] = json!({"coding": [{"system": "http://hl7.org/fhir/sid/icd-10-cm", "code": "F11.20", "display": "Opioid dependence, uncomplicated"}]});
+    let sud = create("psy", "Condition", sud).await;
+
+    let fetch = |token: &'static str, path: String| {
+        let s = &s;
+        let get = get.clone();
+        async move {
+            let r = as_client(s, token, get, &path, None, Some("TREAT")).await;
+            let status = r.status().as_u16();
+            (status, r.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    let ids = |bundle: &Value, rtype: &str| -> Vec<String> {
+        bundle["entry"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|e| e["resource"]["resourceType"] == rtype)
+            .filter_map(|e| e["resource"]["id"].as_str().map(str::to_string))
+            .collect()
+    };
+    // The SUD Condition was labelled on ingest; psychiatry sees it.
+    let (status, whole) = fetch("psy", format!("Condition/{sud}")).await;
+    assert_eq!(status, 200);
+    assert!(whole.to_string().contains("42CFRPart2"), "{whole}");
+
+    for (token, sees_sud) in [("psy", true), ("pc", false), ("cm", false)] {
+        let expected: Vec<String> = if sees_sud {
+            let mut v = vec![ordinary.clone(), sud.clone()];
+            v.sort();
+            v
+        } else {
+            vec![ordinary.clone()]
+        };
+        let (status, _) = fetch(token, format!("Condition/{sud}")).await;
+        assert_eq!(status, if sees_sud { 200 } else { 404 }, "{token} read");
+        let (status, _) = fetch(token, format!("Condition/{sud}/_history")).await;
+        assert_eq!(status, if sees_sud { 200 } else { 404 }, "{token} history");
+
+        let (_, page) = fetch(token, format!("Condition?subject={patient}")).await;
+        let mut found = ids(&page, "Condition");
+        found.sort();
+        assert_eq!(found, expected, "{token} search");
+        assert_eq!(page["total"], expected.len(), "{token} total");
+        let (_, count) = fetch(token, format!("Condition?subject={patient}&_summary=count")).await;
+        assert_eq!(count["total"], expected.len(), "{token} _summary=count");
+
+        let (_, with) = fetch(
+            token,
+            format!("Patient?_id={pid}&_revinclude=Condition:subject"),
+        )
+        .await;
+        let mut included = ids(&with, "Condition");
+        included.sort();
+        assert_eq!(included, expected, "{token} _revinclude");
+
+        // Page by page: every page and its links agree with what the reader may see.
+        let (_, first) = fetch(token, format!("Condition?subject={patient}&_count=1")).await;
+        assert_eq!(first["total"], expected.len(), "{token} paged total");
+        let next = first["link"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|l| l["relation"] == "next")
+            .and_then(|l| l["url"].as_str())
+            .map(str::to_string);
+        assert_eq!(next.is_some(), sees_sud, "{token} next link: {first}");
+        let mut paged = ids(&first, "Condition");
+        if let Some(url) = next {
+            let path = url.trim_start_matches(&s.base).trim_start_matches('/');
+            let (_, second) = fetch(token, path.to_string()).await;
+            paged.extend(ids(&second, "Condition"));
+        }
+        paged.sort();
+        assert_eq!(paged, expected, "{token} pages");
+
+        let (_, history) = fetch(token, "Condition/_history".to_string()).await;
+        assert_eq!(
+            ids(&history, "Condition").contains(&sud),
+            sees_sud,
+            "{token} type history"
+        );
+    }
+    s.stop().await;
+}
