@@ -303,6 +303,27 @@ impl Pipeline {
         }
     }
 
+    /// Records an access token issued to a client (SMART Backend Services): who got it,
+    /// from where, with which scopes.
+    pub fn audit_token_issued(
+        &self,
+        client_id: &str,
+        organization: Option<String>,
+        scope: &str,
+        network_address: Option<String>,
+        request_id: Option<String>,
+    ) {
+        let mut entry = AuditEntry::new(Subtype::Operation);
+        entry.client_id = Some(client_id.to_string());
+        entry.organization = organization;
+        entry.network_address = network_address;
+        entry.request_id = request_id;
+        entry.query = Some(format!(
+            "POST auth/token grant_type=client_credentials scope={scope}"
+        ));
+        self.audit_async(&[entry]);
+    }
+
     /// Records a request refused for its credentials (BALP: security alert on login failure).
     pub fn audit_rejected_credentials(
         &self,

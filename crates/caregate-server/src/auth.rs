@@ -95,6 +95,14 @@ impl ClientRegistry {
         self.clients.is_empty()
     }
 
+    /// The Organization a registered client acts for.
+    pub fn organization_of(&self, client_id: &str) -> Option<String> {
+        self.clients
+            .iter()
+            .find(|c| c.id == client_id)
+            .and_then(|c| c.organization.clone())
+    }
+
     /// The caller for an `Authorization` header value. In development mode everyone is an
     /// unrestricted anonymous caller.
     pub fn authenticate(

@@ -1001,6 +1001,15 @@ pub async fn token(
     {
         Ok(granted) => {
             tracing::info!(client = %granted.client_id, scope = %granted.scope, "SMART access token issued");
+            state.pipeline.audit_token_issued(
+                &granted.client_id,
+                state.clients.organization_of(&granted.client_id),
+                &granted.scope,
+                req.peer_addr().map(|a| a.ip().to_string()),
+                req.extensions()
+                    .get::<crate::routes::RequestId>()
+                    .map(|r| r.0.clone()),
+            );
             HttpResponse::Ok()
                 .insert_header((header::CACHE_CONTROL, "no-store"))
                 .insert_header((header::PRAGMA, "no-cache"))

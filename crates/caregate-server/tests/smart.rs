@@ -207,6 +207,7 @@ async fn smart_server(extra: impl FnOnce(&mut caregate_server::ServerConfig)) ->
                 &["system/*.*", "system/Consent.cud"],
             ),
             smart_client("hie", &["system/*.read", "system/CarePlan.cruds"]),
+            client("auditor", "auditor-token", &["system/AuditEvent.rs"]),
         ];
         c.smart = Some(SmartConfig {
             token_secret: Some(SECRET.into()),
@@ -280,6 +281,26 @@ async fn rs384_and_es384_assertions_get_tokens_that_work() {
             .await;
         assert_eq!(r.status(), 403);
     }
+    // Each issued token is on the audit trail: who got it, with which scopes.
+    let r = s
+        .get_as("auditor-token", "AuditEvent?agent=hie&subtype=operation")
+        .await;
+    assert_eq!(r.status(), 200);
+    let trail: Value = r.json().await.expect("json");
+    let issued: Vec<&Value> = trail["entry"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| {
+            e["resource"]["entity"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|x| x["role"]["code"] == "24")
+        })
+        .collect();
+    assert_eq!(issued.len(), 2, "{trail}");
+    assert_eq!(issued[0]["resource"]["outcome"], "0");
     s.stop().await;
 }
 
