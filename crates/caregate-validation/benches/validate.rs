@@ -61,6 +61,29 @@ fn count_resources(v: &Value) -> usize {
         .map_or(0, |entries| entries.len())
 }
 
+/// The bytes-to-`Value` parse alone, the floor every validator's rate is compared with.
+fn parse_only(label: &str, lines: &[String]) {
+    if lines.is_empty() {
+        println!("{label}: no input, skipped");
+        return;
+    }
+    let mut passes = 0u32;
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(2) {
+        for l in lines {
+            black_box(serde_json::from_str::<Value>(black_box(l)).ok());
+        }
+        passes += 1;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let n = lines.len() as f64 * f64::from(passes);
+    println!(
+        "{label}: {} resources -> {:.0} resources/s (one thread)",
+        lines.len(),
+        n / secs
+    );
+}
+
 /// Validates `inputs` repeatedly for about two seconds and prints the rates.
 fn measure(model: &StructureModel, label: &str, inputs: &[Value]) {
     measure_with(label, inputs, |r| model.validate(r).len());
@@ -106,6 +129,16 @@ fn main() {
         started.elapsed()
     );
 
+    let mixed_lines: Vec<String> =
+        std::fs::read_to_string(shared().join("peers/validators/corpus/mixed.ndjson"))
+            .map(|t| {
+                t.lines()
+                    .filter(|l| !l.trim().is_empty())
+                    .map(str::to_string)
+                    .collect()
+            })
+            .unwrap_or_default();
+    parse_only("peers mixed.ndjson, serde_json parse only", &mixed_lines);
     measure(model, "peers mixed.ndjson", &mixed_ndjson());
     let bundles = synthea_bundles();
     let entries: Vec<Value> = bundles
