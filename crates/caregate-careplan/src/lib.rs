@@ -17,6 +17,7 @@
 //! functions above.
 
 pub mod cache;
+mod disjoint;
 pub mod linking;
 pub mod view;
 

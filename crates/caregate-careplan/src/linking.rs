@@ -12,6 +12,7 @@
 //! Two Patients that carry *different* values from the same trusted system are never matched
 //! (the trusted identifier says they are different people), whatever their demographics.
 
+use crate::disjoint::{find, union};
 use std::collections::BTreeMap;
 
 use serde_json::{json, Value};
@@ -623,24 +624,6 @@ fn abbreviate(word: &str) -> &str {
 
 fn intersects(a: &[String], b: &[String]) -> bool {
     a.iter().any(|x| b.contains(x))
-}
-
-fn find(parent: &mut [usize], mut i: usize) -> usize {
-    while parent[i] != i {
-        parent[i] = parent[parent[i]];
-        i = parent[i];
-    }
-    i
-}
-
-fn union(parent: &mut [usize], a: usize, b: usize) {
-    let ra = find(parent, a);
-    let rb = find(parent, b);
-    if ra != rb {
-        // The smaller index becomes the root so grouping is order-independent.
-        let (lo, hi) = if ra < rb { (ra, rb) } else { (rb, ra) };
-        parent[hi] = lo;
-    }
 }
 
 #[cfg(test)]

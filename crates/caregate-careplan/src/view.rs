@@ -35,6 +35,7 @@
 //! and source Provenances feed the flags and the generated Provenances; they are not
 //! entries of their own.
 
+use crate::disjoint::{find, union};
 use std::collections::{BTreeMap, BTreeSet};
 
 use caregate_core::parse_date_range;
@@ -523,23 +524,6 @@ fn group(indices: &[usize], keys: impl Fn(usize) -> Vec<String>) -> Vec<Vec<usiz
         .collect();
     out.sort();
     out
-}
-
-fn find(parent: &mut [usize], mut i: usize) -> usize {
-    while parent[i] != i {
-        parent[i] = parent[parent[i]];
-        i = parent[i];
-    }
-    i
-}
-
-fn union(parent: &mut [usize], a: usize, b: usize) {
-    let ra = find(parent, a);
-    let rb = find(parent, b);
-    if ra != rb {
-        let (lo, hi) = if ra < rb { (ra, rb) } else { (rb, ra) };
-        parent[hi] = lo;
-    }
 }
 
 /// `system|code` of every coding of a CodeableConcept (or an array of them).
