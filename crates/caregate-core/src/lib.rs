@@ -6,12 +6,14 @@ mod error;
 mod limits;
 mod outcome;
 mod resource_types;
+mod text;
 mod time;
 
 pub use error::{ErrorKind, FhirError, FhirResult};
 pub use limits::{check_content, xml_depth, ContentLimits};
 pub use outcome::{Issue, IssueCode, OperationOutcome, Severity};
 pub use resource_types::{is_resource_type, RESOURCE_TYPES};
+pub use text::fold_latin;
 pub use time::{format_instant, now_instant, parse_date_range, DateRange};
 
 /// True when `id` is a valid FHIR logical id: 1–64 of `A-Z a-z 0-9 - .`.
