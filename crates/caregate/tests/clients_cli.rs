@@ -1,4 +1,6 @@
-//! `caregate clients add|list|remove` edits the configuration; the printed token works.
+//! `caregate clients add|list|remove` edits the configuration; the printed token works;
+//! SMART keys and mutual-TLS certificates can be registered, and `list` shows how each
+//! client authenticates.
 
 use std::process::Command;
 
@@ -90,4 +92,100 @@ fn add_list_remove() {
     assert!(caregate(&["clients", "list", "--config", path])
         .1
         .contains("no clients registered"));
+}
+
+#[test]
+fn smart_and_certificate_clients() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("caregate.toml");
+    std::fs::write(&config, "listen = \"127.0.0.1:8080\"\n").expect("write config");
+    let path = config.to_str().expect("utf-8 path");
+    let jwks = dir.path().join("jwks.json");
+    std::fs::write(
+        &jwks,
+        r#"{"keys": [{"kty": "RSA", "kid": "k1", "n": "AQAB", "e": "AQAB"}]}"#,
+    )
+    .expect("write jwks");
+    let certs =
+        caregate_server::tls::write_dev_certs(&dir.path().join("certs"), "lab").expect("dev certs");
+
+    let (code, out) = caregate(&[
+        "clients",
+        "add",
+        "--config",
+        path,
+        "--id",
+        "hie",
+        "--scope",
+        "system/*.rs",
+        "--jwks-url",
+        "https://hie.example.org/jwks.json",
+        "--jwks-file",
+        jwks.to_str().expect("utf-8"),
+        "--no-token",
+    ]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("no static bearer token"), "{out}");
+    let (code, out) = caregate(&[
+        "clients",
+        "add",
+        "--config",
+        path,
+        "--id",
+        "lab",
+        "--scope",
+        "system/Observation.cruds",
+        "--cert-file",
+        certs.client_cert.to_str().expect("utf-8"),
+    ]);
+    assert_eq!(code, 0, "{out}");
+
+    let parsed =
+        caregate_server::ServerConfig::from_toml(&std::fs::read_to_string(&config).expect("read"))
+            .expect("still a valid config");
+    let hie = &parsed.clients[0];
+    assert!(hie.token_sha256.is_empty());
+    assert_eq!(
+        hie.jwks_url.as_deref(),
+        Some("https://hie.example.org/jwks.json")
+    );
+    assert!(hie.jwks.is_some());
+    let lab = &parsed.clients[1];
+    assert_eq!(
+        lab.cert_sha256.as_deref(),
+        Some(
+            caregate_server::tls::certificate_sha256(&certs.client_cert)
+                .expect("fingerprint")
+                .as_str()
+        )
+    );
+    assert_eq!(
+        lab.token_sha256.len(),
+        64,
+        "a static token unless --no-token"
+    );
+
+    let (code, out) = caregate(&["clients", "list", "--config", path]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("credentials=jwks,jwks_url=https://hie.example.org/jwks.json"),
+        "{out}"
+    );
+    assert!(out.contains("credentials=token,cert="), "{out}");
+
+    // A client with no credential at all is refused, and the file is unchanged.
+    let before = std::fs::read_to_string(&config).expect("read");
+    let (code, _) = caregate(&[
+        "clients",
+        "add",
+        "--config",
+        path,
+        "--id",
+        "ghost",
+        "--scope",
+        "system/*.rs",
+        "--no-token",
+    ]);
+    assert_ne!(code, 0);
+    assert_eq!(std::fs::read_to_string(&config).expect("read"), before);
 }
