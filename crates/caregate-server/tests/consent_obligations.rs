@@ -213,44 +213,24 @@ async fn consents_must_meet_the_caregate_profile() {
     // base invariants (ppc-1: policy or policyRule); category is required by base R4, so
     // its absence is a structural 400.
     type Change = Box<dyn Fn(&mut Value)>;
+    let without = |element: &'static str| -> Change {
+        Box::new(move |c: &mut Value| {
+            c.as_object_mut().map(|o| o.remove(element));
+        })
+    };
     let cases: Vec<(&str, Change, &str, u16)> = vec![
         (
             "no provision",
-            Box::new(|c| {
-                c.as_object_mut().map(|o| o.remove("provision"));
-            }),
+            without("provision"),
             "Consent.provision",
             422,
         ),
-        (
-            "no dateTime",
-            Box::new(|c| {
-                c.as_object_mut().map(|o| o.remove("dateTime"));
-            }),
-            "Consent.dateTime",
-            422,
-        ),
-        (
-            "no patient",
-            Box::new(|c| {
-                c.as_object_mut().map(|o| o.remove("patient"));
-            }),
-            "Consent.patient",
-            422,
-        ),
-        (
-            "no category",
-            Box::new(|c| {
-                c.as_object_mut().map(|o| o.remove("category"));
-            }),
-            "Consent.category",
-            400,
-        ),
+        ("no dateTime", without("dateTime"), "Consent.dateTime", 422),
+        ("no patient", without("patient"), "Consent.patient", 422),
+        ("no category", without("category"), "Consent.category", 400),
         (
             "neither policyRule nor policy",
-            Box::new(|c| {
-                c.as_object_mut().map(|o| o.remove("policyRule"));
-            }),
+            without("policyRule"),
             "Consent",
             422,
         ),
