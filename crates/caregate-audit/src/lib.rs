@@ -433,24 +433,39 @@ fn base64(bytes: &[u8]) -> String {
 /// The Patient a resource is about, from the common patient-pointing elements (a Patient
 /// is about itself). Used to write one AuditEvent per patient.
 pub fn patient_of(resource: &Value) -> Option<String> {
-    let resource_type = resource.get("resourceType")?.as_str()?;
+    patient_reference(resource).map(std::borrow::Cow::into_owned)
+}
+
+/// [`patient_of`] without copying when the resource names its patient by reference.
+pub fn patient_reference(resource: &Value) -> Option<std::borrow::Cow<'_, str>> {
+    // Called for every resource a consent-filtered read returns: the elements are found
+    // by scanning the object's few keys rather than hashing each name (serde_json's
+    // ordered map hashes with SipHash).
+    fn field<'v>(v: &'v Value, key: &str) -> Option<&'v Value> {
+        v.as_object()?
+            .iter()
+            .find_map(|(k, x)| (k == key).then_some(x))
+    }
+    fn reference(v: &Value) -> Option<&str> {
+        field(v, "reference")?.as_str()
+    }
+    let resource_type = field(resource, "resourceType")?.as_str()?;
     if resource_type == "Patient" {
-        return resource
-            .get("id")?
+        return field(resource, "id")?
             .as_str()
-            .map(|id| format!("Patient/{id}"));
+            .map(|id| format!("Patient/{id}").into());
     }
     for element in ["patient", "subject", "beneficiary", "individual", "for"] {
-        let reference = match resource.get(element) {
-            Some(Value::Object(r)) => r.get("reference").and_then(Value::as_str),
+        let found = match field(resource, element) {
+            Some(v @ Value::Object(_)) => reference(v),
             Some(Value::Array(items)) => items
                 .iter()
-                .filter_map(|i| i.get("reference").and_then(Value::as_str))
+                .filter_map(reference)
                 .find(|r| r.starts_with("Patient/")),
             _ => None,
         };
-        if let Some(r) = reference.filter(|r| r.starts_with("Patient/")) {
-            return Some(r.split("/_history").next().unwrap_or(r).to_string());
+        if let Some(r) = found.filter(|r| r.starts_with("Patient/")) {
+            return Some(r.split("/_history").next().unwrap_or(r).into());
         }
     }
     None

@@ -388,6 +388,9 @@ impl PreparedConsent {
 #[derive(Debug, Clone, Default)]
 pub struct ConsentSet {
     consents: Vec<std::sync::Arc<PreparedConsent>>,
+    /// Indices into `consents`, most recent `dateTime` first (stable: equal dates keep
+    /// their order), so a most-recent-wins decision can stop at the first that applies.
+    recency: Vec<usize>,
     /// What is already known for one caller, action and time ([`ConsentSet::for_request`]).
     statics: Option<Box<Statics>>,
 }
@@ -421,20 +424,22 @@ impl Statics {
 
 impl ConsentSet {
     pub fn new(resources: &[Value]) -> ConsentSet {
-        ConsentSet {
-            consents: resources
+        ConsentSet::from_prepared(
+            resources
                 .iter()
                 .filter_map(PreparedConsent::prepare)
                 .map(std::sync::Arc::new)
                 .collect(),
-            statics: None,
-        }
+        )
     }
 
     /// From Consents compiled earlier.
     pub fn from_prepared(consents: Vec<std::sync::Arc<PreparedConsent>>) -> ConsentSet {
+        let mut recency: Vec<usize> = (0..consents.len()).collect();
+        recency.sort_by_key(|&i| std::cmp::Reverse(consents[i].when));
         ConsentSet {
             consents,
+            recency,
             statics: None,
         }
     }
@@ -463,6 +468,7 @@ impl ConsentSet {
             .collect();
         ConsentSet {
             consents: self.consents.clone(),
+            recency: self.recency.clone(),
             statics: Some(Box::new(Statics {
                 action,
                 purpose: who.purpose.map(str::to_string),
@@ -915,8 +921,12 @@ fn evaluate<'c>(
 }
 
 impl ConsentEngine {
-    /// Redactions the configured rules require for this release.
-    fn rule_obligations(&self, f: &Facts<'_>, actor: &Actor) -> Vec<Obligation> {
+    /// The configured redaction rules this release falls under.
+    fn redaction_rules<'r>(
+        &'r self,
+        f: &'r Facts<'r>,
+        actor: &'r Actor,
+    ) -> impl Iterator<Item = &'r RedactionRule> + 'r {
         self.redaction
             .iter()
             .filter(|r| f.labels.iter().any(|(_, c)| *c == r.label))
@@ -925,17 +935,11 @@ impl ConsentEngine {
                     .references()
                     .any(|a| r.except.iter().any(|e| strip_base(e) == strip_base(a)))
             })
-            .map(|r| Obligation::Redact {
-                reason: format!(
-                    "data labelled {} is released to this reader only redacted",
-                    r.label
-                ),
-            })
-            .collect()
     }
 }
 
 /// One Consent's outcome.
+#[derive(Clone, Copy)]
 struct Outcome<'c> {
     when: i64,
     consent: &'c str,
@@ -955,29 +959,175 @@ impl ConsentPolicy for ConsentEngine {
     }
 
     fn decide(&self, req: &ConsentRequest<'_>) -> Decision {
+        let f = Facts::of(req);
+        match self.judge(req, &f) {
+            Judged::BreakTheGlass(purpose) => Decision {
+                verdict: Verdict::Permit,
+                source: DecisionSource::BreakTheGlass,
+                basis: format!("emergency access (purpose {purpose}) overrides the patient's consent; this access raises a security alert"),
+                obligations: Vec::new(),
+            },
+            Judged::Consent { outcome: o, part2, explicit } => {
+                let path = &o.m.provision.path;
+                if o.m.verdict == Verdict::Permit && !explicit {
+                    return Decision {
+                        verdict: Verdict::Deny,
+                        basis: format!(
+                            "{} permits at {path}, but the data is labelled {} and no provision names that label explicitly",
+                            o.consent,
+                            f.sensitive_codes().join(", ")
+                        ),
+                        source: DecisionSource::Consent {
+                            consent: o.consent.to_string(),
+                            provision: path.clone(),
+                        },
+                        obligations: Vec::new(),
+                    };
+                }
+                let mut obligations = Vec::new();
+                if o.m.verdict == Verdict::Permit && is_release(req.action) {
+                    if o.m.provision.redact {
+                        obligations.push(Obligation::Redact {
+                            reason: format!(
+                                "{} at {path} permits this data only redacted",
+                                o.consent
+                            ),
+                        });
+                    }
+                    obligations.extend(self.redaction_rules(&f, req.actor).map(|r| {
+                        Obligation::Redact {
+                            reason: format!(
+                                "data labelled {} is released to this reader only redacted",
+                                r.label
+                            ),
+                        }
+                    }));
+                }
+                let mut basis = match o.m.verdict {
+                    Verdict::Permit => o.m.provision.basis_permit.clone(),
+                    Verdict::Deny => o.m.provision.basis_deny.clone(),
+                };
+                if part2 {
+                    basis.push_str(" (42 CFR Part 2 data: deny overrides)");
+                }
+                Decision {
+                    verdict: o.m.verdict,
+                    basis,
+                    source: DecisionSource::Consent {
+                        consent: o.consent.to_string(),
+                        provision: path.clone(),
+                    },
+                    obligations,
+                }
+            }
+            Judged::NoConsent if f.required != 0 => Decision {
+                verdict: Verdict::Deny,
+                source: DecisionSource::NoApplicableConsent,
+                basis: format!(
+                    "no consent applies and the data is labelled {}, which needs the patient's explicit permit",
+                    f.sensitive_codes().join(", ")
+                ),
+                obligations: Vec::new(),
+            },
+            Judged::NoConsent => {
+                let permit = self.default == DefaultPolicy::OptOut;
+                Decision {
+                    verdict: if permit { Verdict::Permit } else { Verdict::Deny },
+                    source: DecisionSource::NoApplicableConsent,
+                    basis: format!(
+                        "no consent applies; the gateway's default policy is {}",
+                        if permit {
+                            "opt-out (share)"
+                        } else {
+                            "opt-in (do not share)"
+                        }
+                    ),
+                    obligations: if permit && is_release(req.action) {
+                        self.redaction_rules(&f, req.actor)
+                            .map(|r| Obligation::Redact {
+                                reason: format!(
+                                    "data labelled {} is released to this reader only redacted",
+                                    r.label
+                                ),
+                            })
+                            .collect()
+                    } else {
+                        Vec::new()
+                    },
+                }
+            }
+        }
+    }
+
+    fn quiet_permit(&self, req: &ConsentRequest<'_>) -> Option<bool> {
+        let f = Facts::of(req);
+        let redact = |provision: bool| {
+            is_release(req.action)
+                && (provision || self.redaction_rules(&f, req.actor).next().is_some())
+        };
+        match self.judge(req, &f) {
+            Judged::BreakTheGlass(_) => None,
+            Judged::Consent {
+                outcome, explicit, ..
+            } => (outcome.m.verdict == Verdict::Permit && explicit)
+                .then(|| redact(outcome.m.provision.redact)),
+            Judged::NoConsent => {
+                (f.required == 0 && self.default == DefaultPolicy::OptOut).then(|| redact(false))
+            }
+        }
+    }
+}
+
+/// What decided a request, borrowed from the compiled Consents; [`ConsentPolicy::decide`]
+/// turns it into an explained [`Decision`], [`ConsentPolicy::quiet_permit`] into a bare
+/// answer without building any text.
+enum Judged<'c> {
+    /// Emergency access with this purpose of use.
+    BreakTheGlass(&'c str),
+    Consent {
+        outcome: Outcome<'c>,
+        /// Deny-overrides applied (42 CFR Part 2 / SUD / ETH data).
+        part2: bool,
+        /// The deciding provision (or an enclosing one) names every sensitivity category
+        /// the data carries; a permit that does not is a deny.
+        explicit: bool,
+    },
+    NoConsent,
+}
+
+impl ConsentEngine {
+    fn judge<'c>(&'c self, req: &'c ConsentRequest<'c>, f: &Facts<'_>) -> Judged<'c> {
         if let Some(purpose) = req.actor.purpose_of_use.as_deref() {
             if self.break_glass_purposes.iter().any(|p| p == purpose)
                 && matches!(req.action, ConsentAction::Access | ConsentAction::Use)
             {
-                return Decision {
-                    verdict: Verdict::Permit,
-                    source: DecisionSource::BreakTheGlass,
-                    basis: format!("emergency access (purpose {purpose}) overrides the patient's consent; this access raises a security alert"),
-                    obligations: Vec::new(),
-                };
+                return Judged::BreakTheGlass(purpose);
             }
         }
         // Sensitivity rules govern release; collecting or correcting labelled data is
         // decided like any other data.
-        let f = Facts::of(req);
         let part2 = f.required & SUBSTANCE_USE != 0;
-        let mut outcomes: Vec<Outcome<'_>> = Vec::with_capacity(req.consents.len());
+        let combiner = if part2 {
+            Combiner::DenyOverrides
+        } else {
+            self.combiner
+        };
+        // For data without sensitivity labels, most-recent-wins never looks past the most
+        // recent Consent that applies (and any of the same date, where a deny wins): the
+        // Consents are visited newest first and older ones skipped from there.
+        let newest_only = combiner == Combiner::MostRecent && f.required == 0;
+        let mut decided_at: Option<i64> = None;
+        let mut outcomes: Vec<Outcome<'c>> = Vec::with_capacity(req.consents.len());
         let statics = req
             .consents
             .statics
             .as_deref()
             .filter(|s| s.applies_to(&f.who));
-        for (i, consent) in req.consents.consents.iter().enumerate() {
+        for &i in &req.consents.recency {
+            let consent = &req.consents.consents[i];
+            if newest_only && decided_at.is_some_and(|when| consent.when < when) {
+                break;
+            }
             let base = consent.root.verdict.unwrap_or(Verdict::Deny);
             if consent.too_deep {
                 // Fail closed: a Consent the engine cannot walk denies.
@@ -990,6 +1140,7 @@ impl ConsentPolicy for ConsentEngine {
                         named: 0,
                     },
                 });
+                decided_at.get_or_insert(consent.when);
                 continue;
             }
             let parent = Parent {
@@ -997,19 +1148,15 @@ impl ConsentPolicy for ConsentEngine {
                 named: 0,
             };
             let admits = statics.and_then(|s| s.admits.get(i)).map(Vec::as_slice);
-            if let Some(m) = evaluate(&consent.root, parent, &f, admits) {
+            if let Some(m) = evaluate(&consent.root, parent, f, admits) {
                 outcomes.push(Outcome {
                     when: consent.when,
                     consent: &consent.reference,
                     m,
                 });
+                decided_at.get_or_insert(consent.when);
             }
         }
-        let combiner = if part2 {
-            Combiner::DenyOverrides
-        } else {
-            self.combiner
-        };
         let latest = |o: &&Outcome<'_>| o.when;
         let latest_deny = outcomes
             .iter()
@@ -1039,81 +1186,12 @@ impl ConsentPolicy for ConsentEngine {
             other => other,
         };
         match chosen {
-            Some(o) => {
-                let path = &o.m.provision.path;
-                if o.m.verdict == Verdict::Permit && !explicit(o) {
-                    return Decision {
-                        verdict: Verdict::Deny,
-                        basis: format!(
-                            "{} permits at {path}, but the data is labelled {} and no provision names that label explicitly",
-                            o.consent,
-                            f.sensitive_codes().join(", ")
-                        ),
-                        source: DecisionSource::Consent {
-                            consent: o.consent.to_string(),
-                            provision: path.clone(),
-                        },
-                        obligations: Vec::new(),
-                    };
-                }
-                let mut obligations = Vec::new();
-                if o.m.verdict == Verdict::Permit && is_release(req.action) {
-                    if o.m.provision.redact {
-                        obligations.push(Obligation::Redact {
-                            reason: format!(
-                                "{} at {path} permits this data only redacted",
-                                o.consent
-                            ),
-                        });
-                    }
-                    obligations.extend(self.rule_obligations(&f, req.actor));
-                }
-                let mut basis = match o.m.verdict {
-                    Verdict::Permit => o.m.provision.basis_permit.clone(),
-                    Verdict::Deny => o.m.provision.basis_deny.clone(),
-                };
-                if part2 {
-                    basis.push_str(" (42 CFR Part 2 data: deny overrides)");
-                }
-                Decision {
-                    verdict: o.m.verdict,
-                    basis,
-                    source: DecisionSource::Consent {
-                        consent: o.consent.to_string(),
-                        provision: path.clone(),
-                    },
-                    obligations,
-                }
-            }
-            None if f.required != 0 => Decision {
-                verdict: Verdict::Deny,
-                source: DecisionSource::NoApplicableConsent,
-                basis: format!(
-                    "no consent applies and the data is labelled {}, which needs the patient's explicit permit",
-                    f.sensitive_codes().join(", ")
-                ),
-                obligations: Vec::new(),
+            Some(o) => Judged::Consent {
+                outcome: *o,
+                part2,
+                explicit: explicit(o),
             },
-            None => {
-                let permit = self.default == DefaultPolicy::OptOut;
-                Decision {
-                    verdict: if permit { Verdict::Permit } else { Verdict::Deny },
-                    source: DecisionSource::NoApplicableConsent,
-                    basis: format!(
-                        "no consent applies; the gateway's default policy is {}",
-                        if permit {
-                            "opt-out (share)"
-                        } else {
-                            "opt-in (do not share)"
-                        }
-                    ),
-                    obligations: if permit && is_release(req.action) {
-                        self.rule_obligations(&f, req.actor)
-                    } else {
-                        Vec::new()
-                    },
-                }
-            }
+            None => Judged::NoConsent,
         }
     }
 }

@@ -152,6 +152,16 @@ impl Decision {
 pub trait ConsentPolicy: Send + Sync {
     fn decide(&self, request: &ConsentRequest<'_>) -> Decision;
 
+    /// The same decision without its explanation, for the read path's per-resource
+    /// filtering: `Some(redact)` when the request is permitted (whole, or only redacted)
+    /// other than by emergency access, which must be audited; `None` when the caller needs
+    /// the full [`Decision`] (a deny, or break-the-glass). Engines override it to skip
+    /// building the explanation text.
+    fn quiet_permit(&self, request: &ConsentRequest<'_>) -> Option<bool> {
+        let d = self.decide(request);
+        (d.is_permit() && d.source != DecisionSource::BreakTheGlass).then(|| d.requires_redaction())
+    }
+
     /// Whether decisions need the patient's Consents and the resource; a policy that permits
     /// everything says `false`, letting the read path skip parsing stored resources.
     fn filters_reads(&self) -> bool {

@@ -523,6 +523,18 @@ fn table() -> Vec<Case> {
         case("equal dateTime: deny wins")
             .consents(vec![consent("a", "2025-01-01", permit()), consent("b", "2025-01-01", deny())])
             .deny(At("b", "")),
+        case("the newest Consent that applies decides; newer ones for other actors are skipped")
+            .consents(vec![
+                consent("newest", "2026-01-01", json!({"type": "permit", "actor": actor("Organization/other")})),
+                consent("older", "2025-01-01", deny()),
+                consent("oldest", "2024-01-01", permit())])
+            .deny(At("older", "")),
+        case("equal newest dateTime among three: the deny wins wherever it is listed")
+            .consents(vec![
+                consent("b", "2025-01-01", deny()),
+                consent("a", "2025-01-01", permit()),
+                consent("old", "2020-01-01", permit())])
+            .deny(At("b", "")),
         case("a Consent without dateTime is the oldest")
             .consents(vec![
                 with(consent("undated", "2025-01-01", permit()), "dateTime", Value::Null),

@@ -20,8 +20,7 @@ use caregate_fhirpath::{Context, Expression};
 use serde_json::Value;
 
 fn cpu_ns() -> Option<u64> {
-    let s = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
-    s.split_whitespace().next()?.parse().ok()
+    caregate_core::cpu_time::thread_cpu_seconds().map(|s| (s * 1e9) as u64)
 }
 
 struct Timer {

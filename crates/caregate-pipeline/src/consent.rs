@@ -2,10 +2,11 @@
 //! the caller's CareTeams) once per request, asks, and remembers what must be audited as a
 //! security alert (denials and break-the-glass).
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 
-use caregate_audit::{patient_of, Subtype};
+use caregate_audit::{patient_reference, Subtype};
 use caregate_consent::{
     Actor, ConsentAction, ConsentRequest, ConsentSet, Decision, DecisionSource, PreparedConsent,
     Verdict,
@@ -256,16 +257,34 @@ impl ConsentScope<'_> {
         action: ConsentAction,
         resource: &Value,
     ) -> FhirResult<Decision> {
-        let patient = patient_of(resource);
-        let consents = match &patient {
-            Some(p) if self.enforced => self.consents_for(p, action)?,
-            _ => Arc::default(),
-        };
+        let patient = patient_reference(resource);
+        let consents = self.consents_about(patient.as_deref(), action)?;
+        Ok(self.decide_with(action, resource, patient.map(Cow::into_owned), &consents))
+    }
+
+    fn consents_about(
+        &mut self,
+        patient: Option<&str>,
+        action: ConsentAction,
+    ) -> FhirResult<Arc<ConsentSet>> {
+        match patient {
+            Some(p) if self.enforced => self.consents_for(p, action),
+            _ => Ok(Arc::default()),
+        }
+    }
+
+    fn decide_with(
+        &mut self,
+        action: ConsentAction,
+        resource: &Value,
+        patient: Option<String>,
+        consents: &ConsentSet,
+    ) -> Decision {
         let mut decision = self.pipeline.stages.consent.decide(&ConsentRequest {
             actor: &self.actor,
             action,
             resource,
-            consents: &consents,
+            consents,
             now_ms: self.now_ms,
         });
         // Break-the-glass opens the patient's record to that client for a while: later
@@ -304,7 +323,7 @@ impl ConsentScope<'_> {
         {
             self.alerts.push((decision.basis.clone(), patient));
         }
-        Ok(decision)
+        decision
     }
 
     /// How this resource may be released to the reader: hidden, whole, or redacted (a
@@ -324,7 +343,30 @@ impl ConsentScope<'_> {
             }
             return Ok(Release::of(&d));
         }
-        let d = self.decide(ConsentAction::Access, resource)?;
+        let patient = patient_reference(resource);
+        let consents = self.consents_about(patient.as_deref(), ConsentAction::Access)?;
+        // Most reads are plain permits: answered without building an explanation. Denials
+        // and emergency access take the explained path, which audits them.
+        let request = ConsentRequest {
+            actor: &self.actor,
+            action: ConsentAction::Access,
+            resource,
+            consents: &consents,
+            now_ms: self.now_ms,
+        };
+        if let Some(redact) = self.pipeline.stages.consent.quiet_permit(&request) {
+            return Ok(if redact {
+                Release::Redacted
+            } else {
+                Release::Whole
+            });
+        }
+        let d = self.decide_with(
+            ConsentAction::Access,
+            resource,
+            patient.map(Cow::into_owned),
+            &consents,
+        );
         Ok(Release::of(&d))
     }
 
@@ -556,14 +598,14 @@ pub(crate) fn mark_held(resource: &mut Value, actor: &Actor) {
     }
 }
 
-fn held_by(resource: &Value) -> Option<String> {
+fn held_by(resource: &Value) -> Option<&str> {
     resource
-        .pointer("/meta/tag")?
+        .get("meta")?
+        .get("tag")?
         .as_array()?
         .iter()
         .find(|t| t.get("system").and_then(Value::as_str) == Some(HOLD_SYSTEM))
         .and_then(|t| t.get("code").and_then(Value::as_str))
-        .map(str::to_string)
 }
 
 /// How long a break-the-glass grant stays open.

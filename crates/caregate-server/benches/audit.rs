@@ -109,17 +109,7 @@ fn flush(raw: &dyn Store) {
 /// CPU seconds this process has used, every thread included (the writer's work is part of
 /// what auditing costs, even when another core does it).
 fn cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let after = stat.rsplit(')').next().unwrap_or_default();
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    // utime and stime, in clock ticks of 1/100 s.
-    (ticks(11) + ticks(12)) / 100.0
+    caregate_core::cpu_time::process_cpu_seconds().unwrap_or(0.0)
 }
 
 /// Seconds to import every bundle once.

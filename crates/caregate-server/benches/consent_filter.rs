@@ -28,8 +28,7 @@ use serde_json::{json, Value};
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn cpu_ns() -> Option<u64> {
-    let s = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
-    s.split_whitespace().next()?.parse().ok()
+    caregate_core::cpu_time::thread_cpu_seconds().map(|s| (s * 1e9) as u64)
 }
 
 fn time(mut f: impl FnMut()) -> f64 {
