@@ -438,14 +438,8 @@ pub fn patient_of(resource: &Value) -> Option<String> {
 
 /// [`patient_of`] without copying when the resource names its patient by reference.
 pub fn patient_reference(resource: &Value) -> Option<std::borrow::Cow<'_, str>> {
-    // Called for every resource a consent-filtered read returns: the elements are found
-    // by scanning the object's few keys rather than hashing each name (serde_json's
-    // ordered map hashes with SipHash).
-    fn field<'v>(v: &'v Value, key: &str) -> Option<&'v Value> {
-        v.as_object()?
-            .iter()
-            .find_map(|(k, x)| (k == key).then_some(x))
-    }
+    // Called for every resource a consent-filtered read returns.
+    use caregate_core::json::field;
     fn reference(v: &Value) -> Option<&str> {
         field(v, "reference")?.as_str()
     }

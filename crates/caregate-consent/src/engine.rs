@@ -716,13 +716,7 @@ impl<'a> Facts<'a> {
     }
 }
 
-/// `v[key]` by a linear scan: resources' objects are small, and scanning a handful of
-/// keys is cheaper than hashing the key (serde_json's map hashes with SipHash).
-fn field<'v>(v: &'v Value, key: &str) -> Option<&'v Value> {
-    v.as_object()?
-        .iter()
-        .find_map(|(k, x)| (k == key).then_some(x))
-}
+use caregate_core::json::field;
 
 fn field_str<'v>(v: &'v Value, key: &str) -> Option<&'v str> {
     field(v, key).and_then(Value::as_str)

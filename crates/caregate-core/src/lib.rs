@@ -4,6 +4,7 @@
 
 pub mod cpu_time;
 mod error;
+pub mod json;
 mod limits;
 mod outcome;
 mod resource_types;

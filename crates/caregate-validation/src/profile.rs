@@ -27,11 +27,30 @@ pub struct Constraint {
     pub source: Option<String>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub(crate) struct TypeRule {
     pub code: String,
     pub profiles: Vec<String>,
     pub target_profiles: Vec<String>,
+    /// The resource types `target_profiles` allow, resolved on first use (the profiles'
+    /// definitions may load after this one is compiled).
+    pub target_types: std::sync::OnceLock<Vec<String>>,
+    /// The core definition of a complex datatype (`Address`), for walking values of this
+    /// type; looked up on first use. Profiles can reach each other in a cycle this way
+    /// (Extension's elements are Extensions): the registry keeps them for the process's
+    /// life anyway.
+    pub core_type: std::sync::OnceLock<Option<Arc<Profile>>>,
+}
+
+// By hand: printing `core_type` would follow the cycles above.
+impl std::fmt::Debug for TypeRule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TypeRule")
+            .field("code", &self.code)
+            .field("profiles", &self.profiles)
+            .field("target_profiles", &self.target_profiles)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,6 +114,11 @@ pub(crate) struct Elem {
     pub child_keys: FxMap<Box<str>, usize>,
     /// Slices of this element, in definition order.
     pub slices: Vec<usize>,
+    /// A primitive element with nothing for a pass to check on its value (no fixed or
+    /// pattern value, limits, non-core binding, invariant, slicing or children): the core
+    /// pass skips it unless the object carries `_name` extensions. Most of a resource's
+    /// leaves are such.
+    pub plain_primitive: bool,
 }
 
 #[derive(Debug)]
@@ -198,6 +222,8 @@ impl Profile {
                     code: type_code(t),
                     profiles: strs(t.get("profile")),
                     target_profiles: strs(t.get("targetProfile")),
+                    target_types: std::sync::OnceLock::new(),
+                    core_type: std::sync::OnceLock::new(),
                 })
                 .collect();
             let mut fixed = None;
@@ -310,6 +336,7 @@ impl Profile {
                 children: Vec::new(),
                 child_keys: FxMap::default(),
                 slices: Vec::new(),
+                plain_primitive: false,
             });
         }
         for i in 0..elems.len() {
@@ -348,6 +375,25 @@ impl Profile {
                 }
             }
             elems[p].child_keys = keys;
+        }
+        for e in &mut elems {
+            e.plain_primitive = e.children.is_empty()
+                && e.slices.is_empty()
+                && e.slicing.is_none()
+                && !e.types.is_empty()
+                && e.types.iter().all(|t| {
+                    t.code.starts_with(|c: char| c.is_ascii_lowercase()) && t.code != "markdown"
+                })
+                && e.fixed.is_none()
+                && e.pattern.is_none()
+                && e.min_value.is_none()
+                && e.max_value.is_none()
+                && e.max_length.is_none()
+                && e.binding_is_core
+                && e.constraints.iter().all(|c| {
+                    c.expression.is_none()
+                        || crate::invariants::SKIPPED_INVARIANTS.contains(&c.key.as_str())
+                });
         }
         let contexts = sd
             .get("context")

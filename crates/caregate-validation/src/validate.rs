@@ -4,6 +4,7 @@
 //! FHIRPath string when it reports an issue, so a valid resource costs hash lookups and
 //! byte scans, no allocation per element.
 
+use caregate_core::json::member;
 use caregate_core::{Issue, IssueCode, Severity};
 use serde_json::{Map, Value};
 
@@ -187,7 +188,7 @@ impl<'a> Walker<'a> {
             if let Some(name) = key.strip_prefix('_') {
                 match t.lookup(name) {
                     Some(el) if matches!(el.kind, ElementKind::Primitive(_)) => {
-                        if obj.contains_key(name) {
+                        if member(obj, name).is_some() {
                             continue; // checked together with its value
                         }
                         if let Some(g) = el.choice {
@@ -219,7 +220,7 @@ impl<'a> Walker<'a> {
             match el.kind {
                 ElementKind::Primitive(p) => {
                     let ext = if has_underscore {
-                        obj.get(&*el.ext_name)
+                        member(obj, &el.ext_name)
                     } else {
                         None
                     };
@@ -239,10 +240,10 @@ impl<'a> Walker<'a> {
 
         for &r in &t.required {
             let el = &t.elements[r as usize];
-            let present = obj.contains_key(&*el.name)
+            let present = member(obj, &el.name).is_some()
                 || (has_underscore
                     && matches!(el.kind, ElementKind::Primitive(_))
-                    && obj.contains_key(&*el.ext_name));
+                    && member(obj, &el.ext_name).is_some());
             if !present {
                 self.error_at(
                     &el.name,
@@ -267,7 +268,7 @@ impl<'a> Walker<'a> {
     /// Coding.system names a code system by an absolute URI (`http://loinc.org`,
     /// `urn:oid:…`); a bare word (`Location1`) identifies nothing outside the sender.
     fn coding_system(&mut self, obj: &'a Map<String, Value>) {
-        if let Some(Value::String(system)) = obj.get("system") {
+        if let Some(Value::String(system)) = member(obj, "system") {
             if !system.contains(':') {
                 self.error_at(
                     "system",

@@ -17,6 +17,7 @@ use crate::profile::{Constraint, DiscKind, Elem, Profile, Rules, TypeRule};
 use crate::registry::Registry;
 use crate::terminology::CodeCheck;
 use crate::StructureModel;
+use caregate_core::json::member;
 
 /// Evaluates FHIRPath invariants (ElementDefinition.constraint). The validator calls it
 /// for each constraint of each element it visits; caregate-fhirpath provides the
@@ -223,6 +224,37 @@ struct Item<'v> {
     type_code: Option<String>,
     /// The `_name` entry of a primitive (its id and extensions).
     ext: Option<&'v Value>,
+}
+
+/// `{loc}.{name}` or `{loc}.{name}[{index}]`: built for every value a pass visits, so
+/// without the formatting machinery.
+fn child_loc(loc: &str, name: &str, index: Option<usize>) -> String {
+    let mut out = String::with_capacity(loc.len() + name.len() + 6);
+    out.push_str(loc);
+    out.push('.');
+    out.push_str(name);
+    if let Some(i) = index {
+        out.push('[');
+        push_decimal(&mut out, i);
+        out.push(']');
+    }
+    out
+}
+
+fn push_decimal(out: &mut String, mut n: usize) {
+    let mut digits = [0u8; 20];
+    let mut len = 0;
+    loop {
+        digits[len] = b'0' + (n % 10) as u8;
+        len += 1;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for &d in digits[..len].iter().rev() {
+        out.push(char::from(d));
+    }
 }
 
 fn capitalised(code: &str) -> String {
@@ -871,7 +903,7 @@ struct Pass<'c, 'v> {
     depth: u32,
     /// Path of the element a datatype sub-pass stands for (`Patient.address`), for
     /// extension contexts.
-    alias: Option<String>,
+    alias: Option<&'c str>,
 }
 
 impl<'c, 'v> Pass<'c, 'v> {
@@ -900,6 +932,10 @@ impl<'c, 'v> Pass<'c, 'v> {
             for k in obj.keys() {
                 let key = k.strip_prefix('_').unwrap_or(k);
                 if let Some(&c) = el.child_keys.get(key) {
+                    // The structural walk checked the value; there is nothing more here.
+                    if !underscore && self.elem(c).plain_primitive {
+                        continue;
+                    }
                     if !present.contains(&c) {
                         present.push(c);
                     }
@@ -918,7 +954,8 @@ impl<'c, 'v> Pass<'c, 'v> {
     }
 
     fn invariants(&mut self, e: usize, focus: &'v Value, loc: &str) {
-        let Some(evaluator) = self.ctx.v.invariants.clone() else {
+        let ctx = self.ctx;
+        let Some(evaluator) = ctx.v.invariants.as_deref() else {
             return;
         };
         let el = self.elem(e);
@@ -1000,9 +1037,9 @@ impl<'c, 'v> Pass<'c, 'v> {
         if el.choice_base.is_none() {
             // The common case first: a plain element, absent or present, looked up once.
             let name = el.name.as_str();
-            let value = obj.get(name);
+            let value = member(obj, name);
             let ext = if underscore {
-                obj.get(el.ext_name.as_str())
+                member(obj, el.ext_name.as_str())
             } else {
                 None
             };
@@ -1023,7 +1060,7 @@ impl<'c, 'v> Pass<'c, 'v> {
                     }
                     items.push(Item {
                         value: (!v.is_null()).then_some(v),
-                        loc: format!("{loc}.{key}[{i}]"),
+                        loc: child_loc(loc, key, Some(i)),
                         type_code: type_code.clone(),
                         ext: ext.and_then(|e| e.get(i)).filter(|x| x.is_object()),
                     });
@@ -1031,14 +1068,14 @@ impl<'c, 'v> Pass<'c, 'v> {
             }
             v => items.push(Item {
                 value: (!v.is_null()).then_some(v),
-                loc: format!("{loc}.{key}"),
+                loc: child_loc(loc, key, None),
                 type_code,
                 ext: ext.filter(|x| x.is_object()),
             }),
         };
         if let Some(base) = el.choice_base.as_deref() {
             for (k, v) in obj {
-                let (key, underscore) = match k.strip_prefix('_') {
+                let (key, is_ext_key) = match k.strip_prefix('_') {
                     Some(k) => (k, true),
                     None => (k.as_str(), false),
                 };
@@ -1057,7 +1094,7 @@ impl<'c, 'v> Pass<'c, 'v> {
                             .unwrap_or_default()
                     };
                     let model = self.ctx.v.model;
-                    if !underscore
+                    if !is_ext_key
                         && !self.base
                         && (model.is_known_type(rest) || model.primitive(&lower).is_some())
                     {
@@ -1076,32 +1113,41 @@ impl<'c, 'v> Pass<'c, 'v> {
                     }
                     continue;
                 };
-                if underscore {
-                    if !obj.contains_key(key) {
+                if is_ext_key {
+                    if member(obj, key).is_none() {
                         add(key, &Value::Null, Some(v), Some(t.code.clone()));
                     }
                     continue;
                 }
-                let ext = obj.get(&format!("_{key}"));
+                let ext = if underscore {
+                    obj.iter()
+                        .find_map(|(k, x)| (k.strip_prefix('_') == Some(key)).then_some(x))
+                } else {
+                    None
+                };
                 add(key, v, ext, Some(t.code.clone()));
             }
         } else {
             let name = el.name.as_str();
             let ext_name = el.ext_name.as_str();
-            match obj.get(name) {
+            match member(obj, name) {
                 Some(v) => {
-                    let ext = if underscore { obj.get(ext_name) } else { None };
+                    let ext = if underscore {
+                        member(obj, ext_name)
+                    } else {
+                        None
+                    };
                     add(name, v, ext, None);
                 }
                 None => {
-                    if let Some(x) = obj.get(ext_name) {
+                    if let Some(x) = member(obj, ext_name) {
                         // `_name` alone: present, without a value.
                         match x {
                             Value::Array(a) => {
                                 for (i, e) in a.iter().enumerate() {
                                     items.push(Item {
                                         value: None,
-                                        loc: format!("{loc}.{name}[{i}]"),
+                                        loc: child_loc(loc, name, Some(i)),
                                         type_code: None,
                                         ext: Some(e).filter(|x| x.is_object()),
                                     });
@@ -1109,7 +1155,7 @@ impl<'c, 'v> Pass<'c, 'v> {
                             }
                             other => items.push(Item {
                                 value: None,
-                                loc: format!("{loc}.{name}"),
+                                loc: child_loc(loc, name, None),
                                 type_code: None,
                                 ext: Some(other).filter(|x| x.is_object()),
                             }),
@@ -1170,13 +1216,13 @@ impl<'c, 'v> Pass<'c, 'v> {
         let is_ext = matches!(el.name.as_str(), "extension" | "modifierExtension");
         for (item, slice) in items.iter().zip(&matched) {
             if self.base {
-                self.primitive_extensions(item, &el.path.clone());
+                self.primitive_extensions(item, &el.path);
             }
             self.value(c, item);
             if let Some(s) = slice {
                 self.value(*s, item);
             } else if is_ext && self.base {
-                self.extension(item, &el.path.clone());
+                self.extension(item, &el.path);
             }
         }
     }
@@ -1289,7 +1335,7 @@ impl<'c, 'v> Pass<'c, 'v> {
                 .cloned()
                 .collect();
             if !(profiles.is_empty() || self.base && t.code == "Extension") {
-                self.against_any_profile(&profiles, value, loc, Some(el.path.clone()));
+                self.against_any_profile(&profiles, value, loc, Some(&el.path));
             }
         }
         if !el.children.is_empty() {
@@ -1303,10 +1349,13 @@ impl<'c, 'v> Pass<'c, 'v> {
                     let checkable = has_checkable(value) || self.ctx.v.no_html_in_markdown;
                     let invariants = self.ctx.v.invariants.is_some();
                     if checkable || invariants {
-                        if let Ok(dt) = self.ctx.registry().profile(&format!("{CORE_SD}{}", t.code))
-                        {
+                        let registry = self.ctx.registry();
+                        let dt = t
+                            .core_type
+                            .get_or_init(|| registry.profile(&format!("{CORE_SD}{}", t.code)).ok());
+                        if let Some(dt) = dt.as_deref() {
                             if checkable || dt.has_invariants {
-                                self.sub_pass(&dt, true, value, loc, Some(el.path.clone()));
+                                self.sub_pass(dt, true, value, loc, Some(&el.path));
                             }
                         }
                     }
@@ -1347,7 +1396,7 @@ impl<'c, 'v> Pass<'c, 'v> {
         base: bool,
         value: &'v Value,
         loc: &str,
-        alias: Option<String>,
+        alias: Option<&str>,
     ) {
         if self.depth >= MAX_DEPTH {
             return;
@@ -1365,7 +1414,7 @@ impl<'c, 'v> Pass<'c, 'v> {
         pass.element(0, value, loc);
     }
 
-    fn against_profile(&mut self, url: &str, value: &'v Value, loc: &str, alias: Option<String>) {
+    fn against_profile(&mut self, url: &str, value: &'v Value, loc: &str, alias: Option<&str>) {
         match self.ctx.registry().profile(url) {
             Ok(p) => self.sub_pass(&p, false, value, loc, alias),
             Err(reason) => self.push(
@@ -1383,7 +1432,7 @@ impl<'c, 'v> Pass<'c, 'v> {
         profiles: &[String],
         value: &'v Value,
         loc: &str,
-        alias: Option<String>,
+        alias: Option<&str>,
     ) {
         if let [one] = profiles {
             self.against_profile(one, value, loc, alias);
@@ -1391,7 +1440,7 @@ impl<'c, 'v> Pass<'c, 'v> {
         }
         let mut first: Option<Vec<Issue>> = None;
         for p in profiles {
-            let issues = self.trial(p, value, loc, alias.clone());
+            let issues = self.trial(p, value, loc, alias);
             if !issues.iter().any(|i| i.severity.is_error()) {
                 self.out.extend(issues);
                 return;
@@ -1402,13 +1451,7 @@ impl<'c, 'v> Pass<'c, 'v> {
     }
 
     /// Validates against a profile into a separate list (slice and profile matching).
-    fn trial(
-        &mut self,
-        url: &str,
-        value: &'v Value,
-        loc: &str,
-        alias: Option<String>,
-    ) -> Vec<Issue> {
+    fn trial(&mut self, url: &str, value: &'v Value, loc: &str, alias: Option<&str>) -> Vec<Issue> {
         let mut issues = Vec::new();
         let Ok(p) = self.ctx.registry().profile(url) else {
             issues.push(issue(
@@ -1549,16 +1592,17 @@ impl<'c, 'v> Pass<'c, 'v> {
             return;
         };
         let reg = self.ctx.registry();
-        let allowed: Vec<String> = t
-            .target_profiles
-            .iter()
-            .map(|p| {
-                reg.structure_definition(p)
-                    .and_then(|sd| sd.get("type").and_then(Value::as_str))
-                    .map(str::to_string)
-                    .unwrap_or_else(|| p.rsplit('/').next().unwrap_or(p).to_string())
-            })
-            .collect();
+        let allowed = t.target_types.get_or_init(|| {
+            t.target_profiles
+                .iter()
+                .map(|p| {
+                    reg.structure_definition(p)
+                        .and_then(|sd| sd.get("type").and_then(Value::as_str))
+                        .map(str::to_string)
+                        .unwrap_or_else(|| p.rsplit('/').next().unwrap_or(p).to_string())
+                })
+                .collect()
+        });
         if allowed
             .iter()
             .any(|a| a == "Resource" || a == "DomainResource")
@@ -1751,14 +1795,7 @@ impl<'c, 'v> Pass<'c, 'v> {
         let host = element_path
             .rsplit_once('.')
             .map_or(element_path, |(h, _)| h);
-        let alias_host = self.alias.clone();
-        if !context_allows(
-            &p,
-            host,
-            alias_host.as_deref(),
-            self.profile,
-            self.ctx.v.model,
-        ) {
+        if !context_allows(&p, host, self.alias, self.profile, self.ctx.v.model) {
             let contexts: Vec<String> = p.contexts.iter().map(|(_, e)| e.clone()).collect();
             self.push(
                 Severity::Error,
@@ -2266,4 +2303,17 @@ fn is_cross_version(url: &str) -> bool {
 
 fn is_domain_resource(name: &str) -> bool {
     !matches!(name, "Bundle" | "Binary" | "Parameters")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::child_loc;
+
+    #[test]
+    fn child_locations_carry_indices() {
+        assert_eq!(child_loc("Patient", "name", None), "Patient.name");
+        assert_eq!(child_loc("Patient", "name", Some(0)), "Patient.name[0]");
+        assert_eq!(child_loc("A.b[3]", "c", Some(10)), "A.b[3].c[10]");
+        assert_eq!(child_loc("A", "c", Some(1234567890)), "A.c[1234567890]");
+    }
 }
