@@ -18,7 +18,7 @@
 //!     I/O is left out of both sides — the page's own SQLite read and the one indexed
 //!     lookup of the patient's Consents — so the share is an upper bound for a real request.
 //!
-//! Times are the thread's CPU time (`/proc/thread-self/schedstat`) so other load on the
+//! Times are the thread's CPU time (`caregate_core::cpu_time`) so other load on the
 //! shared machine counts less; the best of the runs is reported.
 
 use std::sync::Arc;

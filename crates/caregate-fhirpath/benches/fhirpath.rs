@@ -9,7 +9,7 @@
 //! (b) the expression set of `bench-fhirpath.mjs exprs` over the same file, compiled once,
 //!     full result collections built (as fhirpath.js returns arrays).
 //!
-//! CPU time is the thread's own (`/proc/thread-self/schedstat`), so other load on the
+//! CPU time is the thread's own (`caregate_core::cpu_time`), so other load on the
 //! machine does not count; wall time is reported too.
 
 use std::collections::HashMap;

@@ -10,8 +10,9 @@
 
 use std::sync::{Arc, RwLock};
 
+use caregate_core::json::member;
 use caregate_fhirpath::{Context, Expression};
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 use crate::model::FxMap;
 use crate::terminology::{CodeCheck, Terminology};
@@ -211,31 +212,17 @@ impl InvariantEvaluator for FhirPathInvariants {
 /// R4 ref-1, on every Reference.
 const REF_1: &str = "reference.startsWith('#').not() or (reference.substring(1).trace('url') in %rootResource.contained.id.trace('ids'))";
 
+/// R4 per-1, on every Period.
+const PER_1: &str = "start.hasValue().not() or end.hasValue().not() or (start <= end)";
+
 /// Answers the commonest constraint shapes without FHIRPath, with the same result:
-/// ref-1, `a.empty() or b.exists()` (cpt-2, qty-3...), `a.empty()` and `a.exists()` over
-/// child names. `None`: evaluate the expression.
+/// ref-1, per-1 (when the dates compare as text), `a.empty() or b.exists()` (cpt-2,
+/// qty-3...), `a.empty()` and `a.exists()` over child names and paths of them (dom-6:
+/// ``text.`div`.exists()``). `None`: evaluate the expression.
 fn native(expr: &str, ctx: &InvariantContext<'_>) -> Option<bool> {
     let focus = ctx.focus.as_object()?;
-    // An element is present with a value or with only its `_name` (id, extensions), as
-    // FHIRPath sees the FHIR model.
-    let exists = |name: &str| -> Option<bool> {
-        if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric()) {
-            return None;
-        }
-        // A choice (`value` for `valueString`) is left to FHIRPath.
-        let variant = focus.keys().any(|k| {
-            k.trim_start_matches('_')
-                .strip_prefix(name)
-                .is_some_and(|r| r.starts_with(|c: char| c.is_ascii_uppercase()))
-        });
-        if variant {
-            return None;
-        }
-        let present = |k: &str| focus.get(k).is_some_and(|v| !v.is_null());
-        Some(present(name) || present(&format!("_{name}")))
-    };
     if expr == REF_1 {
-        return Some(match focus.get("reference").and_then(Value::as_str) {
+        return Some(match member(focus, "reference").and_then(Value::as_str) {
             Some(r) => match r.strip_prefix('#') {
                 Some(id) => ctx
                     .container
@@ -250,17 +237,108 @@ fn native(expr: &str, ctx: &InvariantContext<'_>) -> Option<bool> {
             None => true,
         });
     }
+    if expr == PER_1 {
+        let start = member(focus, "start").and_then(Value::as_str);
+        let end = member(focus, "end").and_then(Value::as_str);
+        return match (start, end) {
+            (Some(start), Some(end)) => dates_in_order(start, end),
+            _ => Some(true),
+        };
+    }
     if let Some((a, b)) = expr.split_once(".empty() or ") {
         let b = b.strip_suffix(".exists()")?;
-        return Some(!exists(a)? || exists(b)?);
+        return Some(!path_exists(focus, a)? || path_exists(focus, b)?);
     }
     if let Some(a) = expr.strip_suffix(".empty()") {
-        return Some(!exists(a)?);
+        return Some(!path_exists(focus, a)?);
     }
     if let Some(a) = expr.strip_suffix(".exists()") {
-        return exists(a);
+        return path_exists(focus, a);
     }
     None
+}
+
+/// `start <= end` for two FHIR dates or dateTimes when comparing the text gives
+/// FHIRPath's answer: the same precision (length) and, with a time, the same timezone.
+/// `None` otherwise (FHIRPath normalises zones and answers empty across precisions).
+fn dates_in_order(start: &str, end: &str) -> Option<bool> {
+    if start.len() != end.len() || !start.is_ascii() || !end.is_ascii() {
+        return None;
+    }
+    let zone = |s: &str| -> Option<usize> {
+        if s.ends_with('Z') {
+            Some(s.len() - 1)
+        } else {
+            let at = s.len().checked_sub(6)?;
+            matches!(s.as_bytes().get(at), Some(b'+' | b'-')).then_some(at)
+        }
+    };
+    match start.len() {
+        4 | 7 | 10 => Some(start <= end),
+        n if n > 10 => {
+            let (zs, ze) = (zone(start)?, zone(end)?);
+            (zs == ze && start[zs..] == end[ze..]).then(|| start <= end)
+        }
+        _ => None,
+    }
+}
+
+/// Whether `path` (child names joined by `.`, backticks allowed) has a value under
+/// `focus`. An element is present with a value or with only its `_name` (id,
+/// extensions), as FHIRPath sees the FHIR model. `None` for what is FHIRPath's to decide:
+/// choices (`value` for `valueString`), other syntax, primitives along the way.
+fn path_exists(focus: &Map<String, Value>, path: &str) -> Option<bool> {
+    let mut segments = path.split('.').map(|s| {
+        s.strip_prefix('`')
+            .and_then(|s| s.strip_suffix('`'))
+            .unwrap_or(s)
+    });
+    let first = segments.next()?;
+    let Some(second) = segments.next() else {
+        return child_exists(focus, first);
+    };
+    let simple = |name: &str| !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric());
+    if segments.next().is_some() || !simple(first) || !simple(second) {
+        return None;
+    }
+    // Two steps (dom-6's ``text.`div` ``): any object under the first has the second.
+    child_exists(focus, first)?;
+    let mut any = false;
+    let mut check = |v: &Value| -> Option<()> {
+        let obj = v.as_object()?;
+        any |= child_exists(obj, second)?;
+        Some(())
+    };
+    match member(focus, first) {
+        None | Some(Value::Null) => {}
+        Some(Value::Array(items)) => {
+            for item in items.iter().filter(|v| !v.is_null()) {
+                check(item)?;
+            }
+        }
+        Some(v) => check(v)?,
+    }
+    Some(any)
+}
+
+fn child_exists(focus: &Map<String, Value>, name: &str) -> Option<bool> {
+    if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        return None;
+    }
+    let mut present = false;
+    for (k, v) in focus {
+        let key = k.strip_prefix('_').unwrap_or(k);
+        let Some(rest) = key.strip_prefix(name) else {
+            continue;
+        };
+        if rest.is_empty() {
+            present |= !v.is_null();
+        } else if rest.starts_with(|c: char| c.is_ascii_uppercase()) {
+            // A choice (`value` for `valueString`) is left to FHIRPath.
+            return None;
+        }
+    }
+    Some(present)
 }
 
 #[cfg(test)]
@@ -294,6 +372,36 @@ mod tests {
             (REF_1, json!({"reference": "#q"})),
             (REF_1, json!({"reference": "Patient/1"})),
             (REF_1, json!({"display": "x"})),
+            (
+                "text.`div`.exists()",
+                json!({"text": {"status": "generated", "div": "<div/>"}}),
+            ),
+            (
+                "text.`div`.exists()",
+                json!({"text": {"status": "generated"}}),
+            ),
+            ("text.`div`.exists()", json!({"id": "x"})),
+            (
+                "name.given.exists()",
+                json!({"name": [{"family": "a"}, {"given": ["b"]}]}),
+            ),
+            ("name.given.exists()", json!({"name": [{"family": "a"}]})),
+            (PER_1, json!({"start": "2020-01-01", "end": "2020-02-01"})),
+            (PER_1, json!({"start": "2020-03-01", "end": "2020-02-01"})),
+            (
+                PER_1,
+                json!({"start": "2020-03-01T10:00:00+01:00", "end": "2020-03-01T09:59:59+01:00"}),
+            ),
+            (
+                PER_1,
+                json!({"start": "2020-03-01T10:00:00Z", "end": "2020-03-01T10:00:00Z"}),
+            ),
+            (
+                PER_1,
+                json!({"start": "2020-03-01T10:00:00.123Z", "end": "2020-03-01T10:00:01.000Z"}),
+            ),
+            (PER_1, json!({"start": "2020-03-01T10:00:00Z"})),
+            (PER_1, json!({"end": "2020"})),
         ];
         for (expr, focus) in cases {
             let constraint = Constraint {
@@ -360,5 +468,23 @@ mod tests {
             fhir_type: None,
         };
         assert_eq!(native("value.exists()", &ctx), None);
+        // Other shapes are FHIRPath's, whatever the data.
+        for expr in [
+            "valueSet.exists() or system.exists()",
+            "sliceIsConstraining.exists() implies sliceName.exists()",
+            "a.b.c.exists()",
+        ] {
+            assert_eq!(native(expr, &ctx), None, "{expr}");
+        }
+        // Dates that do not compare as text are FHIRPath's.
+        assert_eq!(
+            dates_in_order("2020-03-01T10:00:00+01:00", "2020-03-01T09:30:00Z"),
+            None
+        );
+        assert_eq!(dates_in_order("2020-03", "2020-03-01"), None);
+        assert_eq!(
+            dates_in_order("2020-03-01T10:00:00+01:00", "2020-03-01T10:00:00-01:00"),
+            None
+        );
     }
 }

@@ -273,15 +273,16 @@ fn issue(severity: Severity, code: IssueCode, loc: &str, msg: String) -> Issue {
 /// `Patient/1/_history/2`); `None` for `#contained`, `urn:` and unknown shapes.
 pub(crate) fn reference_type(reference: &str) -> Option<&str> {
     let path = reference.split(['?', '#']).next().unwrap_or(reference);
-    let parts: Vec<&str> = path.split('/').collect();
-    let n = parts.len();
-    if n >= 4 && parts[n - 2] == "_history" {
-        return Some(parts[n - 4]);
+    // From the end: `…/Type/id` or `…/Type/id/_history/version`.
+    let mut parts = path.rsplit('/');
+    let _last = parts.next()?;
+    let second = parts.next()?;
+    if second == "_history" {
+        if let (Some(_id), Some(t)) = (parts.next(), parts.next()) {
+            return Some(t);
+        }
     }
-    if n >= 2 {
-        return Some(parts[n - 2]);
-    }
-    None
+    Some(second)
 }
 
 /// `pattern` ⊆ `value`: every property of the pattern present with a matching value; each
@@ -879,7 +880,10 @@ impl<'v> Ctx<'v> {
                 .get("resourceType")?
                 .as_str();
         }
-        if let Some(r) = self.bundle.get(reference) {
+        if let Some(r) = (!self.bundle.is_empty())
+            .then(|| self.bundle.get(reference))
+            .flatten()
+        {
             return r.get("resourceType").and_then(Value::as_str);
         }
         if reference.starts_with("urn:") {
@@ -2307,7 +2311,21 @@ fn is_domain_resource(name: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::child_loc;
+    use super::{child_loc, reference_type};
+
+    #[test]
+    fn reference_types() {
+        assert_eq!(reference_type("Patient/1"), Some("Patient"));
+        assert_eq!(reference_type("http://x/fhir/Patient/1"), Some("Patient"));
+        assert_eq!(reference_type("Patient/1/_history/2"), Some("Patient"));
+        assert_eq!(
+            reference_type("http://x/Observation/o/_history/3#frag"),
+            Some("Observation")
+        );
+        assert_eq!(reference_type("Patient/1?x=y"), Some("Patient"));
+        assert_eq!(reference_type("1/_history/2"), Some("_history"));
+        assert_eq!(reference_type("Patient"), None);
+    }
 
     #[test]
     fn child_locations_carry_indices() {
