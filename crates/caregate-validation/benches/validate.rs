@@ -237,7 +237,7 @@ fn main() {
             })
             .unwrap_or_default();
     parse_only("peers mixed.ndjson, serde_json parse only", &mixed_lines);
-    measure(model, "peers mixed.ndjson", &mixed_ndjson());
+    measure(model, "structure only, peers mixed.ndjson", &mixed_ndjson());
     let bundles = synthea_bundles();
     let entries: Vec<Value> = bundles
         .iter()
@@ -245,8 +245,12 @@ fn main() {
         .flatten()
         .filter_map(|e| e.get("resource").cloned())
         .collect();
-    measure(model, "synthea entries one by one", &entries);
-    measure(model, "synthea bundles whole", &bundles);
+    measure(
+        model,
+        "structure only, synthea entries one by one",
+        &entries,
+    );
+    measure(model, "structure only, synthea bundles whole", &bundles);
 
     // The full validator: structure and core bindings, then the core-definition pass
     // (reference targets, extensions, nested resources), no profiles claimed.

@@ -124,9 +124,15 @@ impl StructureModel {
     /// `Bundle.entry.resource` and `Parameters.parameter.resource`, recursively.
     /// Returns the problems found (all errors today); empty means structurally valid.
     pub fn validate(&self, resource: &Value) -> Vec<Issue> {
+        self.validate_noting_extensions(resource).0
+    }
+
+    /// [`StructureModel::validate`], and whether the resource carries any extension
+    /// (`extension`, `modifierExtension`, or a primitive's `_name`) anywhere.
+    pub(crate) fn validate_noting_extensions(&self, resource: &Value) -> (Vec<Issue>, bool) {
         let mut walker = validate::Walker::new(self);
         walker.resource(resource, false);
-        walker.issues
+        (walker.issues, walker.saw_extensions)
     }
 
     /// True for any type the model knows: resource types (including the abstract

@@ -119,6 +119,17 @@ pub(crate) struct Elem {
     /// pass skips it unless the object carries `_name` extensions. Most of a resource's
     /// leaves are such.
     pub plain_primitive: bool,
+    /// The constraints an invariant evaluator checks (with an expression, not in
+    /// [`crate::invariants::SKIPPED_INVARIANTS`]): (index into `constraints`, whether the
+    /// core specification defines it).
+    pub checked_constraints: Vec<(usize, bool)>,
+    /// Whether nothing in this element's subtree (its children, its types' core
+    /// definitions) needs the core pass once extensions are ruled out: see
+    /// [`Profile::inert`]. Found on first use.
+    pub inert: std::sync::OnceLock<bool>,
+    /// The children that are not inert, in definition order, when none of them is a
+    /// choice (whose JSON keys vary): see [`Profile::active_children`].
+    pub active_children: std::sync::OnceLock<Option<Vec<usize>>>,
 }
 
 #[derive(Debug)]
@@ -337,6 +348,9 @@ impl Profile {
                 child_keys: FxMap::default(),
                 slices: Vec::new(),
                 plain_primitive: false,
+                checked_constraints: Vec::new(),
+                inert: std::sync::OnceLock::new(),
+                active_children: std::sync::OnceLock::new(),
             });
         }
         for i in 0..elems.len() {
@@ -377,6 +391,16 @@ impl Profile {
             elems[p].child_keys = keys;
         }
         for e in &mut elems {
+            e.checked_constraints = e
+                .constraints
+                .iter()
+                .enumerate()
+                .filter(|(_, c)| {
+                    c.expression.is_some()
+                        && !crate::invariants::SKIPPED_INVARIANTS.contains(&c.key.as_str())
+                })
+                .map(|(i, c)| (i, c.source.as_deref().is_some_and(is_core_definition)))
+                .collect();
             e.plain_primitive = e.children.is_empty()
                 && e.slices.is_empty()
                 && e.slicing.is_none()
@@ -390,10 +414,7 @@ impl Profile {
                 && e.max_value.is_none()
                 && e.max_length.is_none()
                 && e.binding_is_core
-                && e.constraints.iter().all(|c| {
-                    c.expression.is_none()
-                        || crate::invariants::SKIPPED_INVARIANTS.contains(&c.key.as_str())
-                });
+                && e.checked_constraints.is_empty();
         }
         let contexts = sd
             .get("context")
@@ -427,6 +448,14 @@ impl Profile {
             has_invariants,
         }
     }
+}
+
+/// A StructureDefinition of the core specification (`…/StructureDefinition/Patient`), not
+/// a profile or extension of it (those have a `-` in their id).
+pub(crate) fn is_core_definition(canonical: &str) -> bool {
+    canonical
+        .strip_prefix("http://hl7.org/fhir/StructureDefinition/")
+        .is_some_and(|id| !id.contains('-'))
 }
 
 /// The FHIR type an ElementDefinition.type names (System types resolved to `string`...).
@@ -465,6 +494,93 @@ fn core_binding(reg: &Registry, path: &str) -> Option<(BindingStrength, String)>
         BindingStrength::from_code(b.get("strength")?.as_str()?)?,
         b.get("valueSet")?.as_str()?.to_string(),
     ))
+}
+
+impl Profile {
+    /// Whether element `e` is inert for the core pass of a resource without extensions:
+    /// no invariant, fixed or pattern value, limit, slicing or non-core binding in its
+    /// subtree, and no type that needs checking (Reference, Resource, Attachment, markdown,
+    /// Extension, profiled types). Computed once per element without blocking: a cycle
+    /// between definitions counts as not inert.
+    pub(crate) fn inert(&self, reg: &Registry, e: usize) -> bool {
+        let mut visiting = Vec::new();
+        self.inert_in(reg, e, &mut visiting)
+    }
+
+    /// The children of `e` a core pass without extensions must visit (not inert), or
+    /// `None` when one of them is a choice: then the object's keys are walked instead.
+    pub(crate) fn active_children(&self, reg: &Registry, e: usize) -> Option<&[usize]> {
+        let el = self.elems.get(e)?;
+        el.active_children
+            .get_or_init(|| {
+                let active: Vec<usize> = el
+                    .children
+                    .iter()
+                    .copied()
+                    .filter(|&c| !self.elems[c].plain_primitive && !self.inert(reg, c))
+                    .collect();
+                let choice = active.iter().any(|&c| self.elems[c].choice_base.is_some());
+                (!choice).then_some(active)
+            })
+            .as_deref()
+    }
+
+    fn inert_in(
+        &self,
+        reg: &Registry,
+        e: usize,
+        visiting: &mut Vec<(*const Profile, usize)>,
+    ) -> bool {
+        let Some(el) = self.elems.get(e) else {
+            return false;
+        };
+        if let Some(known) = el.inert.get() {
+            return *known;
+        }
+        let me = (self as *const Profile, e);
+        if visiting.contains(&me) || visiting.len() > 32 {
+            return false;
+        }
+        visiting.push(me);
+        let inert = el.checked_constraints.is_empty()
+            && el.slices.is_empty()
+            && el.slicing.is_none()
+            && el.fixed.is_none()
+            && el.pattern.is_none()
+            && el.min_value.is_none()
+            && el.max_value.is_none()
+            && el.max_length.is_none()
+            && el.binding_is_core
+            && el.children.iter().all(|&c| self.inert_in(reg, c, visiting))
+            && el.types.iter().all(|t| type_inert(reg, t, visiting));
+        visiting.pop();
+        // Another thread may have got there first with the same answer.
+        let _ = el.inert.set(inert);
+        inert
+    }
+}
+
+fn type_inert(reg: &Registry, t: &TypeRule, visiting: &mut Vec<(*const Profile, usize)>) -> bool {
+    if t.profiles
+        .iter()
+        .any(|p| !is_core_definition(p) || p.ends_with("Quantity"))
+    {
+        return false;
+    }
+    match t.code.as_str() {
+        "markdown" | "Reference" | "Resource" | "Attachment" | "Extension" => false,
+        // Their elements are the element's own children, judged above.
+        "BackboneElement" | "Element" => true,
+        code if code.starts_with(|c: char| c.is_ascii_lowercase()) => true,
+        code => {
+            let dt = t.core_type.get_or_init(|| {
+                reg.profile(&format!("http://hl7.org/fhir/StructureDefinition/{code}"))
+                    .ok()
+            });
+            dt.as_deref()
+                .is_some_and(|dt| dt.inert_in(reg, 0, visiting))
+        }
+    }
 }
 
 impl Registry {

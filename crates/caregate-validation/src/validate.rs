@@ -27,6 +27,9 @@ pub(crate) struct Walker<'a> {
     pub issues: Vec<Issue>,
     /// Choice groups seen in the objects being walked; each object uses the tail it pushed.
     seen_choices: Vec<u16>,
+    /// Some object had `extension`, `modifierExtension` or a `_name` member: the core
+    /// pass of [`crate::Validator`] then looks for them everywhere.
+    pub saw_extensions: bool,
 }
 
 /// Longest value echoed back in a diagnostic.
@@ -60,6 +63,7 @@ impl<'a> Walker<'a> {
             path: Vec::with_capacity(16),
             issues: Vec::new(),
             seen_choices: Vec::with_capacity(16),
+            saw_extensions: false,
         }
     }
 
@@ -186,6 +190,7 @@ impl<'a> Walker<'a> {
                 continue;
             }
             if let Some(name) = key.strip_prefix('_') {
+                self.saw_extensions = true;
                 match t.lookup(name) {
                     Some(el) if matches!(el.kind, ElementKind::Primitive(_)) => {
                         if member(obj, name).is_some() {
@@ -203,6 +208,9 @@ impl<'a> Walker<'a> {
                     ),
                 }
                 continue;
+            }
+            if matches!(key, "extension" | "modifierExtension") {
+                self.saw_extensions = true;
             }
             let Some(el) = t.lookup(key) else {
                 self.error_at(

@@ -13,7 +13,7 @@ use caregate_core::{Issue, IssueCode, Severity};
 use serde_json::{Map, Value};
 
 use crate::model::{BindingStrength, FxMap};
-use crate::profile::{Constraint, DiscKind, Elem, Profile, Rules, TypeRule};
+use crate::profile::{is_core_definition, Constraint, DiscKind, Elem, Profile, Rules, TypeRule};
 use crate::registry::Registry;
 use crate::terminology::CodeCheck;
 use crate::StructureModel;
@@ -161,10 +161,11 @@ impl Validator {
     /// All issues for one resource (a Bundle includes its entries), in walk order;
     /// any error means invalid.
     pub fn validate(&self, resource: &Value, opts: &ValidationOptions) -> Vec<Issue> {
-        let mut issues = if opts.structure {
-            self.model.validate(resource)
+        // Without the structural walk nobody looked: assume extensions may be anywhere.
+        let (mut issues, extensions) = if opts.structure {
+            self.model.validate_noting_extensions(resource)
         } else {
-            Vec::new()
+            (Vec::new(), true)
         };
         let Some(rt) = resource.get("resourceType").and_then(Value::as_str) else {
             return issues;
@@ -192,6 +193,7 @@ impl Validator {
             opts,
             root: resource,
             bundle,
+            extensions,
         };
         let mut out = Vec::new();
         if self.security_checks {
@@ -213,6 +215,9 @@ struct Ctx<'v> {
     opts: &'v ValidationOptions,
     root: &'v Value,
     bundle: FxMap<&'v str, &'v Value>,
+    /// The structural walk saw an extension somewhere (or was not run). Without any, the
+    /// core pass skips subtrees with nothing else to check ([`Profile::inert`]).
+    extensions: bool,
 }
 
 /// One value found in the instance for an element definition.
@@ -224,6 +229,44 @@ struct Item<'v> {
     type_code: Option<String>,
     /// The `_name` entry of a primitive (its id and extensions).
     ext: Option<&'v Value>,
+}
+
+/// The children of one object a pass visits: on the stack for the usual handful, in a
+/// vector beyond that.
+#[derive(Default)]
+struct ChildSet {
+    inline: [usize; 16],
+    len: usize,
+    spill: Vec<usize>,
+}
+
+impl ChildSet {
+    fn insert(&mut self, c: usize) {
+        if self.inline[..self.len].contains(&c) || self.spill.contains(&c) {
+            return;
+        }
+        if self.len < self.inline.len() {
+            self.inline[self.len] = c;
+            self.len += 1;
+        } else {
+            self.spill.push(c);
+        }
+    }
+
+    /// In definition order, as a full walk visits them.
+    fn sorted(mut self) -> impl Iterator<Item = usize> {
+        let mut all = std::mem::take(&mut self.spill);
+        if all.is_empty() {
+            self.inline[..self.len].sort_unstable();
+        } else {
+            all.extend_from_slice(&self.inline[..self.len]);
+            all.sort_unstable();
+            self.len = 0;
+        }
+        let inline = self.inline;
+        let len = self.len;
+        (0..len).map(move |i| inline[i]).chain(all)
+    }
 }
 
 /// `{loc}.{name}` or `{loc}.{name}[{index}]`: built for every value a pass visits, so
@@ -927,12 +970,24 @@ impl<'c, 'v> Pass<'c, 'v> {
         let el = self.elem(e);
         // Most objects carry no `_name` entries: then none is looked up per element.
         let underscore = obj.keys().any(|k| k.starts_with('_'));
-        if self.base {
+        let quiet = self.base && !self.ctx.extensions && !underscore;
+        if let Some(active) = quiet
+            .then(|| self.profile.active_children(self.ctx.registry(), e))
+            .flatten()
+        {
+            // No extensions anywhere: only the children that hold something to check
+            // (references, invariants, nested resources) are looked up, by name.
+            for &c in active {
+                if member(obj, &self.elem(c).name).is_some() {
+                    self.child(c, obj, loc, false);
+                }
+            }
+        } else if self.base {
             // The core definition requires nothing the structural walk did not already
             // check, so only the elements present matter: found from the object's keys
             // (a handful) rather than by looking up each of the definition's elements
             // (dozens). Visited in definition order, as the full walk does.
-            let mut present: Vec<usize> = Vec::with_capacity(obj.len());
+            let mut present = ChildSet::default();
             for k in obj.keys() {
                 let key = k.strip_prefix('_').unwrap_or(k);
                 if let Some(&c) = el.child_keys.get(key) {
@@ -940,13 +995,13 @@ impl<'c, 'v> Pass<'c, 'v> {
                     if !underscore && self.elem(c).plain_primitive {
                         continue;
                     }
-                    if !present.contains(&c) {
-                        present.push(c);
+                    if !self.ctx.extensions && self.profile.inert(self.ctx.registry(), c) {
+                        continue;
                     }
+                    present.insert(c);
                 }
             }
-            present.sort_unstable();
-            for c in present {
+            for c in present.sorted() {
                 self.child(c, obj, loc, underscore);
             }
         } else {
@@ -963,19 +1018,14 @@ impl<'c, 'v> Pass<'c, 'v> {
             return;
         };
         let el = self.elem(e);
+        if el.checked_constraints.is_empty() {
+            return;
+        }
         let fhir_type = Some(el.path.as_str()).filter(|p| !p.ends_with("[x]"));
-        for c in &el.constraints {
-            if c.expression.is_none()
-                || crate::invariants::SKIPPED_INVARIANTS.contains(&c.key.as_str())
-            {
-                continue;
-            }
+        for &(i, from_core) in &el.checked_constraints {
+            let c = &el.constraints[i];
             // Core invariants (the R4 snapshots name their source) are evaluated in the
             // base pass only; a profile pass evaluates what the profile added.
-            let from_core = c
-                .source
-                .as_deref()
-                .is_some_and(|s| s.starts_with(CORE_SD) && !s[CORE_SD.len()..].contains('-'));
             if !self.base && from_core {
                 continue;
             }
@@ -984,7 +1034,7 @@ impl<'c, 'v> Pass<'c, 'v> {
             // FHIRPath (dom-3 walks every descendant).
             if from_core
                 && CONTAINED_ONLY.contains(&c.key.as_str())
-                && focus.get("contained").is_none()
+                && caregate_core::json::field(focus, "contained").is_none()
             {
                 continue;
             }
@@ -1213,18 +1263,19 @@ impl<'c, 'v> Pass<'c, 'v> {
             return;
         }
         let matched = if el.slices.is_empty() {
-            vec![None; items.len()]
+            Vec::new()
         } else {
             self.slices(c, &items)
         };
         let is_ext = matches!(el.name.as_str(), "extension" | "modifierExtension");
-        for (item, slice) in items.iter().zip(&matched) {
+        for (i, item) in items.iter().enumerate() {
+            let slice = matched.get(i).copied().flatten();
             if self.base {
                 self.primitive_extensions(item, &el.path);
             }
             self.value(c, item);
             if let Some(s) = slice {
-                self.value(*s, item);
+                self.value(s, item);
             } else if is_ext && self.base {
                 self.extension(item, &el.path);
             }
@@ -1328,17 +1379,9 @@ impl<'c, 'v> Pass<'c, 'v> {
                 }
                 return;
             }
-            let profiles: Vec<String> = t
-                .profiles
-                .iter()
-                .filter(|p| {
-                    !p.starts_with(CORE_SD)
-                        || p[CORE_SD.len()..].contains('-')
-                        || p.ends_with("Quantity")
-                })
-                .cloned()
-                .collect();
-            if !(profiles.is_empty() || self.base && t.code == "Extension") {
+            let checked = |p: &&String| !is_core_definition(p) || p.ends_with("Quantity");
+            if t.profiles.iter().any(|p| checked(&p)) && !(self.base && t.code == "Extension") {
+                let profiles: Vec<String> = t.profiles.iter().filter(checked).cloned().collect();
                 self.against_any_profile(&profiles, value, loc, Some(&el.path));
             }
         }
@@ -1350,17 +1393,19 @@ impl<'c, 'v> Pass<'c, 'v> {
             if let Some(t) = type_rule {
                 if t.code != "Extension" && t.code.starts_with(|ch: char| ch.is_ascii_uppercase()) {
                     // Markdown inside datatypes (Annotation.text) is only seen by walking them.
-                    let checkable = has_checkable(value) || self.ctx.v.no_html_in_markdown;
-                    let invariants = self.ctx.v.invariants.is_some();
-                    if checkable || invariants {
-                        let registry = self.ctx.registry();
-                        let dt = t
-                            .core_type
-                            .get_or_init(|| registry.profile(&format!("{CORE_SD}{}", t.code)).ok());
-                        if let Some(dt) = dt.as_deref() {
-                            if checkable || dt.has_invariants {
-                                self.sub_pass(dt, true, value, loc, Some(&el.path));
-                            }
+                    // What the datatype's definition holds (references, invariants at any
+                    // depth) decides, and extensions in this value when the resource has any.
+                    let checkable = (self.ctx.extensions && has_checkable(value))
+                        || self.ctx.v.no_html_in_markdown;
+                    let registry = self.ctx.registry();
+                    let dt = t
+                        .core_type
+                        .get_or_init(|| registry.profile(&format!("{CORE_SD}{}", t.code)).ok());
+                    if let Some(dt) = dt.as_deref() {
+                        let invariants = self.ctx.v.invariants.is_some() && dt.has_invariants;
+                        let structural = !dt.inert(registry, 0);
+                        if checkable || invariants || structural {
+                            self.sub_pass(dt, true, value, loc, Some(&el.path));
                         }
                     }
                 }

@@ -231,3 +231,32 @@ fn peers_mixed_corpus_has_no_errors() {
         problems[..problems.len().min(30)].join("\n")
     );
 }
+
+/// Invariants of datatypes nested in datatypes that have none of their own (a Period in an
+/// Identifier or a HumanName) are checked, with or without extensions in the resource:
+/// the core pass once reached them only when something else (an extension, a reference)
+/// made it walk the outer datatype.
+#[test]
+fn nested_datatype_invariants_are_checked() {
+    let v = validator();
+    let backwards = json!({"start": "2020-02-01", "end": "2020-01-01"});
+    let plain = json!({"resourceType": "Patient",
+        "identifier": [{"system": "http://x", "value": "1", "period": backwards}],
+        "name": [{"family": "A", "period": backwards}]});
+    let mut extended = plain.clone();
+    extended["extension"] = json!([{"url": "http://example.org/x", "valueString": "y"}]);
+    for patient in [plain, extended] {
+        let issues = v.validate(&patient, &core_opts());
+        let mut failed: Vec<_> = issues
+            .iter()
+            .filter(|i| i.severity.is_error() && i.diagnostics.contains("per-1"))
+            .map(|i| i.expression.join(","))
+            .collect();
+        failed.sort();
+        assert_eq!(
+            failed,
+            ["Patient.identifier[0].period", "Patient.name[0].period"],
+            "{issues:#?}"
+        );
+    }
+}
