@@ -1,5 +1,7 @@
-//! Member lookup on the small JSON objects FHIR resources are made of.
+//! Member lookup on the small JSON objects FHIR resources are made of, and parsing only
+//! the members a caller needs.
 
+use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde_json::{Map, Value};
 
 /// Objects up to this size are scanned rather than hashed.
@@ -25,6 +27,73 @@ pub fn field<'v>(value: &'v Value, key: &str) -> Option<&'v Value> {
     member(value.as_object()?, key)
 }
 
+/// The top-level members named in `keep` of the JSON object in `bytes`, as an object; the
+/// other members are checked for well-formedness and skipped without being built. Reads
+/// that decide on a resource's `meta` and subject need a fraction of a full parse.
+pub fn parse_members(bytes: &[u8], keep: &[&str]) -> serde_json::Result<Value> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let members = Members(keep).deserialize(&mut de)?;
+    de.end()?;
+    Ok(Value::Object(members))
+}
+
+struct Members<'k>(&'k [&'k str]);
+
+impl<'de> DeserializeSeed<'de> for Members<'_> {
+    type Value = Map<String, Value>;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Members<'_> {
+    type Value = Map<String, Value>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut out = Map::new();
+        while let Some(key) = map.next_key_seed(Kept(self.0))? {
+            match key {
+                Some(name) => {
+                    let value: Value = map.next_value()?;
+                    out.insert(name.to_string(), value);
+                }
+                None => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// A member name: which of the kept names it is, if any (no allocation for the others).
+struct Kept<'k>(&'k [&'k str]);
+
+impl<'de, 'k> DeserializeSeed<'de> for Kept<'k> {
+    type Value = Option<&'k str>;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl<'de, 'k> Visitor<'de> for Kept<'k> {
+    type Value = Option<&'k str>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a member name")
+    }
+
+    fn visit_str<E: serde::de::Error>(self, name: &str) -> Result<Self::Value, E> {
+        Ok(self.0.iter().copied().find(|k| *k == name))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -40,5 +109,21 @@ mod tests {
         let large: Map<String, Value> = (0..40).map(|i| (format!("k{i}"), json!(i))).collect();
         assert_eq!(member(&large, "k33"), Some(&json!(33)));
         assert_eq!(member(&large, "k40"), None);
+    }
+
+    #[test]
+    fn parses_only_the_kept_members() {
+        let text = br#"{"resourceType":"Observation","id":"o","text":{"div":"<div>x</div>"},
+            "meta":{"security":[{"code":"R"}]},"valu\u0065":1,"subject":{"reference":"Patient/p"}}"#;
+        let v = parse_members(text, &["resourceType", "meta", "subject", "value"]).expect("parses");
+        assert_eq!(
+            v,
+            json!({"resourceType": "Observation", "meta": {"security": [{"code": "R"}]},
+                   "value": 1, "subject": {"reference": "Patient/p"}})
+        );
+        // Skipped members must still be well-formed, and nothing may follow the object.
+        assert!(parse_members(br#"{"a":[1,}"#, &["b"]).is_err());
+        assert!(parse_members(br#"{"a":1} x"#, &["a"]).is_err());
+        assert!(parse_members(br#"[1]"#, &["a"]).is_err());
     }
 }

@@ -225,6 +225,18 @@ impl ConsentScope<'_> {
         Ok(set)
     }
 
+    /// Whether the resource's patient has any Consent: only then can a decision depend on
+    /// more than the resource's type, `meta` (labels, held tag) and subject.
+    pub(crate) fn patient_has_consents(&mut self, resource: &Value) -> FhirResult<bool> {
+        if !self.enforced || self.no_consents_anywhere()? {
+            return Ok(false);
+        }
+        match patient_reference(resource) {
+            Some(p) => Ok(!self.consents_of(&p)?.is_empty()),
+            None => Ok(false),
+        }
+    }
+
     /// The patient's Consents with their request-level conditions (actor, purpose, action,
     /// period) evaluated once for this caller, so each resource is decided on its own facts.
     fn consents_for(

@@ -14,6 +14,19 @@ use serde_json::{json, Map, Value};
 use crate::write::parse_record;
 use crate::{check_resource_type, store_error, Caller, Permission, Pipeline};
 
+/// The members of a stored resource a read's consent decision and audit look at when the
+/// patient has no Consent (see [`caregate_audit::patient_of`] for the subject elements).
+const RELEASE_MEMBERS: &[&str] = &[
+    "resourceType",
+    "id",
+    "meta",
+    "patient",
+    "subject",
+    "beneficiary",
+    "individual",
+    "for",
+];
+
 /// A finished search: the searchset Bundle.
 #[derive(Debug, Clone)]
 pub struct SearchOutcome {
@@ -204,10 +217,25 @@ impl Pipeline {
         subtype: Subtype,
         record: &VersionRecord,
     ) -> FhirResult<Option<Vec<u8>>> {
-        let resource = parse_record(record)?;
+        // The decision and the audit need the type, id, `meta` and the subject; the rest of
+        // the resource matters only to the provisions of a patient's Consents.
+        let mut resource = match &record.content {
+            Some(bytes) => {
+                caregate_core::json::parse_members(bytes, RELEASE_MEMBERS).map_err(|e| {
+                    FhirError::internal(format!(
+                        "stored {}/{} is unreadable: {e}",
+                        record.resource_type, record.id
+                    ))
+                })?
+            }
+            None => parse_record(record)?,
+        };
         let mut redacted = None;
         if self.stages.consent.filters_reads() {
             let mut scope = self.consent_scope(caller)?;
+            if scope.patient_has_consents(&resource)? {
+                resource = parse_record(record)?;
+            }
             // `release_of` also applies the held-data rule, which a bare decision does not.
             let release = scope.release_of(&resource)?;
             let visible = release != Release::Hidden;
@@ -234,7 +262,7 @@ impl Pipeline {
                 });
             }
             if release == Release::Redacted {
-                let mut copy = resource.clone();
+                let mut copy = parse_record(record)?;
                 caregate_consent::redact::redact(&mut copy);
                 redacted = Some(serde_json::to_vec(&copy).map_err(|e| {
                     FhirError::internal(format!("redacted copy not serializable: {e}"))

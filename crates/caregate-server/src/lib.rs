@@ -242,6 +242,11 @@ pub struct RunningServer {
     pub server: actix_web::dev::Server,
 }
 
+/// `/{type}/{id}` for a resource type name and a valid FHIR id only.
+const HOT_INSTANCE: &str = "/{type:[A-Z][A-Za-z]+}/{id:[A-Za-z0-9.-]{1,64}}";
+/// `/{type}` for a resource type name only.
+const HOT_TYPE: &str = "/{type:[A-Z][A-Za-z]+}";
+
 /// One line per request on target `caregate::access`: method, the matched route pattern
 /// (`/{type}/{id}`, never the concrete path), resource type, status, duration and request id.
 /// Paths and query strings are left out on purpose: ids and search values (names, MRNs,
@@ -264,7 +269,12 @@ impl AccessLog {
     /// Logs the finished request; the route is known only once routing has happened.
     fn finish<B>(self, response: &actix_web::dev::ServiceResponse<B>) {
         let req = response.request();
-        let route = req.match_pattern();
+        // The hot routes' segment patterns are left out: `/{type}/{id}` either way.
+        let route = req.match_pattern().map(|r| match r.as_str() {
+            HOT_INSTANCE => "/{type}/{id}".to_string(),
+            HOT_TYPE => "/{type}".to_string(),
+            _ => r,
+        });
         let resource_type = req
             .match_info()
             .get("type")
@@ -378,6 +388,14 @@ pub fn start(config: &ServerConfig) -> Result<RunningServer, StartError> {
                     Ok(response)
                 }
             })
+            // actix tries routes in order, each dynamic pattern a regex match: the hot
+            // interactions come first, with patterns that cannot take the special paths
+            // (`_history`, `$validate`, `metadata`, `ui`…) below. Anything they do not
+            // match falls through to the full list.
+            .route(HOT_INSTANCE, web::get().to(routes::read))
+            .route(HOT_TYPE, web::get().to(routes::search_type))
+            .route(HOT_TYPE, web::post().to(routes::create))
+            .route(HOT_INSTANCE, web::put().to(routes::update))
             .route("/metadata", web::get().to(routes::metadata))
             .route(
                 "/.well-known/smart-configuration",
