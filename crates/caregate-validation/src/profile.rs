@@ -402,19 +402,11 @@ impl Profile {
                 .map(|(i, c)| (i, c.source.as_deref().is_some_and(is_core_definition)))
                 .collect();
             e.plain_primitive = e.children.is_empty()
-                && e.slices.is_empty()
-                && e.slicing.is_none()
                 && !e.types.is_empty()
                 && e.types.iter().all(|t| {
                     t.code.starts_with(|c: char| c.is_ascii_lowercase()) && t.code != "markdown"
                 })
-                && e.fixed.is_none()
-                && e.pattern.is_none()
-                && e.min_value.is_none()
-                && e.max_value.is_none()
-                && e.max_length.is_none()
-                && e.binding_is_core
-                && e.checked_constraints.is_empty();
+                && e.has_no_rules();
         }
         let contexts = sd
             .get("context")
@@ -496,6 +488,22 @@ fn core_binding(reg: &Registry, path: &str) -> Option<(BindingStrength, String)>
     ))
 }
 
+impl Elem {
+    /// Nothing on the element itself for a pass to check: no invariant, slicing, fixed or
+    /// pattern value, limit, or binding beyond the core one.
+    fn has_no_rules(&self) -> bool {
+        self.checked_constraints.is_empty()
+            && self.slices.is_empty()
+            && self.slicing.is_none()
+            && self.fixed.is_none()
+            && self.pattern.is_none()
+            && self.min_value.is_none()
+            && self.max_value.is_none()
+            && self.max_length.is_none()
+            && self.binding_is_core
+    }
+}
+
 impl Profile {
     /// Whether element `e` is inert for the core pass of a resource without extensions:
     /// no invariant, fixed or pattern value, limit, slicing or non-core binding in its
@@ -542,15 +550,7 @@ impl Profile {
             return false;
         }
         visiting.push(me);
-        let inert = el.checked_constraints.is_empty()
-            && el.slices.is_empty()
-            && el.slicing.is_none()
-            && el.fixed.is_none()
-            && el.pattern.is_none()
-            && el.min_value.is_none()
-            && el.max_value.is_none()
-            && el.max_length.is_none()
-            && el.binding_is_core
+        let inert = el.has_no_rules()
             && el.children.iter().all(|&c| self.inert_in(reg, c, visiting))
             && el.types.iter().all(|t| type_inert(reg, t, visiting));
         visiting.pop();
