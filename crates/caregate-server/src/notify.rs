@@ -39,6 +39,9 @@ pub struct SubscriptionNotifier {
     /// Set when a Subscription changes, so the delivery thread reloads its list instead of
     /// searching for Subscriptions on every commit.
     subscriptions_changed: Arc<AtomicBool>,
+    /// Some Subscription may want this commit (false once the delivery thread found none
+    /// and none has changed since): without one, commits are not copied and queued.
+    listening: Arc<AtomicBool>,
 }
 
 impl SubscriptionNotifier {
@@ -48,10 +51,15 @@ impl SubscriptionNotifier {
         let (queue, events) = crossbeam_channel::unbounded::<Event>();
         let pipeline: Arc<OnceLock<Weak<Pipeline>>> = Arc::new(OnceLock::new());
         let subscriptions_changed = Arc::new(AtomicBool::new(true));
-        let (shared, changed) = (pipeline.clone(), subscriptions_changed.clone());
+        let listening = Arc::new(AtomicBool::new(true));
+        let (shared, changed, listens) = (
+            pipeline.clone(),
+            subscriptions_changed.clone(),
+            listening.clone(),
+        );
         let spawned = std::thread::Builder::new()
             .name("caregate-notify".into())
-            .spawn(move || deliver_loop(events, shared, changed));
+            .spawn(move || deliver_loop(events, shared, changed, listens));
         if let Err(e) = spawned {
             tracing::error!(target: "caregate::notify", error = %e, "cannot start the notification thread");
         }
@@ -59,6 +67,7 @@ impl SubscriptionNotifier {
             queue,
             pipeline,
             subscriptions_changed,
+            listening,
         }
     }
 
@@ -72,9 +81,10 @@ impl Notifier for SubscriptionNotifier {
         // Subscriptions themselves and audit records never trigger notifications.
         if committed.resource_type == "Subscription" {
             self.subscriptions_changed.store(true, Ordering::Release);
+            self.listening.store(true, Ordering::Release);
             return;
         }
-        if committed.resource_type == "AuditEvent" {
+        if committed.resource_type == "AuditEvent" || !self.listening.load(Ordering::Acquire) {
             return;
         }
         if let Some(resource) = committed.resource {
@@ -91,6 +101,7 @@ fn deliver_loop(
     events: crossbeam_channel::Receiver<Event>,
     pipeline: Arc<OnceLock<Weak<Pipeline>>>,
     subscriptions_changed: Arc<AtomicBool>,
+    listening: Arc<AtomicBool>,
 ) {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -120,6 +131,11 @@ fn deliver_loop(
         };
         if subscriptions_changed.swap(false, Ordering::AcqRel) {
             subscriptions = load_subscriptions(&pipeline);
+            listening.store(!subscriptions.is_empty(), Ordering::Release);
+            // A Subscription written while loading: keep listening until it is loaded.
+            if subscriptions_changed.load(Ordering::Acquire) {
+                listening.store(true, Ordering::Release);
+            }
         }
         if subscriptions.is_empty() {
             continue;
