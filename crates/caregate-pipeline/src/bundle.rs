@@ -408,9 +408,10 @@ impl Pipeline {
                     };
                     match existing {
                         Some(record) => Plan::Existing { record },
+                        // Time-ordered ids, as for a single create (see `create`).
                         None => Plan::Create {
                             rtype: rtype.to_string(),
-                            id: uuid::Uuid::new_v4().to_string(),
+                            id: uuid::Uuid::now_v7().to_string(),
                         },
                     }
                 }

@@ -274,7 +274,9 @@ impl Pipeline {
     /// AuditEvent when read) plus the columns audit searches filter on.
     pub fn audit_record(entry: &AuditEntry) -> AuditRecord {
         let (now, recorded) = caregate_core::now_instant();
-        let id = uuid::Uuid::new_v4().to_string();
+        // Time-ordered (UUIDv7): the trail's unique index on the id then grows at its end
+        // instead of taking a random page per event.
+        let id = uuid::Uuid::now_v7().to_string();
         let content = entry.to_stored(&id, &recorded);
         AuditRecord {
             id,
