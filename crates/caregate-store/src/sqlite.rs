@@ -693,70 +693,95 @@ fn apply_op(
     Ok(())
 }
 
+/// The index tables' insert statements for one resource's rows, each fetched from the
+/// statement cache once rather than once per row (a cache lookup hashes the SQL text).
+struct IndexInserts<'c> {
+    tx: &'c Transaction<'c>,
+    prepared: [Option<rusqlite::CachedStatement<'c>>; 7],
+}
+
+impl IndexInserts<'_> {
+    fn insert(
+        &mut self,
+        table: usize,
+        sql: &str,
+        args: &[&dyn rusqlite::ToSql],
+    ) -> Result<(), StoreError> {
+        let Self { tx, prepared } = self;
+        let slot = &mut prepared[table];
+        if slot.is_none() {
+            *slot = Some(tx.prepare_cached(sql)?);
+        }
+        if let Some(statement) = slot {
+            statement.execute(args)?;
+        }
+        Ok(())
+    }
+}
+
 fn write_index(
     tx: &Transaction<'_>,
     rid: i64,
     entries: &[IndexEntry],
     ids: &mut ParamIds,
 ) -> Result<(), StoreError> {
+    let mut inserts = IndexInserts {
+        tx,
+        prepared: Default::default(),
+    };
     for e in entries {
         let param = ids.id(tx, &e.param)?;
         match &e.value {
-            IndexValue::String { normalized, exact } => {
-                tx.prepare_cached("INSERT OR IGNORE INTO ix_string (rid, param, norm, exact) VALUES (?1, ?2, ?3, ?4)")?
-                    .execute(params![rid, param, normalized, exact])?;
-            }
-            IndexValue::Token { system, code, text } => {
-                tx.prepare_cached(
-                    "INSERT OR IGNORE INTO ix_token (rid, param, system, code, text) VALUES (?1, ?2, ?3, ?4, ?5)",
-                )?
-                .execute(params![
+            IndexValue::String { normalized, exact } => inserts.insert(
+                0,
+                "INSERT OR IGNORE INTO ix_string (rid, param, norm, exact) VALUES (?1, ?2, ?3, ?4)",
+                params![rid, param, normalized, exact],
+            )?,
+            IndexValue::Token { system, code, text } => inserts.insert(
+                1,
+                "INSERT OR IGNORE INTO ix_token (rid, param, system, code, text) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![
                     rid,
                     param,
                     or_empty(system),
                     or_empty(code),
                     text.as_ref().map(|t| t.to_lowercase())
-                ])?;
-            }
+                ],
+            )?,
             IndexValue::Reference {
                 target_type,
                 target_id,
                 url,
-            } => {
-                tx.prepare_cached(
-                    "INSERT OR IGNORE INTO ix_reference (rid, param, ttype, tid, url) VALUES (?1, ?2, ?3, ?4, ?5)",
-                )?
-                .execute(params![rid, param, or_empty(target_type), or_empty(target_id), or_empty(url)])?;
-            }
-            IndexValue::Date(range) => {
-                tx.prepare_cached(
-                    "INSERT OR IGNORE INTO ix_date (rid, param, lo, hi) VALUES (?1, ?2, ?3, ?4)",
-                )?
-                .execute(params![rid, param, range.start, range.end])?;
-            }
-            IndexValue::Number(value) => {
-                tx.prepare_cached(
-                    "INSERT OR IGNORE INTO ix_number (rid, param, value) VALUES (?1, ?2, ?3)",
-                )?
-                .execute(params![rid, param, value])?;
-            }
+            } => inserts.insert(
+                2,
+                "INSERT OR IGNORE INTO ix_reference (rid, param, ttype, tid, url) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![rid, param, or_empty(target_type), or_empty(target_id), or_empty(url)],
+            )?,
+            IndexValue::Date(range) => inserts.insert(
+                3,
+                "INSERT OR IGNORE INTO ix_date (rid, param, lo, hi) VALUES (?1, ?2, ?3, ?4)",
+                params![rid, param, range.start, range.end],
+            )?,
+            IndexValue::Number(value) => inserts.insert(
+                4,
+                "INSERT OR IGNORE INTO ix_number (rid, param, value) VALUES (?1, ?2, ?3)",
+                params![rid, param, value],
+            )?,
             IndexValue::Quantity {
                 value,
                 system,
                 code,
                 unit,
-            } => {
-                tx.prepare_cached(
-                    "INSERT OR IGNORE INTO ix_quantity (rid, param, value, system, code, unit) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                )?
-                .execute(params![rid, param, value, or_empty(system), or_empty(code), or_empty(unit)])?;
-            }
-            IndexValue::Uri(uri) => {
-                tx.prepare_cached(
-                    "INSERT OR IGNORE INTO ix_uri (rid, param, uri) VALUES (?1, ?2, ?3)",
-                )?
-                .execute(params![rid, param, uri])?;
-            }
+            } => inserts.insert(
+                5,
+                "INSERT OR IGNORE INTO ix_quantity (rid, param, value, system, code, unit) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![rid, param, value, or_empty(system), or_empty(code), or_empty(unit)],
+            )?,
+            IndexValue::Uri(uri) => inserts.insert(
+                6,
+                "INSERT OR IGNORE INTO ix_uri (rid, param, uri) VALUES (?1, ?2, ?3)",
+                params![rid, param, uri],
+            )?,
         }
     }
     Ok(())
