@@ -41,12 +41,24 @@ fn shared() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared")
 }
 
+/// `--limit N`: only the first N resources of the mixed corpus (N small enough for the
+/// trees to stay in cache shows how much of a pass is waiting on memory).
+fn limit() -> usize {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == "--limit")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(usize::MAX)
+}
+
 fn mixed_ndjson() -> Vec<Value> {
     let path = shared().join("peers/validators/corpus/mixed.ndjson");
     std::fs::read_to_string(path)
         .map(|text| {
             text.lines()
                 .filter(|l| !l.trim().is_empty())
+                .take(limit())
                 .filter_map(|l| serde_json::from_str(l).ok())
                 .collect()
         })
