@@ -25,7 +25,7 @@ use caregate_core::Severity;
 use caregate_pipeline::{Pipeline, PipelineOptions, Stages, Validator, Verdict};
 use caregate_search::SearchRegistry;
 use caregate_store::{SqliteOptions, SqliteStore, Store};
-use caregate_validation::{Package, Registry, StructureModel, ValidationOptions};
+use caregate_validation::{Package, Registry, ValidationOptions};
 use serde_json::Value;
 
 pub use auth::{token_hash_hex, ClientRegistry};
@@ -72,7 +72,6 @@ pub enum StartError {
 /// definitions, invariants, bindings, claimed `meta.profile`s and the profiles configured
 /// for the client and type (their errors answer 422).
 pub struct FullValidator {
-    model: &'static StructureModel,
     validator: caregate_validation::Validator,
     unknown_profile: Severity,
     unknown_extension: Severity,
@@ -101,7 +100,6 @@ impl FullValidator {
             Arc::new(b.build())
         };
         Ok(FullValidator {
-            model: StructureModel::r4_core(),
             validator: caregate_validation::Validator::with_fhirpath(registry),
             unknown_profile: severity(&cfg.unknown_profile),
             unknown_extension: severity(&cfg.unknown_extension),
@@ -120,18 +118,16 @@ impl FullValidator {
     }
 
     fn check(&self, resource: &Value, profiles: Vec<String>) -> (Vec<caregate_core::Issue>, bool) {
-        let mut issues = self.model.validate(resource);
-        if issues.iter().any(|i| i.severity.is_error()) {
-            return (issues, false);
+        // One structural walk: it also tells the profile passes whether the resource has
+        // extensions, which lets them skip what cannot hold anything to check.
+        let (mut issues, sound) = self
+            .validator
+            .validate_staged(resource, &self.options(profiles));
+        if sound {
+            // Errors first (what refused the resource), then warnings; walk order within each.
+            issues.sort_by_key(|i| !i.severity.is_error());
         }
-        for i in self.validator.validate(resource, &self.options(profiles)) {
-            if !issues.contains(&i) {
-                issues.push(i);
-            }
-        }
-        // Errors first (what refused the resource), then warnings; walk order within each.
-        issues.sort_by_key(|i| !i.severity.is_error());
-        (issues, true)
+        (issues, sound)
     }
 }
 

@@ -162,11 +162,39 @@ impl Validator {
     /// any error means invalid.
     pub fn validate(&self, resource: &Value, opts: &ValidationOptions) -> Vec<Issue> {
         // Without the structural walk nobody looked: assume extensions may be anywhere.
-        let (mut issues, extensions) = if opts.structure {
+        let (issues, extensions) = if opts.structure {
             self.model.validate_noting_extensions(resource)
         } else {
             (Vec::new(), true)
         };
+        self.after_structure(resource, opts, issues, extensions)
+    }
+
+    /// The write path's order: the structural walk, and only when it found no error the
+    /// profile passes (which would restate its findings). Returns the issues and whether
+    /// the structure was sound (`opts.structure` is ignored: the walk always runs, once).
+    pub fn validate_staged(
+        &self,
+        resource: &Value,
+        opts: &ValidationOptions,
+    ) -> (Vec<Issue>, bool) {
+        let (issues, extensions) = self.model.validate_noting_extensions(resource);
+        if issues.iter().any(|i| i.severity.is_error()) {
+            return (issues, false);
+        }
+        (
+            self.after_structure(resource, opts, issues, extensions),
+            true,
+        )
+    }
+
+    fn after_structure(
+        &self,
+        resource: &Value,
+        opts: &ValidationOptions,
+        mut issues: Vec<Issue>,
+        extensions: bool,
+    ) -> Vec<Issue> {
         let Some(rt) = resource.get("resourceType").and_then(Value::as_str) else {
             return issues;
         };
