@@ -683,24 +683,12 @@ impl crate::Validator for ConsentProfileCheck {
     }
 
     fn validate_write(&self, client: Option<&str>, resource: &Value) -> crate::Verdict {
-        let mut verdict = self.0.validate_write(client, resource);
         let is_consent = resource.get("resourceType").and_then(Value::as_str) == Some("Consent");
-        // A structurally broken Consent already answers 400; the profile adds nothing.
-        if !is_consent || verdict.issues.iter().any(|i| i.severity.is_error()) {
-            return verdict;
+        if !is_consent {
+            return self.0.validate_write(client, resource);
         }
-        for issue in self
-            .0
-            .validate_against(resource, &[CONSENT_PROFILE.to_string()])
-        {
-            if !verdict.issues.contains(&issue) {
-                verdict.unprocessable |= issue.severity.is_error();
-                verdict.issues.push(issue);
-            }
-        }
-        // Errors first (what refused the resource), then warnings.
-        verdict.issues.sort_by_key(|i| !i.severity.is_error());
-        verdict
+        self.0
+            .validate_write_also(client, resource, &[CONSENT_PROFILE.to_string()])
     }
 
     fn validate_against(&self, resource: &Value, profiles: &[String]) -> Vec<caregate_core::Issue> {

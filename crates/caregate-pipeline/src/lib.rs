@@ -58,6 +58,32 @@ pub trait Validator: Send + Sync {
         let _ = profiles;
         self.validate(resource)
     }
+
+    /// [`Validator::validate_write`] with `also` required besides what is configured (the
+    /// pipeline's own rules, such as the caregate Consent profile). The default runs the
+    /// write check and then `validate_against(also)` unless the structure already failed;
+    /// a validator that can take the profiles into one pass should.
+    fn validate_write_also(
+        &self,
+        client: Option<&str>,
+        resource: &Value,
+        also: &[String],
+    ) -> Verdict {
+        let mut verdict = self.validate_write(client, resource);
+        // A structurally broken resource already answers 400; profiles add nothing.
+        if also.is_empty() || verdict.issues.iter().any(|i| i.severity.is_error()) {
+            return verdict;
+        }
+        for issue in self.validate_against(resource, also) {
+            if !verdict.issues.contains(&issue) {
+                verdict.unprocessable |= issue.severity.is_error();
+                verdict.issues.push(issue);
+            }
+        }
+        // Errors first (what refused the resource), then warnings.
+        verdict.issues.sort_by_key(|i| !i.severity.is_error());
+        verdict
+    }
 }
 
 /// What [`Validator::validate_write`] found.

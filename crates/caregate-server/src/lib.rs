@@ -137,16 +137,31 @@ impl Validator for FullValidator {
     }
 
     fn validate_write(&self, client: Option<&str>, resource: &Value) -> Verdict {
+        self.validate_write_also(client, resource, &[])
+    }
+
+    /// One pass over the configured profiles and `also` together.
+    fn validate_write_also(
+        &self,
+        client: Option<&str>,
+        resource: &Value,
+        also: &[String],
+    ) -> Verdict {
         let rt = resource
             .get("resourceType")
             .and_then(Value::as_str)
             .unwrap_or("");
-        let profiles = self
+        let mut profiles: Vec<String> = self
             .require
             .iter()
             .filter(|r| r.resource == rt && r.client.as_deref().is_none_or(|c| Some(c) == client))
             .map(|r| r.profile.clone())
             .collect();
+        for p in also {
+            if !profiles.contains(p) {
+                profiles.push(p.clone());
+            }
+        }
         let (issues, unprocessable) = self.check(resource, profiles);
         Verdict {
             issues,
