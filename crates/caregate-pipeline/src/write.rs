@@ -775,28 +775,26 @@ pub(crate) fn parse_record(record: &VersionRecord) -> FhirResult<Value> {
 /// `meta` first as the FHIR JSON examples do.
 pub(crate) fn stamp(resource: &mut Value, id: &str, version: u64, last_updated: &str) {
     let Value::Object(obj) = resource else { return };
-    let mut old = std::mem::take(obj);
-    let mut meta = match old.shift_remove("meta") {
+    // Moved into place rather than the object rebuilt: rebuilding re-hashed every key of
+    // every resource written.
+    let mut meta = match obj.shift_remove("meta") {
         Some(Value::Object(m)) => m,
         _ => Map::new(),
     };
-    meta.shift_remove("versionId");
-    meta.shift_remove("lastUpdated");
-    let mut new_meta = Map::new();
-    new_meta.insert("versionId".into(), Value::String(version.to_string()));
-    new_meta.insert(
+    meta.shift_insert(0, "versionId".into(), Value::String(version.to_string()));
+    meta.shift_insert(
+        1,
         "lastUpdated".into(),
         Value::String(last_updated.to_string()),
     );
-    new_meta.extend(meta);
-    let resource_type = old.shift_remove("resourceType");
-    old.shift_remove("id");
-    if let Some(rt) = resource_type {
-        obj.insert("resourceType".into(), rt);
+    if obj.keys().next().is_some_and(|k| k != "resourceType") {
+        if let Some(rt) = obj.shift_remove("resourceType") {
+            obj.shift_insert(0, "resourceType".into(), rt);
+        }
     }
-    obj.insert("id".into(), Value::String(id.to_string()));
-    obj.insert("meta".into(), Value::Object(new_meta));
-    obj.extend(old);
+    let at = usize::from(obj.keys().next().is_some_and(|k| k == "resourceType"));
+    obj.shift_insert(at, "id".into(), Value::String(id.to_string()));
+    obj.shift_insert(at + 1, "meta".into(), Value::Object(meta));
 }
 
 /// Issues of warning severity or below, for responses that report them.
@@ -806,4 +804,50 @@ pub(crate) fn non_errors(issues: &[Issue]) -> Vec<Issue> {
         .filter(|i| i.severity > Severity::Error)
         .cloned()
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::stamp;
+    use serde_json::json;
+
+    #[test]
+    fn stamp_puts_type_id_and_meta_first_and_keeps_the_rest_in_order() {
+        let mut r = json!({"name": [{"family": "A"}], "id": "client-chosen",
+            "meta": {"source": "x", "lastUpdated": "2000-01-01T00:00:00Z", "versionId": "9"},
+            "resourceType": "Patient", "gender": "other"});
+        stamp(&mut r, "p1", 3, "2026-01-01T00:00:00.000Z");
+        let keys: Vec<&str> = r
+            .as_object()
+            .into_iter()
+            .flat_map(|o| o.keys())
+            .map(String::as_str)
+            .collect();
+        assert_eq!(keys, ["resourceType", "id", "meta", "name", "gender"]);
+        assert_eq!(r["id"], "p1");
+        let meta: Vec<(&str, &serde_json::Value)> = r["meta"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(k, v)| (k.as_str(), v))
+            .collect();
+        assert_eq!(
+            meta,
+            [
+                ("versionId", &json!("3")),
+                ("lastUpdated", &json!("2026-01-01T00:00:00.000Z")),
+                ("source", &json!("x"))
+            ]
+        );
+        // Without resourceType or meta: id and meta lead.
+        let mut bare = json!({"status": "final"});
+        stamp(&mut bare, "o1", 1, "t");
+        let keys: Vec<&str> = bare
+            .as_object()
+            .into_iter()
+            .flat_map(|o| o.keys())
+            .map(String::as_str)
+            .collect();
+        assert_eq!(keys, ["id", "meta", "status"]);
+    }
 }
