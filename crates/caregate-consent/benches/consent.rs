@@ -22,37 +22,18 @@
 //! shared machine counts less; the best of the runs is reported.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use caregate_consent::{
     Actor, ConsentAction, ConsentEngine, ConsentPolicy, ConsentRequest, ConsentSet, Decision,
     PreparedConsent,
 };
+use caregate_core::bench::{best, flag, thread_cpu_of};
 use serde_json::{json, Value};
 
 // The gateway binary runs on mimalloc; allocation-heavy work (parsing, serialising)
 // behaves differently under glibc malloc.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-fn cpu_ns() -> Option<u64> {
-    caregate_core::cpu_time::thread_cpu_seconds().map(|s| (s * 1e9) as u64)
-}
-
-/// Seconds of CPU (or wall, when the kernel does not say) that `f` takes.
-fn time(mut f: impl FnMut()) -> f64 {
-    let wall = Instant::now();
-    let cpu = cpu_ns();
-    f();
-    match (cpu, cpu_ns()) {
-        (Some(a), Some(b)) => b.saturating_sub(a) as f64 / 1e9,
-        _ => wall.elapsed().as_secs_f64(),
-    }
-}
-
-fn best(xs: &[f64]) -> f64 {
-    xs.iter().copied().fold(f64::INFINITY, f64::min)
-}
 
 const ACT: &str = "http://terminology.hl7.org/CodeSystem/v3-ActCode";
 const CONF: &str = "http://terminology.hl7.org/CodeSystem/v3-Confidentiality";
@@ -222,13 +203,7 @@ fn page(
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    let runs: usize = args
-        .iter()
-        .position(|a| a == "--runs")
-        .and_then(|i| args.get(i + 1))
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(7);
+    let runs: usize = flag("--runs", 7);
     let engine = ConsentEngine::default();
     let actor = clinic();
     let consents: Vec<Value> = (0..5).map(consent).collect();
@@ -261,7 +236,7 @@ fn main() {
     let rounds = 200;
     let mut times = Vec::new();
     for _ in 0..runs {
-        times.push(time(|| {
+        times.push(thread_cpu_of(|| {
             for _ in 0..rounds {
                 for r in &resources {
                     std::hint::black_box(decide(&engine, &actor, r, &set));
@@ -302,19 +277,19 @@ fn main() {
     let mut shown = 0;
     for _ in 0..runs {
         // Interleaved, so that load from others on the machine hits both alike.
-        let p = time(|| {
+        let p = thread_cpu_of(|| {
             for _ in 0..pages {
                 std::hint::black_box(page(&stored, None));
             }
         });
-        let f = time(|| {
+        let f = thread_cpu_of(|| {
             for _ in 0..pages {
                 let with = Some((&engine, &actor, prepared.as_slice()));
                 shown = std::hint::black_box(page(&stored, with)).1;
             }
         });
         // The added work alone: the request's ConsentSet and 100 decisions.
-        let a = time(|| {
+        let a = thread_cpu_of(|| {
             for _ in 0..pages {
                 let set = ConsentSet::from_prepared(prepared.clone()).for_request(
                     &actor,
@@ -327,7 +302,7 @@ fn main() {
             }
         });
         // A cache miss: the patient's 5 Consents parsed from storage and compiled.
-        let c = time(|| {
+        let c = thread_cpu_of(|| {
             for _ in 0..pages {
                 let values: Vec<Value> = stored_consents
                     .iter()

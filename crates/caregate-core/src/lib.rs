@@ -2,6 +2,7 @@
 //! the `OperationOutcome` issues that carry errors (with a FHIRPath location) from the crate
 //! that found them to the HTTP edge.
 
+pub mod bench;
 pub mod cpu_time;
 mod error;
 pub mod json;

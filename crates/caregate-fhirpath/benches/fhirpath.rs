@@ -194,20 +194,9 @@ const EXPRS: &[(&str, &[&str])] = &[
 ];
 
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    let runs: usize = args
-        .iter()
-        .position(|a| a == "--runs")
-        .and_then(|i| args.get(i + 1))
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(5);
+    let runs: usize = caregate_core::bench::flag("--runs", 5);
     // Each run passes over the corpus this many times, so a run lasts long enough to time.
-    let passes: usize = args
-        .iter()
-        .position(|a| a == "--passes")
-        .and_then(|i| args.get(i + 1))
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(5);
+    let passes: usize = caregate_core::bench::flag("--passes", 5);
     let resources = load_corpus();
     eprintln!("corpus: {} resources", resources.len());
 

@@ -118,15 +118,7 @@ fn load(p: &Pipeline) -> Vec<String> {
     let mut ids = Vec::new();
     for src in 0..SOURCES {
         let c = caller(src);
-        let patient = json!({
-            "resourceType": "Patient",
-            "identifier": [
-                {"system": format!("urn:mrn:source-{src}"), "value": format!("MRN-{src}")},
-                {"system": INSURER, "value": "M-100200"}
-            ],
-            "name": [{"family": "Rivera", "given": ["Alex"]}],
-            "gender": "other", "birthDate": "1990-06-01"
-        });
+        let patient = source_patient(src);
         let id = p
             .create(&c, "Patient", patient, None)
             .expect("patient")
@@ -183,19 +175,7 @@ fn http_section(requests: usize) -> Duration {
         };
         let mut ids = Vec::new();
         for src in 0..SOURCES {
-            let id = post(
-                "Patient".into(),
-                json!({
-                    "resourceType": "Patient",
-                    "identifier": [
-                        {"system": format!("urn:mrn:source-{src}"), "value": format!("MRN-{src}")},
-                        {"system": INSURER, "value": "M-100200"}
-                    ],
-                    "name": [{"family": "Rivera", "given": ["Alex"]}],
-                    "gender": "other", "birthDate": "1990-06-01"
-                }),
-            )
-            .await;
+            let id = post("Patient".into(), source_patient(src)).await;
             for r in source_resources(src, &format!("Patient/{id}"), 0) {
                 post(
                     r["resourceType"].as_str().unwrap_or_default().to_string(),
@@ -254,6 +234,19 @@ fn report(label: &str, mut samples: Vec<Duration>) -> (Duration, Duration) {
         samples.len()
     );
     (p50, p99)
+}
+
+/// The same person as one source system records them: its own MRN, the shared insurer id.
+fn source_patient(src: usize) -> Value {
+    json!({
+        "resourceType": "Patient",
+        "identifier": [
+            {"system": format!("urn:mrn:source-{src}"), "value": format!("MRN-{src}")},
+            {"system": INSURER, "value": "M-100200"}
+        ],
+        "name": [{"family": "Rivera", "given": ["Alex"]}],
+        "gender": "other", "birthDate": "1990-06-01"
+    })
 }
 
 fn main() {

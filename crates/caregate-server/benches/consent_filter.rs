@@ -16,9 +16,9 @@
 //! unfiltered interleaved; the median of the paired runs' differences is shown too.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use caregate_consent::Actor;
+use caregate_core::bench::{best, flag, thread_cpu_of};
 use caregate_pipeline::Caller;
 use caregate_server::config::ConsentConfig;
 use caregate_store::{SqliteOptions, SqliteStore, Store};
@@ -26,24 +26,6 @@ use serde_json::{json, Value};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-fn cpu_ns() -> Option<u64> {
-    caregate_core::cpu_time::thread_cpu_seconds().map(|s| (s * 1e9) as u64)
-}
-
-fn time(mut f: impl FnMut()) -> f64 {
-    let wall = Instant::now();
-    let cpu = cpu_ns();
-    f();
-    match (cpu, cpu_ns()) {
-        (Some(a), Some(b)) => b.saturating_sub(a) as f64 / 1e9,
-        _ => wall.elapsed().as_secs_f64(),
-    }
-}
-
-fn best(xs: &[f64]) -> f64 {
-    xs.iter().copied().fold(f64::INFINITY, f64::min)
-}
 
 const ACT: &str = "http://terminology.hl7.org/CodeSystem/v3-ActCode";
 const CONF: &str = "http://terminology.hl7.org/CodeSystem/v3-Confidentiality";
@@ -95,19 +77,8 @@ fn observation(i: usize, patient: &str) -> Value {
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    let runs: usize = args
-        .iter()
-        .position(|a| a == "--runs")
-        .and_then(|i| args.get(i + 1))
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(40);
-    let pages: usize = args
-        .iter()
-        .position(|a| a == "--pages")
-        .and_then(|i| args.get(i + 1))
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(10);
+    let runs: usize = flag("--runs", 40);
+    let pages: usize = flag("--pages", 10);
     let tmp = tempfile::tempdir().expect("tempdir");
     let store: Arc<dyn Store> =
         SqliteStore::open(&tmp.path().join("bench.sqlite"), SqliteOptions::default())
@@ -176,12 +147,12 @@ fn main() {
         page(&enforced);
     }
     for _ in 0..runs {
-        plain.push(time(|| {
+        plain.push(thread_cpu_of(|| {
             for _ in 0..pages {
                 std::hint::black_box(page(&open));
             }
         }));
-        filtered.push(time(|| {
+        filtered.push(thread_cpu_of(|| {
             for _ in 0..pages {
                 std::hint::black_box(page(&enforced));
             }

@@ -44,12 +44,7 @@ fn shared() -> PathBuf {
 /// `--limit N`: only the first N resources of the mixed corpus (N small enough for the
 /// trees to stay in cache shows how much of a pass is waiting on memory).
 fn limit() -> usize {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == "--limit")
-        .and_then(|i| args.get(i + 1))
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(usize::MAX)
+    caregate_core::bench::flag("--limit", usize::MAX)
 }
 
 fn mixed_ndjson() -> Vec<Value> {
