@@ -72,18 +72,12 @@ fn consent(patient: &str) -> Value {
 #[tokio::test(flavor = "multi_thread")]
 async fn psychotherapy_notes_reach_primary_care_redacted() {
     let s = start().await;
-    let r = s
-        .post_as(
+    let pid = s
+        .create_as(
             "psy-token",
-            "Patient",
             &json!({"resourceType": "Patient", "name": [{"family": "Redacted"}]}),
         )
         .await;
-    assert_eq!(r.status(), 201);
-    let pid = r.json::<Value>().await.expect("json")["id"]
-        .as_str()
-        .expect("id")
-        .to_string();
     let patient = format!("Patient/{pid}");
     let r = s.post_as("psy-token", "Consent", &consent(&patient)).await;
     assert_eq!(r.status(), 201, "{}", r.text().await.unwrap_or_default());
@@ -96,12 +90,7 @@ async fn psychotherapy_notes_reach_primary_care_redacted() {
         "description": "Session 4: discussed the divorce",
         "content": [{"attachment": {"contentType": "text/plain", "data": "U2Vzc2lvbiBub3Rlcw=="}}]
     });
-    let r = s.post_as("psy-token", "DocumentReference", &note).await;
-    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap_or_default());
-    let nid = r.json::<Value>().await.expect("json")["id"]
-        .as_str()
-        .expect("id")
-        .to_string();
+    let nid = s.create_as("psy-token", &note).await;
     let path = format!("DocumentReference/{nid}");
 
     // Psychiatry: the note whole.
@@ -197,17 +186,12 @@ async fn psychotherapy_notes_reach_primary_care_redacted() {
 #[tokio::test(flavor = "multi_thread")]
 async fn consents_must_meet_the_caregate_profile() {
     let s = start().await;
-    let r = s
-        .post_as(
+    let pid = s
+        .create_as(
             "psy-token",
-            "Patient",
             &json!({"resourceType": "Patient", "name": [{"family": "Profiled"}]}),
         )
         .await;
-    let pid = r.json::<Value>().await.expect("json")["id"]
-        .as_str()
-        .expect("id")
-        .to_string();
     let good = consent(&format!("Patient/{pid}"));
     // Each missing or wrong element is refused naming it: 422 for the profile's rules and
     // base invariants (ppc-1: policy or policyRule); category is required by base R4, so
@@ -270,27 +254,17 @@ async fn consents_must_meet_the_caregate_profile() {
 #[tokio::test(flavor = "multi_thread")]
 async fn care_team_membership_counts_as_the_actor() {
     let s = start().await;
-    let r = s
-        .post_as(
+    let pid = s
+        .create_as(
             "psy-token",
-            "Patient",
             &json!({"resourceType": "Patient", "name": [{"family": "Teamed"}]}),
         )
         .await;
-    let pid = r.json::<Value>().await.expect("json")["id"]
-        .as_str()
-        .expect("id")
-        .to_string();
     let patient = format!("Patient/{pid}");
     let team = json!({"resourceType": "CareTeam", "status": "active",
         "subject": {"reference": patient},
         "participant": [{"member": {"reference": "Organization/primary"}}]});
-    let r = s.post_as("psy-token", "CareTeam", &team).await;
-    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap_or_default());
-    let team_id = r.json::<Value>().await.expect("json")["id"]
-        .as_str()
-        .expect("id")
-        .to_string();
+    let team_id = s.create_as("psy-token", &team).await;
     let mut c = consent(&patient);
     c["provision"] = json!({"type": "deny", "provision": [
         {"type": "permit", "actor": [{"role": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType", "code": "IRCP"}]},
@@ -310,21 +284,10 @@ async fn care_team_membership_counts_as_the_actor() {
         .await;
     // The psychiatry practice is not in the team: its contribution is refused too.
     assert_eq!(r.status(), 403, "{}", r.text().await.unwrap_or_default());
-    let r = s
-        .post_as(
-            "pc-token",
-            "Observation",
-            &json!({"resourceType": "Observation", "status": "final",
+    let oid = s.create_as("pc-token", &json!({"resourceType": "Observation", "status": "final",
                 "code": {"coding": [{"system": "http://loinc.org", "code": "8480-6"}]},
                 "subject": {"reference": patient}, "effectiveDateTime": "2025-02-01",
-                "valueQuantity": {"value": 120, "unit": "mmHg", "system": "http://unitsofmeasure.org", "code": "mm[Hg]"}}),
-        )
-        .await;
-    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap_or_default());
-    let oid = r.json::<Value>().await.expect("json")["id"]
-        .as_str()
-        .expect("id")
-        .to_string();
+                "valueQuantity": {"value": 120, "unit": "mmHg", "system": "http://unitsofmeasure.org", "code": "mm[Hg]"}})).await;
     let (status, _) = get(&s, "pc-token", &format!("Observation/{oid}")).await;
     assert_eq!(status, 200);
     let (status, _) = get(&s, "psy-token", &format!("Observation/{oid}")).await;
@@ -385,12 +348,7 @@ async fn configured_redaction_rule_applies_to_every_other_reader() {
         "description": "Session 9: talked about the new job",
         "content": [{"attachment": {"contentType": "text/plain", "data": "U2Vzc2lvbg=="}}]
     });
-    let r = s.post_as("psy-token", "DocumentReference", &note).await;
-    assert_eq!(r.status(), 201);
-    let nid = r.json::<Value>().await.expect("json")["id"]
-        .as_str()
-        .expect("id")
-        .to_string();
+    let nid = s.create_as("psy-token", &note).await;
     let path = format!("DocumentReference/{nid}");
     let (_, whole) = get(&s, "psy-token", &path).await;
     assert_eq!(whole["description"], "Session 9: talked about the new job");

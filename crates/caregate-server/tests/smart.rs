@@ -251,18 +251,12 @@ async fn rs384_and_es384_assertions_get_tokens_that_work() {
     );
     assert_eq!(security["service"][0]["coding"][0]["code"], "SMART-on-FHIR");
 
-    let r = s
-        .post_as(
+    let pid = s
+        .create_as(
             "loader-token",
-            "Patient",
             &json!({"resourceType": "Patient", "name": [{"family": "Smart"}]}),
         )
         .await;
-    assert_eq!(r.status(), 201, "static bearer tokens keep working");
-    let pid = r.json::<Value>().await.expect("json")["id"]
-        .as_str()
-        .expect("id")
-        .to_string();
 
     for key in [Key::rs384(), Key::es384()] {
         let (status, body) =
@@ -628,20 +622,9 @@ async fn condition_shared_only_with(s: &TestServer, actor: &str, purpose: Value)
         .expect("id")
         .to_string();
     let patient = format!("Patient/{pid}");
-    let r = s
-        .post_as(
-            "loader-token",
-            "Condition",
-            &json!({"resourceType": "Condition",
+    let cid = s.create_as("loader-token", &json!({"resourceType": "Condition",
                     "clinicalStatus": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-clinical", "code": "active"}]},
-                    "code": {"text": "asthma"}, "subject": {"reference": patient}}),
-        )
-        .await;
-    assert_eq!(r.status(), 201);
-    let cid = r.json::<Value>().await.expect("json")["id"]
-        .as_str()
-        .expect("id")
-        .to_string();
+                    "code": {"text": "asthma"}, "subject": {"reference": patient}})).await;
     let mut permit = json!({"type": "permit",
         "actor": [{"role": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType", "code": "IRCP"}]},
                    "reference": {"reference": actor}}],

@@ -120,19 +120,14 @@ impl TestServer {
 
     /// Creates a resource and returns its id.
     pub async fn create(&self, resource: Value) -> String {
-        let ty = resource["resourceType"]
-            .as_str()
-            .expect("resourceType")
-            .to_string();
-        let r = self.post(&ty, &resource).await;
-        assert_eq!(
-            r.status(),
-            201,
-            "create {ty}: {}",
-            r.text().await.unwrap_or_default()
-        );
-        let v: Value = r.json().await.expect("json");
-        v["id"].as_str().expect("id").to_string()
+        let ty = resource_type(&resource);
+        created_id(&ty, self.post(&ty, &resource).await).await
+    }
+
+    /// Creates a resource as the client holding `token` and returns its id.
+    pub async fn create_as(&self, token: &str, resource: &Value) -> String {
+        let ty = resource_type(resource);
+        created_id(&ty, self.post_as(token, &ty, resource).await).await
     }
 
     pub async fn stop(self) {
@@ -141,6 +136,25 @@ impl TestServer {
 }
 
 /// A client entry for the configuration, with the given plain token.
+fn resource_type(resource: &Value) -> String {
+    resource["resourceType"]
+        .as_str()
+        .expect("resourceType")
+        .to_string()
+}
+
+/// The id of a resource the response says was created (201).
+async fn created_id(ty: &str, r: reqwest::Response) -> String {
+    assert_eq!(
+        r.status(),
+        201,
+        "create {ty}: {}",
+        r.text().await.unwrap_or_default()
+    );
+    let v: Value = r.json().await.expect("json");
+    v["id"].as_str().expect("id").to_string()
+}
+
 pub fn client(id: &str, token: &str, scopes: &[&str]) -> ClientConfig {
     ClientConfig {
         id: id.into(),
