@@ -20,10 +20,7 @@ async fn mutual_tls_accepts_known_clients_only() {
         }),
         ..ServerConfig::default()
     };
-    let running = caregate_server::start(&config).expect("server starts");
-    let port = running.addr.port();
-    let handle = running.handle.clone();
-    tokio::spawn(running.server);
+    let (port, handle) = serve(&config);
 
     let ca =
         reqwest::Certificate::from_pem(&std::fs::read(&certs.ca).expect("ca")).expect("ca pem");
@@ -65,6 +62,14 @@ async fn mutual_tls_accepts_known_clients_only() {
         "plain HTTP is not served on the TLS port"
     );
     handle.stop(true).await;
+}
+
+/// Starts the server in the background: its port and the handle that stops it.
+fn serve(config: &ServerConfig) -> (u16, actix_web::dev::ServerHandle) {
+    let running = caregate_server::start(config).expect("server starts");
+    let handle = running.handle.clone();
+    tokio::spawn(running.server);
+    (running.addr.port(), handle)
 }
 
 fn https_client(
@@ -134,10 +139,7 @@ async fn client_certificates_identify_registered_clients() {
         ],
         ..ServerConfig::default()
     };
-    let running = caregate_server::start(&config).expect("server starts");
-    let port = running.addr.port();
-    let handle = running.handle.clone();
-    tokio::spawn(running.server);
+    let (port, handle) = serve(&config);
     let url = |path: &str| format!("https://localhost:{port}/{path}");
 
     let psych = https_client(&certs.ca, &certs.clients[0].1, &certs.clients[0].2);
@@ -257,10 +259,7 @@ async fn smart_backend_services_over_tls() {
         }],
         ..ServerConfig::default()
     };
-    let running = caregate_server::start(&config).expect("server starts");
-    let port = running.addr.port();
-    let handle = running.handle.clone();
-    tokio::spawn(running.server);
+    let (port, handle) = serve(&config);
     let ca =
         reqwest::Certificate::from_pem(&std::fs::read(&certs.ca).expect("ca")).expect("ca pem");
     let http = reqwest::Client::builder()
