@@ -164,19 +164,28 @@ async fn token_request(s: &TestServer, params: &[(&str, &str)]) -> (u16, Value) 
 }
 
 async fn request_token(s: &TestServer, assertion: &str, scope: &str) -> (u16, Value) {
-    token_request(
-        s,
-        &[
-            ("grant_type", "client_credentials"),
-            (
-                "client_assertion_type",
-                "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
-            ),
-            ("client_assertion", assertion),
-            ("scope", scope),
-        ],
-    )
-    .await
+    request_token_with(s, assertion, scope, &[]).await
+}
+
+/// A client-credentials token request with `extra` form parameters (purpose of use,
+/// practitioner).
+async fn request_token_with(
+    s: &TestServer,
+    assertion: &str,
+    scope: &str,
+    extra: &[(&str, &str)],
+) -> (u16, Value) {
+    let mut params = vec![
+        ("grant_type", "client_credentials"),
+        (
+            "client_assertion_type",
+            "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+        ),
+        ("client_assertion", assertion),
+        ("scope", scope),
+    ];
+    params.extend_from_slice(extra);
+    token_request(s, &params).await
 }
 
 /// An access token for `client` signed with `key`, asserting the requested scope.
@@ -549,20 +558,9 @@ async fn purpose_of_use_in_the_token_reaches_consent() {
         let assertion = es.assertion(&claims(&s, "hie"));
         let s = &s;
         async move {
-            let mut params = vec![
-                ("grant_type", "client_credentials"),
-                (
-                    "client_assertion_type",
-                    "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
-                ),
-                ("client_assertion", assertion.as_str()),
-                ("scope", "system/*.read"),
-            ];
-            if let Some(p) = purpose {
-                params.push(("purpose_of_use", p));
-            }
-            let (status, body) = token_request(s, &params).await;
-            (status, body)
+            let extra: Vec<(&str, &str)> =
+                purpose.map(|p| ("purpose_of_use", p)).into_iter().collect();
+            request_token_with(s, &assertion, "system/*.read", &extra).await
         }
     };
     let (status, treat) = token_for(Some("TREAT")).await;
@@ -654,19 +652,11 @@ async fn the_acting_practitioner_in_the_token_reaches_consent() {
         let assertion = es.assertion(&claims(&s, "hie"));
         let s = &s;
         async move {
-            let mut params = vec![
-                ("grant_type", "client_credentials"),
-                (
-                    "client_assertion_type",
-                    "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
-                ),
-                ("client_assertion", assertion.as_str()),
-                ("scope", "system/*.read"),
-            ];
-            if !practitioner.is_empty() {
-                params.push(("practitioner", practitioner));
-            }
-            token_request(s, &params).await
+            let extra: Vec<(&str, &str)> = (!practitioner.is_empty())
+                .then_some(("practitioner", practitioner))
+                .into_iter()
+                .collect();
+            request_token_with(s, &assertion, "system/*.read", &extra).await
         }
     };
     let read = format!("Condition/{cid}");
