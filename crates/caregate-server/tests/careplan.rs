@@ -43,6 +43,16 @@ fn sertraline(patient: &str, requester: &str, mg: u32) -> Value {
     })
 }
 
+/// `GET Patient/{id}/$care-plan` with `If-None-Match: etag`.
+async fn care_plan_if_none_match(s: &TestServer, id: &str, etag: &str) -> reqwest::Response {
+    s.http
+        .get(s.url(&format!("Patient/{id}/$care-plan")))
+        .header("if-none-match", etag)
+        .send()
+        .await
+        .expect("request")
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn one_person_one_shared_care_plan() {
     let s =
@@ -99,24 +109,12 @@ async fn one_person_one_shared_care_plan() {
     // Any linked Patient id gives the same person's view; unchanged views answer 304.
     let r = s.get(&format!("Patient/{b}/$care-plan")).await;
     assert_eq!(r.status(), 200);
-    let again = s
-        .http
-        .get(s.url(&format!("Patient/{a}/$care-plan")))
-        .header("if-none-match", &etag)
-        .send()
-        .await
-        .unwrap();
+    let again = care_plan_if_none_match(&s, &a, &etag).await;
     assert_eq!(again.status(), 304);
     // A new item from either source shows at once (the cached view is invalidated), with a
     // new ETag; the old one no longer matches.
     s.create(goal_coded(&pb, "new-goal", "Sleep 7 hours")).await;
-    let r = s
-        .http
-        .get(s.url(&format!("Patient/{a}/$care-plan")))
-        .header("if-none-match", &etag)
-        .send()
-        .await
-        .unwrap();
+    let r = care_plan_if_none_match(&s, &a, &etag).await;
     assert_eq!(r.status(), 200);
     assert_ne!(r.headers()["etag"].to_str().unwrap(), etag);
     let view: Value = r.json().await.unwrap();

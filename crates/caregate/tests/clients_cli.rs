@@ -19,11 +19,17 @@ fn caregate(args: &[&str]) -> (i32, String) {
     )
 }
 
-#[test]
-fn add_list_remove() {
+/// A config file with only a listen address, in a folder of its own.
+fn fresh_config() -> (tempfile::TempDir, std::path::PathBuf) {
     let dir = tempfile::tempdir().expect("tempdir");
     let config = dir.path().join("caregate.toml");
     std::fs::write(&config, "listen = \"127.0.0.1:8080\"\n").expect("write config");
+    (dir, config)
+}
+
+#[test]
+fn add_list_remove() {
+    let (_dir, config) = fresh_config();
     let path = config.to_str().expect("utf-8 path");
     let (code, out) = caregate(&[
         "clients",
@@ -96,9 +102,7 @@ fn add_list_remove() {
 
 #[test]
 fn smart_and_certificate_clients() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let config = dir.path().join("caregate.toml");
-    std::fs::write(&config, "listen = \"127.0.0.1:8080\"\n").expect("write config");
+    let (dir, config) = fresh_config();
     let path = config.to_str().expect("utf-8 path");
     let jwks = dir.path().join("jwks.json");
     std::fs::write(
