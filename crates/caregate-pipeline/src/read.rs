@@ -230,11 +230,14 @@ impl Pipeline {
             }
             None => parse_record(record)?,
         };
+        // Whether `resource` is the whole stored resource rather than the members above.
+        let mut whole = record.content.is_none();
         let mut redacted = None;
         if self.stages.consent.filters_reads() {
             let mut scope = self.consent_scope(caller)?;
             if scope.patient_has_consents(&resource)? {
                 resource = parse_record(record)?;
+                whole = true;
             }
             // `release_of` also applies the held-data rule, which a bare decision does not.
             let release = scope.release_of(&resource)?;
@@ -262,7 +265,11 @@ impl Pipeline {
                 });
             }
             if release == Release::Redacted {
-                let mut copy = parse_record(record)?;
+                let mut copy = if whole {
+                    resource.clone()
+                } else {
+                    parse_record(record)?
+                };
                 caregate_consent::redact::redact(&mut copy);
                 redacted = Some(serde_json::to_vec(&copy).map_err(|e| {
                     FhirError::internal(format!("redacted copy not serializable: {e}"))
