@@ -322,18 +322,11 @@ async fn configured_redaction_rule_applies_to_every_other_reader() {
     })
     .await;
     let pid = s
-        .post_as(
+        .create_as(
             "psy-token",
-            "Patient",
             &json!({"resourceType": "Patient", "name": [{"family": "Rule"}]}),
         )
-        .await
-        .json::<Value>()
-        .await
-        .expect("json")["id"]
-        .as_str()
-        .expect("id")
-        .to_string();
+        .await;
     let patient = format!("Patient/{pid}");
     // A plain permit of psychotherapy notes to both organisations: no REDACT in it.
     let mut plain = consent(&patient);

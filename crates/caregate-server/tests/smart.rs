@@ -607,18 +607,11 @@ async fn purpose_of_use_in_the_token_reaches_consent() {
 /// Condition's id.
 async fn condition_shared_only_with(s: &TestServer, actor: &str, purpose: Value) -> String {
     let pid = s
-        .post_as(
+        .create_as(
             "loader-token",
-            "Patient",
             &json!({"resourceType": "Patient", "name": [{"family": "Consenting"}]}),
         )
-        .await
-        .json::<Value>()
-        .await
-        .expect("json")["id"]
-        .as_str()
-        .expect("id")
-        .to_string();
+        .await;
     let patient = format!("Patient/{pid}");
     let cid = s.create_as("loader-token", &json!({"resourceType": "Condition",
                     "clinicalStatus": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-clinical", "code": "active"}]},
