@@ -246,7 +246,7 @@ fn prim_to_val<'a>(p: Prim<'_>) -> Val<'a> {
 
 /// The type a Reference (or canonical/uri) points at: `Patient` for `Patient/1`,
 /// `http://x/fhir/Patient/1/_history/2`, or a Reference with only `type`.
-fn reference_target_type(v: &Value) -> Option<&str> {
+pub(crate) fn reference_target_type(v: &Value) -> Option<&str> {
     let text = match v {
         Value::String(s) => s.as_str(),
         Value::Object(m) => match m.get("reference").and_then(Value::as_str) {

@@ -23,6 +23,7 @@ mod eval;
 mod lexer;
 mod model;
 mod parser;
+mod paths;
 mod quantity;
 mod temporal;
 mod types;
@@ -36,6 +37,7 @@ use serde_json::Value;
 
 pub use decimal::Decimal;
 pub use model::{ModelInfo, TypeKind};
+pub use paths::PlainPaths;
 pub use quantity::Quantity;
 pub use temporal::{Precision, Temporal, TemporalKind};
 

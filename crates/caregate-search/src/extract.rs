@@ -1,6 +1,7 @@
 //! Turning evaluated FHIRPath items into index values, by parameter type and by the JSON
 //! shape of the element (the evaluator does not know FHIR types, the shapes are distinctive).
 
+use caregate_core::json::{field, member};
 use caregate_core::{is_resource_type, parse_date_range, DateRange};
 use caregate_fhirpath::Item;
 use caregate_store::index::{IndexEntry, IndexValue};
@@ -80,7 +81,7 @@ pub(crate) fn dedup_from(out: &mut Vec<IndexEntry>, start: usize) {
 /// An Extension (reached through `extension('url')`) is indexed by its `value[x]`.
 fn unwrap_extension(v: &Value) -> &Value {
     let Value::Object(m) = v else { return v };
-    if !m.get("url").is_some_and(Value::is_string) {
+    if !member(m, "url").is_some_and(Value::is_string) {
         return v;
     }
     m.iter()
@@ -126,7 +127,7 @@ fn string_values(v: &Value, push: &mut impl FnMut(IndexValue)) {
         Value::String(s) => push_opt(push, string_value(s)),
         Value::Object(m) => {
             for part in STRING_PARTS {
-                for s in strings_of(m.get(*part)) {
+                for s in strings_of(member(m, part)) {
                     push_opt(push, string_value(s));
                 }
             }
@@ -181,7 +182,7 @@ fn push_token(
 }
 
 fn str_field<'a>(m: &'a Map<String, Value>, k: &str) -> Option<&'a str> {
-    m.get(k).and_then(Value::as_str)
+    member(m, k).and_then(Value::as_str)
 }
 
 fn token_values(v: &Value, push: &mut impl FnMut(IndexValue)) {
@@ -190,7 +191,7 @@ fn token_values(v: &Value, push: &mut impl FnMut(IndexValue)) {
         Value::Bool(b) => push(token(None, Some(if *b { "true" } else { "false" }), None)),
         Value::Number(n) => push(token(None, Some(&n.to_string()), None)),
         Value::Object(m) => {
-            if let Some(codings) = m.get("coding") {
+            if let Some(codings) = member(m, "coding") {
                 // CodeableConcept: each coding, plus its text for `:text`.
                 if let Value::Array(codings) = codings {
                     for c in codings.iter().filter_map(Value::as_object) {
@@ -198,24 +199,25 @@ fn token_values(v: &Value, push: &mut impl FnMut(IndexValue)) {
                     }
                 }
                 push_token(push, None, None, str_field(m, "text"));
-            } else if let Some(value) = m.get("value") {
+            } else if let Some(value) = member(m, "value") {
                 let value = match value {
                     Value::String(s) => Some(s.as_str()),
                     _ => None,
                 };
                 let system = str_field(m, "system");
-                if system.is_some_and(|s| CONTACT_SYSTEMS.contains(&s)) || m.contains_key("rank") {
+                if system.is_some_and(|s| CONTACT_SYSTEMS.contains(&s))
+                    || member(m, "rank").is_some()
+                {
                     // ContactPoint: `phone|555-1234`, and `555-1234` alone via any system.
                     push_token(push, system, value, None);
                 } else {
                     // Identifier; `type.text` feeds `:text`.
-                    let type_text = m
-                        .get("type")
-                        .and_then(|t| t.get("text"))
+                    let type_text = member(m, "type")
+                        .and_then(|t| field(t, "text"))
                         .and_then(Value::as_str);
                     push_token(push, system, value, type_text);
                 }
-            } else if m.contains_key("code") || m.contains_key("system") {
+            } else if member(m, "code").is_some() || member(m, "system").is_some() {
                 coding_value(m, push);
             } else {
                 push_token(push, None, None, str_field(m, "text"));
@@ -307,17 +309,17 @@ fn date_values(v: &Value, push: &mut impl FnMut(IndexValue)) {
             }
         }
         Value::Object(m) => {
-            if m.contains_key("start") || m.contains_key("end") {
+            if member(m, "start").is_some() || member(m, "end").is_some() {
                 push_opt(push, period(m));
-            } else if m.contains_key("event") || m.contains_key("repeat") {
+            } else if member(m, "event").is_some() || member(m, "repeat").is_some() {
                 // Timing: each event, and the repeat bounds.
-                for s in strings_of(m.get("event")) {
+                for s in strings_of(member(m, "event")) {
                     if let Some(r) = parse_date_range(s) {
                         push(IndexValue::Date(r));
                     }
                 }
                 if let Some(Value::Object(bounds)) =
-                    m.get("repeat").and_then(|r| r.get("boundsPeriod"))
+                    member(m, "repeat").and_then(|r| field(r, "boundsPeriod"))
                 {
                     push_opt(push, period(bounds));
                 }
@@ -345,8 +347,7 @@ fn period(m: &Map<String, Value>) -> Option<IndexValue> {
 
 fn quantity_values(v: &Value, push: &mut impl FnMut(IndexValue)) {
     let Value::Object(m) = v else { return };
-    let Some(value) = m
-        .get("value")
+    let Some(value) = member(m, "value")
         .and_then(Value::as_number)
         .and_then(serde_json::Number::as_f64)
     else {

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use caregate_core::{is_resource_type, RESOURCE_TYPES};
-use caregate_fhirpath::Expression;
+use caregate_fhirpath::{Expression, Item, PlainPaths};
 use caregate_store::index::{IndexEntry, IndexKind, ParamKey};
 use serde_json::Value;
 
@@ -84,7 +84,37 @@ pub struct ParamInfo {
 pub(crate) struct Extractor {
     pub key: ParamKey,
     pub param_type: ParamType,
-    pub expr: Arc<Expression>,
+    pub plan: Extraction,
+    /// The definition's whole expression, which `plan` answers exactly (tests check it).
+    #[allow(dead_code)]
+    pub expression: Arc<Expression>,
+}
+
+/// How a parameter's values are found in a resource of one type: by walking plain paths
+/// directly, or by the FHIRPath evaluator over the expression's branches for that type.
+#[derive(Debug)]
+pub(crate) enum Extraction {
+    Paths(PlainPaths),
+    Evaluate(Expression),
+}
+
+impl Extraction {
+    fn for_type(expr: &Expression, resource_type: &str) -> Extraction {
+        match expr.plain_paths(resource_type) {
+            Some(paths) => Extraction::Paths(paths),
+            None => Extraction::Evaluate(
+                expr.for_resource_type(resource_type)
+                    .unwrap_or_else(|| expr.clone()),
+            ),
+        }
+    }
+
+    pub(crate) fn evaluate<'a>(&self, resource: &'a Value) -> Vec<Item<'a>> {
+        match self {
+            Extraction::Paths(p) => p.evaluate(resource),
+            Extraction::Evaluate(e) => e.evaluate(resource),
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -320,7 +350,8 @@ impl SearchRegistry {
                 entry.extractors.push(Extractor {
                     key: key.clone(),
                     param_type,
-                    expr: expr.clone(),
+                    plan: Extraction::for_type(expr, ty),
+                    expression: expr.clone(),
                 });
             }
             entry.params.insert(
@@ -371,7 +402,7 @@ impl SearchRegistry {
         let mut out = Vec::new();
         for ex in &params.extractors {
             let start = out.len();
-            for item in ex.expr.evaluate(resource) {
+            for item in ex.plan.evaluate(resource) {
                 crate::extract::index_item(&ex.key, ex.param_type, &item, &mut out);
             }
             crate::extract::dedup_from(&mut out, start);

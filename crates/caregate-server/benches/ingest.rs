@@ -8,6 +8,7 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
+use caregate_core::cpu_time;
 use caregate_pipeline::{Caller, ReturnPreference};
 use caregate_store::{SqliteOptions, SqliteStore};
 use serde_json::Value;
@@ -44,11 +45,41 @@ fn main() {
     }
     let parse = started.elapsed().as_secs_f64();
 
+    // Search-index extraction alone (every parameter of each entry's type), in this
+    // thread's CPU time, best of five passes.
+    let registry = caregate_search::SearchRegistry::from_definitions(
+        caregate_validation::Package::r4_core().of_type("SearchParameter"),
+    );
+    let entries: Vec<Value> = texts
+        .iter()
+        .filter_map(|t| serde_json::from_slice::<Value>(t).ok())
+        .flat_map(|b| b["entry"].as_array().cloned().unwrap_or_default())
+        .map(|e| e["resource"].clone())
+        .collect();
+    let extract = caregate_core::bench::best(
+        &(0..5)
+            .map(|_| {
+                caregate_core::bench::thread_cpu_of(|| {
+                    for r in &entries {
+                        std::hint::black_box(registry.extract(r));
+                    }
+                })
+            })
+            .collect::<Vec<_>>(),
+    );
+
     let tmp = tempfile::tempdir().expect("tempdir");
     let store = SqliteStore::open(&tmp.path().join("bench.sqlite"), SqliteOptions::default())
         .expect("store");
     let pipeline = caregate_server::build_pipeline(store);
     let caller = Caller::default();
+    let cpu = || {
+        (
+            cpu_time::thread_cpu_seconds().unwrap_or(f64::NAN),
+            cpu_time::process_cpu_seconds().unwrap_or(f64::NAN),
+        )
+    };
+    let (thread_before, process_before) = cpu();
     let started = Instant::now();
     for _ in 0..rounds {
         for t in &texts {
@@ -59,6 +90,9 @@ fn main() {
         }
     }
     let ingest = started.elapsed().as_secs_f64();
+    let (thread_after, process_after) = cpu();
+    let request_cpu = thread_after - thread_before;
+    let store_cpu = (process_after - process_before) - request_cpu;
     let n = (resources * rounds) as f64;
     println!(
         "Synthea transaction bundles: {} bundles, {resources} resources, {rounds} rounds",
@@ -66,8 +100,19 @@ fn main() {
     );
     println!("  parse JSON only          {:>10.0} resources/s", n / parse);
     println!(
+        "  index extraction only    {:>10.0} resources/s   ({:.1} µs each, thread CPU time)",
+        entries.len() as f64 / extract,
+        extract / entries.len() as f64 * 1e6
+    );
+    println!(
         "  full ingest (1 thread)   {:>10.0} resources/s   ({:.1}x the cost of parsing)",
         n / ingest,
         ingest / parse
+    );
+    println!(
+        "  CPU per resource         {:>10.1} µs in the request thread, {:.1} µs in the store's \
+         threads (writer, checkpoints)",
+        request_cpu / n * 1e6,
+        store_cpu / n * 1e6
     );
 }

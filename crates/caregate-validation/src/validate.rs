@@ -4,7 +4,7 @@
 //! FHIRPath string when it reports an issue, so a valid resource costs hash lookups and
 //! byte scans, no allocation per element.
 
-use caregate_core::json::member;
+use caregate_core::json::{member, prefetch_members};
 use caregate_core::{Issue, IssueCode, Severity};
 use serde_json::{Map, Value};
 
@@ -181,6 +181,7 @@ impl<'a> Walker<'a> {
         if Some(table) == model.coding_table {
             self.coding_system(obj);
         }
+        prefetch_members(obj);
         let has_underscore = obj.keys().any(|k| k.starts_with('_'));
         let choice_start = self.seen_choices.len();
 

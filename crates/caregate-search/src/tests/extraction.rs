@@ -1528,3 +1528,105 @@ fn care_coordination_parameters_are_all_asserted() {
         .collect();
     assert!(unregistered.is_empty(), "not registered: {unregistered:?}");
 }
+
+/// Every resource the shared corpora hold (official examples, MCC examples, Synthea
+/// bundle entries, the peers' mixed corpus), plus odd shapes written for the paths'
+/// corner cases.
+fn corpus_resources() -> Vec<Value> {
+    let shared = format!("{}/../../../shared", env!("CARGO_MANIFEST_DIR"));
+    let mut out = Vec::new();
+    for dir in [
+        "corpora/examples/r4-spec",
+        "corpora/examples/mcc-ig",
+        "corpora/examples/synthea",
+    ] {
+        let entries = std::fs::read_dir(format!("{shared}/{dir}"))
+            .unwrap_or_else(|e| panic!("missing corpus {shared}/{dir}: {e}"));
+        for entry in entries.flatten() {
+            let Ok(text) = std::fs::read_to_string(entry.path()) else {
+                continue;
+            };
+            let Ok(resource) = serde_json::from_str::<Value>(&text) else {
+                continue;
+            };
+            if let Some(items) = resource["entry"].as_array() {
+                out.extend(items.iter().map(|e| e["resource"].clone()));
+            }
+            out.push(resource);
+        }
+    }
+    let mixed = std::fs::read_to_string(format!("{shared}/peers/validators/corpus/mixed.ndjson"))
+        .expect("peers' mixed.ndjson");
+    out.extend(mixed.lines().filter_map(|l| serde_json::from_str(l).ok()));
+    out.extend([
+        json!({"resourceType": "Observation", "status": "final",
+            "subject": {"reference": "#p1"}, "performer": [{"reference": "#"}, {"type": "Practitioner"},
+                {"reference": "#missing"}, {"reference": 7}, {"reference": "Patient/1/_history/2"}],
+            "contained": [{"resourceType": "Patient", "id": "p1"}],
+            "_effectiveDateTime": {"extension": [{"url": "http://x", "valueString": "masked"}]},
+            "valueString": "x", "_valueString": {"id": "v"},
+            "component": [null, {"code": {"text": "c"}, "valueQuantity": {"value": 1, "unit": "mg"}}],
+            "code": {"coding": [{"system": "http://loinc.org", "code": "1-8"}, null]}}),
+        json!({"resourceType": "Patient", "name": [{"given": ["A", null, "C"],
+            "_given": [null, {"extension": [{"url": "http://x", "valueCode": "masked"}]}, null]}],
+            "birthDate": null, "_birthDate": {"id": "b"}, "link": [{"other": {"reference": "Patient/2"}}],
+            "generalPractitioner": [{"reference": "https://other.example/fhir/Practitioner/9"},
+                {"reference": "urn:uuid:0b5c1f4e-3f0e-4b8e-9f0a-111111111111"}]}),
+        json!({"resourceType": "Condition", "subject": "Patient/1", "onsetAge": {"value": 3},
+            "abatementString": "later", "recordedDate": ["2020", "2021"]}),
+    ]);
+    out
+}
+
+/// The fast paths (plain paths walked directly, expressions cut down to one type's
+/// branches) give exactly the index entries the whole expression gives through the
+/// FHIRPath evaluator, for every parameter of every resource in the corpora.
+#[test]
+fn type_specific_plans_agree_with_the_evaluator() {
+    let reg = registry();
+    let (mut paths, mut evaluated) = (0, 0);
+    for params in reg.types.values() {
+        for ex in &params.extractors {
+            match ex.plan {
+                crate::registry::Extraction::Paths(_) => paths += 1,
+                crate::registry::Extraction::Evaluate(_) => evaluated += 1,
+            }
+        }
+    }
+    // Most R4 parameters are plain paths; if this drops, the fast path stopped applying.
+    assert!(
+        paths > 3 * evaluated,
+        "{paths} plain, {evaluated} evaluated"
+    );
+
+    let resources = corpus_resources();
+    assert!(resources.len() > 10_000, "{}", resources.len());
+    let mut compared = 0;
+    for resource in &resources {
+        let Some(params) = resource["resourceType"]
+            .as_str()
+            .and_then(|t| reg.types.get(t))
+        else {
+            continue;
+        };
+        for ex in &params.extractors {
+            let mut fast = Vec::new();
+            for item in ex.plan.evaluate(resource) {
+                crate::extract::index_item(&ex.key, ex.param_type, &item, &mut fast);
+            }
+            crate::extract::dedup_from(&mut fast, 0);
+            let mut slow = Vec::new();
+            for item in ex.expression.evaluate(resource) {
+                crate::extract::index_item(&ex.key, ex.param_type, &item, &mut slow);
+            }
+            crate::extract::dedup_from(&mut slow, 0);
+            assert_eq!(
+                fast, slow,
+                "{} on {}/{}",
+                ex.key, resource["resourceType"], resource["id"]
+            );
+            compared += 1;
+        }
+    }
+    assert!(compared > 100_000, "{compared}");
+}
