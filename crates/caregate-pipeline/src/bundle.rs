@@ -693,11 +693,25 @@ impl Pipeline {
             }
         }
         self.after_commit(&written);
-        for (i, plan) in plans.iter().enumerate() {
-            if let Some(Plan::Create { rtype, .. } | Plan::Update { rtype, .. }) = plan {
-                self.count_accepted(caller, rtype, admitted[i].as_ref(), &issues_by_entry[i]);
-            }
-        }
+        // One statistics request for the whole Bundle, not one per entry.
+        self.record_stats(
+            plans
+                .iter()
+                .enumerate()
+                .filter_map(|(i, plan)| match plan {
+                    Some(Plan::Create { rtype, .. } | Plan::Update { rtype, .. }) => {
+                        Some(Self::conformance_record(
+                            caller,
+                            rtype,
+                            admitted[i].as_ref(),
+                            true,
+                            &issues_by_entry[i],
+                        ))
+                    }
+                    _ => None,
+                })
+                .collect(),
+        );
 
         // 4. Reads run after the writes, then the response in request order.
         let mut out = Vec::with_capacity(count);

@@ -41,7 +41,7 @@ fn issue_rows(issues: &[Issue]) -> Vec<(String, String, String, String)> {
 }
 
 impl Pipeline {
-    fn conformance_record(
+    pub(crate) fn conformance_record(
         caller: &Caller,
         resource_type: &str,
         resource: Option<&Value>,
@@ -99,7 +99,7 @@ impl Pipeline {
         }
     }
 
-    fn record_stats(&self, stats: Vec<ConformanceRecord>) {
+    pub(crate) fn record_stats(&self, stats: Vec<ConformanceRecord>) {
         if let Err(e) = self.store.record_conformance(stats) {
             tracing::warn!(target: "caregate::conformance", error = %e, "conformance statistics not recorded");
         }

@@ -2,6 +2,8 @@
 //! profile, how many resources arrived, were accepted, rejected or accepted with warnings,
 //! and which issues (by element and kind) were most frequent.
 
+use std::collections::BTreeMap;
+
 use rusqlite::{params, Connection, Transaction};
 
 use crate::StoreError;
@@ -35,35 +37,51 @@ pub struct ConformanceRecord {
     pub issues: Vec<(String, String, String, String)>,
 }
 
+/// Adds a request's records to the statistics. Records are summed per key first, so a
+/// Bundle of 300 resources of a dozen types costs a dozen upserts, not 300.
 pub(crate) fn record(
     tx: &Transaction<'_>,
     records: &[ConformanceRecord],
 ) -> Result<(), StoreError> {
+    type CountKey<'r> = (&'r str, &'r str, &'r str, &'r str);
+    type IssueKey<'r> = (CountKey<'r>, &'r str, &'r str, &'r str);
+    let mut counts: BTreeMap<CountKey<'_>, [i64; 4]> = BTreeMap::new();
+    let mut issues: BTreeMap<IssueKey<'_>, (&str, i64)> = BTreeMap::new();
     for r in records {
+        let key = (&*r.day, &*r.client, &*r.resource_type, &*r.profile);
         let warned = r.accepted && r.issues.iter().any(|(s, ..)| s == "warning");
-        tx.prepare_cached(
-            "INSERT INTO conformance_count (day, client, rtype, profile, received, accepted, rejected, warned)
-             VALUES (?1, ?2, ?3, ?4, 1, ?5, ?6, ?7)
-             ON CONFLICT (day, client, rtype, profile) DO UPDATE SET
-               received = received + 1, accepted = accepted + ?5, rejected = rejected + ?6, warned = warned + ?7",
-        )?
-        .execute(params![
-            r.day,
-            r.client,
-            r.resource_type,
-            r.profile,
-            i64::from(r.accepted),
-            i64::from(!r.accepted),
-            i64::from(warned)
-        ])?;
+        let c = counts.entry(key).or_default();
+        c[0] += 1;
+        c[1] += i64::from(r.accepted);
+        c[2] += i64::from(!r.accepted);
+        c[3] += i64::from(warned);
         for (severity, code, element, example) in &r.issues {
-            tx.prepare_cached(
-                "INSERT INTO conformance_issue (day, client, rtype, profile, severity, code, element, example, occurrences)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 1)
-                 ON CONFLICT (day, client, rtype, profile, severity, code, element) DO UPDATE SET occurrences = occurrences + 1",
-            )?
-            .execute(params![r.day, r.client, r.resource_type, r.profile, severity, code, element, example])?;
+            issues
+                .entry((key, severity, code, element))
+                .or_insert((example, 0))
+                .1 += 1;
         }
+    }
+    let mut upsert_count = tx.prepare_cached(
+        "INSERT INTO conformance_count (day, client, rtype, profile, received, accepted, rejected, warned)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+         ON CONFLICT (day, client, rtype, profile) DO UPDATE SET
+           received = received + ?5, accepted = accepted + ?6, rejected = rejected + ?7, warned = warned + ?8",
+    )?;
+    for ((day, client, rtype, profile), [received, accepted, rejected, warned]) in counts {
+        upsert_count.execute(params![
+            day, client, rtype, profile, received, accepted, rejected, warned
+        ])?;
+    }
+    let mut upsert_issue = tx.prepare_cached(
+        "INSERT INTO conformance_issue (day, client, rtype, profile, severity, code, element, example, occurrences)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+         ON CONFLICT (day, client, rtype, profile, severity, code, element) DO UPDATE SET occurrences = occurrences + ?9",
+    )?;
+    for (((day, client, rtype, profile), severity, code, element), (example, n)) in issues {
+        upsert_issue.execute(params![
+            day, client, rtype, profile, severity, code, element, example, n
+        ])?;
     }
     Ok(())
 }
@@ -168,4 +186,103 @@ pub(crate) fn report(
         top_issues,
         trend,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(rtype: &str, accepted: bool, issues: &[(&str, &str, &str)]) -> ConformanceRecord {
+        ConformanceRecord {
+            day: "2026-11-27".into(),
+            client: "ehr-a".into(),
+            resource_type: rtype.into(),
+            profile: "base".into(),
+            accepted,
+            issues: issues
+                .iter()
+                .map(|(sev, el, ex)| {
+                    (
+                        sev.to_string(),
+                        "invalid".into(),
+                        el.to_string(),
+                        ex.to_string(),
+                    )
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn a_batch_adds_up_like_single_records() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(SCHEMA).unwrap();
+        let tx = conn.transaction().unwrap();
+        record(
+            &tx,
+            &[
+                rec(
+                    "Observation",
+                    true,
+                    &[("warning", "Observation.code", "first")],
+                ),
+                rec("Observation", true, &[]),
+                rec(
+                    "Observation",
+                    false,
+                    &[("error", "Observation.status", "bad")],
+                ),
+                rec("Patient", true, &[]),
+                rec(
+                    "Observation",
+                    true,
+                    &[("warning", "Observation.code", "second")],
+                ),
+            ],
+        )
+        .unwrap();
+        // A later request adds to the same rows; the first example seen is kept.
+        record(
+            &tx,
+            &[rec(
+                "Observation",
+                true,
+                &[("warning", "Observation.code", "third")],
+            )],
+        )
+        .unwrap();
+        tx.commit().unwrap();
+        let report = report(&conn, Some("ehr-a"), None).unwrap();
+        let obs = report
+            .counts
+            .iter()
+            .find(|c| c.resource_type == "Observation")
+            .unwrap();
+        assert_eq!(
+            (obs.received, obs.accepted, obs.rejected, obs.warned),
+            (5, 4, 1, 3)
+        );
+        let patient = report
+            .counts
+            .iter()
+            .find(|c| c.resource_type == "Patient")
+            .unwrap();
+        assert_eq!((patient.received, patient.accepted), (1, 1));
+        let code = report
+            .top_issues
+            .iter()
+            .find(|i| i.element == "Observation.code")
+            .unwrap();
+        assert_eq!((code.occurrences, code.example.as_str()), (3, "first"));
+        let status = report
+            .top_issues
+            .iter()
+            .find(|i| i.element == "Observation.status")
+            .unwrap();
+        assert_eq!((status.occurrences, status.severity.as_str()), (1, "error"));
+        assert_eq!(
+            report.trend,
+            vec![("2026-11-27".into(), "ehr-a".into(), 6, 1)]
+        );
+    }
 }
