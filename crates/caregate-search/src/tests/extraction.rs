@@ -1628,5 +1628,6 @@ fn type_specific_plans_agree_with_the_evaluator() {
             compared += 1;
         }
     }
+    eprintln!("{paths} plain, {evaluated} evaluated; {compared} comparisons");
     assert!(compared > 100_000, "{compared}");
 }
