@@ -176,19 +176,9 @@ fn walk(model: &ModelInfo, ty: TypeId, e: &Expr, steps: &mut Vec<Step>) -> Optio
             }
         }
         Expr::Member(recv, name) => {
-            let at = match walk(model, ty, recv, steps)? {
-                Walked::At(at) if at != UNKNOWN => at,
-                Walked::At(_) => return None,
-                Walked::Nothing => return Some(Walked::Nothing),
+            let Some(at) = complex_parent(model, ty, recv, steps)? else {
+                return Some(Walked::Nothing);
             };
-            // Only complex values have children (a primitive's are its extensions).
-            if !matches!(
-                model.kind(at),
-                Some(TypeKind::Complex | TypeKind::Backbone | TypeKind::Resource)
-            ) || (at != ty && model.kind(at) == Some(TypeKind::Resource))
-            {
-                return None;
-            }
             let el = model.element(at, name)?;
             if el.expanded {
                 return None;
@@ -265,16 +255,8 @@ fn walk(model: &ModelInfo, ty: TypeId, e: &Expr, steps: &mut Vec<Step>) -> Optio
             let [Expr::Lit(Lit::Str(url))] = c.args.as_slice() else {
                 return None;
             };
-            let at = match walk(model, ty, c.recv.as_ref()?, steps)? {
-                Walked::At(at) if at != UNKNOWN => at,
-                Walked::At(_) => return None,
-                Walked::Nothing => return Some(Walked::Nothing),
-            };
-            if !matches!(
-                model.kind(at),
-                Some(TypeKind::Complex | TypeKind::Backbone | TypeKind::Resource)
-            ) {
-                return None;
+            if complex_parent(model, ty, c.recv.as_ref()?, steps)?.is_none() {
+                return Some(Walked::Nothing);
             }
             let ext = model.type_id("Extension")?;
             steps.push(Step::Extension {
@@ -284,6 +266,32 @@ fn walk(model: &ModelInfo, ty: TypeId, e: &Expr, steps: &mut Vec<Step>) -> Optio
             Some(Walked::At(ext))
         }
         _ => None,
+    }
+}
+
+/// Compiles `recv`, the path to the values a member or `extension()` step starts from:
+/// `Some(Some(type))` when it ends at complex values of one known type (the root, a
+/// datatype or a backbone element; steps never enter nested resources), `Some(None)` when
+/// it selects nothing here, `None` when it is not a plain path or ends at primitives
+/// (whose children are their extensions, not elements).
+fn complex_parent(
+    model: &ModelInfo,
+    ty: TypeId,
+    recv: &Expr,
+    steps: &mut Vec<Step>,
+) -> Option<Option<TypeId>> {
+    match walk(model, ty, recv, steps)? {
+        Walked::Nothing => Some(None),
+        Walked::At(at)
+            if at != UNKNOWN
+                && matches!(
+                    model.kind(at),
+                    Some(TypeKind::Complex | TypeKind::Backbone | TypeKind::Resource)
+                ) =>
+        {
+            Some(Some(at))
+        }
+        Walked::At(_) => None,
     }
 }
 
