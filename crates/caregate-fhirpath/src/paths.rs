@@ -322,17 +322,22 @@ impl PlainPaths {
         let mut cur: Vec<(&'a Value, TypeId)> = Vec::new();
         let mut next: Vec<(&'a Value, TypeId)> = Vec::new();
         for b in self.branches.iter() {
+            // The first step reads the root directly: a parameter whose element is absent
+            // (most of them, for any one resource) allocates nothing.
+            let Some((first, rest)) = b.steps.split_first() else {
+                continue;
+            };
             cur.clear();
-            cur.push((resource, UNKNOWN));
-            for step in b.steps.iter() {
+            first.children(resource, &mut cur);
+            for step in rest {
+                if cur.is_empty() {
+                    break;
+                }
                 next.clear();
                 for &(v, _) in &cur {
                     step.children(v, &mut next);
                 }
                 std::mem::swap(&mut cur, &mut next);
-                if cur.is_empty() {
-                    break;
-                }
             }
             for &(v, ty) in &cur {
                 if let Some(target) = b.target {
