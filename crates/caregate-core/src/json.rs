@@ -15,7 +15,7 @@ const SCAN_LIMIT: usize = 16;
 pub fn member<'v>(obj: &'v Map<String, Value>, key: &str) -> Option<&'v Value> {
     if obj.len() <= SCAN_LIMIT {
         obj.iter()
-            .find_map(|(k, v)| (k.len() == key.len() && k == key).then_some(v))
+            .find_map(|(k, v)| crate::keys::short_eq(k, key).then_some(v))
     } else {
         obj.get(key)
     }

@@ -6,6 +6,7 @@ pub mod bench;
 pub mod cpu_time;
 mod error;
 pub mod json;
+pub mod keys;
 mod limits;
 mod outcome;
 mod resource_types;

@@ -12,6 +12,7 @@ use std::cmp::Ordering;
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use caregate_core::json::member;
 use serde_json::Value;
 
 use crate::decimal::Decimal;
@@ -249,9 +250,9 @@ fn prim_to_val<'a>(p: Prim<'_>) -> Val<'a> {
 pub(crate) fn reference_target_type(v: &Value) -> Option<&str> {
     let text = match v {
         Value::String(s) => s.as_str(),
-        Value::Object(m) => match m.get("reference").and_then(Value::as_str) {
+        Value::Object(m) => match member(m, "reference").and_then(Value::as_str) {
             Some(r) => r,
-            None => return m.get("type").and_then(Value::as_str),
+            None => return member(m, "type").and_then(Value::as_str),
         },
         _ => return None,
     };
@@ -733,11 +734,11 @@ impl<'a> Env<'a, '_> {
                 Some(el) if !el.choice => {
                     let ty = el.types.first().copied().unwrap_or(UNKNOWN);
                     let ext = if self.model.kind(ty) == Some(TypeKind::Primitive) {
-                        m.get(&*el.ext_key)
+                        member(m, &el.ext_key)
                     } else {
                         None
                     };
-                    self.push_child(out, m.get(name), ext, ty);
+                    self.push_child(out, member(m, name), ext, ty);
                     return Ok(());
                 }
                 Some(_) => {
@@ -751,7 +752,7 @@ impl<'a> Env<'a, '_> {
                         if let Some(el) = self.model.element(n.ty, key) {
                             let ty = el.types.first().copied().unwrap_or(UNKNOWN);
                             let ext = if self.model.kind(ty) == Some(TypeKind::Primitive) {
-                                m.get(&*el.ext_key)
+                                member(m, &el.ext_key)
                             } else {
                                 None
                             };
@@ -767,7 +768,7 @@ impl<'a> Env<'a, '_> {
             }
         }
         // Untyped (or unknown to the model): plain JSON navigation plus choice suffixes.
-        if let Some(child) = m.get(name) {
+        if let Some(child) = member(m, name) {
             let ty = match child {
                 Value::Array(a) => a.first().map_or(UNKNOWN, |c| infer_type(c, self.model)),
                 c => infer_type(c, self.model),
@@ -2185,7 +2186,7 @@ impl<'a> Env<'a, '_> {
                 return;
             }
             Val::Node(n) => match n.v {
-                Value::Object(m) => (m.get("reference").and_then(Value::as_str), Some(n.v)),
+                Value::Object(m) => (member(m, "reference").and_then(Value::as_str), Some(n.v)),
                 Value::String(s) => (Some(s.as_str()), Some(n.v)),
                 _ => (None, None),
             },

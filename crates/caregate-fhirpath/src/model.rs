@@ -11,40 +11,12 @@
 //! compact text form (`r4.model`, generated from `profiles/r4-core.ndjson.gz` and checked
 //! against it by a test) and loads in milliseconds on first use.
 
-use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::OnceLock;
 
+use caregate_core::keys::KeyIndex;
 use serde_json::Value;
 
 pub(crate) type TypeId = u32;
-
-/// The Fx hash (rustc's): element names are short, trusted (from StructureDefinitions), and
-/// looked up on every navigation step, so SipHash's DoS resistance buys nothing here and
-/// costs a third of the lookup time.
-#[derive(Default, Clone, Copy)]
-pub(crate) struct FxHasher(u64);
-
-impl Hasher for FxHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        const K: u64 = 0x51_7c_c1_b7_27_22_0a_95;
-        let mut chunks = bytes.chunks_exact(8);
-        for c in &mut chunks {
-            let mut w = [0u8; 8];
-            w.copy_from_slice(c);
-            self.0 = (self.0.rotate_left(5) ^ u64::from_le_bytes(w)).wrapping_mul(K);
-        }
-        for &b in chunks.remainder() {
-            self.0 = (self.0.rotate_left(5) ^ u64::from(b)).wrapping_mul(K);
-        }
-    }
-
-    fn finish(&self) -> u64 {
-        self.0
-    }
-}
-
-pub(crate) type FxMap<K, V> = HashMap<K, V, BuildHasherDefault<FxHasher>>;
 
 /// What kind of type a `TypeDef` describes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -74,7 +46,7 @@ pub(crate) struct TypeDef {
     pub name: Box<str>,
     pub base: Option<TypeId>,
     pub kind: TypeKind,
-    pub elements: FxMap<Box<str>, ElemDef>,
+    pub elements: KeyIndex<ElemDef>,
     /// How a JSON value of this (primitive) type maps onto a FHIRPath System type.
     pub prim: PrimKind,
     /// `Quantity` or one of its specialisations (`Age`, `Duration`, ...).
@@ -98,7 +70,7 @@ pub(crate) enum PrimKind {
 #[derive(Debug, Clone, Default)]
 pub struct ModelInfo {
     types: Vec<TypeDef>,
-    by_name: FxMap<Box<str>, TypeId>,
+    by_name: KeyIndex<TypeId>,
 }
 
 static R4_MODEL_TEXT: &str = include_str!("r4.model");
@@ -152,14 +124,14 @@ impl ModelInfo {
                 name: t.name.clone().into_boxed_str(),
                 base: None,
                 kind: t.kind,
-                elements: FxMap::default(),
+                elements: KeyIndex::default(),
                 prim: PrimKind::None,
                 quantity: false,
             });
         }
         for (i, t) in raw.iter().enumerate() {
             let base = t.base.as_deref().and_then(|b| m.by_name.get(b).copied());
-            let mut elements = FxMap::default();
+            let mut elements = KeyIndex::default();
             for e in &t.elements {
                 let types: Box<[TypeId]> = e
                     .types
@@ -177,12 +149,17 @@ impl ModelInfo {
                         }
                         let ext_key = format!("_{key}").into_boxed_str();
                         // A real element of the same name wins over an expansion.
-                        elements.entry(key.into_boxed_str()).or_insert(ElemDef {
-                            types: Box::new([ty]),
-                            choice: false,
-                            expanded: true,
-                            ext_key,
-                        });
+                        if !elements.contains_key(&key) {
+                            elements.insert(
+                                key.into_boxed_str(),
+                                ElemDef {
+                                    types: Box::new([ty]),
+                                    choice: false,
+                                    expanded: true,
+                                    ext_key,
+                                },
+                            );
+                        }
                     }
                 }
                 elements.insert(

@@ -193,7 +193,7 @@ fn walk(model: &ModelInfo, ty: TypeId, e: &Expr, steps: &mut Vec<Step>) -> Optio
                             && k.strip_prefix(&**name)
                                 .is_some_and(|s| s.starts_with(|c: char| c.is_ascii_uppercase()))
                     })
-                    .filter_map(|(k, e)| Some((&**k, *e.types.first()?)))
+                    .filter_map(|(k, e)| Some((k, *e.types.first()?)))
                     .collect();
                 keys.sort_unstable();
                 steps.push(Step::Member {

@@ -7,6 +7,7 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 
+use caregate_core::json::member;
 use serde_json::Value;
 
 use crate::decimal::Decimal;
@@ -114,10 +115,10 @@ pub(crate) fn to_prim<'v>(v: &'v Val<'_>, model: &ModelInfo) -> Option<Prim<'v>>
 /// else its unit text.
 pub(crate) fn node_quantity(v: &Value) -> Option<Quantity> {
     let m = v.as_object()?;
-    let value = Decimal::parse(m.get("value")?.as_number()?.as_str())?;
-    let ucum = m.get("system").and_then(Value::as_str) == Some("http://unitsofmeasure.org");
-    let code = m.get("code").and_then(Value::as_str);
-    let unit = m.get("unit").and_then(Value::as_str);
+    let value = Decimal::parse(member(m, "value")?.as_number()?.as_str())?;
+    let ucum = member(m, "system").and_then(Value::as_str) == Some("http://unitsofmeasure.org");
+    let code = member(m, "code").and_then(Value::as_str);
+    let unit = member(m, "unit").and_then(Value::as_str);
     let u = match (ucum, code, unit) {
         (true, Some(c), _) => c,
         (_, _, Some(u)) => u,
@@ -130,7 +131,7 @@ pub(crate) fn node_quantity(v: &Value) -> Option<Quantity> {
 /// The FHIR type of a JSON value the model could not type, guessed from the JSON.
 pub(crate) fn infer_type(v: &Value, model: &ModelInfo) -> TypeId {
     let name = match v {
-        Value::Object(m) => match m.get("resourceType").and_then(Value::as_str) {
+        Value::Object(m) => match member(m, "resourceType").and_then(Value::as_str) {
             Some(rt) => rt,
             None => return UNKNOWN,
         },

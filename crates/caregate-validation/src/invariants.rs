@@ -168,23 +168,50 @@ impl caregate_fhirpath::Terminology for MemberOf<'_> {
     }
 }
 
+/// What the evaluator makes of one constraint, decided on its first evaluation and kept on
+/// the [`Constraint`](crate::Constraint): every later evaluation goes straight to the
+/// native check or the compiled expression, without matching or hashing the text again.
+#[derive(Debug, Clone)]
+pub(crate) enum Prepared {
+    /// Not evaluated here: `ele-1`, `ext-1`, or no FHIRPath expression.
+    Skipped,
+    Ready {
+        /// A shape answered natively (when the data allows; see [`native`]).
+        shape: Option<Shape>,
+        /// The expression, for everything the shape does not answer.
+        compiled: Compiled,
+    },
+}
+
+impl FhirPathInvariants {
+    fn prepare(&self, c: &crate::Constraint) -> Prepared {
+        if SKIPPED_INVARIANTS.contains(&c.key.as_str()) {
+            return Prepared::Skipped;
+        }
+        let Some(src) = c.expression.as_deref() else {
+            return Prepared::Skipped;
+        };
+        Prepared::Ready {
+            shape: shape_of(src),
+            compiled: self.compiled(src),
+        }
+    }
+}
+
 impl InvariantEvaluator for FhirPathInvariants {
     fn evaluate(&self, ctx: &InvariantContext<'_>) -> InvariantOutcome {
         let c = ctx.constraint;
-        if SKIPPED_INVARIANTS.contains(&c.key.as_str()) {
-            return InvariantOutcome::Satisfied;
-        }
-        let Some(src) = c.expression.as_deref() else {
+        let Prepared::Ready { shape, compiled } = c.prepared.get_or_init(|| self.prepare(c)) else {
             return InvariantOutcome::Satisfied;
         };
-        if let Some(answer) = native(src, ctx) {
+        if let Some(answer) = shape.as_ref().and_then(|s| native(s, ctx)) {
             return if answer {
                 InvariantOutcome::Satisfied
             } else {
                 InvariantOutcome::Violated
             };
         }
-        let expr = match self.compiled(src) {
+        let expr = match compiled {
             Ok(e) => e,
             Err(e) => return InvariantOutcome::NotEvaluated(format!("cannot compile: {e}")),
         };
@@ -215,47 +242,66 @@ const REF_1: &str = "reference.startsWith('#').not() or (reference.substring(1).
 /// R4 per-1, on every Period.
 const PER_1: &str = "start.hasValue().not() or end.hasValue().not() or (start <= end)";
 
-/// Answers the commonest constraint shapes without FHIRPath, with the same result:
+/// The commonest constraint shapes, answered without FHIRPath with the same result:
 /// ref-1, per-1 (when the dates compare as text), `a.empty() or b.exists()` (cpt-2,
 /// qty-3...), `a.empty()` and `a.exists()` over child names and paths of them (dom-6:
-/// ``text.`div`.exists()``). `None`: evaluate the expression.
-fn native(expr: &str, ctx: &InvariantContext<'_>) -> Option<bool> {
-    let focus = ctx.focus.as_object()?;
+/// ``text.`div`.exists()``).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Shape {
+    Ref1,
+    Per1,
+    EmptyOrExists(Box<str>, Box<str>),
+    Empty(Box<str>),
+    Exists(Box<str>),
+}
+
+fn shape_of(expr: &str) -> Option<Shape> {
     if expr == REF_1 {
-        return Some(match member(focus, "reference").and_then(Value::as_str) {
+        return Some(Shape::Ref1);
+    }
+    if expr == PER_1 {
+        return Some(Shape::Per1);
+    }
+    if let Some((a, b)) = expr.split_once(".empty() or ") {
+        let b = b.strip_suffix(".exists()")?;
+        return Some(Shape::EmptyOrExists(a.into(), b.into()));
+    }
+    if let Some(a) = expr.strip_suffix(".empty()") {
+        return Some(Shape::Empty(a.into()));
+    }
+    expr.strip_suffix(".exists()")
+        .map(|a| Shape::Exists(a.into()))
+}
+
+/// `shape` on this focus; `None` when the data needs FHIRPath (choices, other syntax).
+fn native(shape: &Shape, ctx: &InvariantContext<'_>) -> Option<bool> {
+    let focus = ctx.focus.as_object()?;
+    match shape {
+        Shape::Ref1 => Some(match member(focus, "reference").and_then(Value::as_str) {
             Some(r) => match r.strip_prefix('#') {
-                Some(id) => ctx
-                    .container
-                    .get("contained")
+                Some(id) => caregate_core::json::field(ctx.container, "contained")
                     .and_then(Value::as_array)
                     .is_some_and(|cs| {
-                        cs.iter()
-                            .any(|c| c.get("id").and_then(Value::as_str) == Some(id))
+                        cs.iter().any(|c| {
+                            caregate_core::json::field(c, "id").and_then(Value::as_str) == Some(id)
+                        })
                     }),
                 None => true,
             },
             None => true,
-        });
+        }),
+        Shape::Per1 => {
+            let start = member(focus, "start").and_then(Value::as_str);
+            let end = member(focus, "end").and_then(Value::as_str);
+            match (start, end) {
+                (Some(start), Some(end)) => dates_in_order(start, end),
+                _ => Some(true),
+            }
+        }
+        Shape::EmptyOrExists(a, b) => Some(!path_exists(focus, a)? || path_exists(focus, b)?),
+        Shape::Empty(a) => Some(!path_exists(focus, a)?),
+        Shape::Exists(a) => path_exists(focus, a),
     }
-    if expr == PER_1 {
-        let start = member(focus, "start").and_then(Value::as_str);
-        let end = member(focus, "end").and_then(Value::as_str);
-        return match (start, end) {
-            (Some(start), Some(end)) => dates_in_order(start, end),
-            _ => Some(true),
-        };
-    }
-    if let Some((a, b)) = expr.split_once(".empty() or ") {
-        let b = b.strip_suffix(".exists()")?;
-        return Some(!path_exists(focus, a)? || path_exists(focus, b)?);
-    }
-    if let Some(a) = expr.strip_suffix(".empty()") {
-        return Some(!path_exists(focus, a)?);
-    }
-    if let Some(a) = expr.strip_suffix(".exists()") {
-        return path_exists(focus, a);
-    }
-    None
 }
 
 /// `start <= end` for two FHIR dates or dateTimes when comparing the text gives
@@ -348,6 +394,10 @@ mod tests {
     use caregate_core::Severity;
     use serde_json::json;
 
+    fn native_of(expr: &str, ctx: &InvariantContext<'_>) -> Option<bool> {
+        native(&shape_of(expr)?, ctx)
+    }
+
     /// The native answers equal FHIRPath's on the shapes they cover, and anything else
     /// (choices, other expressions) is left to FHIRPath.
     #[test]
@@ -404,13 +454,7 @@ mod tests {
             (PER_1, json!({"end": "2020"})),
         ];
         for (expr, focus) in cases {
-            let constraint = Constraint {
-                key: "t-1".into(),
-                severity: Severity::Error,
-                human: String::new(),
-                expression: Some(expr.into()),
-                source: None,
-            };
+            let constraint = Constraint::new("t-1", Severity::Error, "", Some(expr), None);
             let ctx = InvariantContext {
                 constraint: &constraint,
                 focus: &focus,
@@ -420,7 +464,7 @@ mod tests {
                 location: "X",
                 fhir_type: None,
             };
-            let native = native(expr, &ctx).expect("native shape");
+            let native = native_of(expr, &ctx).expect("native shape");
             let compiled = engine.compiled(expr).expect("compiles");
             let fctx = Context::new(&container)
                 .root_resource(&container)
@@ -432,13 +476,13 @@ mod tests {
         // reference validator sees it); caregate-fhirpath reads the JSON value only.
         let sys_ext =
             json!({"code": "kg", "_system": {"extension": [{"url": "u", "valueString": "x"}]}});
-        let constraint = Constraint {
-            key: "qty-3".into(),
-            severity: Severity::Error,
-            human: String::new(),
-            expression: Some("code.empty() or system.exists()".into()),
-            source: None,
-        };
+        let constraint = Constraint::new(
+            "qty-3",
+            Severity::Error,
+            "",
+            Some("code.empty() or system.exists()"),
+            None,
+        );
         let ctx = InvariantContext {
             constraint: &constraint,
             focus: &sys_ext,
@@ -448,16 +492,13 @@ mod tests {
             location: "X",
             fhir_type: None,
         };
-        assert_eq!(native("code.empty() or system.exists()", &ctx), Some(true));
+        assert_eq!(
+            native_of("code.empty() or system.exists()", &ctx),
+            Some(true)
+        );
         // A choice is FHIRPath's to resolve.
         let ext = json!({"url": "u", "valueString": "x"});
-        let constraint = Constraint {
-            key: "t-2".into(),
-            severity: Severity::Error,
-            human: String::new(),
-            expression: Some("value.exists()".into()),
-            source: None,
-        };
+        let constraint = Constraint::new("t-2", Severity::Error, "", Some("value.exists()"), None);
         let ctx = InvariantContext {
             constraint: &constraint,
             focus: &ext,
@@ -467,14 +508,14 @@ mod tests {
             location: "X",
             fhir_type: None,
         };
-        assert_eq!(native("value.exists()", &ctx), None);
+        assert_eq!(native_of("value.exists()", &ctx), None);
         // Other shapes are FHIRPath's, whatever the data.
         for expr in [
             "valueSet.exists() or system.exists()",
             "sliceIsConstraining.exists() implies sliceName.exists()",
             "a.b.c.exists()",
         ] {
-            assert_eq!(native(expr, &ctx), None, "{expr}");
+            assert_eq!(native_of(expr, &ctx), None, "{expr}");
         }
         // Dates that do not compare as text are FHIRPath's.
         assert_eq!(

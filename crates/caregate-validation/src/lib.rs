@@ -47,8 +47,9 @@ pub use validator::{
     InvariantContext, InvariantEvaluator, InvariantOutcome, ValidationOptions, Validator,
 };
 
+use caregate_core::keys::KeyIndex;
 pub use model::BindingStrength;
-use model::{BindingInfo, FxMap, Table, TableId, TypeInfo, TypeKind};
+use model::{BindingInfo, Table, TableId, TypeInfo, TypeKind};
 use terminology::Expansion;
 
 /// Structural model of FHIR R4 compiled from StructureDefinition snapshots: for each
@@ -58,7 +59,7 @@ use terminology::Expansion;
 #[derive(Debug)]
 pub struct StructureModel {
     tables: Vec<Table>,
-    types: FxMap<Box<str>, TypeInfo>,
+    types: KeyIndex<TypeInfo>,
     element_table: TableId,
     /// The table of `Coding` (whose `system` must be absolute).
     coding_table: Option<TableId>,
@@ -163,7 +164,7 @@ pub(crate) fn model_type_name<'m>(model: &'m StructureModel, name: &str) -> Opti
         .types
         .get_key_value(name)
         .filter(|(_, t)| t.kind == TypeKind::Resource && !t.is_abstract)
-        .map(|(k, _)| &**k)
+        .map(|(k, _)| k)
 }
 
 #[cfg(test)]

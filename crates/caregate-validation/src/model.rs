@@ -13,6 +13,7 @@
 use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasherDefault, Hasher};
 
+use caregate_core::keys::KeyIndex;
 use serde_json::Value;
 
 use crate::package::Package;
@@ -184,7 +185,7 @@ pub(crate) struct Table {
     #[allow(dead_code)]
     pub path: Box<str>,
     pub elements: Vec<ElementInfo>,
-    pub index: FxMap<Box<str>, u32>,
+    pub index: caregate_core::keys::KeyIndex<u32>,
     /// Elements (not choice variants) with min ≥ 1.
     pub required: Vec<u32>,
     pub choices: Vec<ChoiceGroup>,
@@ -197,7 +198,7 @@ impl Table {
         Table {
             path: path.into(),
             elements: Vec::new(),
-            index: FxMap::default(),
+            index: Default::default(),
             required: Vec::new(),
             choices: Vec::new(),
             required_choices: Vec::new(),
@@ -261,7 +262,7 @@ pub enum ModelError {
 pub(crate) struct Compiled {
     pub tables: Vec<Table>,
     pub bindings: Vec<BindingInfo>,
-    pub types: FxMap<Box<str>, TypeInfo>,
+    pub types: KeyIndex<TypeInfo>,
     /// The `Element` table, used for the `_name` siblings of primitives.
     pub element_table: TableId,
 }
@@ -285,7 +286,7 @@ fn is_base_definition(sd: &Value) -> bool {
 
 pub(crate) fn compile(pkg: &Package) -> Result<Compiled, ModelError> {
     let mut tables: Vec<Table> = Vec::new();
-    let mut types: FxMap<Box<str>, TypeInfo> = FxMap::default();
+    let mut types: KeyIndex<TypeInfo> = KeyIndex::default();
     let mut to_compile: Vec<&Value> = Vec::new();
     let mut bindings: Vec<BindingInfo> = Vec::new();
 
@@ -355,7 +356,7 @@ pub(crate) fn compile(pkg: &Package) -> Result<Compiled, ModelError> {
 fn compile_definition(
     sd: &Value,
     tables: &mut Vec<Table>,
-    types: &FxMap<Box<str>, TypeInfo>,
+    types: &KeyIndex<TypeInfo>,
     bindings: &mut Vec<BindingInfo>,
 ) -> Result<(), ModelError> {
     let url = str_field(sd, "url").unwrap_or("?");
@@ -535,7 +536,7 @@ fn kind_of(
     code: &str,
     type_def: &Value,
     path: &str,
-    types: &FxMap<Box<str>, TypeInfo>,
+    types: &KeyIndex<TypeInfo>,
 ) -> Result<ElementKind, ModelError> {
     let unknown = || ModelError::UnknownType {
         path: path.to_string(),

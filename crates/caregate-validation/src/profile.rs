@@ -25,6 +25,27 @@ pub struct Constraint {
     pub expression: Option<String>,
     /// Canonical URL of the definition that introduced it.
     pub source: Option<String>,
+    /// What the FHIRPath evaluator made of `expression`, on first use.
+    pub(crate) prepared: std::sync::OnceLock<crate::invariants::Prepared>,
+}
+
+impl Constraint {
+    pub fn new(
+        key: &str,
+        severity: Severity,
+        human: &str,
+        expression: Option<&str>,
+        source: Option<&str>,
+    ) -> Constraint {
+        Constraint {
+            key: key.to_string(),
+            severity,
+            human: human.to_string(),
+            expression: expression.map(str::to_string),
+            source: source.map(str::to_string),
+            prepared: std::sync::OnceLock::new(),
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -111,7 +132,7 @@ pub(crate) struct Elem {
     /// The children by JSON key (`name`, and for a choice each `valueQuantity`...; the
     /// `_name` of a primitive is found by stripping the underscore), so a pass that only
     /// looks at what is present walks the object's keys instead of every definition.
-    pub child_keys: FxMap<Box<str>, usize>,
+    pub child_keys: caregate_core::keys::KeyIndex<usize>,
     /// Slices of this element, in definition order.
     pub slices: Vec<usize>,
     /// A primitive element with nothing for a pass to check on its value (no fixed or
@@ -301,23 +322,16 @@ impl Profile {
                 .into_iter()
                 .flatten()
                 .filter_map(|c| {
-                    Some(Constraint {
-                        key: c.get("key")?.as_str()?.to_string(),
-                        severity: match c.get("severity").and_then(Value::as_str) {
+                    Some(Constraint::new(
+                        c.get("key")?.as_str()?,
+                        match c.get("severity").and_then(Value::as_str) {
                             Some("warning") => Severity::Warning,
                             _ => Severity::Error,
                         },
-                        human: c
-                            .get("human")
-                            .and_then(Value::as_str)
-                            .unwrap_or("")
-                            .to_string(),
-                        expression: c
-                            .get("expression")
-                            .and_then(Value::as_str)
-                            .map(str::to_string),
-                        source: c.get("source").and_then(Value::as_str).map(str::to_string),
-                    })
+                        c.get("human").and_then(Value::as_str).unwrap_or(""),
+                        c.get("expression").and_then(Value::as_str),
+                        c.get("source").and_then(Value::as_str),
+                    ))
                 })
                 .collect();
             let slice_name = split_id(&id).1.map(|(_, s)| s.to_string());
@@ -345,7 +359,7 @@ impl Profile {
                 slicing,
                 constraints,
                 children: Vec::new(),
-                child_keys: FxMap::default(),
+                child_keys: Default::default(),
                 slices: Vec::new(),
                 plain_primitive: false,
                 checked_constraints: Vec::new(),
@@ -369,7 +383,7 @@ impl Profile {
             }
         }
         for p in 0..elems.len() {
-            let mut keys: FxMap<Box<str>, usize> = FxMap::default();
+            let mut keys = caregate_core::keys::KeyIndex::default();
             for &c in &elems[p].children {
                 let ch = &elems[c];
                 match &ch.choice_base {

@@ -17,7 +17,7 @@ use crate::profile::{is_core_definition, Constraint, DiscKind, Elem, Profile, Ru
 use crate::registry::Registry;
 use crate::terminology::CodeCheck;
 use crate::StructureModel;
-use caregate_core::json::member;
+use caregate_core::json::{field, member};
 
 /// Evaluates FHIRPath invariants (ElementDefinition.constraint). The validator calls it
 /// for each constraint of each element it visits; caregate-fhirpath provides the
@@ -195,7 +195,7 @@ impl Validator {
         mut issues: Vec<Issue>,
         extensions: bool,
     ) -> Vec<Issue> {
-        let Some(rt) = resource.get("resourceType").and_then(Value::as_str) else {
+        let Some(rt) = field(resource, "resourceType").and_then(Value::as_str) else {
             return issues;
         };
         if !self.model.is_resource_type(rt) {
@@ -203,15 +203,15 @@ impl Validator {
         }
         let mut bundle: FxMap<&str, &Value> = FxMap::default();
         if rt == "Bundle" {
-            for e in resource
-                .get("entry")
+            for e in field(resource, "entry")
                 .and_then(Value::as_array)
                 .into_iter()
                 .flatten()
             {
-                if let (Some(url), Some(r)) =
-                    (e.get("fullUrl").and_then(Value::as_str), e.get("resource"))
-                {
+                if let (Some(url), Some(r)) = (
+                    field(e, "fullUrl").and_then(Value::as_str),
+                    field(e, "resource"),
+                ) {
                     bundle.insert(url, r);
                 }
             }
@@ -384,7 +384,7 @@ fn contained_all_referenced(resource: &Value) -> bool {
     let mut refs: Vec<&str> = Vec::new();
     collect_local_refs(resource, &mut refs);
     contained.iter().all(|c| {
-        let Some(id) = c.get("id").and_then(Value::as_str) else {
+        let Some(id) = field(c, "id").and_then(Value::as_str) else {
             // Without an id it cannot be referenced; structure reports the missing id.
             return true;
         };
@@ -413,7 +413,7 @@ fn collect_local_refs<'a>(v: &'a Value, out: &mut Vec<&'a str>) {
 /// at most once.
 fn bundle_rules(bundle: &Value, loc: &str, out: &mut Vec<Issue>) {
     for (i, e) in arr(bundle, "entry").iter().enumerate() {
-        if let Some(url) = e.get("fullUrl").and_then(Value::as_str) {
+        if let Some(url) = field(e, "fullUrl").and_then(Value::as_str) {
             if !url.contains(':') {
                 out.push(issue(
                     Severity::Error,
@@ -427,7 +427,7 @@ fn bundle_rules(bundle: &Value, loc: &str, out: &mut Vec<Issue>) {
     bundle_references(bundle, loc, out);
     let links = arr(bundle, "link");
     for (i, l) in links.iter().enumerate() {
-        let Some(rel) = l.get("relation").and_then(Value::as_str) else {
+        let Some(rel) = field(l, "relation").and_then(Value::as_str) else {
             continue;
         };
         let unique = matches!(
@@ -436,7 +436,7 @@ fn bundle_rules(bundle: &Value, loc: &str, out: &mut Vec<Issue>) {
         );
         let earlier = links[..i]
             .iter()
-            .any(|o| o.get("relation").and_then(Value::as_str) == Some(rel));
+            .any(|o| field(o, "relation").and_then(Value::as_str) == Some(rel));
         if unique && earlier {
             out.push(issue(
                 Severity::Error,
@@ -455,7 +455,7 @@ fn bundle_rules(bundle: &Value, loc: &str, out: &mut Vec<Issue>) {
 /// pass over the entry ids.
 fn bundle_references(bundle: &Value, loc: &str, out: &mut Vec<Issue>) {
     if matches!(
-        bundle.get("type").and_then(Value::as_str),
+        field(bundle, "type").and_then(Value::as_str),
         Some("history" | "searchset")
     ) {
         return;
@@ -463,12 +463,12 @@ fn bundle_references(bundle: &Value, loc: &str, out: &mut Vec<Issue>) {
     let entries = arr(bundle, "entry");
     let key = |r: &'_ Value| -> Option<(String, String)> {
         Some((
-            r.get("resourceType")?.as_str()?.to_string(),
-            r.get("id")?.as_str()?.to_string(),
+            field(r, "resourceType")?.as_str()?.to_string(),
+            field(r, "id")?.as_str()?.to_string(),
         ))
     };
     let mut seen: FxMap<(String, String), u32> = FxMap::default();
-    for r in entries.iter().filter_map(|e| e.get("resource")) {
+    for r in entries.iter().filter_map(|e| field(e, "resource")) {
         if let Some(k) = key(r) {
             *seen.entry(k).or_default() += 1;
         }
@@ -477,7 +477,7 @@ fn bundle_references(bundle: &Value, loc: &str, out: &mut Vec<Issue>) {
         return;
     }
     for (i, e) in entries.iter().enumerate() {
-        let Some(r) = e.get("resource") else {
+        let Some(r) = field(e, "resource") else {
             continue;
         };
         let mut refs = Vec::new();
@@ -501,9 +501,9 @@ fn bundle_references(bundle: &Value, loc: &str, out: &mut Vec<Issue>) {
                     format!("Found {n} matches for '{reference}' in the bundle: the reference must name the version"),
                 )),
                 Some(v) if n > 1 => {
-                    let found = entries.iter().filter_map(|e| e.get("resource")).any(|r| {
+                    let found = entries.iter().filter_map(|e| field(e, "resource")).any(|r| {
                         key(r).as_ref() == Some(&k)
-                            && r.get("meta").and_then(|m| m.get("versionId")).and_then(Value::as_str)
+                            && field(r, "meta").and_then(|m| field(m, "versionId")).and_then(Value::as_str)
                                 == Some(v)
                     });
                     if !found {
@@ -554,12 +554,12 @@ fn collect_references<'a>(v: &'a Value, loc: &str, out: &mut Vec<(&'a str, Strin
 /// ValueSet.compose include/exclude name code systems by absolute URI (a contained code
 /// system is referenced by its full canonical, not by a local name).
 fn value_set_rules(vs: &Value, loc: &str, out: &mut Vec<Issue>) {
-    let Some(compose) = vs.get("compose") else {
+    let Some(compose) = field(vs, "compose") else {
         return;
     };
     for part in ["include", "exclude"] {
         for (i, inc) in arr(compose, part).iter().enumerate() {
-            if let Some(system) = inc.get("system").and_then(Value::as_str) {
+            if let Some(system) = field(inc, "system").and_then(Value::as_str) {
                 if !system.contains(':') {
                     out.push(issue(
                         Severity::Error,
@@ -575,8 +575,8 @@ fn value_set_rules(vs: &Value, loc: &str, out: &mut Vec<Issue>) {
 
 /// A CodeSystem that supplements another says so in `content`.
 fn code_system_rules(cs: &Value, loc: &str, out: &mut Vec<Issue>) {
-    if cs.get("supplements").is_some()
-        && cs.get("content").and_then(Value::as_str) != Some("supplement")
+    if field(cs, "supplements").is_some()
+        && field(cs, "content").and_then(Value::as_str) != Some("supplement")
     {
         out.push(issue(
             Severity::Error,
@@ -636,8 +636,8 @@ fn arr<'a>(v: &'a Value, key: &str) -> &'a [Value] {
 /// the base64; computed from its length, without decoding).
 fn attachment_size(att: &Value, loc: &str, out: &mut Vec<Issue>) {
     let (Some(data), Some(size)) = (
-        att.get("data").and_then(Value::as_str),
-        att.get("size").and_then(Value::as_u64),
+        field(att, "data").and_then(Value::as_str),
+        field(att, "size").and_then(Value::as_u64),
     ) else {
         return;
     };
@@ -690,7 +690,7 @@ impl<'v> Ctx<'v> {
         if depth > MAX_DEPTH {
             return;
         }
-        let Some(rt) = res.get("resourceType").and_then(Value::as_str) else {
+        let Some(rt) = field(res, "resourceType").and_then(Value::as_str) else {
             return;
         };
         if !self.v.model.is_resource_type(rt) {
@@ -722,9 +722,8 @@ impl<'v> Ctx<'v> {
         }
         let mut claims: Vec<(String, String)> = Vec::new();
         if self.opts.meta_profiles {
-            if let Some(list) = res
-                .get("meta")
-                .and_then(|m| m.get("profile"))
+            if let Some(list) = field(res, "meta")
+                .and_then(|m| field(m, "profile"))
                 .and_then(Value::as_array)
             {
                 for (i, p) in list.iter().enumerate() {
@@ -774,16 +773,14 @@ impl<'v> Ctx<'v> {
     /// its base (paths that exist, fixed values that agree with the base's). Only checked
     /// when the base is loaded; one with a snapshot is taken as published.
     fn structure_definition(&self, sd: &Value, loc: &str, out: &mut Vec<Issue>) {
-        let has_snapshot = sd
-            .get("snapshot")
-            .and_then(|s| s.get("element"))
+        let has_snapshot = field(sd, "snapshot")
+            .and_then(|s| field(s, "element"))
             .and_then(Value::as_array)
             .is_some_and(|a| !a.is_empty());
-        let base_known = sd
-            .get("baseDefinition")
+        let base_known = field(sd, "baseDefinition")
             .and_then(Value::as_str)
             .is_some_and(|b| self.registry().structure_definition(b).is_some());
-        if has_snapshot || !base_known || sd.get("differential").is_none() {
+        if has_snapshot || !base_known || field(sd, "differential").is_none() {
             return;
         }
         match self.registry().generate_snapshot(sd) {
@@ -802,27 +799,24 @@ impl<'v> Ctx<'v> {
     /// cannot tell slices apart. Functions (`resolve()`, `extension(...)`) and `$this`
     /// are taken as written.
     fn discriminator_paths(&self, sd: &Value, snapshot: &[Value], loc: &str, out: &mut Vec<Issue>) {
-        let diff = sd
-            .get("differential")
-            .map_or(&[][..], |d| arr(d, "element"));
+        let diff = field(sd, "differential").map_or(&[][..], |d| arr(d, "element"));
         for (i, d) in diff.iter().enumerate() {
-            let Some(slicing) = d.get("slicing") else {
+            let Some(slicing) = field(d, "slicing") else {
                 continue;
             };
-            let id = d
-                .get("id")
-                .or_else(|| d.get("path"))
+            let id = field(d, "id")
+                .or_else(|| field(d, "path"))
                 .and_then(Value::as_str)
                 .unwrap_or("");
             let Some(el) = snapshot
                 .iter()
-                .find(|e| e.get("id").and_then(Value::as_str) == Some(id))
+                .find(|e| field(e, "id").and_then(Value::as_str) == Some(id))
             else {
                 continue;
             };
-            let path = el.get("path").and_then(Value::as_str).unwrap_or("");
+            let path = field(el, "path").and_then(Value::as_str).unwrap_or("");
             for (j, disc) in arr(slicing, "discriminator").iter().enumerate() {
-                let Some(dpath) = disc.get("path").and_then(Value::as_str) else {
+                let Some(dpath) = field(disc, "path").and_then(Value::as_str) else {
                     continue;
                 };
                 let first = dpath.split('.').next().unwrap_or("").trim();
@@ -851,14 +845,14 @@ impl<'v> Ctx<'v> {
         };
         if snapshot
             .iter()
-            .filter_map(|e| e.get("path").and_then(Value::as_str))
+            .filter_map(|e| field(e, "path").and_then(Value::as_str))
             .any(|p| is_child(p, path))
         {
             return true;
         }
         let types: Vec<&str> = arr(el, "type")
             .iter()
-            .filter_map(|t| t.get("code").and_then(Value::as_str))
+            .filter_map(|t| field(t, "code").and_then(Value::as_str))
             .collect();
         if types.is_empty() {
             // Nothing to check against: not a finding.
@@ -868,7 +862,7 @@ impl<'v> Ctx<'v> {
             |t| match self.registry().snapshot(&format!("{CORE_SD}{t}")) {
                 Ok(elements) => elements
                     .iter()
-                    .filter_map(|e| e.get("path").and_then(Value::as_str))
+                    .filter_map(|e| field(e, "path").and_then(Value::as_str))
                     .any(|p| is_child(p, t)),
                 // A type whose definition is not loaded cannot be checked.
                 Err(_) => true,
@@ -879,19 +873,17 @@ impl<'v> Ctx<'v> {
     /// A SearchParameter derived from another (`derivedFrom`, when loaded) keeps its type
     /// and applies only to resource types the original covers.
     fn search_parameter(&self, sp: &Value, loc: &str, out: &mut Vec<Issue>) {
-        let Some(parent_url) = sp.get("derivedFrom").and_then(Value::as_str) else {
+        let Some(parent_url) = field(sp, "derivedFrom").and_then(Value::as_str) else {
             return;
         };
-        let Some(parent) = self
-            .registry()
-            .resolve(parent_url)
-            .filter(|p| p.get("resourceType").and_then(Value::as_str) == Some("SearchParameter"))
-        else {
+        let Some(parent) = self.registry().resolve(parent_url).filter(|p| {
+            field(p, "resourceType").and_then(Value::as_str) == Some("SearchParameter")
+        }) else {
             return;
         };
         let (t, pt) = (
-            sp.get("type").and_then(Value::as_str),
-            parent.get("type").and_then(Value::as_str),
+            field(sp, "type").and_then(Value::as_str),
+            field(parent, "type").and_then(Value::as_str),
         );
         if let (Some(t), Some(pt)) = (t, pt) {
             if t != pt {
@@ -923,7 +915,7 @@ impl<'v> Ctx<'v> {
         if let Some(id) = reference.strip_prefix('#') {
             return arr(container, "contained")
                 .iter()
-                .find(|c| c.get("id").and_then(Value::as_str) == Some(id));
+                .find(|c| field(c, "id").and_then(Value::as_str) == Some(id));
         }
         if let Some(r) = self.bundle.get(reference) {
             return Some(r);
@@ -933,8 +925,8 @@ impl<'v> Ctx<'v> {
         }
         let (t, id) = reference.split_once('/')?;
         let mut hits = self.bundle.values().filter(|r| {
-            r.get("resourceType").and_then(Value::as_str) == Some(t)
-                && r.get("id").and_then(Value::as_str) == Some(id)
+            field(r, "resourceType").and_then(Value::as_str) == Some(t)
+                && field(r, "id").and_then(Value::as_str) == Some(id)
         });
         let first = hits.next()?;
         hits.next().is_none().then_some(*first)
@@ -943,11 +935,10 @@ impl<'v> Ctx<'v> {
     /// The type of what a reference points at: contained, in the Bundle, or from the URL.
     fn target_type(&self, reference: &str, container: &'v Value) -> Option<&'v str> {
         if let Some(id) = reference.strip_prefix('#') {
-            return container
-                .get("contained")
+            return field(container, "contained")
                 .and_then(Value::as_array)?
                 .iter()
-                .find(|c| c.get("id").and_then(Value::as_str) == Some(id))?
+                .find(|c| field(c, "id").and_then(Value::as_str) == Some(id))?
                 .get("resourceType")?
                 .as_str();
         }
@@ -955,7 +946,7 @@ impl<'v> Ctx<'v> {
             .then(|| self.bundle.get(reference))
             .flatten()
         {
-            return r.get("resourceType").and_then(Value::as_str);
+            return field(r, "resourceType").and_then(Value::as_str);
         }
         if reference.starts_with("urn:") {
             return None;
@@ -1389,8 +1380,7 @@ impl<'c, 'v> Pass<'c, 'v> {
             }
             if t.code == "Resource" {
                 if self.base {
-                    let rt = value
-                        .get("resourceType")
+                    let rt = field(value, "resourceType")
                         .and_then(Value::as_str)
                         .unwrap_or("");
                     let container = if el.name == "contained" {
@@ -1542,7 +1532,7 @@ impl<'c, 'v> Pass<'c, 'v> {
         if self.depth >= MAX_DEPTH {
             return issues;
         }
-        if let Some(rt) = value.get("resourceType").and_then(Value::as_str) {
+        if let Some(rt) = field(value, "resourceType").and_then(Value::as_str) {
             if rt != p.type_name {
                 issues.push(issue(
                     Severity::Error,
@@ -1587,27 +1577,27 @@ impl<'c, 'v> Pass<'c, 'v> {
                 if o.contains_key("coding")
                     || o.contains_key("text") && !o.contains_key("code") =>
             {
-                o.get("coding")
+                member(o, "coding")
                     .and_then(Value::as_array)
                     .into_iter()
                     .flatten()
                     .filter_map(|c| {
                         Some((
-                            c.get("system").and_then(Value::as_str),
-                            c.get("code")?.as_str()?,
+                            field(c, "system").and_then(Value::as_str),
+                            field(c, "code")?.as_str()?,
                         ))
                     })
                     .collect()
             }
-            Value::Object(o) => match o.get("code").and_then(Value::as_str) {
-                Some(code) => vec![(o.get("system").and_then(Value::as_str), code)],
+            Value::Object(o) => match member(o, "code").and_then(Value::as_str) {
+                Some(code) => vec![(member(o, "system").and_then(Value::as_str), code)],
                 None => return,
             },
             _ => return,
         };
         let _ = item;
         if codings.is_empty() {
-            if strength == BindingStrength::Required && value.get("text").is_some() {
+            if strength == BindingStrength::Required && field(value, "text").is_some() {
                 self.push(
                     Severity::Error,
                     IssueCode::CodeInvalid,
@@ -1665,7 +1655,7 @@ impl<'c, 'v> Pass<'c, 'v> {
 
     /// Reference target type against `targetProfile`s.
     fn reference(&mut self, t: &TypeRule, value: &Value, loc: &str) {
-        let Some(reference) = value.get("reference").and_then(Value::as_str) else {
+        let Some(reference) = field(value, "reference").and_then(Value::as_str) else {
             return;
         };
         let reg = self.ctx.registry();
@@ -1674,7 +1664,7 @@ impl<'c, 'v> Pass<'c, 'v> {
                 .iter()
                 .map(|p| {
                     reg.structure_definition(p)
-                        .and_then(|sd| sd.get("type").and_then(Value::as_str))
+                        .and_then(|sd| field(sd, "type").and_then(Value::as_str))
                         .map(str::to_string)
                         .unwrap_or_else(|| p.rsplit('/').next().unwrap_or(p).to_string())
                 })
@@ -1687,7 +1677,7 @@ impl<'c, 'v> Pass<'c, 'v> {
             return;
         }
         let target = match self.ctx.target_type(reference, self.container) {
-            Some(t) => Some(t.to_string()),
+            Some(t) => Some(t),
             None if reference.starts_with('#') => {
                 self.push(
                     Severity::Error,
@@ -1699,13 +1689,10 @@ impl<'c, 'v> Pass<'c, 'v> {
             }
             None => None,
         };
-        let stated = value
-            .get("type")
-            .and_then(Value::as_str)
-            .map(str::to_string);
+        let stated = field(value, "type").and_then(Value::as_str);
         for (ty, what) in [(target, "reference"), (stated, "Reference.type")] {
             if let Some(ty) = ty {
-                if !allowed.contains(&ty) {
+                if !allowed.iter().any(|a| a == ty) {
                     self.push(
                         Severity::Error,
                         IssueCode::Structure,
@@ -1731,7 +1718,7 @@ impl<'c, 'v> Pass<'c, 'v> {
         let Some(target) = self.ctx.resolve_local(reference, self.container) else {
             return;
         };
-        let Some(rt) = target.get("resourceType").and_then(Value::as_str) else {
+        let Some(rt) = field(target, "resourceType").and_then(Value::as_str) else {
             return;
         };
         let candidates: Vec<String> = t
@@ -1739,7 +1726,7 @@ impl<'c, 'v> Pass<'c, 'v> {
             .iter()
             .filter(|p| {
                 reg.structure_definition(p)
-                    .and_then(|sd| sd.get("type").and_then(Value::as_str))
+                    .and_then(|sd| field(sd, "type").and_then(Value::as_str))
                     == Some(rt)
             })
             .cloned()
@@ -1786,7 +1773,7 @@ impl<'c, 'v> Pass<'c, 'v> {
     fn primitive_extensions(&mut self, item: &Item<'v>, element_path: &str) {
         let Some(list) = item
             .ext
-            .and_then(|e| e.get("extension"))
+            .and_then(|e| field(e, "extension"))
             .and_then(Value::as_array)
         else {
             return;
@@ -1809,13 +1796,12 @@ impl<'c, 'v> Pass<'c, 'v> {
         let Some(value) = item.value else {
             return;
         };
-        let Some(url) = value.get("url").and_then(Value::as_str) else {
+        let Some(url) = field(value, "url").and_then(Value::as_str) else {
             return;
         };
         // ext-1, checked here rather than through FHIRPath on every extension.
         if let Value::Object(o) = value {
-            let nested = o
-                .get("extension")
+            let nested = member(o, "extension")
                 .and_then(Value::as_array)
                 .is_some_and(|a| !a.is_empty());
             let has_value = o.keys().any(|k| {
@@ -1835,7 +1821,7 @@ impl<'c, 'v> Pass<'c, 'v> {
         let reg = self.ctx.registry();
         let known = reg
             .structure_definition(url)
-            .is_some_and(|sd| sd.get("type").and_then(Value::as_str) == Some("Extension"));
+            .is_some_and(|sd| field(sd, "type").and_then(Value::as_str) == Some("Extension"));
         if !known {
             if let Some(sev) = self.ctx.opts.unknown_extension {
                 let modifier = element_path.ends_with("modifierExtension");
@@ -2065,8 +2051,7 @@ impl<'c, 'v> Pass<'c, 'v> {
                         };
                     let actual: Option<String> = if path == "$this" {
                         item.type_code.clone().or_else(|| {
-                            value
-                                .get("resourceType")
+                            field(value, "resourceType")
                                 .and_then(Value::as_str)
                                 .map(str::to_string)
                         })
@@ -2077,7 +2062,7 @@ impl<'c, 'v> Pass<'c, 'v> {
                                 .trim_end_matches("resolve()"),
                         )
                         .first()
-                        .and_then(|r| r.get("reference").and_then(Value::as_str))
+                        .and_then(|r| field(r, "reference").and_then(Value::as_str))
                         .and_then(|r| self.ctx.target_type(r, self.container))
                         .map(str::to_string)
                     } else {
@@ -2110,7 +2095,7 @@ impl<'c, 'v> Pass<'c, 'v> {
                             .collect();
                         let actual = eval_path(value, ref_path)
                             .first()
-                            .and_then(|r| r.get("reference").and_then(Value::as_str))
+                            .and_then(|r| field(r, "reference").and_then(Value::as_str))
                             .and_then(|r| self.ctx.target_type(r, self.container));
                         match actual {
                             Some(a) => types.contains(&a),
@@ -2174,7 +2159,7 @@ impl<'c, 'v> Pass<'c, 'v> {
                     .disc_elem(s, path)
                     .is_none_or(|d| self.elem(d).fixed.is_none())
                 {
-                    return value.get("url").and_then(Value::as_str) == Some(want);
+                    return field(value, "url").and_then(Value::as_str) == Some(want);
                 }
             }
         }
@@ -2216,18 +2201,22 @@ impl<'c, 'v> Pass<'c, 'v> {
                         Value::String(c) => member(t.validate_code(vs, None, c)),
                         Value::Object(o) => {
                             let codings: Vec<&Value> =
-                                match o.get("coding").and_then(Value::as_array) {
+                                match caregate_core::json::member(o, "coding")
+                                    .and_then(Value::as_array)
+                                {
                                     Some(a) => a.iter().collect(),
                                     None => vec![v],
                                 };
                             codings.iter().any(|c| {
-                                c.get("code").and_then(Value::as_str).is_some_and(|code| {
-                                    member(t.validate_code(
-                                        vs,
-                                        c.get("system").and_then(Value::as_str),
-                                        code,
-                                    ))
-                                })
+                                field(c, "code")
+                                    .and_then(Value::as_str)
+                                    .is_some_and(|code| {
+                                        member(t.validate_code(
+                                            vs,
+                                            field(c, "system").and_then(Value::as_str),
+                                            code,
+                                        ))
+                                    })
                             })
                         }
                         _ => false,
@@ -2274,13 +2263,12 @@ fn eval_path<'a>(value: &'a Value, path: &str) -> Vec<&'a Value> {
         {
             let url = arg.trim_matches(|c| c == '\'' || c == '"');
             for v in &cur {
-                for e in v
-                    .get("extension")
+                for e in field(v, "extension")
                     .and_then(Value::as_array)
                     .into_iter()
                     .flatten()
                 {
-                    if e.get("url").and_then(Value::as_str) == Some(url) {
+                    if field(e, "url").and_then(Value::as_str) == Some(url) {
                         next.push(e);
                     }
                 }

@@ -166,13 +166,13 @@ fn invariant_issue_shape() {
     assert_eq!(inv[0].expression, vec!["Encounter.participant[0].period"]);
     // A constraint that does not compile is a warning naming the key.
     let bad = caregate_validation::FhirPathInvariants::default();
-    let c = caregate_validation::Constraint {
-        key: "x-1".into(),
-        severity: Severity::Error,
-        human: "broken".into(),
-        expression: Some("name.where(".into()),
-        source: None,
-    };
+    let c = caregate_validation::Constraint::new(
+        "x-1",
+        Severity::Error,
+        "broken",
+        Some("name.where("),
+        None,
+    );
     use caregate_validation::{InvariantContext, InvariantEvaluator, InvariantOutcome};
     let out = bad.evaluate(&InvariantContext {
         constraint: &c,
