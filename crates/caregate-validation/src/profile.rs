@@ -56,6 +56,9 @@ pub(crate) struct TypeRule {
     /// The resource types `target_profiles` allow, resolved on first use (the profiles'
     /// definitions may load after this one is compiled).
     pub target_types: std::sync::OnceLock<Vec<String>>,
+    /// Some target profile is more than a core resource type's definition: a target
+    /// found locally (contained, in the Bundle) is checked against it.
+    pub profiled_targets: bool,
     /// The core definition of a complex datatype (`Address`), for walking values of this
     /// type; looked up on first use. Profiles can reach each other in a cycle this way
     /// (Extension's elements are Extensions): the registry keeps them for the process's
@@ -250,12 +253,16 @@ impl Profile {
                 .and_then(Value::as_array)
                 .into_iter()
                 .flatten()
-                .map(|t| TypeRule {
-                    code: type_code(t),
-                    profiles: strs(t.get("profile")),
-                    target_profiles: strs(t.get("targetProfile")),
-                    target_types: std::sync::OnceLock::new(),
-                    core_type: std::sync::OnceLock::new(),
+                .map(|t| {
+                    let target_profiles = strs(t.get("targetProfile"));
+                    TypeRule {
+                        code: type_code(t),
+                        profiles: strs(t.get("profile")),
+                        profiled_targets: target_profiles.iter().any(|p| !is_core_definition(p)),
+                        target_profiles,
+                        target_types: std::sync::OnceLock::new(),
+                        core_type: std::sync::OnceLock::new(),
+                    }
                 })
                 .collect();
             let mut fixed = None;

@@ -7,7 +7,9 @@
 //! profile tree and never repeats what the structural pass already reported (core
 //! cardinality, core bindings, JSON shapes).
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+
+use caregate_core::keys::KeyIndex;
 
 use caregate_core::{Issue, IssueCode, Severity};
 use serde_json::{Map, Value};
@@ -93,6 +95,9 @@ pub struct Validator {
     security_checks: bool,
     /// Reject HTML tags in markdown (see [`Validator::with_no_html_in_markdown`]).
     no_html_in_markdown: bool,
+    /// The core definition of each R4 resource type, compiled on first use; every
+    /// resource's base pass starts here, without building and hashing its URL.
+    core_profiles: Arc<KeyIndex<OnceLock<crate::profile::ProfileResult>>>,
 }
 
 impl std::fmt::Debug for Validator {
@@ -122,6 +127,21 @@ impl Validator {
             invariants: None,
             security_checks: false,
             no_html_in_markdown: false,
+            core_profiles: Arc::new(
+                caregate_core::RESOURCE_TYPES
+                    .iter()
+                    .map(|&t| (Box::from(t), OnceLock::new()))
+                    .collect(),
+            ),
+        }
+    }
+
+    /// The core definition of resource type `rt`.
+    fn core_profile(&self, rt: &str) -> crate::profile::ProfileResult {
+        let uncached = || self.registry.profile(&format!("{CORE_SD}{rt}"));
+        match self.core_profiles.get(rt) {
+            Some(slot) => slot.get_or_init(uncached).clone(),
+            None => uncached(),
         }
     }
 
@@ -252,7 +272,7 @@ struct Ctx<'v> {
 struct Item<'v> {
     /// `None`: a primitive given only as `_name` (extensions, no value).
     value: Option<&'v Value>,
-    loc: String,
+    loc: Loc,
     /// The type of a choice variant (`Quantity` for `valueQuantity`).
     type_code: Option<String>,
     /// The `_name` entry of a primitive (its id and extensions).
@@ -297,35 +317,87 @@ impl ChildSet {
     }
 }
 
-/// `{loc}.{name}` or `{loc}.{name}[{index}]`: built for every value a pass visits, so
-/// without the formatting machinery.
-fn child_loc(loc: &str, name: &str, index: Option<usize>) -> String {
-    let mut out = String::with_capacity(loc.len() + name.len() + 6);
-    out.push_str(loc);
-    out.push('.');
-    out.push_str(name);
-    if let Some(i) = index {
-        out.push('[');
-        push_decimal(&mut out, i);
-        out.push(']');
-    }
-    out
+/// A FHIRPath location of a visited value, kept inline when it fits (nearly always): a
+/// pass builds one for every value it visits and reads it only to report an issue.
+#[derive(Clone)]
+enum Loc {
+    Inline { len: u8, buf: [u8; LOC_INLINE] },
+    Heap(String),
 }
 
-fn push_decimal(out: &mut String, mut n: usize) {
-    let mut digits = [0u8; 20];
-    let mut len = 0;
+const LOC_INLINE: usize = 110;
+
+impl Loc {
+    fn as_str(&self) -> &str {
+        match self {
+            Loc::Inline { len, buf } => {
+                let bytes = &buf[..usize::from(*len)];
+                // SAFETY: `buf[..len]` is only ever written by `Loc::build`, which copies
+                // whole `&str` pieces end to end, so it is valid UTF-8.
+                unsafe { std::str::from_utf8_unchecked(bytes) }
+            }
+            Loc::Heap(s) => s,
+        }
+    }
+
+    /// The concatenation of `parts`.
+    fn build(parts: &[&str]) -> Loc {
+        let len: usize = parts.iter().map(|p| p.len()).sum();
+        if len > LOC_INLINE {
+            return Loc::Heap(parts.concat());
+        }
+        let mut buf = [0u8; LOC_INLINE];
+        let mut at = 0;
+        for p in parts {
+            buf[at..at + p.len()].copy_from_slice(p.as_bytes());
+            at += p.len();
+        }
+        Loc::Inline {
+            len: len as u8,
+            buf,
+        }
+    }
+}
+
+impl std::ops::Deref for Loc {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl std::fmt::Display for Loc {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// `{loc}.{name}` or `{loc}.{name}[{index}]`: built for every value a pass visits, so
+/// without the formatting machinery or (usually) the heap.
+fn child_loc(loc: &str, name: &str, index: Option<usize>) -> Loc {
+    match index {
+        None => Loc::build(&[loc, ".", name]),
+        Some(i) => {
+            let mut digits = [0u8; 20];
+            let text = decimal(&mut digits, i);
+            Loc::build(&[loc, ".", name, "[", text, "]"])
+        }
+    }
+}
+
+/// `n` in decimal, written into the end of `buf`.
+fn decimal(buf: &mut [u8; 20], mut n: usize) -> &str {
+    let mut at = buf.len();
     loop {
-        digits[len] = b'0' + (n % 10) as u8;
-        len += 1;
+        at -= 1;
+        buf[at] = b'0' + (n % 10) as u8;
         n /= 10;
         if n == 0 {
             break;
         }
     }
-    for &d in digits[..len].iter().rev() {
-        out.push(char::from(d));
-    }
+    std::str::from_utf8(&buf[at..]).unwrap_or("0")
 }
 
 fn capitalised(code: &str) -> String {
@@ -696,7 +768,7 @@ impl<'v> Ctx<'v> {
         if !self.v.model.is_resource_type(rt) {
             return;
         }
-        if let Ok(core) = self.registry().profile(&format!("{CORE_SD}{rt}")) {
+        if let Ok(core) = self.v.core_profile(rt) {
             let mut pass = Pass {
                 ctx: self,
                 profile: &core,
@@ -1259,7 +1331,7 @@ impl<'c, 'v> Pass<'c, 'v> {
             if count > max && el.base_max.is_none_or(|b| max < b) {
                 let at = items
                     .get(max as usize)
-                    .map_or(loc.to_string(), |i| i.loc.clone());
+                    .map_or(loc.to_string(), |i| i.loc.to_string());
                 self.push(
                     Severity::Error,
                     IssueCode::Structure,
@@ -1708,11 +1780,7 @@ impl<'c, 'v> Pass<'c, 'v> {
         }
         // Target profiles beyond the core type: checked when the target is in hand
         // (contained or in the Bundle); a remote target cannot be checked here.
-        let profiled = t
-            .target_profiles
-            .iter()
-            .any(|p| !p.starts_with(CORE_SD) || p[CORE_SD.len()..].contains('-'));
-        if !profiled {
+        if !t.profiled_targets {
             return;
         }
         let Some(target) = self.ctx.resolve_local(reference, self.container) else {
@@ -1782,7 +1850,7 @@ impl<'c, 'v> Pass<'c, 'v> {
         for (i, e) in list.iter().enumerate() {
             let ext_item = Item {
                 value: Some(e),
-                loc: format!("{}.extension[{i}]", item.loc),
+                loc: child_loc(&item.loc, "extension", Some(i)),
                 type_code: None,
                 ext: None,
             };
@@ -1917,7 +1985,7 @@ impl<'c, 'v> Pass<'c, 'v> {
             .map(|i| {
                 i.loc
                     .rsplit_once('[')
-                    .map_or(i.loc.as_str(), |(h, _)| h)
+                    .map_or(&*i.loc, |(h, _)| h)
                     .to_string()
             })
             .unwrap_or_default();
@@ -2372,7 +2440,7 @@ fn is_domain_resource(name: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::{child_loc, reference_type};
+    use super::{child_loc, reference_type, Loc, LOC_INLINE};
 
     #[test]
     fn reference_types() {
@@ -2390,9 +2458,30 @@ mod tests {
 
     #[test]
     fn child_locations_carry_indices() {
-        assert_eq!(child_loc("Patient", "name", None), "Patient.name");
-        assert_eq!(child_loc("Patient", "name", Some(0)), "Patient.name[0]");
-        assert_eq!(child_loc("A.b[3]", "c", Some(10)), "A.b[3].c[10]");
-        assert_eq!(child_loc("A", "c", Some(1234567890)), "A.c[1234567890]");
+        assert_eq!(child_loc("Patient", "name", None).as_str(), "Patient.name");
+        assert_eq!(
+            child_loc("Patient", "name", Some(0)).as_str(),
+            "Patient.name[0]"
+        );
+        assert_eq!(child_loc("A.b[3]", "c", Some(10)).as_str(), "A.b[3].c[10]");
+        assert_eq!(
+            child_loc("A", "c", Some(1234567890)).as_str(),
+            "A.c[1234567890]"
+        );
+        assert_eq!(
+            child_loc("A", "c", Some(usize::MAX)).as_str(),
+            format!("A.c[{}]", usize::MAX)
+        );
+        // Past the inline capacity the location moves to the heap, unchanged.
+        let long = "Bundle.entry[12].resource.contained[3]".repeat(4);
+        for name in ["x", &"y".repeat(LOC_INLINE)] {
+            let built = child_loc(&long, name, Some(7));
+            assert_eq!(built.as_str(), format!("{long}.{name}[7]"));
+            assert_eq!(built.to_string(), built.as_str());
+        }
+        let edge = "z".repeat(LOC_INLINE - 2);
+        assert_eq!(child_loc(&edge, "a", None).as_str(), format!("{edge}.a"));
+        assert!(matches!(child_loc(&edge, "a", None), Loc::Inline { .. }));
+        assert!(matches!(child_loc(&edge, "ab", None), Loc::Heap(_)));
     }
 }
