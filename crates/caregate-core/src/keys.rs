@@ -40,7 +40,12 @@ fn words(b: &[u8]) -> (u64, u64) {
 /// `a == b`, without a library call for strings of up to 16 bytes.
 #[inline(always)]
 pub fn short_eq(a: &str, b: &str) -> bool {
-    let (a, b) = (a.as_bytes(), b.as_bytes());
+    short_eq_bytes(a.as_bytes(), b.as_bytes())
+}
+
+/// [`short_eq`] on bytes.
+#[inline(always)]
+pub fn short_eq_bytes(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;
     }

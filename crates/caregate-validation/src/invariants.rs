@@ -373,13 +373,17 @@ fn child_exists(focus: &Map<String, Value>, name: &str) -> Option<bool> {
     }
     let mut present = false;
     for (k, v) in focus {
-        let key = k.strip_prefix('_').unwrap_or(k);
-        let Some(rest) = key.strip_prefix(name) else {
+        let key = k.strip_prefix('_').unwrap_or(k).as_bytes();
+        let Some(head) = key.get(..name.len()) else {
             continue;
         };
+        if !caregate_core::keys::short_eq_bytes(head, name.as_bytes()) {
+            continue;
+        }
+        let rest = &key[name.len()..];
         if rest.is_empty() {
             present |= !v.is_null();
-        } else if rest.starts_with(|c: char| c.is_ascii_uppercase()) {
+        } else if rest[0].is_ascii_uppercase() {
             // A choice (`value` for `valueString`) is left to FHIRPath.
             return None;
         }

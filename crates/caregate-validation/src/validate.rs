@@ -126,7 +126,7 @@ impl<'a> Walker<'a> {
             );
             return;
         };
-        let resource_type = match obj.get("resourceType") {
+        let resource_type = match member(obj, "resourceType") {
             Some(Value::String(s)) => s.as_str(),
             Some(other) => {
                 self.error(
@@ -160,7 +160,7 @@ impl<'a> Walker<'a> {
         if self.root.is_none() && self.path.is_empty() {
             self.root = Some(resource_type);
         }
-        if in_contained && obj.contains_key("contained") {
+        if in_contained && member(obj, "contained").is_some() {
             self.error_at(
                 "contained",
                 IssueCode::Structure,

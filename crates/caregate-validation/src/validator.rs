@@ -415,7 +415,12 @@ fn issue(severity: Severity, code: IssueCode, loc: &str, msg: String) -> Issue {
 /// The resource type a reference string points at (`Patient/1`, `http://x/fhir/Patient/1`,
 /// `Patient/1/_history/2`); `None` for `#contained`, `urn:` and unknown shapes.
 pub(crate) fn reference_type(reference: &str) -> Option<&str> {
-    let path = reference.split(['?', '#']).next().unwrap_or(reference);
+    // Byte scans: every reference of every resource comes through here.
+    let end = reference
+        .bytes()
+        .position(|b| b == b'?' || b == b'#')
+        .unwrap_or(reference.len());
+    let path = &reference[..end];
     // From the end: `…/Type/id` or `…/Type/id/_history/version`.
     let mut parts = path.rsplit('/');
     let _last = parts.next()?;
@@ -1192,12 +1197,13 @@ impl<'c, 'v> Pass<'c, 'v> {
                 return Vec::new();
             }
         }
-        let mut items = Vec::new();
+        let mut items = Vec::with_capacity(1);
         let mut add = |key: &str,
                        value: &'v Value,
                        ext: Option<&'v Value>,
                        type_code: Option<String>| match value {
             Value::Array(a) => {
+                items.reserve(a.len());
                 for (i, v) in a.iter().enumerate() {
                     let has_ext = ext.and_then(|e| e.get(i)).is_some_and(|x| !x.is_null());
                     if v.is_null() && !has_ext {
