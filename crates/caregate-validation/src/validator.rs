@@ -269,12 +269,12 @@ struct Ctx<'v> {
 }
 
 /// One value found in the instance for an element definition.
-struct Item<'v> {
+struct Item<'v, 'c> {
     /// `None`: a primitive given only as `_name` (extensions, no value).
     value: Option<&'v Value>,
     loc: Loc,
     /// The type of a choice variant (`Quantity` for `valueQuantity`).
-    type_code: Option<String>,
+    type_code: Option<&'c str>,
     /// The `_name` entry of a primitive (its id and extensions).
     ext: Option<&'v Value>,
 }
@@ -400,12 +400,11 @@ fn decimal(buf: &mut [u8; 20], mut n: usize) -> &str {
     std::str::from_utf8(&buf[at..]).unwrap_or("0")
 }
 
-fn capitalised(code: &str) -> String {
-    let mut c = code.chars();
-    match c.next() {
-        Some(f) => f.to_uppercase().chain(c).collect(),
-        None => String::new(),
-    }
+/// `rest` is the type code with its first letter upper-cased, as a choice element's JSON
+/// name carries it (`DateTime` for `dateTime`); FHIR type codes are ASCII.
+fn is_capitalised(code: &str, rest: &str) -> bool {
+    let (c, r) = (code.as_bytes(), rest.as_bytes());
+    !c.is_empty() && c.len() == r.len() && c[0].to_ascii_uppercase() == r[0] && c[1..] == r[1..]
 }
 
 fn issue(severity: Severity, code: IssueCode, loc: &str, msg: String) -> Issue {
@@ -1182,7 +1181,7 @@ impl<'c, 'v> Pass<'c, 'v> {
         obj: &'v Map<String, Value>,
         loc: &str,
         underscore: bool,
-    ) -> Vec<Item<'v>> {
+    ) -> Vec<Item<'v, 'c>> {
         let el = self.elem(c);
         if el.choice_base.is_none() {
             // The common case first: a plain element, absent or present, looked up once.
@@ -1201,7 +1200,7 @@ impl<'c, 'v> Pass<'c, 'v> {
         let mut add = |key: &str,
                        value: &'v Value,
                        ext: Option<&'v Value>,
-                       type_code: Option<String>| match value {
+                       type_code: Option<&'c str>| match value {
             Value::Array(a) => {
                 items.reserve(a.len());
                 for (i, v) in a.iter().enumerate() {
@@ -1212,7 +1211,7 @@ impl<'c, 'v> Pass<'c, 'v> {
                     items.push(Item {
                         value: (!v.is_null()).then_some(v),
                         loc: child_loc(loc, key, Some(i)),
-                        type_code: type_code.clone(),
+                        type_code,
                         ext: ext.and_then(|e| e.get(i)).filter(|x| x.is_object()),
                     });
                 }
@@ -1236,7 +1235,7 @@ impl<'c, 'v> Pass<'c, 'v> {
                 if !rest.starts_with(|ch: char| ch.is_ascii_uppercase()) {
                     continue;
                 }
-                let Some(t) = el.types.iter().find(|t| capitalised(&t.code) == rest) else {
+                let Some(t) = el.types.iter().find(|t| is_capitalised(&t.code, rest)) else {
                     // Only a real FHIR type name makes this a variant of the choice.
                     let lower = {
                         let mut c = rest.chars();
@@ -1266,7 +1265,7 @@ impl<'c, 'v> Pass<'c, 'v> {
                 };
                 if is_ext_key {
                     if member(obj, key).is_none() {
-                        add(key, &Value::Null, Some(v), Some(t.code.clone()));
+                        add(key, &Value::Null, Some(v), Some(t.code.as_str()));
                     }
                     continue;
                 }
@@ -1276,7 +1275,7 @@ impl<'c, 'v> Pass<'c, 'v> {
                 } else {
                     None
                 };
-                add(key, v, ext, Some(t.code.clone()));
+                add(key, v, ext, Some(t.code.as_str()));
             }
         } else {
             let name = el.name.as_str();
@@ -1381,7 +1380,7 @@ impl<'c, 'v> Pass<'c, 'v> {
 
     /// Checks one value against element `c`: fixed/pattern, binding, references, type
     /// profiles, then its children.
-    fn value(&mut self, c: usize, item: &Item<'v>) {
+    fn value(&mut self, c: usize, item: &Item<'v, 'c>) {
         let Some(value) = item.value else {
             return;
         };
@@ -1643,7 +1642,7 @@ impl<'c, 'v> Pass<'c, 'v> {
         strength: BindingStrength,
         vs: &str,
         value: &Value,
-        item: &Item<'v>,
+        item: &Item<'v, 'c>,
         loc: &str,
     ) {
         let terminology = self.ctx.registry().terminology().clone();
@@ -1844,7 +1843,7 @@ impl<'c, 'v> Pass<'c, 'v> {
     }
 
     /// Extensions on a primitive value (`_birthDate.extension`), checked like any other.
-    fn primitive_extensions(&mut self, item: &Item<'v>, element_path: &str) {
+    fn primitive_extensions(&mut self, item: &Item<'v, 'c>, element_path: &str) {
         let Some(list) = item
             .ext
             .and_then(|e| field(e, "extension"))
@@ -1866,7 +1865,7 @@ impl<'c, 'v> Pass<'c, 'v> {
 
     /// An extension not matched by any slice: its definition must be known, used in an
     /// allowed context, and the value must conform.
-    fn extension(&mut self, item: &Item<'v>, element_path: &str) {
+    fn extension(&mut self, item: &Item<'v, 'c>, element_path: &str) {
         let Some(value) = item.value else {
             return;
         };
@@ -1962,7 +1961,7 @@ impl<'c, 'v> Pass<'c, 'v> {
 
     /// Assigns each item to the first slice it matches; checks slice cardinality, closed
     /// and ordered slicing. Returns the slice of each item.
-    fn slices(&mut self, c: usize, items: &[Item<'v>]) -> Vec<Option<usize>> {
+    fn slices(&mut self, c: usize, items: &[Item<'v, 'c>]) -> Vec<Option<usize>> {
         let el = self.elem(c);
         let slices = el.slices.clone();
         let slicing = el.slicing.clone();
@@ -2103,7 +2102,7 @@ impl<'c, 'v> Pass<'c, 'v> {
         s: usize,
         discs: &[(DiscKind, String)],
         value: &'v Value,
-        item: &Item<'v>,
+        item: &Item<'v, 'c>,
     ) -> bool {
         for (kind, path) in discs {
             let ok = match kind {
@@ -2124,11 +2123,9 @@ impl<'c, 'v> Pass<'c, 'v> {
                             None => se.types.iter().map(|t| t.code.clone()).collect(),
                         };
                     let actual: Option<String> = if path == "$this" {
-                        item.type_code.clone().or_else(|| {
-                            field(value, "resourceType")
-                                .and_then(Value::as_str)
-                                .map(str::to_string)
-                        })
+                        item.type_code
+                            .or_else(|| field(value, "resourceType").and_then(Value::as_str))
+                            .map(str::to_string)
                     } else if path.ends_with("resolve()") {
                         eval_path(
                             value,
