@@ -15,6 +15,25 @@ use crate::registry::Registry;
 /// A compiled profile, or why it could not be compiled (unknown, snapshot failed, ...).
 pub(crate) type ProfileResult = Result<Arc<Profile>, String>;
 
+/// R4 DomainResource invariants whose expressions start at `contained` and hold when it
+/// is empty (`contained.contained.empty()`, `contained.where(...).empty()`,
+/// `contained.meta.versionId.empty() and ...`, `contained.meta.security.empty()`).
+const CONTAINED_ONLY: &[&str] = &["dom-2", "dom-3", "dom-4", "dom-5"];
+
+/// A constraint an invariant evaluator checks, with what the validator decides about it
+/// before evaluating (found once, when the profile compiles).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct CheckedConstraint {
+    /// Into the element's `constraints`.
+    pub index: usize,
+    /// The core specification defines it (the R4 snapshots name their source).
+    pub from_core: bool,
+    /// dom-2..dom-5: true whenever the resource has no contained resources.
+    pub contained_only: bool,
+    /// dom-3, answered natively.
+    pub dom_3: bool,
+}
+
 /// One ElementDefinition.constraint, as handed to an [`crate::InvariantEvaluator`].
 #[derive(Debug, Clone)]
 pub struct Constraint {
@@ -146,7 +165,7 @@ pub(crate) struct Elem {
     /// The constraints an invariant evaluator checks (with an expression, not in
     /// [`crate::invariants::SKIPPED_INVARIANTS`]): (index into `constraints`, whether the
     /// core specification defines it).
-    pub checked_constraints: Vec<(usize, bool)>,
+    pub checked_constraints: Vec<CheckedConstraint>,
     /// Whether nothing in this element's subtree (its children, its types' core
     /// definitions) needs the core pass once extensions are ruled out: see
     /// [`Profile::inert`]. Found on first use.
@@ -420,7 +439,15 @@ impl Profile {
                     c.expression.is_some()
                         && !crate::invariants::SKIPPED_INVARIANTS.contains(&c.key.as_str())
                 })
-                .map(|(i, c)| (i, c.source.as_deref().is_some_and(is_core_definition)))
+                .map(|(i, c)| {
+                    let from_core = c.source.as_deref().is_some_and(is_core_definition);
+                    CheckedConstraint {
+                        index: i,
+                        from_core,
+                        contained_only: from_core && CONTAINED_ONLY.contains(&c.key.as_str()),
+                        dom_3: from_core && c.key == "dom-3",
+                    }
+                })
                 .collect();
             e.plain_primitive = e.children.is_empty()
                 && !e.types.is_empty()

@@ -114,11 +114,6 @@ const MAX_DEPTH: u32 = 24;
 
 const CORE_SD: &str = "http://hl7.org/fhir/StructureDefinition/";
 
-/// R4 DomainResource invariants whose expressions start at `contained` and hold when it
-/// is empty (`contained.contained.empty()`, `contained.where(...).empty()`,
-/// `contained.meta.versionId.empty() and ...`, `contained.meta.security.empty()`).
-const CONTAINED_ONLY: &[&str] = &["dom-2", "dom-3", "dom-4", "dom-5"];
-
 impl Validator {
     pub fn new(registry: Arc<Registry>) -> Validator {
         Validator {
@@ -1063,8 +1058,9 @@ impl<'c, 'v> Pass<'c, 'v> {
             return;
         };
         let el = self.elem(e);
-        // Most objects carry no `_name` entries: then none is looked up per element.
-        let underscore = obj.keys().any(|k| k.starts_with('_'));
+        // Most objects carry no `_name` entries: then none is looked up per element. When
+        // the structural walk saw none anywhere, no key needs looking at.
+        let underscore = self.ctx.extensions && obj.keys().any(|k| k.starts_with('_'));
         let quiet = self.base && !self.ctx.extensions && !underscore;
         if let Some(active) = quiet
             .then(|| self.profile.active_children(self.ctx.registry(), e))
@@ -1117,8 +1113,9 @@ impl<'c, 'v> Pass<'c, 'v> {
             return;
         }
         let fhir_type = Some(el.path.as_str()).filter(|p| !p.ends_with("[x]"));
-        for &(i, from_core) in &el.checked_constraints {
-            let c = &el.constraints[i];
+        for checked in &el.checked_constraints {
+            let from_core = checked.from_core;
+            let c = &el.constraints[checked.index];
             // Core invariants (the R4 snapshots name their source) are evaluated in the
             // base pass only; a profile pass evaluates what the profile added.
             if !self.base && from_core {
@@ -1127,13 +1124,10 @@ impl<'c, 'v> Pass<'c, 'v> {
             // dom-2..dom-5 (DomainResource) constrain only contained resources: each is
             // true when there are none, as most resources have. Answered without running
             // FHIRPath (dom-3 walks every descendant).
-            if from_core
-                && CONTAINED_ONLY.contains(&c.key.as_str())
-                && caregate_core::json::field(focus, "contained").is_none()
-            {
+            if checked.contained_only && caregate_core::json::field(focus, "contained").is_none() {
                 continue;
             }
-            if from_core && c.key == "dom-3" {
+            if checked.dom_3 {
                 // Natively: the FHIRPath form walks every descendant once per contained
                 // resource, and misses references held in primitive extensions
                 // (`_system` with a valueset-system `#id`), which FHIRPath counts.
