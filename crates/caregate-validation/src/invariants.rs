@@ -465,7 +465,6 @@ mod tests {
                 resource: &container,
                 container: &container,
                 root: &container,
-                location: "X",
                 fhir_type: None,
             };
             let native = native_of(expr, &ctx).expect("native shape");
@@ -493,7 +492,6 @@ mod tests {
             resource: &sys_ext,
             container: &sys_ext,
             root: &sys_ext,
-            location: "X",
             fhir_type: None,
         };
         assert_eq!(
@@ -509,7 +507,6 @@ mod tests {
             resource: &ext,
             container: &ext,
             root: &ext,
-            location: "X",
             fhir_type: None,
         };
         assert_eq!(native_of("value.exists()", &ctx), None);

@@ -30,6 +30,9 @@ pub mod terminology;
 mod validate;
 mod validator;
 
+#[cfg(test)]
+mod fused_tests;
+
 use std::sync::{Arc, OnceLock};
 
 use caregate_core::Issue;

@@ -207,7 +207,14 @@ impl Table {
 
     #[inline]
     pub fn lookup(&self, name: &str) -> Option<&ElementInfo> {
-        self.index.get(name).map(|&i| &self.elements[i as usize])
+        self.lookup_index(name).map(|(_, el)| el)
+    }
+
+    /// The element of that JSON name and its index in [`Table::elements`].
+    #[inline]
+    pub fn lookup_index(&self, name: &str) -> Option<(u32, &ElementInfo)> {
+        let i = *self.index.get(name)?;
+        Some((i, self.elements.get(i as usize)?))
     }
 
     fn push(&mut self, info: ElementInfo) -> Result<(), ModelError> {

@@ -14,13 +14,94 @@ use crate::terminology::CodeCheck;
 use crate::StructureModel;
 
 #[derive(Clone, Copy)]
-enum Seg<'a> {
+pub(crate) enum Seg<'a> {
     Name(&'a str),
     Index(usize),
 }
 
-pub(crate) struct Walker<'a> {
+/// Where the walk is: the root resource type and the segments below it.
+#[derive(Clone, Copy)]
+pub(crate) struct Location<'p, 'a> {
+    pub root: Option<&'a str>,
+    pub path: &'p [Seg<'a>],
+}
+
+impl Location<'_, '_> {
+    /// The FHIRPath location (`Observation.component[0].code`), written into `out`.
+    pub fn write_into(&self, out: &mut String) {
+        out.clear();
+        if let Some(root) = self.root {
+            out.push_str(root);
+        }
+        for seg in self.path {
+            match seg {
+                Seg::Name(n) => {
+                    if !out.is_empty() {
+                        out.push('.');
+                    }
+                    out.push_str(n);
+                }
+                Seg::Index(i) => {
+                    out.push('[');
+                    let mut digits = [0u8; 20];
+                    let mut at = digits.len();
+                    let mut n = *i;
+                    loop {
+                        at -= 1;
+                        digits[at] = b'0' + (n % 10) as u8;
+                        n /= 10;
+                        if n == 0 {
+                            break;
+                        }
+                    }
+                    for &d in &digits[at..] {
+                        out.push(char::from(d));
+                    }
+                    out.push(']');
+                }
+            }
+        }
+    }
+}
+
+/// Checks that other passes would make on the values the walk visits, made while it visits
+/// them (the tree is in cache then): see `validator::BaseChecks`. The walk calls the hooks
+/// only outside subtrees reached through a `contentReference` (`Questionnaire.item.item`),
+/// which the core definitions leave undescribed.
+pub(crate) trait WalkHooks<'a> {
+    /// A resource begins at the current location; `contained`: inside `contained`.
+    fn enter_resource(&mut self, resource: &'a Value, contained: bool, at: Location<'_, 'a>);
+    fn leave_resource(&mut self);
+    /// An object of `table` (a resource root, a backbone element or a datatype's value),
+    /// reached as element `via` (table, element index) of its parent object, or as a
+    /// resource root (`None`).
+    fn object(
+        &mut self,
+        via: Option<(TableId, u32)>,
+        table: TableId,
+        value: &'a Value,
+        at: Location<'_, 'a>,
+    );
+}
+
+/// The plain structural walk.
+pub(crate) struct NoHooks;
+
+impl<'a> WalkHooks<'a> for NoHooks {
+    #[inline(always)]
+    fn enter_resource(&mut self, _: &'a Value, _: bool, _: Location<'_, 'a>) {}
+    #[inline(always)]
+    fn leave_resource(&mut self) {}
+    #[inline(always)]
+    fn object(&mut self, _: Option<(TableId, u32)>, _: TableId, _: &'a Value, _: Location<'_, 'a>) {
+    }
+}
+
+pub(crate) struct Walker<'a, H: WalkHooks<'a> = NoHooks> {
     model: &'a StructureModel,
+    pub hooks: H,
+    /// Depth of `contentReference` subtrees the walk is in: no hooks are called there.
+    hooks_off: u32,
     /// The root resource type (first segment of every location).
     root: Option<&'a str>,
     path: Vec<Seg<'a>>,
@@ -55,10 +136,18 @@ fn json_kind(v: &Value) -> &'static str {
     }
 }
 
-impl<'a> Walker<'a> {
+impl<'a> Walker<'a, NoHooks> {
     pub fn new(model: &'a StructureModel) -> Self {
+        Walker::with_hooks(model, NoHooks)
+    }
+}
+
+impl<'a, H: WalkHooks<'a>> Walker<'a, H> {
+    pub fn with_hooks(model: &'a StructureModel, hooks: H) -> Self {
         Walker {
             model,
+            hooks,
+            hooks_off: 0,
             root: None,
             path: Vec::with_capacity(16),
             issues: Vec::new(),
@@ -69,25 +158,15 @@ impl<'a> Walker<'a> {
 
     fn location(&self) -> String {
         let mut out = String::with_capacity(64);
-        if let Some(root) = self.root {
-            out.push_str(root);
-        }
-        for seg in &self.path {
-            match seg {
-                Seg::Name(n) => {
-                    if !out.is_empty() {
-                        out.push('.');
-                    }
-                    out.push_str(n);
-                }
-                Seg::Index(i) => {
-                    out.push('[');
-                    out.push_str(&i.to_string());
-                    out.push(']');
-                }
-            }
-        }
+        self.here().write_into(&mut out);
         out
+    }
+
+    fn here(&self) -> Location<'_, 'a> {
+        Location {
+            root: self.root,
+            path: &self.path,
+        }
     }
 
     #[cold]
@@ -167,7 +246,19 @@ impl<'a> Walker<'a> {
                 "A contained resource must not itself contain resources".into(),
             );
         }
+        let hooked = self.hooks_off == 0;
+        if hooked {
+            let at = Location {
+                root: self.root,
+                path: &self.path,
+            };
+            self.hooks.enter_resource(value, in_contained, at);
+            self.hooks.object(None, table, value, at);
+        }
         self.object(obj, table, true);
+        if hooked {
+            self.hooks.leave_resource();
+        }
     }
 
     /// Validates the members of one JSON object against a table.
@@ -213,7 +304,7 @@ impl<'a> Walker<'a> {
             if matches!(key, "extension" | "modifierExtension") {
                 self.saw_extensions = true;
             }
-            let Some(el) = t.lookup(key) else {
+            let Some((index, el)) = t.lookup_index(key) else {
                 self.error_at(
                     key,
                     IssueCode::Structure,
@@ -235,8 +326,16 @@ impl<'a> Walker<'a> {
                     };
                     self.primitive_element(el, p, value, ext);
                 }
-                ElementKind::Complex(table) | ElementKind::Backbone(table) => {
-                    self.complex_element(el, table, value)
+                ElementKind::Complex(inner) => {
+                    self.complex_element(el, (table, index), inner, value)
+                }
+                ElementKind::Backbone(inner) => {
+                    // A contentReference (`Questionnaire.item.item`) reuses the table of
+                    // the element it names.
+                    let reused = model.tables[inner as usize].path != el.path;
+                    self.hooks_off += u32::from(reused);
+                    self.complex_element(el, (table, index), inner, value);
+                    self.hooks_off -= u32::from(reused);
                 }
                 ElementKind::Resource => self.resource_element(el, value),
             }
@@ -523,9 +622,18 @@ impl<'a> Walker<'a> {
         }
     }
 
-    fn complex_element(&mut self, el: &'a ElementInfo, table: TableId, value: &'a Value) {
+    fn complex_element(
+        &mut self,
+        el: &'a ElementInfo,
+        via: (TableId, u32),
+        table: TableId,
+        value: &'a Value,
+    ) {
         match (el.array, value) {
-            (false, Value::Object(obj)) => self.object(obj, table, false),
+            (false, Value::Object(obj)) => {
+                self.hook_object(via, table, value);
+                self.object(obj, table, false)
+            }
             (true, Value::Array(items)) => {
                 if items.is_empty() {
                     self.error(IssueCode::Structure, "Empty arrays are not allowed".into());
@@ -533,7 +641,10 @@ impl<'a> Walker<'a> {
                 for (i, item) in items.iter().enumerate() {
                     self.path.push(Seg::Index(i));
                     match item {
-                        Value::Object(obj) => self.object(obj, table, false),
+                        Value::Object(obj) => {
+                            self.hook_object(via, table, item);
+                            self.object(obj, table, false)
+                        }
                         other => self.error(
                             IssueCode::Structure,
                             format!(
@@ -565,6 +676,17 @@ impl<'a> Walker<'a> {
                     json_kind(other)
                 ),
             ),
+        }
+    }
+
+    #[inline]
+    fn hook_object(&mut self, via: (TableId, u32), table: TableId, value: &'a Value) {
+        if self.hooks_off == 0 {
+            let at = Location {
+                root: self.root,
+                path: &self.path,
+            };
+            self.hooks.object(Some(via), table, value, at);
         }
     }
 

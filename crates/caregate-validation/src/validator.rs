@@ -14,10 +14,11 @@ use caregate_core::keys::KeyIndex;
 use caregate_core::{Issue, IssueCode, Severity};
 use serde_json::{Map, Value};
 
-use crate::model::{BindingStrength, FxMap};
+use crate::model::{BindingStrength, ElementKind, FxMap, TableId};
 use crate::profile::{is_core_definition, Constraint, DiscKind, Elem, Profile, Rules, TypeRule};
 use crate::registry::Registry;
 use crate::terminology::CodeCheck;
+use crate::validate::{Location, WalkHooks, Walker};
 use crate::StructureModel;
 use caregate_core::json::{field, member};
 
@@ -40,8 +41,6 @@ pub struct InvariantContext<'a> {
     pub container: &'a Value,
     /// The outermost resource, e.g. the Bundle (`%rootResource`), for `resolve()`.
     pub root: &'a Value,
-    /// FHIRPath location of the focus, for the issue.
-    pub location: &'a str,
     /// The FHIR type of the focus: the element path of its definition (`Patient.contact`,
     /// `HumanName`, `Observation`), which FHIRPath uses to type backbone elements.
     pub fhir_type: Option<&'a str>,
@@ -89,7 +88,7 @@ impl Default for ValidationOptions {
 #[derive(Clone)]
 pub struct Validator {
     registry: Arc<Registry>,
-    model: &'static StructureModel,
+    pub(crate) model: &'static StructureModel,
     invariants: Option<Arc<dyn InvariantEvaluator>>,
     /// Reject strings that carry HTML markup (see [`Validator::with_security_checks`]).
     security_checks: bool,
@@ -98,6 +97,8 @@ pub struct Validator {
     /// The core definition of each R4 resource type, compiled on first use; every
     /// resource's base pass starts here, without building and hashing its URL.
     core_profiles: Arc<KeyIndex<OnceLock<crate::profile::ProfileResult>>>,
+    /// By structure-model table: what the core definitions check on its objects.
+    table_rules: Arc<[OnceLock<TableRules>]>,
 }
 
 impl std::fmt::Debug for Validator {
@@ -116,9 +117,10 @@ const CORE_SD: &str = "http://hl7.org/fhir/StructureDefinition/";
 
 impl Validator {
     pub fn new(registry: Arc<Registry>) -> Validator {
+        let model = StructureModel::r4_core();
         Validator {
             registry,
-            model: StructureModel::r4_core(),
+            model,
             invariants: None,
             security_checks: false,
             no_html_in_markdown: false,
@@ -128,6 +130,7 @@ impl Validator {
                     .map(|&t| (Box::from(t), OnceLock::new()))
                     .collect(),
             ),
+            table_rules: (0..model.tables.len()).map(|_| OnceLock::new()).collect(),
         }
     }
 
@@ -176,13 +179,16 @@ impl Validator {
     /// All issues for one resource (a Bundle includes its entries), in walk order;
     /// any error means invalid.
     pub fn validate(&self, resource: &Value, opts: &ValidationOptions) -> Vec<Issue> {
-        // Without the structural walk nobody looked: assume extensions may be anywhere.
-        let (issues, extensions) = if opts.structure {
-            self.model.validate_noting_extensions(resource)
-        } else {
-            (Vec::new(), true)
-        };
-        self.after_structure(resource, opts, issues, extensions)
+        if !opts.structure {
+            // Without the structural walk nobody looked: assume extensions may be anywhere.
+            return self.after_structure(resource, opts, Vec::new(), true);
+        }
+        match self.walk(resource, opts) {
+            Walked::Complete(issues) => issues,
+            Walked::Structure { issues, extensions } => {
+                self.after_structure(resource, opts, issues, extensions)
+            }
+        }
     }
 
     /// The write path's order: the structural walk, and only when it found no error the
@@ -193,17 +199,58 @@ impl Validator {
         resource: &Value,
         opts: &ValidationOptions,
     ) -> (Vec<Issue>, bool) {
-        let (issues, extensions) = self.model.validate_noting_extensions(resource);
-        if issues.iter().any(|i| i.severity.is_error()) {
-            return (issues, false);
+        match self.walk(resource, opts) {
+            Walked::Complete(issues) => (issues, true),
+            Walked::Structure { issues, .. } if issues.iter().any(|i| i.severity.is_error()) => {
+                (issues, false)
+            }
+            Walked::Structure { issues, extensions } => (
+                self.after_structure(resource, opts, issues, extensions),
+                true,
+            ),
         }
-        (
-            self.after_structure(resource, opts, issues, extensions),
-            true,
-        )
     }
 
-    fn after_structure(
+    /// The structural walk, making the core definitions' checks on the way (references,
+    /// invariants, datatype profiles, nested resources: [`BaseChecks`]) while each value is
+    /// in cache. That answer is complete when the walk found no error and no extension
+    /// anywhere, which is the common case; otherwise the core-definition pass runs after
+    /// the walk as before ([`Walked::Structure`]), since extensions need their definitions
+    /// found and checked, and a structurally broken resource is reported as the walk saw it.
+    fn walk(&self, resource: &Value, opts: &ValidationOptions) -> Walked {
+        let rt = field(resource, "resourceType")
+            .and_then(Value::as_str)
+            .filter(|rt| self.model.is_resource_type(rt));
+        let Some(rt) = rt.filter(|_| !self.no_html_in_markdown) else {
+            let (issues, extensions) = self.model.validate_noting_extensions(resource);
+            return Walked::Structure { issues, extensions };
+        };
+        let ctx = Ctx {
+            v: self,
+            opts,
+            root: resource,
+            bundle: bundle_entries(resource, rt),
+            extensions: false,
+        };
+        let mut walker = Walker::with_hooks(self.model, BaseChecks::new(&ctx));
+        walker.resource(resource, false);
+        let mut issues = walker.issues;
+        if walker.saw_extensions || issues.iter().any(|i| i.severity.is_error()) {
+            return Walked::Structure {
+                issues,
+                extensions: walker.saw_extensions,
+            };
+        }
+        let mut out = Vec::new();
+        if self.security_checks {
+            html_in_strings(resource, rt, &mut out);
+        }
+        walker.hooks.finish(&opts.profiles, &mut out);
+        merge_issues(&mut issues, out);
+        Walked::Complete(issues)
+    }
+
+    pub(crate) fn after_structure(
         &self,
         resource: &Value,
         opts: &ValidationOptions,
@@ -216,26 +263,11 @@ impl Validator {
         if !self.model.is_resource_type(rt) {
             return issues;
         }
-        let mut bundle: FxMap<&str, &Value> = FxMap::default();
-        if rt == "Bundle" {
-            for e in field(resource, "entry")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-            {
-                if let (Some(url), Some(r)) = (
-                    field(e, "fullUrl").and_then(Value::as_str),
-                    field(e, "resource"),
-                ) {
-                    bundle.insert(url, r);
-                }
-            }
-        }
         let ctx = Ctx {
             v: self,
             opts,
             root: resource,
-            bundle,
+            bundle: bundle_entries(resource, rt),
             extensions,
         };
         let mut out = Vec::new();
@@ -243,13 +275,302 @@ impl Validator {
             html_in_strings(resource, rt, &mut out);
         }
         ctx.resource(resource, rt, resource, &opts.profiles, &mut out, 0);
-        // The profile passes may restate a problem another pass found; keep the first.
-        for issue in out {
-            if !issues.contains(&issue) {
-                issues.push(issue);
+        merge_issues(&mut issues, out);
+        issues
+    }
+
+    /// What the core-definition pass checks on objects of model table `t`, compiled on
+    /// first use from the core definition that describes them.
+    fn table_rules(&self, t: TableId) -> Option<&TableRules> {
+        let slot = self.table_rules.get(t as usize)?;
+        Some(slot.get_or_init(|| TableRules::compile(self, t)))
+    }
+}
+
+/// The result of [`Validator::walk`].
+enum Walked {
+    /// Every check made: the issues to report.
+    Complete(Vec<Issue>),
+    /// Only the structural walk counts; the core-definition pass is still to run.
+    Structure {
+        issues: Vec<Issue>,
+        extensions: bool,
+    },
+}
+
+/// The profile passes may restate a problem another pass found; keep the first.
+fn merge_issues(issues: &mut Vec<Issue>, more: Vec<Issue>) {
+    for issue in more {
+        if !issues.contains(&issue) {
+            issues.push(issue);
+        }
+    }
+}
+
+/// The entries of a Bundle being validated, by `fullUrl`, for resolving references.
+fn bundle_entries<'v>(resource: &'v Value, rt: &str) -> FxMap<&'v str, &'v Value> {
+    let mut bundle: FxMap<&str, &Value> = FxMap::default();
+    if rt == "Bundle" {
+        for e in field(resource, "entry")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            if let (Some(url), Some(r)) = (
+                field(e, "fullUrl").and_then(Value::as_str),
+                field(e, "resource"),
+            ) {
+                bundle.insert(url, r);
             }
         }
-        issues
+    }
+    bundle
+}
+
+/// What the core-definition pass checks on the objects of one structure-model table, so
+/// the structural walk can check it as it goes ([`BaseChecks`]).
+pub(crate) struct TableRules {
+    /// The core definition describing the table's objects (its root type's).
+    profile: Option<Arc<Profile>>,
+    /// The element of `profile` whose constraints hold on every object of the table (a
+    /// resource's root, a backbone element, a datatype's root), when it has any.
+    own: Option<usize>,
+    /// Attachments: their stated size is checked against their data.
+    attachment: bool,
+    /// By the table's element index: checks on each object value of that element.
+    elements: Vec<Option<ElementRule>>,
+}
+
+/// Checks a value makes through the element that holds it (not through its own type).
+struct ElementRule {
+    /// In the table's `profile`.
+    elem: usize,
+    /// Into that element's types: the value's type.
+    type_index: usize,
+    /// A Reference with target profiles: its target's type is checked.
+    reference: bool,
+    /// Profiles on the type (SimpleQuantity, Duration, ...) the value must meet.
+    profiles: Vec<String>,
+}
+
+impl TableRules {
+    fn compile(v: &Validator, t: TableId) -> TableRules {
+        let none = TableRules {
+            profile: None,
+            own: None,
+            attachment: false,
+            elements: Vec::new(),
+        };
+        let model = v.model;
+        let Some(table) = model.tables.get(t as usize) else {
+            return none;
+        };
+        let root_type = table.path.split('.').next().unwrap_or_default();
+        let Ok(profile) = v.core_profile(root_type) else {
+            return none;
+        };
+        let by_path = |path: &str| {
+            profile
+                .elems
+                .iter()
+                .position(|e| e.path == path && e.slice_name.is_none())
+        };
+        let own =
+            by_path(&table.path).filter(|&e| !profile.elems[e].checked_constraints.is_empty());
+        let checked = |p: &&String| !is_core_definition(p) || p.ends_with("Quantity");
+        let elements = table
+            .elements
+            .iter()
+            .map(|info| {
+                let ElementKind::Complex(inner) = info.kind else {
+                    return None;
+                };
+                let code = &*model.tables.get(inner as usize)?.path;
+                let e = by_path(&info.path)?;
+                let el = &profile.elems[e];
+                if !el.children.is_empty() {
+                    return None;
+                }
+                let (type_index, rule) = if info.choice.is_some() {
+                    el.types.iter().enumerate().find(|(_, r)| r.code == code)?
+                } else {
+                    match el.types.as_slice() {
+                        [one] => (0, one),
+                        _ => return None,
+                    }
+                };
+                let reference = rule.code == "Reference" && !rule.target_profiles.is_empty();
+                let profiles: Vec<String> = if rule.code == "Extension" {
+                    Vec::new()
+                } else {
+                    rule.profiles.iter().filter(checked).cloned().collect()
+                };
+                (reference || !profiles.is_empty()).then_some(ElementRule {
+                    elem: e,
+                    type_index,
+                    reference,
+                    profiles,
+                })
+            })
+            .collect();
+        TableRules {
+            attachment: &*table.path == "Attachment",
+            profile: Some(profile),
+            own,
+            elements,
+        }
+    }
+}
+
+/// The core-definition pass of a resource without extensions, made by the structural walk
+/// on each object as it visits it (see [`Validator::walk`]): the same checks
+/// [`Pass`] makes (reference targets, invariants, datatype profiles, attachment sizes),
+/// found through [`TableRules`] instead of a second walk over the definitions.
+struct BaseChecks<'c, 'v> {
+    ctx: &'c Ctx<'v>,
+    out: Vec<Issue>,
+    /// The resources the walk is inside, innermost last: (resource, container, depth).
+    frames: Vec<(&'v Value, &'v Value, u32)>,
+    /// Every resource met, for the rules that look at a resource as a whole.
+    resources: Vec<(&'v Value, &'v Value, String, u32)>,
+    /// The current location, rebuilt in place when a check needs it.
+    loc: String,
+}
+
+impl<'c, 'v> BaseChecks<'c, 'v> {
+    fn new(ctx: &'c Ctx<'v>) -> Self {
+        BaseChecks {
+            ctx,
+            out: Vec::new(),
+            frames: Vec::with_capacity(4),
+            resources: Vec::with_capacity(1),
+            loc: String::with_capacity(64),
+        }
+    }
+
+    /// The whole-resource rules (Bundle, QuestionnaireResponse, ... and claimed profiles)
+    /// of every resource met, nested ones first as the core pass reaches them.
+    fn finish(self, required: &[String], out: &mut Vec<Issue>) {
+        out.extend(self.out);
+        let mut resources = self.resources;
+        if !resources.is_empty() {
+            let root = resources.remove(0);
+            resources.push(root);
+        }
+        let last = resources.len().saturating_sub(1);
+        for (i, (res, container, loc, depth)) in resources.into_iter().enumerate() {
+            let Some(rt) = field(res, "resourceType").and_then(Value::as_str) else {
+                continue;
+            };
+            let required = if i == last { required } else { &[] };
+            self.ctx
+                .after_base(res, rt, &loc, container, required, out, depth);
+        }
+    }
+}
+
+impl<'c, 'v> WalkHooks<'v> for BaseChecks<'c, 'v> {
+    fn enter_resource(&mut self, resource: &'v Value, contained: bool, at: Location<'_, 'v>) {
+        let (container, depth) = match self.frames.last() {
+            None => (resource, 0),
+            Some(&(parent, _, d)) => (if contained { parent } else { resource }, d + 1),
+        };
+        self.frames.push((resource, container, depth));
+        if depth <= MAX_DEPTH {
+            at.write_into(&mut self.loc);
+            self.resources
+                .push((resource, container, self.loc.clone(), depth));
+        }
+    }
+
+    fn leave_resource(&mut self) {
+        self.frames.pop();
+    }
+
+    fn object(
+        &mut self,
+        via: Option<(TableId, u32)>,
+        table: TableId,
+        value: &'v Value,
+        at: Location<'_, 'v>,
+    ) {
+        let Some(&(resource, container, depth)) = self.frames.last() else {
+            return;
+        };
+        if depth > MAX_DEPTH {
+            return;
+        }
+        let v = self.ctx.v;
+        if let Some((parent, index)) = via {
+            let rules = v.table_rules(parent);
+            if let Some((profile, rule)) = rules.and_then(|r| {
+                Some((
+                    r.profile.as_deref()?,
+                    r.elements.get(index as usize)?.as_ref()?,
+                ))
+            }) {
+                at.write_into(&mut self.loc);
+                let el = &profile.elems[rule.elem];
+                let mut pass = Pass {
+                    ctx: self.ctx,
+                    profile,
+                    base: true,
+                    resource,
+                    container,
+                    out: &mut self.out,
+                    depth,
+                    alias: None,
+                };
+                if rule.reference {
+                    pass.reference(&el.types[rule.type_index], value, &self.loc);
+                }
+                if !rule.profiles.is_empty() {
+                    pass.against_any_profile(&rule.profiles, value, &self.loc, Some(&el.path));
+                }
+            }
+        }
+        let Some(rules) = v.table_rules(table) else {
+            return;
+        };
+        let Some(profile) = rules.profile.as_deref() else {
+            return;
+        };
+        if rules.attachment {
+            at.write_into(&mut self.loc);
+            attachment_size(value, &self.loc, &mut self.out);
+        }
+        if let Some(e) = rules.own {
+            let mut pass = Pass {
+                ctx: self.ctx,
+                profile,
+                base: true,
+                resource,
+                container,
+                out: &mut self.out,
+                depth,
+                alias: None,
+            };
+            pass.invariants(e, value, &at);
+        }
+    }
+}
+
+/// A location formatted only when an issue needs it.
+trait LazyLoc {
+    fn get(&self) -> std::borrow::Cow<'_, str>;
+}
+
+impl LazyLoc for str {
+    fn get(&self) -> std::borrow::Cow<'_, str> {
+        std::borrow::Cow::Borrowed(self)
+    }
+}
+
+impl LazyLoc for Location<'_, '_> {
+    fn get(&self) -> std::borrow::Cow<'_, str> {
+        let mut out = String::new();
+        self.write_into(&mut out);
+        std::borrow::Cow::Owned(out)
     }
 }
 
@@ -780,6 +1101,23 @@ impl<'v> Ctx<'v> {
             };
             pass.element(0, res, loc);
         }
+        self.after_base(res, rt, loc, container, required, out, depth);
+    }
+
+    /// The checks on a resource as a whole, after its core definition's: the rules of
+    /// its type (Bundle, QuestionnaireResponse, conformance resources) and the profiles
+    /// it claims in `meta.profile` or must meet (`required`).
+    #[allow(clippy::too_many_arguments)]
+    fn after_base(
+        &self,
+        res: &'v Value,
+        rt: &str,
+        loc: &str,
+        container: &'v Value,
+        required: &[String],
+        out: &mut Vec<Issue>,
+        depth: u32,
+    ) {
         match rt {
             "QuestionnaireResponse" => {
                 crate::questionnaire::check(self.registry(), self.v.model, res, loc, out)
@@ -1103,7 +1441,10 @@ impl<'c, 'v> Pass<'c, 'v> {
         self.invariants(e, value, loc);
     }
 
-    fn invariants(&mut self, e: usize, focus: &'v Value, loc: &str) {
+    /// The constraints of element `e` on `focus`. The location is formatted only for an
+    /// issue: most invariants hold, and the walk's callers would otherwise build a string
+    /// for every datatype value (every Reference has ref-1).
+    fn invariants<L: LazyLoc + ?Sized>(&mut self, e: usize, focus: &'v Value, loc: &L) {
         let ctx = self.ctx;
         let Some(evaluator) = ctx.v.invariants.as_deref() else {
             return;
@@ -1135,7 +1476,7 @@ impl<'c, 'v> Pass<'c, 'v> {
                     self.push(
                         c.severity,
                         IssueCode::Invariant,
-                        loc,
+                        &loc.get(),
                         format!("Constraint failed: {}: {}", c.key, c.human),
                     );
                 }
@@ -1147,7 +1488,6 @@ impl<'c, 'v> Pass<'c, 'v> {
                 resource: self.resource,
                 container: self.container,
                 root: self.ctx.root,
-                location: loc,
                 fhir_type,
             });
             match outcome {
@@ -1155,13 +1495,13 @@ impl<'c, 'v> Pass<'c, 'v> {
                 InvariantOutcome::Violated => self.push(
                     c.severity,
                     IssueCode::Invariant,
-                    loc,
+                    &loc.get(),
                     format!("Constraint failed: {}: {}", c.key, c.human),
                 ),
                 InvariantOutcome::NotEvaluated(reason) => self.push(
                     Severity::Warning,
                     IssueCode::Invariant,
-                    loc,
+                    &loc.get(),
                     format!("Constraint {} was not evaluated: {reason}", c.key),
                 ),
             }

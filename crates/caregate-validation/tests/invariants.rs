@@ -180,7 +180,6 @@ fn invariant_issue_shape() {
         resource: &enc,
         container: &enc,
         root: &enc,
-        location: "Encounter",
         fhir_type: Some("Encounter"),
     });
     assert!(matches!(out, InvariantOutcome::NotEvaluated(_)));
