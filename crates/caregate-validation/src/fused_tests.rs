@@ -273,3 +273,37 @@ fn corner_cases_are_walked_and_report_what_they_break() {
         }
     }
 }
+
+/// The invariants answered natively ([`crate::invariants`]'s shapes) give FHIRPath's
+/// answers on every resource of the corpora.
+#[test]
+fn native_invariant_answers_equal_fhirpath_on_the_corpora() {
+    let registry: Arc<Registry> = Registry::standard().clone();
+    let terminology = Some(registry.terminology().clone());
+    let native = Validator::new(registry.clone())
+        .with_invariants(Arc::new(FhirPathInvariants::new(terminology.clone())));
+    let fhirpath = Validator::new(registry.clone()).with_invariants(Arc::new(
+        crate::invariants::FhirPathInvariants::fhirpath_only(terminology),
+    ));
+    let opts = ValidationOptions::default();
+    let mut differences = Vec::new();
+    let resources = corpus();
+    for r in &resources {
+        let a = sorted(&native.validate(r, &opts));
+        let b = sorted(&fhirpath.validate(r, &opts));
+        if a != b {
+            differences.push(format!(
+                "{} {:?}:\n  native: {a:#?}\n  fhirpath: {b:#?}",
+                r.get("resourceType").and_then(Value::as_str).unwrap_or("?"),
+                r.get("id")
+            ));
+        }
+    }
+    assert!(
+        differences.is_empty(),
+        "{} of {} differ, first: {}",
+        differences.len(),
+        resources.len(),
+        differences.iter().take(3).cloned().collect::<Vec<_>>().join("\n")
+    );
+}

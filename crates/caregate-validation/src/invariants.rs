@@ -29,6 +29,9 @@ pub struct FhirPathInvariants {
     /// By expression text; FxHash, as every evaluation looks its expression up.
     cache: RwLock<FxMap<Box<str>, Compiled>>,
     terminology: Option<Arc<Terminology>>,
+    /// Answer the shapes of [`Shape`] natively (always, except in the tests that compare
+    /// both ways).
+    native_shapes: bool,
 }
 
 impl std::fmt::Debug for FhirPathInvariants {
@@ -48,6 +51,16 @@ impl FhirPathInvariants {
         FhirPathInvariants {
             cache: RwLock::new(FxMap::default()),
             terminology,
+            native_shapes: true,
+        }
+    }
+
+    /// Every constraint through FHIRPath, for comparing the native answers with.
+    #[cfg(test)]
+    pub(crate) fn fhirpath_only(terminology: Option<Arc<Terminology>>) -> FhirPathInvariants {
+        FhirPathInvariants {
+            native_shapes: false,
+            ..FhirPathInvariants::new(terminology)
         }
     }
 
@@ -204,7 +217,8 @@ impl InvariantEvaluator for FhirPathInvariants {
         let Prepared::Ready { shape, compiled } = c.prepared.get_or_init(|| self.prepare(c)) else {
             return InvariantOutcome::Satisfied;
         };
-        if let Some(answer) = shape.as_ref().and_then(|s| native(s, ctx)) {
+        let shape = shape.as_ref().filter(|_| self.native_shapes);
+        if let Some(answer) = shape.and_then(|s| native(s, ctx)) {
             return if answer {
                 InvariantOutcome::Satisfied
             } else {
@@ -243,16 +257,26 @@ const REF_1: &str = "reference.startsWith('#').not() or (reference.substring(1).
 const PER_1: &str = "start.hasValue().not() or end.hasValue().not() or (start <= end)";
 
 /// The commonest constraint shapes, answered without FHIRPath with the same result:
-/// ref-1, per-1 (when the dates compare as text), `a.empty() or b.exists()` (cpt-2,
-/// qty-3...), `a.empty()` and `a.exists()` over child names and paths of them (dom-6:
-/// ``text.`div`.exists()``).
+/// ref-1, per-1 (when the dates compare as text), and boolean combinations (`and`, `or`,
+/// `implies`, `.not()`, parentheses) of `a.exists()` and `a.empty()` over child names and
+/// paths of them: cpt-2 and qty-3 (`a.empty() or b.exists()`), dom-6
+/// (``text.`div`.exists()``), cpl-3 (`detail.empty() or reference.empty()`), gol-1
+/// (`(detail.exists() and measure.exists()) or detail.exists().not()`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Shape {
     Ref1,
     Per1,
-    EmptyOrExists(Box<str>, Box<str>),
-    Empty(Box<str>),
+    Logic(Logic),
+}
+
+/// A boolean expression over `path.exists()`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Logic {
     Exists(Box<str>),
+    Not(Box<Logic>),
+    And(Box<Logic>, Box<Logic>),
+    Or(Box<Logic>, Box<Logic>),
+    Implies(Box<Logic>, Box<Logic>),
 }
 
 fn shape_of(expr: &str) -> Option<Shape> {
@@ -262,15 +286,99 @@ fn shape_of(expr: &str) -> Option<Shape> {
     if expr == PER_1 {
         return Some(Shape::Per1);
     }
-    if let Some((a, b)) = expr.split_once(".empty() or ") {
-        let b = b.strip_suffix(".exists()")?;
-        return Some(Shape::EmptyOrExists(a.into(), b.into()));
+    let mut parser = LogicParser { rest: expr };
+    let logic = parser.implies()?;
+    parser.rest.is_empty().then_some(Shape::Logic(logic))
+}
+
+/// Recursive descent over the few tokens a [`Logic`] is written with; anything else
+/// (functions, comparisons, other spacing) is left to FHIRPath.
+struct LogicParser<'a> {
+    rest: &'a str,
+}
+
+impl LogicParser<'_> {
+    fn eat(&mut self, token: &str) -> bool {
+        match self.rest.strip_prefix(token) {
+            Some(rest) => {
+                self.rest = rest;
+                true
+            }
+            None => false,
+        }
     }
-    if let Some(a) = expr.strip_suffix(".empty()") {
-        return Some(Shape::Empty(a.into()));
+
+    /// FHIRPath precedence: `implies` binds loosest, then `or`, then `and`.
+    fn implies(&mut self) -> Option<Logic> {
+        let a = self.or()?;
+        if self.eat(" implies ") {
+            let b = self.or()?;
+            return Some(Logic::Implies(Box::new(a), Box::new(b)));
+        }
+        Some(a)
     }
-    expr.strip_suffix(".exists()")
-        .map(|a| Shape::Exists(a.into()))
+
+    fn or(&mut self) -> Option<Logic> {
+        let mut a = self.and()?;
+        while self.eat(" or ") {
+            let b = self.and()?;
+            a = Logic::Or(Box::new(a), Box::new(b));
+        }
+        Some(a)
+    }
+
+    fn and(&mut self) -> Option<Logic> {
+        let mut a = self.unary()?;
+        while self.eat(" and ") {
+            let b = self.unary()?;
+            a = Logic::And(Box::new(a), Box::new(b));
+        }
+        Some(a)
+    }
+
+    fn unary(&mut self) -> Option<Logic> {
+        let mut e = if self.eat("(") {
+            let e = self.implies()?;
+            if !self.eat(")") {
+                return None;
+            }
+            e
+        } else {
+            self.atom()?
+        };
+        while self.eat(".not()") {
+            e = Logic::Not(Box::new(e));
+        }
+        Some(e)
+    }
+
+    /// `path.exists()` or `path.empty()`: the path is names, dots and backticks.
+    fn atom(&mut self) -> Option<Logic> {
+        let path_chars = |c: char| c.is_ascii_alphanumeric() || c == '.' || c == '`';
+        let limit = self
+            .rest
+            .find(|c: char| !path_chars(c))
+            .unwrap_or(self.rest.len());
+        // The path ends where `.exists()` or `.empty()` begins (its `(` is past `limit`).
+        let head = &self.rest[..limit];
+        let (path, exists) = if let Some(p) = head.strip_suffix(".exists") {
+            (p, true)
+        } else if let Some(p) = head.strip_suffix(".empty") {
+            (p, false)
+        } else {
+            return None;
+        };
+        if path.is_empty() || !self.rest[limit..].starts_with("()") {
+            return None;
+        }
+        self.rest = &self.rest[limit + 2..];
+        let atom = Logic::Exists(path.into());
+        Some(if exists {
+            atom
+        } else {
+            Logic::Not(Box::new(atom))
+        })
+    }
 }
 
 /// `shape` on this focus; `None` when the data needs FHIRPath (choices, other syntax).
@@ -298,10 +406,20 @@ fn native(shape: &Shape, ctx: &InvariantContext<'_>) -> Option<bool> {
                 _ => Some(true),
             }
         }
-        Shape::EmptyOrExists(a, b) => Some(!path_exists(focus, a)? || path_exists(focus, b)?),
-        Shape::Empty(a) => Some(!path_exists(focus, a)?),
-        Shape::Exists(a) => path_exists(focus, a),
+        Shape::Logic(logic) => evaluate_logic(logic, focus),
     }
+}
+
+/// A [`Logic`] on `focus`; `exists()` and `empty()` are always true or false in FHIRPath,
+/// so the connectives are two-valued and may stop early as FHIRPath's do.
+fn evaluate_logic(logic: &Logic, focus: &Map<String, Value>) -> Option<bool> {
+    Some(match logic {
+        Logic::Exists(path) => path_exists(focus, path)?,
+        Logic::Not(a) => !evaluate_logic(a, focus)?,
+        Logic::And(a, b) => evaluate_logic(a, focus)? && evaluate_logic(b, focus)?,
+        Logic::Or(a, b) => evaluate_logic(a, focus)? || evaluate_logic(b, focus)?,
+        Logic::Implies(a, b) => !evaluate_logic(a, focus)? || evaluate_logic(b, focus)?,
+    })
 }
 
 /// `start <= end` for two FHIR dates or dateTimes when comparing the text gives
@@ -440,6 +558,58 @@ mod tests {
                 json!({"name": [{"family": "a"}, {"given": ["b"]}]}),
             ),
             ("name.given.exists()", json!({"name": [{"family": "a"}]})),
+            (
+                "detail.empty() or reference.empty()",
+                json!({"detail": {"kind": "x"}}),
+            ),
+            (
+                "detail.empty() or reference.empty()",
+                json!({"detail": {"kind": "x"}, "reference": {"reference": "x"}}),
+            ),
+            (
+                "policy.exists() or policyRule.exists()",
+                json!({"scope": 1}),
+            ),
+            (
+                "policy.exists() or policyRule.exists()",
+                json!({"policy": [{"uri": "x"}]}),
+            ),
+            (
+                "(detail.exists() and measure.exists()) or detail.exists().not()",
+                json!({"detail": "1"}),
+            ),
+            (
+                "(detail.exists() and measure.exists()) or detail.exists().not()",
+                json!({"detail": "1", "measure": {"text": "m"}}),
+            ),
+            (
+                "(detail.exists() and measure.exists()) or detail.exists().not()",
+                json!({"due": "x"}),
+            ),
+            (
+                "onBehalfOf.exists() implies member.exists()",
+                json!({"onBehalfOf": {}}),
+            ),
+            (
+                "onBehalfOf.exists() implies member.exists()",
+                json!({"onBehalfOf": {}, "member": {}}),
+            ),
+            (
+                "onBehalfOf.exists() implies member.exists()",
+                json!({"member": {}}),
+            ),
+            (
+                "timeOfDay.empty() or when.empty()",
+                json!({"when": ["MORN"], "timeOfDay": ["10:00:00"]}),
+            ),
+            (
+                "(a.exists() or b.exists()).not() and c.empty()",
+                json!({"c": 1}),
+            ),
+            (
+                "(a.exists() or b.exists()).not() and c.empty()",
+                json!({"x": 1}),
+            ),
             (PER_1, json!({"start": "2020-01-01", "end": "2020-02-01"})),
             (PER_1, json!({"start": "2020-03-01", "end": "2020-02-01"})),
             (
@@ -467,7 +637,8 @@ mod tests {
                 root: &container,
                 fhir_type: None,
             };
-            let native = native_of(expr, &ctx).expect("native shape");
+            let native =
+                native_of(expr, &ctx).unwrap_or_else(|| panic!("native shape: {expr} on {focus}"));
             let compiled = engine.compiled(expr).expect("compiles");
             let fctx = Context::new(&container)
                 .root_resource(&container)
@@ -512,9 +683,16 @@ mod tests {
         assert_eq!(native_of("value.exists()", &ctx), None);
         // Other shapes are FHIRPath's, whatever the data.
         for expr in [
-            "valueSet.exists() or system.exists()",
-            "sliceIsConstraining.exists() implies sliceName.exists()",
             "a.b.c.exists()",
+            "url.exists() xor system.exists()",
+            "code.where(system = 'x').exists()",
+            "url.exists() = true",
+            "url.count() > 1",
+            "(url.exists() or system.exists()",
+            "url.exists() or system.exists())",
+            "url.exists()  or system.exists()",
+            ".exists()",
+            "url.exists() implies system.exists() implies url.exists()",
         ] {
             assert_eq!(native_of(expr, &ctx), None, "{expr}");
         }
