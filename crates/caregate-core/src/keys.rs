@@ -58,10 +58,9 @@ pub fn short_eq_bytes(a: &[u8], b: &[u8]) -> bool {
 
 const SEED: u64 = 0x51_7c_c1_b7_27_22_0a_95;
 
+/// The slot-choosing hash of a name whose [`words`] are `w0`, `w1`.
 #[inline(always)]
-fn hash(key: &str) -> u64 {
-    let b = key.as_bytes();
-    let (w0, w1) = words(b);
+fn hash(b: &[u8], w0: u64, w1: u64) -> u64 {
     let mut h = (w0.rotate_left(5) ^ (b.len() as u64)).wrapping_mul(SEED);
     h = (h.rotate_left(5) ^ w1).wrapping_mul(SEED);
     if b.len() > 16 {
@@ -72,50 +71,84 @@ fn hash(key: &str) -> u64 {
             h = (h.rotate_left(5) ^ u64::from_le_bytes(w)).wrapping_mul(SEED);
         }
     }
-    // The high bits pick the slot: they depend on every input bit.
     h
 }
 
-/// A stored name: its full hash, the name, the value.
-type Slot<V> = Option<(u64, Box<str>, V)>;
+/// A stored name's words and length, which decide equality for names of up to 16 bytes
+/// without reading the name, and its value. `key` is the name's index in
+/// [`KeyIndex::keys`] plus one (so an empty slot costs no extra tag).
+#[derive(Debug, Clone)]
+struct Slot<V> {
+    w0: u64,
+    w1: u64,
+    len: u32,
+    key: std::num::NonZeroU32,
+    value: V,
+}
 
-/// A read-mostly map from names to small values, built once and looked up on every walk.
-/// Open addressing over a power-of-two table at most half full, each slot holding the
-/// name's full hash so a probe rarely touches a name that is not the one sought.
+/// A read-mostly map from names to values, built once and looked up on every walk.
+/// Open addressing over a power-of-two table at most half full; a probe compares the
+/// name's words held in the slot, so a lookup reads one slot, not the stored name (for
+/// names longer than 16 bytes it compares the whole name too).
 #[derive(Debug, Clone)]
 pub struct KeyIndex<V> {
-    slots: Box<[Slot<V>]>,
-    len: usize,
+    slots: Box<[Option<Slot<V>>]>,
+    keys: Vec<Box<str>>,
 }
 
 impl<V> Default for KeyIndex<V> {
     fn default() -> Self {
         KeyIndex {
             slots: Box::new([]),
-            len: 0,
+            keys: Vec::new(),
         }
     }
 }
 
 impl<V> KeyIndex<V> {
     pub fn len(&self) -> usize {
-        self.len
+        self.keys.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.keys.is_empty()
     }
 
-    #[inline]
-    fn slot_of(&self, h: u64) -> usize {
-        // `slots.len()` is a power of two (or zero, handled by the callers).
-        (h >> 32) as usize & (self.slots.len() - 1)
+    /// The slot holding `key`, or the empty slot where it would go.
+    #[inline(always)]
+    fn find(&self, key: &str) -> usize {
+        let b = key.as_bytes();
+        let (w0, w1) = words(b);
+        let mask = self.slots.len() - 1;
+        // The high bits pick the slot: they depend on every input bit.
+        let mut i = (hash(b, w0, w1) >> 32) as usize & mask;
+        loop {
+            match &self.slots[i] {
+                None => return i,
+                Some(s)
+                    if s.w0 == w0
+                        && s.w1 == w1
+                        && s.len as usize == b.len()
+                        && (b.len() <= 16
+                            || self
+                                .keys
+                                .get(s.key.get() as usize - 1)
+                                .is_some_and(|k| k.as_bytes() == b)) =>
+                {
+                    return i
+                }
+                Some(_) => i = (i + 1) & mask,
+            }
+        }
     }
 
     /// The value stored under `key`.
     #[inline]
     pub fn get(&self, key: &str) -> Option<&V> {
-        self.get_key_value(key).map(|(_, v)| v)
+        if self.slots.is_empty() {
+            return None;
+        }
+        self.slots[self.find(key)].as_ref().map(|s| &s.value)
     }
 
     /// The stored copy of `key` and its value.
@@ -124,15 +157,8 @@ impl<V> KeyIndex<V> {
         if self.slots.is_empty() {
             return None;
         }
-        let h = hash(key);
-        let mut i = self.slot_of(h);
-        loop {
-            match &self.slots[i] {
-                None => return None,
-                Some((sh, k, v)) if *sh == h && short_eq(k, key) => return Some((k, v)),
-                Some(_) => i = (i + 1) & (self.slots.len() - 1),
-            }
-        }
+        let s = self.slots[self.find(key)].as_ref()?;
+        Some((self.keys.get(s.key.get() as usize - 1)?, &s.value))
     }
 
     #[inline]
@@ -142,24 +168,28 @@ impl<V> KeyIndex<V> {
 
     /// Stores `value` under `key`; returns the value it replaces.
     pub fn insert(&mut self, key: Box<str>, value: V) -> Option<V> {
-        if (self.len + 1) * 2 > self.slots.len() {
+        if (self.keys.len() + 1) * 2 > self.slots.len() {
             self.grow();
         }
-        let h = hash(&key);
-        let mut i = self.slot_of(h);
-        loop {
-            match &mut self.slots[i] {
-                slot @ None => {
-                    *slot = Some((h, key, value));
-                    self.len += 1;
-                    return None;
-                }
-                Some((sh, k, v)) if *sh == h && short_eq(k, &key) => {
-                    return Some(std::mem::replace(v, value));
-                }
-                Some(_) => i = (i + 1) & (self.slots.len() - 1),
-            }
+        let i = self.find(&key);
+        if let Some(s) = &mut self.slots[i] {
+            return Some(std::mem::replace(&mut s.value, value));
         }
+        let (w0, w1) = words(key.as_bytes());
+        // At most 2^31 names fit a table at most half full of 2^32 slots.
+        let index = u32::try_from(self.keys.len() + 1)
+            .ok()
+            .and_then(std::num::NonZeroU32::new)
+            .expect("fewer than 2^32 names");
+        self.slots[i] = Some(Slot {
+            w0,
+            w1,
+            len: key.len() as u32,
+            key: index,
+            value,
+        });
+        self.keys.push(key);
+        None
     }
 
     fn grow(&mut self) {
@@ -168,15 +198,27 @@ impl<V> KeyIndex<V> {
             &mut self.slots,
             std::iter::repeat_with(|| None).take(size).collect(),
         );
-        self.len = 0;
-        for (_, key, value) in old.into_vec().into_iter().flatten() {
+        let mut keys = std::mem::take(&mut self.keys);
+        let mut entries: Vec<(usize, V)> = old
+            .into_vec()
+            .into_iter()
+            .flatten()
+            .map(|s| (s.key.get() as usize - 1, s.value))
+            .collect();
+        // Re-inserted in the original order, so each keeps its index.
+        entries.sort_by_key(|(k, _)| *k);
+        for (k, value) in entries {
+            let key = std::mem::take(&mut keys[k]);
             self.insert(key, value);
         }
     }
 
     /// The entries, in no particular order.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &V)> {
-        self.slots.iter().flatten().map(|(_, k, v)| (&**k, v))
+        self.slots
+            .iter()
+            .flatten()
+            .filter_map(|s| Some((&**self.keys.get(s.key.get() as usize - 1)?, &s.value)))
     }
 }
 
@@ -241,5 +283,12 @@ mod tests {
         assert_eq!(long.get("aaaaaaaaYaaaaaaaaaaaaaaa"), Some(&2));
         assert_eq!(long.get("aaaaaaaaZaaaaaaaaaaaaaaa"), None);
         assert_eq!(KeyIndex::<u8>::default().get("x"), None);
+        // Names whose words agree but whose lengths differ ("ab" reads as a, b, b).
+        let mut short = KeyIndex::default();
+        short.insert("ab".into(), 1);
+        assert_eq!(short.get("abb"), None);
+        short.insert("abb".into(), 2);
+        assert_eq!((short.get("ab"), short.get("abb")), (Some(&1), Some(&2)));
+        assert_eq!(short.get_key_value("abb"), Some(("abb", &2)));
     }
 }

@@ -304,6 +304,11 @@ fn native_invariant_answers_equal_fhirpath_on_the_corpora() {
         "{} of {} differ, first: {}",
         differences.len(),
         resources.len(),
-        differences.iter().take(3).cloned().collect::<Vec<_>>().join("\n")
+        differences
+            .iter()
+            .take(3)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n")
     );
 }
