@@ -153,6 +153,15 @@ fn corner_cases() -> Vec<Value> {
     ]
 }
 
+fn assert_none_differ(differences: &[String], compared: usize) {
+    assert!(
+        differences.is_empty(),
+        "{} of {compared} differ, first: {}",
+        differences.len(),
+        differences[..differences.len().min(3)].join("\n")
+    );
+}
+
 /// An issue as text, for comparing lists regardless of order.
 fn key(i: &caregate_core::Issue) -> String {
     format!(
@@ -211,17 +220,7 @@ fn the_walks_checks_equal_the_core_definition_pass() {
     }
     eprintln!("compared {compared} validations, {with_issues} with issues");
     assert!(compared > 10_000, "{compared}");
-    assert!(
-        differences.is_empty(),
-        "{} differences, first: {}",
-        differences.len(),
-        differences
-            .iter()
-            .take(3)
-            .cloned()
-            .collect::<Vec<_>>()
-            .join("\n")
-    );
+    assert_none_differ(&differences, compared);
 }
 
 #[test]
@@ -299,16 +298,5 @@ fn native_invariant_answers_equal_fhirpath_on_the_corpora() {
             ));
         }
     }
-    assert!(
-        differences.is_empty(),
-        "{} of {} differ, first: {}",
-        differences.len(),
-        resources.len(),
-        differences
-            .iter()
-            .take(3)
-            .cloned()
-            .collect::<Vec<_>>()
-            .join("\n")
-    );
+    assert_none_differ(&differences, resources.len());
 }

@@ -43,25 +43,27 @@ impl Location<'_, '_> {
                 }
                 Seg::Index(i) => {
                     out.push('[');
-                    let mut digits = [0u8; 20];
-                    let mut at = digits.len();
-                    let mut n = *i;
-                    loop {
-                        at -= 1;
-                        digits[at] = b'0' + (n % 10) as u8;
-                        n /= 10;
-                        if n == 0 {
-                            break;
-                        }
-                    }
-                    for &d in &digits[at..] {
-                        out.push(char::from(d));
-                    }
+                    out.push_str(decimal(&mut [0u8; 20], *i));
                     out.push(']');
                 }
             }
         }
     }
+}
+
+/// `n` in decimal, written into the end of `buf` (locations are built for every value
+/// checked, so without the formatting machinery).
+pub(crate) fn decimal(buf: &mut [u8; 20], mut n: usize) -> &str {
+    let mut at = buf.len();
+    loop {
+        at -= 1;
+        buf[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    std::str::from_utf8(&buf[at..]).unwrap_or("0")
 }
 
 /// Checks that other passes would make on the values the walk visits, made while it visits

@@ -18,7 +18,7 @@ use crate::model::{BindingStrength, ElementKind, FxMap, TableId};
 use crate::profile::{is_core_definition, Constraint, DiscKind, Elem, Profile, Rules, TypeRule};
 use crate::registry::Registry;
 use crate::terminology::CodeCheck;
-use crate::validate::{Location, WalkHooks, Walker};
+use crate::validate::{decimal, Location, WalkHooks, Walker};
 use crate::StructureModel;
 use caregate_core::json::{field, member};
 
@@ -494,9 +494,10 @@ impl<'c, 'v> WalkHooks<'v> for BaseChecks<'c, 'v> {
         value: &'v Value,
         at: Location<'_, 'v>,
     ) {
-        let Some(&(resource, container, depth)) = self.frames.last() else {
+        let Some(&frame) = self.frames.last() else {
             return;
         };
+        let (_, _, depth) = frame;
         if depth > MAX_DEPTH {
             return;
         }
@@ -511,16 +512,7 @@ impl<'c, 'v> WalkHooks<'v> for BaseChecks<'c, 'v> {
             }) {
                 at.write_into(&mut self.loc);
                 let el = &profile.elems[rule.elem];
-                let mut pass = Pass {
-                    ctx: self.ctx,
-                    profile,
-                    base: true,
-                    resource,
-                    container,
-                    out: &mut self.out,
-                    depth,
-                    alias: None,
-                };
+                let mut pass = Pass::base(self.ctx, profile, frame, &mut self.out);
                 if rule.reference {
                     pass.reference(&el.types[rule.type_index], value, &self.loc);
                 }
@@ -540,17 +532,7 @@ impl<'c, 'v> WalkHooks<'v> for BaseChecks<'c, 'v> {
             attachment_size(value, &self.loc, &mut self.out);
         }
         if let Some(e) = rules.own {
-            let mut pass = Pass {
-                ctx: self.ctx,
-                profile,
-                base: true,
-                resource,
-                container,
-                out: &mut self.out,
-                depth,
-                alias: None,
-            };
-            pass.invariants(e, value, &at);
+            Pass::base(self.ctx, profile, frame, &mut self.out).invariants(e, value, &at);
         }
     }
 }
@@ -700,20 +682,6 @@ fn child_loc(loc: &str, name: &str, index: Option<usize>) -> Loc {
             Loc::build(&[loc, ".", name, "[", text, "]"])
         }
     }
-}
-
-/// `n` in decimal, written into the end of `buf`.
-fn decimal(buf: &mut [u8; 20], mut n: usize) -> &str {
-    let mut at = buf.len();
-    loop {
-        at -= 1;
-        buf[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    std::str::from_utf8(&buf[at..]).unwrap_or("0")
 }
 
 /// `rest` is the type code with its first letter upper-cased, as a choice element's JSON
@@ -1382,6 +1350,26 @@ struct Pass<'c, 'v> {
 }
 
 impl<'c, 'v> Pass<'c, 'v> {
+    /// The core-definition pass of `profile` over the resource of `frame`
+    /// (resource, container, depth).
+    fn base(
+        ctx: &'c Ctx<'v>,
+        profile: &'c Profile,
+        (resource, container, depth): (&'v Value, &'v Value, u32),
+        out: &'c mut Vec<Issue>,
+    ) -> Pass<'c, 'v> {
+        Pass {
+            ctx,
+            profile,
+            base: true,
+            resource,
+            container,
+            out,
+            depth,
+            alias: None,
+        }
+    }
+
     fn elem(&self, i: usize) -> &'c Elem {
         &self.profile.elems[i]
     }
