@@ -113,7 +113,8 @@ fn corner_cases() -> Vec<Value> {
                 "period": {"start": "2021", "end": "2020"}}],
             "managingOrganization": {"reference": "Practitioner/q"}
         }),
-        // Nested Questionnaire items reach their definition through a contentReference.
+        // Nested Questionnaire items reach their definition through a contentReference
+        // (a display item must not be required: que-6).
         serde_json::json!({
             "resourceType": "Questionnaire", "id": "q", "status": "active",
             "item": [{"linkId": "1", "type": "group", "item": [
@@ -251,9 +252,13 @@ fn corner_cases_are_walked_and_report_what_they_break() {
             "points to a Practitioner",
             "size 99",
         ],
-        &["dom-6"],
+        // Nested items and parameter parts are checked against the element they name.
+        &["Questionnaire.item[0].item[0]\"] Constraint failed: que-6"],
         &["entry[2].resource.subject\"] The reference points to a Observation"],
-        &["parameter[0].resource.managingOrganization"],
+        &[
+            "parameter[0].resource.managingOrganization",
+            "parameter[1].part[0].resource.managingOrganization",
+        ],
     ];
     for (r, wanted) in corner_cases().iter().zip(expected) {
         let (structure, extensions) = validator.model.validate_noting_extensions(r);

@@ -173,6 +173,10 @@ pub(crate) struct Elem {
     /// The children that are not inert, in definition order, when none of them is a
     /// choice (whose JSON keys vary): see [`Profile::active_children`].
     pub active_children: std::sync::OnceLock<Option<Vec<usize>>>,
+    /// The element whose definition this one reuses (`contentReference`, as
+    /// `Questionnaire.item.item` names `Questionnaire.item`): its children and constraints
+    /// hold here too.
+    pub content_reference: Option<usize>,
 }
 
 #[derive(Debug)]
@@ -243,6 +247,7 @@ impl Profile {
             .to_string();
         let mut elems: Vec<Elem> = Vec::with_capacity(elements.len());
         let mut by_id: FxMap<String, usize> = FxMap::default();
+        let mut content_references: Vec<(usize, &str)> = Vec::new();
         for e in elements {
             let id = e
                 .get("id")
@@ -362,6 +367,11 @@ impl Profile {
                 .collect();
             let slice_name = split_id(&id).1.map(|(_, s)| s.to_string());
             let idx = elems.len();
+            if let Some(r) = e.get("contentReference").and_then(Value::as_str) {
+                // `#Questionnaire.item`, or a full URL ending in `#id` in later versions.
+                let target = r.rsplit_once('#').map_or(r, |(_, id)| id);
+                content_references.push((idx, target));
+            }
             by_id.insert(id.clone(), idx);
             elems.push(Elem {
                 id,
@@ -391,7 +401,11 @@ impl Profile {
                 checked_constraints: Vec::new(),
                 inert: std::sync::OnceLock::new(),
                 active_children: std::sync::OnceLock::new(),
+                content_reference: None,
             });
+        }
+        for (idx, target) in content_references {
+            elems[idx].content_reference = by_id.get(target).copied();
         }
         for i in 0..elems.len() {
             let (parent, slice_of) = split_id(&elems[i].id);
@@ -600,7 +614,10 @@ impl Profile {
         visiting.push(me);
         let inert = el.has_no_rules()
             && el.children.iter().all(|&c| self.inert_in(reg, c, visiting))
-            && el.types.iter().all(|t| type_inert(reg, t, visiting));
+            && el.types.iter().all(|t| type_inert(reg, t, visiting))
+            && el
+                .content_reference
+                .is_none_or(|r| self.inert_in(reg, r, visiting));
         visiting.pop();
         // Another thread may have got there first with the same answer.
         let _ = el.inert.set(inert);

@@ -67,9 +67,7 @@ pub(crate) fn decimal(buf: &mut [u8; 20], mut n: usize) -> &str {
 }
 
 /// Checks that other passes would make on the values the walk visits, made while it visits
-/// them (the tree is in cache then): see `validator::BaseChecks`. The walk calls the hooks
-/// only outside subtrees reached through a `contentReference` (`Questionnaire.item.item`),
-/// which the core definitions leave undescribed.
+/// them (the tree is in cache then): see `validator::BaseChecks`.
 pub(crate) trait WalkHooks<'a> {
     /// A resource begins at the current location; `contained`: inside `contained`.
     fn enter_resource(&mut self, resource: &'a Value, contained: bool, at: Location<'_, 'a>);
@@ -102,8 +100,6 @@ impl<'a> WalkHooks<'a> for NoHooks {
 pub(crate) struct Walker<'a, H: WalkHooks<'a> = NoHooks> {
     model: &'a StructureModel,
     pub hooks: H,
-    /// Depth of `contentReference` subtrees the walk is in: no hooks are called there.
-    hooks_off: u32,
     /// The root resource type (first segment of every location).
     root: Option<&'a str>,
     path: Vec<Seg<'a>>,
@@ -149,7 +145,6 @@ impl<'a, H: WalkHooks<'a>> Walker<'a, H> {
         Walker {
             model,
             hooks,
-            hooks_off: 0,
             root: None,
             path: Vec::with_capacity(16),
             issues: Vec::new(),
@@ -248,19 +243,14 @@ impl<'a, H: WalkHooks<'a>> Walker<'a, H> {
                 "A contained resource must not itself contain resources".into(),
             );
         }
-        let hooked = self.hooks_off == 0;
-        if hooked {
-            let at = Location {
-                root: self.root,
-                path: &self.path,
-            };
-            self.hooks.enter_resource(value, in_contained, at);
-            self.hooks.object(None, table, value, at);
-        }
+        let at = Location {
+            root: self.root,
+            path: &self.path,
+        };
+        self.hooks.enter_resource(value, in_contained, at);
+        self.hooks.object(None, table, value, at);
         self.object(obj, table, true);
-        if hooked {
-            self.hooks.leave_resource();
-        }
+        self.hooks.leave_resource();
     }
 
     /// Validates the members of one JSON object against a table.
@@ -333,11 +323,8 @@ impl<'a, H: WalkHooks<'a>> Walker<'a, H> {
                 }
                 ElementKind::Backbone(inner) => {
                     // A contentReference (`Questionnaire.item.item`) reuses the table of
-                    // the element it names.
-                    let reused = model.tables[inner as usize].path != el.path;
-                    self.hooks_off += u32::from(reused);
-                    self.complex_element(el, (table, index), inner, value);
-                    self.hooks_off -= u32::from(reused);
+                    // the element it names, and with it that element's rules.
+                    self.complex_element(el, (table, index), inner, value)
                 }
                 ElementKind::Resource => self.resource_element(el, value),
             }
@@ -683,13 +670,11 @@ impl<'a, H: WalkHooks<'a>> Walker<'a, H> {
 
     #[inline]
     fn hook_object(&mut self, via: (TableId, u32), table: TableId, value: &'a Value) {
-        if self.hooks_off == 0 {
-            let at = Location {
-                root: self.root,
-                path: &self.path,
-            };
-            self.hooks.object(Some(via), table, value, at);
-        }
+        let at = Location {
+            root: self.root,
+            path: &self.path,
+        };
+        self.hooks.object(Some(via), table, value, at);
     }
 
     fn resource_element(&mut self, el: &'a ElementInfo, value: &'a Value) {

@@ -1804,6 +1804,11 @@ impl<'c, 'v> Pass<'c, 'v> {
         }
         if !el.children.is_empty() {
             self.element(c, value, loc);
+        } else if let Some(r) = el.content_reference.filter(|_| self.base) {
+            // Only the core definition's: a profile's constraints on the element named
+            // (slices of `Parameters.parameter`, say) do not carry over to the nested
+            // use, which the reference validator checks against the base definition.
+            self.element(r, value, loc);
         } else if self.base && value.is_object() {
             // The base definition does not list a datatype's elements: walk the datatype's
             // own definition (references and extensions inside it, its invariants).
