@@ -202,7 +202,9 @@ fn serve(
     data: Option<PathBuf>,
     config: Option<PathBuf>,
 ) -> Result<i32> {
+    // Colours only on a terminal: a log redirected to a file or collector gets plain text.
     tracing_subscriber::fmt()
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
