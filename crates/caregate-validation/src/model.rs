@@ -185,7 +185,7 @@ pub(crate) struct Table {
     #[allow(dead_code)]
     pub path: Box<str>,
     pub elements: Vec<ElementInfo>,
-    pub index: caregate_core::keys::KeyIndex<u32>,
+    pub index: KeyIndex<u32>,
     /// Elements (not choice variants) with min ≥ 1.
     pub required: Vec<u32>,
     pub choices: Vec<ChoiceGroup>,

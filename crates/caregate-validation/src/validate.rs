@@ -109,6 +109,9 @@ pub(crate) struct Walker<'a, H: WalkHooks<'a> = NoHooks> {
     /// Some object had `extension`, `modifierExtension` or a `_name` member: the core
     /// pass of [`crate::Validator`] then looks for them everywhere.
     pub saw_extensions: bool,
+    /// Some error was reported: the hooks' answer would be discarded (see
+    /// [`Walker::hooks_live`]).
+    saw_error: bool,
 }
 
 /// Longest value echoed back in a diagnostic.
@@ -150,6 +153,7 @@ impl<'a, H: WalkHooks<'a>> Walker<'a, H> {
             issues: Vec::new(),
             seen_choices: Vec::with_capacity(16),
             saw_extensions: false,
+            saw_error: false,
         }
     }
 
@@ -173,6 +177,7 @@ impl<'a, H: WalkHooks<'a>> Walker<'a, H> {
 
     #[cold]
     fn report(&mut self, severity: Severity, code: IssueCode, diagnostics: String) {
+        self.saw_error |= severity.is_error();
         let location = self.location();
         let issue = Issue::new(severity, code, diagnostics);
         self.issues.push(if location.is_empty() {
@@ -243,14 +248,27 @@ impl<'a, H: WalkHooks<'a>> Walker<'a, H> {
                 "A contained resource must not itself contain resources".into(),
             );
         }
-        let at = Location {
-            root: self.root,
-            path: &self.path,
-        };
-        self.hooks.enter_resource(value, in_contained, at);
-        self.hooks.object(None, table, value, at);
+        let hooked = self.hooks_live();
+        if hooked {
+            let at = Location {
+                root: self.root,
+                path: &self.path,
+            };
+            self.hooks.enter_resource(value, in_contained, at);
+            self.hooks.object(None, table, value, at);
+        }
         self.object(obj, table, true);
-        self.hooks.leave_resource();
+        if hooked {
+            self.hooks.leave_resource();
+        }
+    }
+
+    /// Whether the hooks' checks can still count: a resource with an extension or a
+    /// structural error gets the separate core-definition pass instead, so once the walk
+    /// has seen either, checking on the way would be work thrown away.
+    #[inline]
+    fn hooks_live(&self) -> bool {
+        !self.saw_extensions && !self.saw_error
     }
 
     /// Validates the members of one JSON object against a table.
@@ -670,11 +688,13 @@ impl<'a, H: WalkHooks<'a>> Walker<'a, H> {
 
     #[inline]
     fn hook_object(&mut self, via: (TableId, u32), table: TableId, value: &'a Value) {
-        let at = Location {
-            root: self.root,
-            path: &self.path,
-        };
-        self.hooks.object(Some(via), table, value, at);
+        if self.hooks_live() {
+            let at = Location {
+                root: self.root,
+                path: &self.path,
+            };
+            self.hooks.object(Some(via), table, value, at);
+        }
     }
 
     fn resource_element(&mut self, el: &'a ElementInfo, value: &'a Value) {

@@ -94,8 +94,9 @@ pub struct Validator {
     security_checks: bool,
     /// Reject HTML tags in markdown (see [`Validator::with_no_html_in_markdown`]).
     no_html_in_markdown: bool,
-    /// The core definition of each R4 resource type, compiled on first use; every
-    /// resource's base pass starts here, without building and hashing its URL.
+    /// The core definition of each R4 resource type and complex datatype, compiled on
+    /// first use; every resource's base pass starts here, without building and hashing
+    /// its URL.
     core_profiles: Arc<KeyIndex<OnceLock<crate::profile::ProfileResult>>>,
     /// By structure-model table: what the core definitions check on its objects.
     table_rules: Arc<[OnceLock<TableRules>]>,
@@ -125,19 +126,21 @@ impl Validator {
             security_checks: false,
             no_html_in_markdown: false,
             core_profiles: Arc::new(
-                caregate_core::RESOURCE_TYPES
+                model
+                    .types
                     .iter()
-                    .map(|&t| (Box::from(t), OnceLock::new()))
+                    .filter(|(_, t)| !matches!(t.kind, crate::model::TypeKind::Primitive(_)))
+                    .map(|(name, _)| (Box::from(name), OnceLock::new()))
                     .collect(),
             ),
             table_rules: (0..model.tables.len()).map(|_| OnceLock::new()).collect(),
         }
     }
 
-    /// The core definition of resource type `rt`.
-    fn core_profile(&self, rt: &str) -> crate::profile::ProfileResult {
-        let uncached = || self.registry.profile(&format!("{CORE_SD}{rt}"));
-        match self.core_profiles.get(rt) {
+    /// The core definition of resource type or datatype `name`.
+    fn core_profile(&self, name: &str) -> crate::profile::ProfileResult {
+        let uncached = || self.registry.profile(&format!("{CORE_SD}{name}"));
+        match self.core_profiles.get(name) {
             Some(slot) => slot.get_or_init(uncached).clone(),
             None => uncached(),
         }
@@ -225,36 +228,27 @@ impl Validator {
             let (issues, extensions) = self.model.validate_noting_extensions(resource);
             return Walked::Structure { issues, extensions };
         };
-        let ctx = Ctx {
-            v: self,
-            opts,
-            root: resource,
-            bundle: bundle_entries(resource, rt),
-            extensions: false,
-        };
+        let ctx = Ctx::new(self, opts, resource, rt, false);
         let mut walker = Walker::with_hooks(self.model, BaseChecks::new(&ctx));
         walker.resource(resource, false);
-        let mut issues = walker.issues;
+        let issues = walker.issues;
         if walker.saw_extensions || issues.iter().any(|i| i.severity.is_error()) {
             return Walked::Structure {
                 issues,
                 extensions: walker.saw_extensions,
             };
         }
-        let mut out = Vec::new();
-        if self.security_checks {
-            html_in_strings(resource, rt, &mut out);
-        }
-        walker.hooks.finish(&opts.profiles, &mut out);
-        merge_issues(&mut issues, out);
-        Walked::Complete(issues)
+        let hooks = walker.hooks;
+        Walked::Complete(self.after_walk(resource, rt, issues, |out| {
+            hooks.finish(&opts.profiles, out)
+        }))
     }
 
     pub(crate) fn after_structure(
         &self,
         resource: &Value,
         opts: &ValidationOptions,
-        mut issues: Vec<Issue>,
+        issues: Vec<Issue>,
         extensions: bool,
     ) -> Vec<Issue> {
         let Some(rt) = field(resource, "resourceType").and_then(Value::as_str) else {
@@ -263,19 +257,31 @@ impl Validator {
         if !self.model.is_resource_type(rt) {
             return issues;
         }
-        let ctx = Ctx {
-            v: self,
-            opts,
-            root: resource,
-            bundle: bundle_entries(resource, rt),
-            extensions,
-        };
+        let ctx = Ctx::new(self, opts, resource, rt, extensions);
+        self.after_walk(resource, rt, issues, |out| {
+            ctx.resource(resource, rt, resource, &opts.profiles, out, 0)
+        })
+    }
+
+    /// The walk's issues, then the security checks and `checks` (the core-definition and
+    /// profile passes); a problem another pass restates is kept once.
+    fn after_walk(
+        &self,
+        resource: &Value,
+        rt: &str,
+        mut issues: Vec<Issue>,
+        checks: impl FnOnce(&mut Vec<Issue>),
+    ) -> Vec<Issue> {
         let mut out = Vec::new();
         if self.security_checks {
             html_in_strings(resource, rt, &mut out);
         }
-        ctx.resource(resource, rt, resource, &opts.profiles, &mut out, 0);
-        merge_issues(&mut issues, out);
+        checks(&mut out);
+        for issue in out {
+            if !issues.contains(&issue) {
+                issues.push(issue);
+            }
+        }
         issues
     }
 
@@ -296,15 +302,6 @@ enum Walked {
         issues: Vec<Issue>,
         extensions: bool,
     },
-}
-
-/// The profile passes may restate a problem another pass found; keep the first.
-fn merge_issues(issues: &mut Vec<Issue>, more: Vec<Issue>) {
-    for issue in more {
-        if !issues.contains(&issue) {
-            issues.push(issue);
-        }
-    }
 }
 
 /// The entries of a Bundle being validated, by `fullUrl`, for resolving references.
@@ -1032,6 +1029,22 @@ fn show(v: &Value) -> String {
 }
 
 impl<'v> Ctx<'v> {
+    fn new(
+        v: &'v Validator,
+        opts: &'v ValidationOptions,
+        root: &'v Value,
+        rt: &str,
+        extensions: bool,
+    ) -> Ctx<'v> {
+        Ctx {
+            v,
+            opts,
+            root,
+            bundle: bundle_entries(root, rt),
+            extensions,
+        }
+    }
+
     fn registry(&self) -> &'v Registry {
         &self.v.registry
     }
@@ -1820,9 +1833,8 @@ impl<'c, 'v> Pass<'c, 'v> {
                     let checkable = (self.ctx.extensions && has_checkable(value))
                         || self.ctx.v.no_html_in_markdown;
                     let registry = self.ctx.registry();
-                    let dt = t
-                        .core_type
-                        .get_or_init(|| registry.profile(&format!("{CORE_SD}{}", t.code)).ok());
+                    let v = self.ctx.v;
+                    let dt = t.core_type.get_or_init(|| v.core_profile(&t.code).ok());
                     if let Some(dt) = dt.as_deref() {
                         let invariants = self.ctx.v.invariants.is_some() && dt.has_invariants;
                         let structural = !dt.inert(registry, 0);
