@@ -20,6 +20,7 @@
 
 mod decimal;
 mod eval;
+mod existence;
 mod lexer;
 mod model;
 mod parser;
@@ -36,6 +37,7 @@ use std::sync::Arc;
 use serde_json::Value;
 
 pub use decimal::Decimal;
+pub use existence::Existence;
 pub use model::{ModelInfo, TypeKind};
 pub use paths::PlainPaths;
 pub use quantity::Quantity;
