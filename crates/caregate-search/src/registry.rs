@@ -85,8 +85,9 @@ pub(crate) struct Extractor {
     pub key: ParamKey,
     pub param_type: ParamType,
     pub plan: Extraction,
-    /// The definition's whole expression, which `plan` answers exactly (tests check it).
-    #[allow(dead_code)]
+    /// The definition's whole expression, which `plan` answers exactly (the tests compare
+    /// the two; the product needs only `plan`).
+    #[cfg(test)]
     pub expression: Arc<Expression>,
 }
 
@@ -351,6 +352,7 @@ impl SearchRegistry {
                     key: key.clone(),
                     param_type,
                     plan: Extraction::for_type(expr, ty),
+                    #[cfg(test)]
                     expression: expr.clone(),
                 });
             }
