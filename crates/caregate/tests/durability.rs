@@ -38,6 +38,15 @@ async fn wait_ready(http: &reqwest::Client, base: &str) {
     panic!("server at {base} did not come up");
 }
 
+/// The server opts out of transparent huge pages (see `disable_transparent_huge_pages` in
+/// main.rs); kernels older than 5.0 do not report the setting.
+fn assert_no_transparent_huge_pages(pid: u32) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    if let Some(line) = status.lines().find(|l| l.starts_with("THP_enabled:")) {
+        assert_eq!(line.split_whitespace().nth(1), Some("0"), "{line}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn acknowledged_creates_survive_sigkill() {
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -47,6 +56,7 @@ async fn acknowledged_creates_survive_sigkill() {
     let http = reqwest::Client::new();
     let mut child = spawn_server(port, dir.path());
     wait_ready(&http, &base).await;
+    assert_no_transparent_huge_pages(child.id());
 
     let acknowledged = Arc::new(Mutex::new(Vec::<String>::new()));
     let mut writers = Vec::new();
