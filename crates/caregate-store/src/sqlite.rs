@@ -517,12 +517,13 @@ fn commit_group_fast(
     chain: &mut ChainHead,
 ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let mut rows = RowIds::load(&tx)?;
     let mut results = Vec::with_capacity(group.len());
     for req in group {
-        match check_preconditions(&tx, &req.ops)? {
+        match check_preconditions(&tx, &req.ops, Absence::ProvenByInsert)? {
             Ok(current) => {
                 for (op, cur) in req.ops.iter().zip(current) {
-                    apply_op(&tx, op, cur, ids)?;
+                    apply_op(&tx, op, cur, ids, &mut rows)?;
                 }
                 audit::append(&tx, chain, &req.audit)?;
                 conformance::record(&tx, &req.stats)?;
@@ -550,9 +551,19 @@ fn commit_group_isolated(
                 .collect()
         }
     };
+    let mut rows = match RowIds::load(&tx) {
+        Ok(rows) => rows,
+        Err(e) => {
+            let msg = e.to_string();
+            return group
+                .iter()
+                .map(|_| Err(StoreError::Database(msg.clone())))
+                .collect();
+        }
+    };
     let mut results = Vec::with_capacity(group.len());
     for req in group {
-        results.push(apply_in_savepoint(&tx, req, ids, chain));
+        results.push(apply_in_savepoint(&tx, req, ids, chain, &mut rows));
     }
     if let Err(e) = tx.commit() {
         let msg = e.to_string();
@@ -564,14 +575,64 @@ fn commit_group_isolated(
     results
 }
 
+/// How [`check_preconditions`] treats an op whose resource must not exist yet.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Absence {
+    /// Look the resource up, as for any other op.
+    Checked,
+    /// Skip the lookup: the op's `INSERT INTO resource` fails on the `(rtype, id)` key if the
+    /// resource exists, which fails the group's fast path, and the replay with savepoints
+    /// checks every op and reports the conflict. Nearly every create has a fresh
+    /// server-assigned id, and the lookup was a seventh of the writer's time on an import.
+    ProvenByInsert,
+}
+
+/// Row ids of the next resource and version, handed out by the writer. Read once per
+/// database transaction (the writer is the only one writing), so a write inserts its
+/// resource row complete instead of inserting it and then updating it with the version's
+/// `seq`. Ids of rolled-back writes are skipped, never reused within the transaction.
+struct RowIds {
+    next_rid: i64,
+    next_seq: i64,
+}
+
+impl RowIds {
+    fn load(tx: &Transaction<'_>) -> Result<RowIds, StoreError> {
+        let (rid, seq): (i64, i64) = tx.query_row(
+            "SELECT (SELECT coalesce(max(rid), 0) FROM resource), (SELECT coalesce(max(seq), 0) FROM version)",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        Ok(RowIds {
+            next_rid: rid + 1,
+            next_seq: seq + 1,
+        })
+    }
+
+    fn rid(&mut self) -> i64 {
+        self.next_rid += 1;
+        self.next_rid - 1
+    }
+
+    fn seq(&mut self) -> i64 {
+        self.next_seq += 1;
+        self.next_seq - 1
+    }
+}
+
 /// The current `(rid, version)` of each op's resource, or the first conflict.
 #[allow(clippy::type_complexity)]
 fn check_preconditions(
     tx: &Transaction<'_>,
     ops: &[WriteOp],
+    absence: Absence,
 ) -> Result<Result<Vec<Option<(i64, u64)>>, StoreError>, StoreError> {
     let mut current = Vec::with_capacity(ops.len());
     for (op_index, op) in ops.iter().enumerate() {
+        if op.expected_version.is_none() && absence == Absence::ProvenByInsert {
+            current.push(None);
+            continue;
+        }
         let cur: Option<(i64, u64)> = tx
             .prepare_cached("SELECT rid, version FROM resource WHERE rtype = ?1 AND id = ?2")?
             .query_row(params![op.resource_type, op.id], |r| {
@@ -602,11 +663,12 @@ fn apply_in_savepoint(
     req: &CommitRequest,
     ids: &mut ParamIds,
     chain: &mut ChainHead,
+    rows: &mut RowIds,
 ) -> Result<(), StoreError> {
     tx.execute_batch("SAVEPOINT request")?;
     let mark = ids.pending.len();
     let chain_mark = chain.clone();
-    let applied = apply_ops(tx, &req.ops, ids)
+    let applied = apply_ops(tx, &req.ops, ids, rows)
         .and_then(|()| audit::append(tx, chain, &req.audit))
         .and_then(|()| conformance::record(tx, &req.stats));
     match applied {
@@ -623,11 +685,16 @@ fn apply_in_savepoint(
     }
 }
 
-fn apply_ops(tx: &Transaction<'_>, ops: &[WriteOp], ids: &mut ParamIds) -> Result<(), StoreError> {
+fn apply_ops(
+    tx: &Transaction<'_>,
+    ops: &[WriteOp],
+    ids: &mut ParamIds,
+    rows: &mut RowIds,
+) -> Result<(), StoreError> {
     for (op_index, op) in ops.iter().enumerate() {
         // Checked op by op, so a request that touches one resource twice sees its own writes.
-        match check_preconditions(tx, std::slice::from_ref(op))? {
-            Ok(mut cur) => apply_op(tx, op, cur.pop().flatten(), ids)?,
+        match check_preconditions(tx, std::slice::from_ref(op), Absence::Checked)? {
+            Ok(mut cur) => apply_op(tx, op, cur.pop().flatten(), ids, rows)?,
             Err(StoreError::Conflict {
                 resource_type,
                 id,
@@ -655,35 +722,50 @@ fn apply_op(
     op: &WriteOp,
     current: Option<(i64, u64)>,
     ids: &mut ParamIds,
+    rows: &mut RowIds,
 ) -> Result<(), StoreError> {
     let deleted = op.content.is_none();
+    let seq = rows.seq();
     let rid = match current {
-        Some((rid, _)) => rid,
-        None => {
+        Some((rid, _)) => {
             tx.prepare_cached(
-                "INSERT INTO resource (rtype, id, version, seq, deleted, last_updated_ms) VALUES (?1, ?2, 0, 0, 0, 0)",
+                "UPDATE resource SET version = ?2, seq = ?3, deleted = ?4, last_updated_ms = ?5 WHERE rid = ?1",
             )?
-            .execute(params![op.resource_type, op.id])?;
-            tx.last_insert_rowid()
+            .execute(params![rid, op.version as i64, seq, deleted, op.last_updated_ms])?;
+            rid
+        }
+        None => {
+            let rid = rows.rid();
+            tx.prepare_cached(
+                "INSERT INTO resource (rid, rtype, id, version, seq, deleted, last_updated_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )?
+            .execute(params![
+                rid,
+                op.resource_type,
+                op.id,
+                op.version as i64,
+                seq,
+                deleted,
+                op.last_updated_ms
+            ])?;
+            rid
         }
     };
-    let hash = &op.hash;
     tx.prepare_cached(
-        "INSERT INTO version (rid, version, last_updated, last_updated_ms, method, hash, content)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        "INSERT INTO version (seq, rid, version, last_updated, last_updated_ms, method, hash, content)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
     )?
     .execute(params![
+        seq,
         rid,
         op.version as i64,
         op.last_updated,
         op.last_updated_ms,
         op.method.as_str(),
-        hash,
+        op.hash,
         op.content
     ])?;
-    let seq = tx.last_insert_rowid();
-    tx.prepare_cached("UPDATE resource SET version = ?2, seq = ?3, deleted = ?4, last_updated_ms = ?5 WHERE rid = ?1")?
-        .execute(params![rid, op.version as i64, seq, deleted, op.last_updated_ms])?;
     if current.is_some() {
         for delete in DELETE_INDEX_ROWS {
             tx.prepare_cached(delete)?.execute([rid])?;

@@ -151,6 +151,59 @@ fn concurrent_commits_with_the_same_expectation_one_wins() {
     assert_eq!(wins, 1);
 }
 
+/// Creates are not looked up before they are written (their insert proves the id is free);
+/// a create racing another for the same id, in the same commit group or not, must still
+/// come back as a conflict and leave the winner intact.
+#[test]
+fn concurrent_creates_of_one_id_one_wins() {
+    let (_dir, store) = open();
+    let handles: Vec<_> = (0..8)
+        .map(|n| {
+            let s = store.clone();
+            std::thread::spawn(move || {
+                let content = format!("{{\"n\":{n}}}");
+                s.commit_ops(vec![
+                    op("Patient", &format!("other{n}"), None, Some("{}"), vec![]),
+                    op("Patient", "d", None, Some(&content), vec![family("Race")]),
+                ])
+                .map(|()| content)
+            })
+        })
+        .collect();
+    let results: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    let winners: Vec<&String> = results.iter().filter_map(|r| r.as_ref().ok()).collect();
+    assert_eq!(winners.len(), 1, "{results:?}");
+    for r in &results {
+        if let Err(e) = r {
+            assert!(
+                matches!(
+                    e,
+                    StoreError::Conflict {
+                        op_index: 1,
+                        actual: Some(1),
+                        ..
+                    }
+                ),
+                "{e:?}"
+            );
+        }
+    }
+    let stored = store.read("Patient", "d").unwrap().unwrap();
+    assert_eq!(stored.content.as_deref(), Some(winners[0].as_bytes()));
+    let others = (0..8)
+        .filter(|n| {
+            store
+                .read("Patient", &format!("other{n}"))
+                .unwrap()
+                .is_some()
+        })
+        .count();
+    assert_eq!(
+        others, 1,
+        "a losing request's other create must not be stored"
+    );
+}
+
 #[test]
 fn search_by_string_prefix_sort_and_paging() {
     let (_dir, store) = open();
