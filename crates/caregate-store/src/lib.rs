@@ -9,6 +9,7 @@
 pub mod audit;
 pub mod conformance;
 pub mod index;
+mod manifest;
 mod sql_query;
 mod sqlite;
 

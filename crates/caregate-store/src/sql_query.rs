@@ -2,9 +2,8 @@
 //! `rid IN (subquery on one index table)` so SQLite can drive each from its `(param, value)`
 //! index; conditions nest for chaining and `_has`.
 
-use crate::index::{
-    Condition, IndexKind, Prefix, SearchQuery, SortField, StringMatch, TokenSystem, UriMatch,
-};
+use crate::index::{Condition, Prefix, SearchQuery, SortField, StringMatch, TokenSystem, UriMatch};
+use crate::manifest;
 
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum SqlArg {
@@ -76,32 +75,44 @@ pub(crate) fn build_search(q: &SearchQuery) -> BuiltQuery {
     let count_args = b.args.clone();
     let count_sql = format!("SELECT COUNT(*) FROM resource r WHERE {where_sql}");
 
-    let mut order = Vec::new();
-    for key in &q.sort {
+    // The page is chosen over the resource rows alone, each sort key computed once per row
+    // as a column of the inner query; only the page's rows then fetch their version (and
+    // content), instead of every match carrying its content through the sort.
+    let mut keys = Vec::new();
+    let mut inner_order = Vec::new();
+    let mut outer_order = Vec::new();
+    for (i, key) in q.sort.iter().enumerate() {
         let dir = if key.descending { "DESC" } else { "ASC" };
         let expr = match &key.field {
             SortField::Id => "r.id".to_string(),
             SortField::LastUpdated => "r.last_updated_ms".to_string(),
             SortField::Param { param, kind } => {
                 let p = b.param(param);
-                let agg = if key.descending { "MAX" } else { "MIN" };
-                let (table, col) = sort_column(*kind, key.descending);
+                let tag = manifest::kind_tag(*kind);
+                let descending = i32::from(key.descending);
                 format!(
-                    "(SELECT {agg}({col}) FROM {table} s WHERE s.rid = r.rid AND s.param = {p})"
+                    "cg_sort_key((SELECT ix FROM resource_ix WHERE rid = r.rid), {tag}, {p}, {descending})"
                 )
             }
         };
+        keys.push(format!(", {expr} AS k{i}"));
         // Resources without a value sort last in either direction.
-        order.push(format!("({expr}) IS NULL, {expr} {dir}"));
+        inner_order.push(format!("k{i} IS NULL, k{i} {dir}"));
+        outer_order.push(format!("page.k{i} IS NULL, page.k{i} {dir}"));
     }
-    order.push("r.rid ASC".to_string());
+    inner_order.push("r.rid ASC".to_string());
+    outer_order.push("page.rid ASC".to_string());
     let limit = b.int(q.count as i64);
     let offset = b.int(q.offset as i64);
     let select_sql = format!(
-        "SELECT r.rtype, r.id, v.version, v.last_updated, v.last_updated_ms, v.method, v.hash, v.content
-         FROM resource r JOIN version v ON v.seq = r.seq
-         WHERE {where_sql} ORDER BY {} LIMIT {limit} OFFSET {offset}",
-        order.join(", ")
+        "SELECT page.rtype, page.id, v.version, v.last_updated, v.last_updated_ms, v.method, v.hash, v.content
+         FROM (SELECT r.rid, r.rtype, r.id, r.seq{} FROM resource r
+               WHERE {where_sql} ORDER BY {} LIMIT {limit} OFFSET {offset}) AS page
+         JOIN version v ON v.seq = page.seq
+         ORDER BY {}",
+        keys.concat(),
+        inner_order.join(", "),
+        outer_order.join(", ")
     );
     BuiltQuery {
         select_sql,
@@ -109,22 +120,6 @@ pub(crate) fn build_search(q: &SearchQuery) -> BuiltQuery {
         count_sql,
         count_args,
     }
-}
-
-fn sort_column(kind: IndexKind, descending: bool) -> (&'static str, &'static str) {
-    match kind {
-        IndexKind::String => ("ix_string", "norm"),
-        IndexKind::Token => ("ix_token", "code"),
-        IndexKind::Reference => ("ix_reference", "tid"),
-        IndexKind::Date => ("ix_date", if descending { "hi" } else { "lo" }),
-        IndexKind::Number => ("ix_number", "value"),
-        IndexKind::Quantity => ("ix_quantity", "value"),
-        IndexKind::Uri => ("ix_uri", "uri"),
-    }
-}
-
-fn table_of(kind: IndexKind) -> &'static str {
-    sort_column(kind, false).0
 }
 
 /// The smallest string greater than every string starting with `prefix`, for index range scans.
@@ -301,9 +296,9 @@ fn condition(b: &mut Builder, c: &Condition, alias: &str) -> String {
             missing,
         } => {
             let p = b.param(param);
-            let table = table_of(*kind);
+            let tag = manifest::kind_tag(*kind);
             let exists =
-                format!("EXISTS (SELECT 1 FROM {table} m WHERE m.rid = {rid} AND m.param = {p})");
+                format!("cg_has((SELECT ix FROM resource_ix WHERE rid = {rid}), {tag}, {p})");
             if *missing {
                 format!("NOT {exists}")
             } else {

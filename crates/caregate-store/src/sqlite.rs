@@ -17,6 +17,7 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Transaction};
 use crate::audit::{self, AuditQuery, AuditRecord, ChainHead, ChainReport};
 use crate::conformance::{self, ConformanceRecord, ConformanceReport};
 use crate::index::{IncludeSpec, IndexEntry, IndexValue, SearchQuery};
+use crate::manifest::{self, Manifest, Row, SortValue};
 use crate::sql_query::{build_search, SqlArg};
 use crate::{
     HistoryPage, HistoryQuery, HistoryScope, Key, SearchPage, Store, StoreError, VersionRecord,
@@ -36,6 +37,9 @@ CREATE TABLE IF NOT EXISTS resource (
     last_updated_ms INTEGER NOT NULL,
     UNIQUE (rtype, id)
 );
+-- The index rows of a resource's current version (manifest.rs), for resources that have
+-- any. Apart from `resource` so the rows searches probe stay small.
+CREATE TABLE IF NOT EXISTS resource_ix (rid INTEGER PRIMARY KEY, ix BLOB NOT NULL);
 -- Every version ever written, in write order (seq). Rows are never updated or deleted.
 CREATE TABLE IF NOT EXISTS version (
     seq INTEGER PRIMARY KEY,
@@ -50,47 +54,42 @@ CREATE TABLE IF NOT EXISTS version (
 );
 CREATE INDEX IF NOT EXISTS version_by_time ON version (last_updated_ms);
 -- Search index over current versions only; rows are replaced on every write. Each table is
--- clustered on the columns searches use (WITHOUT ROWID), so a row costs two B-tree inserts,
--- not three. Absent optional values are stored as '' because key columns cannot be NULL.
+-- clustered on the columns searches use (WITHOUT ROWID), so a row costs one B-tree insert;
+-- a resource's own rows are listed in resource_ix. Absent optional values are stored as ''
+-- because key columns cannot be NULL.
 -- Search parameter keys ("Patient:family") as small integers: index keys stay short.
 CREATE TABLE IF NOT EXISTS param (pid INTEGER PRIMARY KEY, key TEXT NOT NULL UNIQUE);
 CREATE TABLE IF NOT EXISTS ix_string (param INTEGER NOT NULL, norm TEXT NOT NULL, exact TEXT NOT NULL, rid INTEGER NOT NULL,
     PRIMARY KEY (param, norm, exact, rid)) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS ix_string_r ON ix_string (rid, param);
 CREATE TABLE IF NOT EXISTS ix_token (param INTEGER NOT NULL, code TEXT NOT NULL, system TEXT NOT NULL, rid INTEGER NOT NULL, text TEXT,
     PRIMARY KEY (param, code, system, rid)) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS ix_token_r ON ix_token (rid, param);
 CREATE TABLE IF NOT EXISTS ix_reference (param INTEGER NOT NULL, tid TEXT NOT NULL, ttype TEXT NOT NULL, url TEXT NOT NULL, rid INTEGER NOT NULL,
     PRIMARY KEY (param, tid, ttype, url, rid)) WITHOUT ROWID;
 -- Every reference query names its parameter, so the primary key serves it; the old
--- (ttype, tid) index only cost a third B-tree insert per row.
+-- (ttype, tid) index only cost another B-tree insert per row.
 DROP INDEX IF EXISTS ix_reference_t;
-CREATE INDEX IF NOT EXISTS ix_reference_r ON ix_reference (rid, param);
 CREATE TABLE IF NOT EXISTS ix_date (param INTEGER NOT NULL, lo INTEGER NOT NULL, hi INTEGER NOT NULL, rid INTEGER NOT NULL,
     PRIMARY KEY (param, lo, hi, rid)) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS ix_date_r ON ix_date (rid, param);
 CREATE TABLE IF NOT EXISTS ix_number (param INTEGER NOT NULL, value REAL NOT NULL, rid INTEGER NOT NULL,
     PRIMARY KEY (param, value, rid)) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS ix_number_r ON ix_number (rid, param);
 CREATE TABLE IF NOT EXISTS ix_quantity (param INTEGER NOT NULL, value REAL NOT NULL, system TEXT NOT NULL, code TEXT NOT NULL, unit TEXT NOT NULL, rid INTEGER NOT NULL,
     PRIMARY KEY (param, value, system, code, unit, rid)) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS ix_quantity_r ON ix_quantity (rid, param);
 CREATE TABLE IF NOT EXISTS ix_uri (param INTEGER NOT NULL, uri TEXT NOT NULL, rid INTEGER NOT NULL,
     PRIMARY KEY (param, uri, rid)) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS ix_uri_r ON ix_uri (rid, param);
 "#;
 
-const DELETE_INDEX_ROWS: [&str; 7] = [
-    "DELETE FROM ix_string WHERE rid = ?1",
-    "DELETE FROM ix_token WHERE rid = ?1",
-    "DELETE FROM ix_reference WHERE rid = ?1",
-    "DELETE FROM ix_date WHERE rid = ?1",
-    "DELETE FROM ix_number WHERE rid = ?1",
-    "DELETE FROM ix_quantity WHERE rid = ?1",
-    "DELETE FROM ix_uri WHERE rid = ?1",
+/// Deletes one index row by its table's key; indexed by [`manifest::kind_tag`].
+const DELETE_INDEX_ROW: [&str; 7] = [
+    "DELETE FROM ix_string WHERE param = ?1 AND norm = ?2 AND exact = ?3 AND rid = ?4",
+    "DELETE FROM ix_token WHERE param = ?1 AND code = ?2 AND system = ?3 AND rid = ?4",
+    "DELETE FROM ix_reference WHERE param = ?1 AND tid = ?2 AND ttype = ?3 AND url = ?4 AND rid = ?5",
+    "DELETE FROM ix_date WHERE param = ?1 AND lo = ?2 AND hi = ?3 AND rid = ?4",
+    "DELETE FROM ix_number WHERE param = ?1 AND value = ?2 AND rid = ?3",
+    "DELETE FROM ix_quantity WHERE param = ?1 AND value = ?2 AND system = ?3 AND code = ?4 AND unit = ?5 AND rid = ?6",
+    "DELETE FROM ix_uri WHERE param = ?1 AND uri = ?2 AND rid = ?3",
 ];
 
-const SCHEMA_VERSION: &str = "4";
+const SCHEMA_VERSION: &str = "5";
 
 #[derive(Debug, Clone)]
 pub struct SqliteOptions {
@@ -235,6 +234,7 @@ impl SqliteStore {
                 )?;
             }
             Some(v) if v == SCHEMA_VERSION => {}
+            Some(v) if v == "4" => migrate_v4(&conn)?,
             Some(v) => {
                 return Err(StoreError::Database(format!(
                     "database schema version {v} is not supported by this caregate (expects {SCHEMA_VERSION})"
@@ -288,6 +288,7 @@ impl SqliteStore {
                 c.busy_timeout(std::time::Duration::from_secs(10))?;
                 c.set_prepared_statement_cache_capacity(128);
                 tune_cache(&c)?;
+                register_index_functions(&c)?;
                 c
             }
         };
@@ -387,6 +388,169 @@ fn tune_cache(conn: &Connection) -> Result<(), StoreError> {
     conn.pragma_update(None, "mmap_size", 1i64 << 34)?;
     conn.pragma_update(None, "cache_size", -8_192)?;
     conn.pragma_update(None, "temp_store", "MEMORY")?;
+    Ok(())
+}
+
+/// SQL functions over a resource's row list (manifest.rs), for `_sort` and `:missing`:
+/// `cg_sort_key(ix, kind, param, descending)` is its sort key for a parameter (NULL without
+/// a value) and `cg_has(ix, kind, param)` whether it has a value. `kind` is
+/// [`manifest::kind_tag`]; `param` may be NULL (a parameter no resource ever had).
+fn register_index_functions(conn: &Connection) -> Result<(), StoreError> {
+    use rusqlite::functions::{Context, FunctionFlags};
+    use rusqlite::types::{Value, ValueRef};
+    fn arguments<'c>(
+        ctx: &'c Context<'_>,
+    ) -> rusqlite::Result<Option<(&'c [u8], crate::index::IndexKind, i64)>> {
+        let ValueRef::Blob(blob) = ctx.get_raw(0) else {
+            return Ok(None);
+        };
+        let tag: i64 = ctx.get(1)?;
+        let kind = u8::try_from(tag)
+            .ok()
+            .and_then(manifest::kind_of_tag)
+            .ok_or_else(|| {
+                rusqlite::Error::UserFunctionError(format!("no index kind {tag}").into())
+            })?;
+        Ok(ctx.get::<Option<i64>>(2)?.map(|param| (blob, kind, param)))
+    }
+    let flags = FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DETERMINISTIC;
+    conn.create_scalar_function("cg_sort_key", 4, flags, |ctx| {
+        let descending: bool = ctx.get(3)?;
+        let Some((blob, kind, param)) = arguments(ctx)? else {
+            return Ok(Value::Null);
+        };
+        match manifest::sort_key(blob, kind, param, descending) {
+            Ok(Some(SortValue::Text(t))) => Ok(Value::Text(t.to_string())),
+            Ok(Some(SortValue::Int(i))) => Ok(Value::Integer(i)),
+            Ok(Some(SortValue::Real(f))) => Ok(Value::Real(f)),
+            Ok(None) => Ok(Value::Null),
+            Err(e) => Err(rusqlite::Error::UserFunctionError(Box::new(e))),
+        }
+    })?;
+    conn.create_scalar_function("cg_has", 3, flags, |ctx| {
+        let Some((blob, kind, param)) = arguments(ctx)? else {
+            return Ok(false);
+        };
+        manifest::has(blob, kind, param)
+            .map_err(|e| rusqlite::Error::UserFunctionError(Box::new(e)))
+    })?;
+    Ok(())
+}
+
+/// Schema 4 found a resource's index rows through a `(rid, param)` index on each table;
+/// schema 5 lists them in `resource_ix` instead (manifest.rs). Builds the lists from the
+/// tables, in `rid` order through those indexes, then drops the indexes: one transaction,
+/// so an interrupted migration leaves schema 4 as it was.
+fn migrate_v4(conn: &Connection) -> Result<(), StoreError> {
+    const KEY_COLUMNS: [(&str, &str); 7] = [
+        ("ix_string", "norm, exact"),
+        ("ix_token", "code, system"),
+        ("ix_reference", "tid, ttype, url"),
+        ("ix_date", "lo, hi"),
+        ("ix_number", "value"),
+        ("ix_quantity", "value, system, code, unit"),
+        ("ix_uri", "uri"),
+    ];
+    let tx = conn.unchecked_transaction()?;
+    // A table's rows are appended to what earlier tables listed. In Rust: SQL's `||` would
+    // turn the bytes into text.
+    let mut listed = tx.prepare("SELECT ix FROM resource_ix WHERE rid = ?1")?;
+    let mut store = tx.prepare("INSERT OR REPLACE INTO resource_ix (rid, ix) VALUES (?1, ?2)")?;
+    let mut append = |rid: i64, list: Manifest| -> Result<(), StoreError> {
+        let Some(new) = list.finish() else {
+            return Ok(());
+        };
+        let mut all: Vec<u8> = listed
+            .query_row([rid], |r| r.get::<_, Option<Vec<u8>>>(0))
+            .optional()?
+            .flatten()
+            .unwrap_or_default();
+        all.extend_from_slice(&new);
+        store.execute(params![rid, all])?;
+        Ok(())
+    };
+    for (table, columns) in KEY_COLUMNS {
+        let mut select = tx.prepare(&format!(
+            "SELECT rid, param, {columns} FROM {table} ORDER BY rid"
+        ))?;
+        let mut found = select.query([])?;
+        let mut pending: Option<(i64, Manifest)> = None;
+        while let Some(r) = found.next()? {
+            let rid: i64 = r.get(0)?;
+            let param: i64 = r.get(1)?;
+            if pending.as_ref().is_some_and(|(p, _)| *p != rid) {
+                if let Some((p, list)) = pending.take() {
+                    append(p, list)?;
+                }
+            }
+            let list = &mut pending.get_or_insert_with(|| (rid, Manifest::default())).1;
+            let text = |i: usize| r.get::<_, String>(i);
+            match table {
+                "ix_string" => {
+                    let (norm, exact) = (text(2)?, text(3)?);
+                    list.push(
+                        param,
+                        &Row::String {
+                            norm: &norm,
+                            exact: &exact,
+                        },
+                    );
+                }
+                "ix_token" => {
+                    let (code, system) = (text(2)?, text(3)?);
+                    list.push(
+                        param,
+                        &Row::Token {
+                            code: &code,
+                            system: &system,
+                        },
+                    );
+                }
+                "ix_reference" => {
+                    let (tid, ttype, url) = (text(2)?, text(3)?, text(4)?);
+                    list.push(
+                        param,
+                        &Row::Reference {
+                            tid: &tid,
+                            ttype: &ttype,
+                            url: &url,
+                        },
+                    );
+                }
+                "ix_date" => list.push(
+                    param,
+                    &Row::Date {
+                        lo: r.get(2)?,
+                        hi: r.get(3)?,
+                    },
+                ),
+                "ix_number" => list.push(param, &Row::Number(r.get(2)?)),
+                "ix_quantity" => {
+                    let (system, code, unit) = (text(3)?, text(4)?, text(5)?);
+                    let row = Row::Quantity {
+                        value: r.get(2)?,
+                        system: &system,
+                        code: &code,
+                        unit: &unit,
+                    };
+                    list.push(param, &row);
+                }
+                _ => list.push(param, &Row::Uri(&text(2)?)),
+            }
+        }
+        if let Some((p, list)) = pending.take() {
+            append(p, list)?;
+        }
+    }
+    drop((listed, store));
+    tx.execute_batch(
+        "DROP INDEX IF EXISTS ix_string_r; DROP INDEX IF EXISTS ix_token_r;
+         DROP INDEX IF EXISTS ix_reference_r; DROP INDEX IF EXISTS ix_date_r;
+         DROP INDEX IF EXISTS ix_number_r; DROP INDEX IF EXISTS ix_quantity_r;
+         DROP INDEX IF EXISTS ix_uri_r;
+         UPDATE caregate_meta SET value = '5' WHERE key = 'schema';",
+    )?;
+    tx.commit()?;
     Ok(())
 }
 
@@ -726,16 +890,18 @@ fn apply_op(
 ) -> Result<(), StoreError> {
     let deleted = op.content.is_none();
     let seq = rows.seq();
-    let rid = match current {
-        Some((rid, _)) => {
+    let (rid, had_rows) = match current {
+        Some((rid, _)) => (rid, remove_index(tx, rid)?),
+        None => (rows.rid(), false),
+    };
+    match current {
+        Some(_) => {
             tx.prepare_cached(
                 "UPDATE resource SET version = ?2, seq = ?3, deleted = ?4, last_updated_ms = ?5 WHERE rid = ?1",
             )?
             .execute(params![rid, op.version as i64, seq, deleted, op.last_updated_ms])?;
-            rid
         }
         None => {
-            let rid = rows.rid();
             tx.prepare_cached(
                 "INSERT INTO resource (rid, rtype, id, version, seq, deleted, last_updated_ms)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
@@ -749,9 +915,24 @@ fn apply_op(
                 deleted,
                 op.last_updated_ms
             ])?;
-            rid
         }
+    }
+    let manifest = if deleted {
+        None
+    } else {
+        write_index(tx, rid, &op.index, ids)?
     };
+    match manifest {
+        Some(list) => {
+            tx.prepare_cached("INSERT OR REPLACE INTO resource_ix (rid, ix) VALUES (?1, ?2)")?
+                .execute(params![rid, list])?;
+        }
+        None if had_rows => {
+            tx.prepare_cached("DELETE FROM resource_ix WHERE rid = ?1")?
+                .execute([rid])?;
+        }
+        None => {}
+    }
     tx.prepare_cached(
         "INSERT INTO version (seq, rid, version, last_updated, last_updated_ms, method, hash, content)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
@@ -766,15 +947,49 @@ fn apply_op(
         op.hash,
         op.content
     ])?;
-    if current.is_some() {
-        for delete in DELETE_INDEX_ROWS {
-            tx.prepare_cached(delete)?.execute([rid])?;
-        }
-    }
-    if !deleted {
-        write_index(tx, rid, &op.index, ids)?;
-    }
     Ok(())
+}
+
+fn corrupt(rid: i64, e: manifest::Corrupt) -> StoreError {
+    StoreError::Database(format!("resource row {rid}: {e}"))
+}
+
+/// Deletes the index rows of the resource's current version, as its list names them;
+/// whether it had any.
+fn remove_index(tx: &Transaction<'_>, rid: i64) -> Result<bool, StoreError> {
+    let blob: Option<Vec<u8>> = tx
+        .prepare_cached("SELECT ix FROM resource_ix WHERE rid = ?1")?
+        .query_row([rid], |r| r.get(0))
+        .optional()?;
+    let Some(blob) = blob else {
+        return Ok(false);
+    };
+    let mut statements: [Option<rusqlite::CachedStatement<'_>>; 7] = Default::default();
+    for row in manifest::rows(&blob) {
+        let (param, row) = row.map_err(|e| corrupt(rid, e))?;
+        let tag = usize::from(manifest::kind_tag(row.kind()));
+        let statement = match &mut statements[tag] {
+            Some(statement) => statement,
+            slot => slot.insert(tx.prepare_cached(DELETE_INDEX_ROW[tag])?),
+        };
+        match row {
+            Row::String { norm, exact } => statement.execute(params![param, norm, exact, rid]),
+            Row::Token { code, system } => statement.execute(params![param, code, system, rid]),
+            Row::Reference { tid, ttype, url } => {
+                statement.execute(params![param, tid, ttype, url, rid])
+            }
+            Row::Date { lo, hi } => statement.execute(params![param, lo, hi, rid]),
+            Row::Number(value) => statement.execute(params![param, value, rid]),
+            Row::Quantity {
+                value,
+                system,
+                code,
+                unit,
+            } => statement.execute(params![param, value, system, code, unit, rid]),
+            Row::Uri(uri) => statement.execute(params![param, uri, rid]),
+        }?;
+    }
+    Ok(true)
 }
 
 /// The index tables' insert statements for one resource's rows, each fetched from the
@@ -782,47 +997,60 @@ fn apply_op(
 struct IndexInserts<'c> {
     tx: &'c Transaction<'c>,
     prepared: [Option<rusqlite::CachedStatement<'c>>; 7],
+    manifest: Manifest,
 }
 
 impl IndexInserts<'_> {
+    /// Inserts a row unless the resource already has it, and lists it if inserted.
     fn insert(
         &mut self,
-        table: usize,
+        param: i64,
+        row: Row<'_>,
         sql: &str,
         args: &[&dyn rusqlite::ToSql],
     ) -> Result<(), StoreError> {
-        let Self { tx, prepared } = self;
-        let slot = &mut prepared[table];
-        if slot.is_none() {
-            *slot = Some(tx.prepare_cached(sql)?);
-        }
-        if let Some(statement) = slot {
-            statement.execute(args)?;
+        let slot = &mut self.prepared[usize::from(manifest::kind_tag(row.kind()))];
+        let statement = match slot {
+            Some(statement) => statement,
+            None => slot.insert(self.tx.prepare_cached(sql)?),
+        };
+        if statement.execute(args)? > 0 {
+            self.manifest.push(param, &row);
         }
         Ok(())
     }
 }
 
+/// Inserts a version's index rows; returns their list for its resource row.
 fn write_index(
     tx: &Transaction<'_>,
     rid: i64,
     entries: &[IndexEntry],
     ids: &mut ParamIds,
-) -> Result<(), StoreError> {
+) -> Result<Option<Vec<u8>>, StoreError> {
     let mut inserts = IndexInserts {
         tx,
         prepared: Default::default(),
+        manifest: Manifest::default(),
     };
     for e in entries {
         let param = ids.id(tx, &e.param)?;
         match &e.value {
             IndexValue::String { normalized, exact } => inserts.insert(
-                0,
+                param,
+                Row::String {
+                    norm: normalized,
+                    exact,
+                },
                 "INSERT OR IGNORE INTO ix_string (rid, param, norm, exact) VALUES (?1, ?2, ?3, ?4)",
                 params![rid, param, normalized, exact],
             )?,
             IndexValue::Token { system, code, text } => inserts.insert(
-                1,
+                param,
+                Row::Token {
+                    code: or_empty(code),
+                    system: or_empty(system),
+                },
                 "INSERT OR IGNORE INTO ix_token (rid, param, system, code, text) VALUES (?1, ?2, ?3, ?4, ?5)",
                 params![
                     rid,
@@ -837,17 +1065,27 @@ fn write_index(
                 target_id,
                 url,
             } => inserts.insert(
-                2,
+                param,
+                Row::Reference {
+                    tid: or_empty(target_id),
+                    ttype: or_empty(target_type),
+                    url: or_empty(url),
+                },
                 "INSERT OR IGNORE INTO ix_reference (rid, param, ttype, tid, url) VALUES (?1, ?2, ?3, ?4, ?5)",
                 params![rid, param, or_empty(target_type), or_empty(target_id), or_empty(url)],
             )?,
             IndexValue::Date(range) => inserts.insert(
-                3,
+                param,
+                Row::Date {
+                    lo: range.start,
+                    hi: range.end,
+                },
                 "INSERT OR IGNORE INTO ix_date (rid, param, lo, hi) VALUES (?1, ?2, ?3, ?4)",
                 params![rid, param, range.start, range.end],
             )?,
             IndexValue::Number(value) => inserts.insert(
-                4,
+                param,
+                Row::Number(*value),
                 "INSERT OR IGNORE INTO ix_number (rid, param, value) VALUES (?1, ?2, ?3)",
                 params![rid, param, value],
             )?,
@@ -857,18 +1095,25 @@ fn write_index(
                 code,
                 unit,
             } => inserts.insert(
-                5,
+                param,
+                Row::Quantity {
+                    value: *value,
+                    system: or_empty(system),
+                    code: or_empty(code),
+                    unit: or_empty(unit),
+                },
                 "INSERT OR IGNORE INTO ix_quantity (rid, param, value, system, code, unit) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                 params![rid, param, value, or_empty(system), or_empty(code), or_empty(unit)],
             )?,
             IndexValue::Uri(uri) => inserts.insert(
-                6,
+                param,
+                Row::Uri(uri),
                 "INSERT OR IGNORE INTO ix_uri (rid, param, uri) VALUES (?1, ?2, ?3)",
                 params![rid, param, uri],
             )?,
         }
     }
-    Ok(())
+    Ok(inserts.manifest.finish())
 }
 
 fn or_empty(v: &Option<String>) -> &str {
@@ -1058,9 +1303,17 @@ impl Store for SqliteStore {
                     }
                 }
             } else {
-                let mut refs = c.prepare_cached(
-                    "SELECT DISTINCT x.ttype, x.tid FROM resource r JOIN ix_reference x ON x.rid = r.rid
-                     WHERE r.rtype = ?1 AND r.id = ?2 AND x.param = (SELECT pid FROM param WHERE key = ?3) AND x.tid != '' AND x.ttype != ''",
+                // The source's references for the parameter, from its row list.
+                let param: Option<i64> = c
+                    .prepare_cached("SELECT pid FROM param WHERE key = ?1")?
+                    .query_row([&spec.param], |r| r.get(0))
+                    .optional()?;
+                let Some(param) = param else {
+                    return Ok(out);
+                };
+                let mut list = c.prepare_cached(
+                    "SELECT r.rid, x.ix FROM resource r LEFT JOIN resource_ix x ON x.rid = r.rid
+                     WHERE r.rtype = ?1 AND r.id = ?2 AND r.deleted = 0",
                 )?;
                 let mut fetch = c.prepare_cached(&format!(
                     "SELECT {RECORD_COLUMNS} FROM resource r JOIN version v ON v.seq = r.seq
@@ -1070,11 +1323,28 @@ impl Store for SqliteStore {
                     if ty != &spec.source_type {
                         continue;
                     }
-                    let targets = refs
-                        .query_map(params![ty, id, spec.param], |r| {
-                            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
-                        })?
-                        .collect::<Result<Vec<_>, _>>()?;
+                    let Some((rid, blob)) = list
+                        .query_row(params![ty, id], |r| {
+                            Ok((r.get::<_, i64>(0)?, r.get::<_, Option<Vec<u8>>>(1)?))
+                        })
+                        .optional()?
+                    else {
+                        continue;
+                    };
+                    let mut targets: Vec<(String, String)> = Vec::new();
+                    for row in manifest::rows(blob.as_deref().unwrap_or_default()) {
+                        match row.map_err(|e| corrupt(rid, e))? {
+                            (p, Row::Reference { tid, ttype, .. })
+                                if p == param
+                                    && !tid.is_empty()
+                                    && !ttype.is_empty()
+                                    && !targets.iter().any(|(t, i)| t == ttype && i == tid) =>
+                            {
+                                targets.push((ttype.to_string(), tid.to_string()));
+                            }
+                            _ => {}
+                        }
+                    }
                     for (tty, tid) in targets {
                         if spec.target_type.as_deref().is_some_and(|t| t != tty) {
                             continue;

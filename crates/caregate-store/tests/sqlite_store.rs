@@ -493,3 +493,186 @@ fn audit_chain_detects_tampering() {
     assert_eq!(broken.seq, 4);
     assert!(broken.problem.contains("removed"), "{}", broken.problem);
 }
+
+/// Every row in the index tables, as `(table, param key, rid)` counts: what a resource's
+/// row list must account for when the resource changes.
+fn index_rows(path: &std::path::Path) -> Vec<(String, i64)> {
+    let conn = rusqlite::Connection::open(path).expect("open");
+    let mut out = Vec::new();
+    for table in [
+        "ix_string",
+        "ix_token",
+        "ix_reference",
+        "ix_date",
+        "ix_number",
+        "ix_quantity",
+        "ix_uri",
+    ] {
+        let n: i64 = conn
+            .query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))
+            .expect("count");
+        out.push((table.to_string(), n));
+    }
+    out
+}
+
+fn ids(page: &SearchPage) -> Vec<&str> {
+    page.matches.iter().map(|m| m.id.as_str()).collect()
+}
+
+/// Checks sort, `:missing`, `_include` and re-indexing on update against a store holding
+/// `writes()`; used on a fresh database and on one migrated from schema 4.
+fn check_row_lists(store: &SqliteStore, path: &std::path::Path) {
+    let by_family = |descending| {
+        let mut q = SearchQuery::new(Some("Patient"));
+        q.sort.push(SortKey {
+            field: SortField::Param {
+                param: "Patient:family".into(),
+                kind: IndexKind::String,
+            },
+            descending,
+        });
+        q
+    };
+    // a: {Adams, Young}, b: {Baker}, c: no name. Ascending sorts by each one's first name
+    // in order, descending by its last; resources without a value come last either way.
+    assert_eq!(
+        ids(&store.search(&by_family(false)).unwrap()),
+        ["a", "b", "c"]
+    );
+    assert_eq!(
+        ids(&store.search(&by_family(true)).unwrap()),
+        ["a", "b", "c"]
+    );
+    let missing = |missing| {
+        let mut q = SearchQuery::new(Some("Patient"));
+        q.filters.push(Filter {
+            any_of: vec![Condition::Missing {
+                param: "Patient:family".into(),
+                kind: IndexKind::String,
+                missing,
+            }],
+        });
+        q
+    };
+    assert_eq!(ids(&store.search(&missing(true)).unwrap()), ["c"]);
+    assert_eq!(ids(&store.search(&missing(false)).unwrap()), ["a", "b"]);
+    let include = IncludeSpec {
+        source_type: "CarePlan".into(),
+        param: "CarePlan:subject".into(),
+        target_type: None,
+        reverse: false,
+        iterate: false,
+    };
+    let included = store
+        .include(&[("CarePlan".into(), "plan".into())], &include)
+        .unwrap();
+    assert_eq!(
+        included.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
+        ["b"]
+    );
+
+    // Re-indexing: the old rows go, whatever the resource had.
+    let before = index_rows(path);
+    store
+        .commit_ops(vec![op(
+            "Patient",
+            "a",
+            Some(1),
+            Some("{}"),
+            vec![family("Zed")],
+        )])
+        .unwrap();
+    let after = index_rows(path);
+    assert_eq!(after[0].1, before[0].1 - 1, "{before:?} -> {after:?}");
+    assert_eq!(
+        ids(&store.search(&by_family(false)).unwrap()),
+        ["b", "a", "c"]
+    );
+    let mut adams = SearchQuery::new(Some("Patient"));
+    adams.filters.push(Filter {
+        any_of: vec![Condition::String {
+            param: "Patient:family".into(),
+            value: "adams".into(),
+            mode: StringMatch::StartsWith,
+        }],
+    });
+    assert_eq!(store.search(&adams).unwrap().total, Some(0));
+    store
+        .commit_ops(vec![op("CarePlan", "plan", Some(1), None, vec![])])
+        .unwrap();
+    assert_eq!(index_rows(path)[2].1, after[2].1 - 1);
+    assert!(store
+        .include(&[("CarePlan".into(), "plan".into())], &include)
+        .unwrap()
+        .is_empty());
+}
+
+fn write_row_list_fixture(store: &SqliteStore) {
+    let subject = IndexEntry {
+        param: "CarePlan:subject".into(),
+        value: IndexValue::Reference {
+            target_type: Some("Patient".into()),
+            target_id: Some("b".into()),
+            url: None,
+        },
+    };
+    store
+        .commit_ops(vec![
+            op(
+                "Patient",
+                "a",
+                None,
+                Some("{}"),
+                // The same value twice is one row.
+                vec![family("Young"), family("Adams"), family("Adams")],
+            ),
+            op("Patient", "b", None, Some("{}"), vec![family("Baker")]),
+            op("Patient", "c", None, Some("{}"), vec![]),
+            op("CarePlan", "plan", None, Some("{}"), vec![subject]),
+        ])
+        .unwrap();
+}
+
+#[test]
+fn row_lists_serve_sort_missing_include_and_updates() {
+    let (dir, store) = open();
+    write_row_list_fixture(&store);
+    check_row_lists(&store, &dir.path().join("db.sqlite"));
+}
+
+/// A schema 4 database (rows found through `(rid, param)` indexes) is migrated on open.
+#[test]
+fn schema_4_databases_are_migrated() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db.sqlite");
+    let store = SqliteStore::open(&path, SqliteOptions::default()).unwrap();
+    write_row_list_fixture(&store);
+    drop(store);
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute_batch(
+        "DROP TABLE resource_ix;
+         CREATE INDEX ix_string_r ON ix_string (rid, param);
+         CREATE INDEX ix_token_r ON ix_token (rid, param);
+         CREATE INDEX ix_reference_r ON ix_reference (rid, param);
+         CREATE INDEX ix_date_r ON ix_date (rid, param);
+         CREATE INDEX ix_number_r ON ix_number (rid, param);
+         CREATE INDEX ix_quantity_r ON ix_quantity (rid, param);
+         CREATE INDEX ix_uri_r ON ix_uri (rid, param);
+         UPDATE caregate_meta SET value = '4' WHERE key = 'schema';",
+    )
+    .unwrap();
+    drop(conn);
+    let store = SqliteStore::open(&path, SqliteOptions::default()).unwrap();
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let (schema, r_indexes): (String, i64) = conn
+        .query_row(
+            "SELECT (SELECT value FROM caregate_meta WHERE key = 'schema'),
+                    (SELECT count(*) FROM sqlite_master WHERE type = 'index' AND name LIKE 'ix\\_%\\_r' ESCAPE '\\')",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!((schema.as_str(), r_indexes), ("5", 0));
+    check_row_lists(&store, &path);
+}
