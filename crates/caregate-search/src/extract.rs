@@ -157,7 +157,7 @@ fn token(system: Option<&str>, code: Option<&str>, text: Option<&str>) -> IndexV
     IndexValue::Token {
         system: own(system),
         code: own(code),
-        text: own(text),
+        text: text.filter(|s| !s.is_empty()).map(str::to_lowercase),
     }
 }
 

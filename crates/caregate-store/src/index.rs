@@ -17,7 +17,8 @@ pub enum IndexValue {
         exact: String,
     },
     /// A code with its system (Coding, CodeableConcept, Identifier, code, boolean, ...).
-    /// `text` carries display / CodeableConcept.text / Identifier.type.text for `:text`.
+    /// `text` carries display / CodeableConcept.text / Identifier.type.text for `:text`,
+    /// lower-cased (by the extraction, so the store's writer thread does not).
     Token {
         system: Option<String>,
         code: Option<String>,

@@ -112,7 +112,8 @@ impl Default for SqliteOptions {
 /// back must be forgotten, so new ones stay `pending` until their transaction commits.
 #[derive(Default)]
 struct ParamIds {
-    known: std::collections::HashMap<String, i64>,
+    // Looked up once per index row on the writer thread; the keys are the registry's.
+    known: std::collections::HashMap<String, i64, foldhash::fast::RandomState>,
     pending: Vec<String>,
 }
 
@@ -1052,13 +1053,7 @@ fn write_index(
                     system: or_empty(system),
                 },
                 "INSERT OR IGNORE INTO ix_token (rid, param, system, code, text) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![
-                    rid,
-                    param,
-                    or_empty(system),
-                    or_empty(code),
-                    text.as_ref().map(|t| t.to_lowercase())
-                ],
+                params![rid, param, or_empty(system), or_empty(code), text],
             )?,
             IndexValue::Reference {
                 target_type,

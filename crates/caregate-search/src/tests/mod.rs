@@ -42,7 +42,7 @@ pub(crate) fn token(system: Option<&str>, code: Option<&str>, text: Option<&str>
     IndexValue::Token {
         system: system.map(str::to_string),
         code: code.map(str::to_string),
-        text: text.map(str::to_string),
+        text: text.map(str::to_lowercase),
     }
 }
 
