@@ -843,6 +843,41 @@ async fn search_parameters_modifiers_and_handling() {
         3
     );
     assert!(ids(s.get_json("Patient?_lastUpdated=lt2000-01-01").await).is_empty());
+    assert_eq!(
+        ids(s.get_json("Patient?birthdate:missing=false").await),
+        sorted(vec![a_id.clone(), b_id.clone()])
+    );
+    // _sort on a parameter: by value in either direction, resources without one last.
+    let ordered = |b: Value| -> Vec<String> {
+        b["entry"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+            .iter()
+            .map(|e| e["resource"]["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(
+        ordered(s.get_json("Patient?_sort=birthdate").await),
+        vec![a_id.clone(), b_id.clone(), c_id.clone()]
+    );
+    assert_eq!(
+        ordered(s.get_json("Patient?_sort=-birthdate").await),
+        vec![b_id.clone(), a_id.clone(), c_id.clone()]
+    );
+    // :text on a token: case-insensitive prefix of the display text (beyond ASCII too,
+    // which SQL's LIKE alone would not give).
+    let condition = json!({
+        "resourceType": "Condition",
+        "subject": {"reference": format!("Patient/{a_id}")},
+        "code": {"text": "Ödem and Essential Hypertension", "coding": [{"system": "http://snomed.info/sct", "code": "59621000", "display": "Essential hypertension"}]}
+    });
+    let condition_id = s.create(condition).await;
+    assert_eq!(
+        ids(s.get_json("Condition?code:text=%C3%B6dem%20AND").await),
+        vec![condition_id.clone()]
+    );
+    assert!(ids(s.get_json("Condition?code:text=hypotension").await).is_empty());
     // _has: Patients some CarePlan points at
     let cp = json!({"resourceType": "CarePlan", "status": "active", "intent": "plan", "subject": {"reference": format!("Patient/{b_id}")}});
     let cp_id = s.create(cp).await;
