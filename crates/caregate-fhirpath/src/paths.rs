@@ -27,14 +27,14 @@ pub struct PlainPaths {
     branches: Box<[Branch]>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 struct Branch {
     steps: Box<[Step]>,
     /// `.where(resolve() is T)`: keep references whose target is a `T`.
     target: Option<TypeId>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 enum Step {
     /// A child element: one JSON key for an ordinary element, the allowed `nameType` keys
     /// (in the order the evaluator finds them) for a choice element.
@@ -49,6 +49,28 @@ enum Step {
     },
     /// `extension('url')`: the extensions with that URL.
     Extension { url: Box<str>, ty: TypeId },
+}
+
+impl PlainPaths {
+    /// Whether every branch of `self` is one of `other`'s.
+    pub fn is_within(&self, other: &PlainPaths) -> bool {
+        self.branches.iter().all(|b| other.branches.contains(b))
+    }
+
+    /// Whether `self` selects exactly what the union of `parts` selects: each of its
+    /// branches is a branch of some part, and each part's branches are among its own.
+    pub fn is_union_of(&self, parts: &[&PlainPaths]) -> bool {
+        parts.iter().all(|p| p.is_within(self))
+            && self
+                .branches
+                .iter()
+                .all(|b| parts.iter().any(|p| p.branches.contains(b)))
+    }
+
+    /// How many branches the union has.
+    pub fn branch_count(&self) -> usize {
+        self.branches.len()
+    }
 }
 
 impl Expression {

@@ -472,7 +472,7 @@ impl State<'_> {
                     .resource_type
                     .and_then(|t| self.reg.param(t, code))
                     .map(|info| SortField::Param {
-                        param: info.key.clone(),
+                        params: info.row_keys(),
                         kind: info.param_type.index_kind(),
                     }),
             };
@@ -637,7 +637,50 @@ fn raw_values(value: &str) -> PResult<Vec<&str>> {
 }
 
 /// The filters for one parameter value on one type.
+/// The filters for `code[:modifier]=value` on one parameter, asked of the rows its values
+/// are stored under.
 fn value_filters(info: &ParamInfo, modifier: Option<&str>, value: &str) -> PResult<Vec<Filter>> {
+    let filters = own_value_filters(info, modifier, value)?;
+    if info.stored_as.is_empty() {
+        return Ok(filters);
+    }
+    Ok(filters
+        .into_iter()
+        .map(|f| Filter {
+            any_of: f
+                .any_of
+                .into_iter()
+                .map(|c| on_stored_rows(&info.stored_as, c))
+                .collect(),
+        })
+        .collect())
+}
+
+/// A condition on a parameter that shares other parameters' rows, as a condition on
+/// theirs: some member matches; `:missing=true` when no member has a value.
+fn on_stored_rows(members: &[caregate_store::index::ParamKey], c: Condition) -> Condition {
+    let any =
+        |c: &Condition| Condition::AnyOf(members.iter().map(|m| c.clone().on_param(m)).collect());
+    match c {
+        Condition::Not(inner) => Condition::Not(Box::new(on_stored_rows(members, *inner))),
+        Condition::Missing {
+            param,
+            kind,
+            missing: true,
+        } => Condition::Not(Box::new(any(&Condition::Missing {
+            param,
+            kind,
+            missing: false,
+        }))),
+        other => any(&other),
+    }
+}
+
+fn own_value_filters(
+    info: &ParamInfo,
+    modifier: Option<&str>,
+    value: &str,
+) -> PResult<Vec<Filter>> {
     let key = &info.key;
     let one = |any_of: Vec<Condition>| Ok(vec![Filter { any_of }]);
     if modifier == Some("missing") {

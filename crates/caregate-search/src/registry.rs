@@ -77,6 +77,20 @@ pub struct ParamInfo {
     pub documentation: String,
     /// For reference parameters, the resource types it may point at.
     pub targets: Vec<String>,
+    /// The parameters whose index rows hold this one's values, when it keeps none of its
+    /// own (see [`SearchRegistry::from_definitions`]); empty when it does.
+    pub stored_as: Vec<ParamKey>,
+}
+
+impl ParamInfo {
+    /// The keys this parameter's values are stored under.
+    pub fn row_keys(&self) -> Vec<ParamKey> {
+        if self.stored_as.is_empty() {
+            vec![self.key.clone()]
+        } else {
+            self.stored_as.clone()
+        }
+    }
 }
 
 /// One parameter to extract for a type.
@@ -123,6 +137,9 @@ pub(crate) struct TypeParams {
     /// Sorted by code, so `params_for` is deterministic.
     pub params: BTreeMap<String, ParamInfo>,
     pub extractors: Vec<Extractor>,
+    /// The extractors of parameters that share other parameters' rows, kept for the tests.
+    #[cfg(test)]
+    pub shared: Vec<Extractor>,
 }
 
 /// Compiled SearchParameters by resource type. Immutable after construction, so one
@@ -200,7 +217,106 @@ impl SearchRegistry {
         for sp in regular.into_iter().chain(experimental) {
             reg.add_definition(sp, &mut compiled);
         }
+        reg.share_rows();
         reg
+    }
+
+    /// As [`SearchRegistry::from_definitions`], but every parameter keeps its own rows:
+    /// the reference the tests compare row sharing against.
+    #[cfg(test)]
+    pub(crate) fn from_definitions_unshared<'a>(
+        params: impl IntoIterator<Item = &'a Value>,
+    ) -> SearchRegistry {
+        let mut reg = SearchRegistry::default();
+        let shared = SearchRegistry::from_definitions(params);
+        for (ty, params) in shared.types {
+            let TypeParams {
+                params,
+                mut extractors,
+                shared,
+            } = params;
+            extractors.extend(shared);
+            let mut unshared = TypeParams {
+                params,
+                extractors,
+                shared: Vec::new(),
+            };
+            for info in unshared.params.values_mut() {
+                info.stored_as.clear();
+            }
+            reg.types.insert(ty, unshared);
+        }
+        reg
+    }
+
+    /// A parameter whose values are exactly the union of other parameters' of the same
+    /// type and kind (`Observation:combo-code` is `code | component-code`, as plain paths)
+    /// keeps no index rows of its own: writes do not extract it, and searches ask for its
+    /// members' rows ([`ParamInfo::stored_as`]). Such copies were about a sixth of a
+    /// Synthea import's index rows. Reference parameters keep their rows, as `_include`,
+    /// chains and `_has` name them.
+    fn share_rows(&mut self) {
+        for params in self.types.values_mut() {
+            let paths = |e: &Extractor| match &e.plan {
+                Extraction::Paths(p) if e.param_type != ParamType::Reference => Some(p.clone()),
+                _ => None,
+            };
+            // Fewest branches first, so members are decided before the unions over them;
+            // of two identical parameters the first by key keeps the rows.
+            let mut order: Vec<(usize, PlainPaths)> = params
+                .extractors
+                .iter()
+                .enumerate()
+                .filter_map(|(i, e)| paths(e).map(|p| (i, p)))
+                .collect();
+            order.sort_by(|(a, pa), (b, pb)| {
+                (pa.branch_count(), &params.extractors[*a].key)
+                    .cmp(&(pb.branch_count(), &params.extractors[*b].key))
+            });
+            let mut own: Vec<(usize, PlainPaths)> = Vec::new();
+            let mut shared: Vec<(usize, Vec<ParamKey>)> = Vec::new();
+            for (i, p) in order {
+                let kind = params.extractors[i].param_type;
+                let within: Vec<&(usize, PlainPaths)> = own
+                    .iter()
+                    .filter(|(j, q)| params.extractors[*j].param_type == kind && q.is_within(&p))
+                    .collect();
+                // Members that another member already covers add nothing.
+                let members: Vec<&(usize, PlainPaths)> = within
+                    .iter()
+                    .enumerate()
+                    .filter(|(n, (_, q))| {
+                        !within.iter().enumerate().any(|(m, (_, r))| {
+                            m != *n && q.is_within(r) && (!r.is_within(q) || m < *n)
+                        })
+                    })
+                    .map(|(_, member)| *member)
+                    .collect();
+                let parts: Vec<&PlainPaths> = members.iter().map(|(_, q)| q).collect();
+                if !members.is_empty() && p.is_union_of(&parts) {
+                    let keys = members
+                        .iter()
+                        .map(|(j, _)| params.extractors[*j].key.clone())
+                        .collect();
+                    shared.push((i, keys));
+                } else {
+                    own.push((i, p));
+                }
+            }
+            shared.sort_by_key(|(i, _)| std::cmp::Reverse(*i));
+            for (i, keys) in shared {
+                let extractor = params.extractors.remove(i);
+                if let Some(info) = params
+                    .params
+                    .values_mut()
+                    .find(|info| info.key == extractor.key)
+                {
+                    info.stored_as = keys;
+                }
+                #[cfg(test)]
+                params.shared.push(extractor);
+            }
+        }
     }
 
     fn insert_builtin(&mut self, ty: &str, code: &str, param_type: ParamType, url: &str) {
@@ -218,6 +334,7 @@ impl SearchRegistry {
                 url: url.to_string(),
                 documentation: documentation.to_string(),
                 targets: Vec::new(),
+                stored_as: Vec::new(),
             },
         );
     }
@@ -366,6 +483,7 @@ impl SearchRegistry {
                     url: url.to_string(),
                     documentation: documentation.clone(),
                     targets: targets.clone(),
+                    stored_as: Vec::new(),
                 },
             );
         }

@@ -177,6 +177,35 @@ pub enum Condition {
         param: ParamKey,
         inner: Box<Condition>,
     },
+    /// Any of the conditions holds; none does when there are none. A parameter whose values
+    /// are stored under other parameters' keys asks each of them this way.
+    AnyOf(Vec<Condition>),
+}
+
+impl Condition {
+    /// The condition asked of another parameter's rows (conditions without a parameter,
+    /// and those that nest, come back unchanged).
+    pub fn on_param(self, key: &str) -> Condition {
+        let mut c = self;
+        match &mut c {
+            Condition::String { param, .. }
+            | Condition::Token { param, .. }
+            | Condition::TokenText { param, .. }
+            | Condition::Reference { param, .. }
+            | Condition::Date { param, .. }
+            | Condition::Number { param, .. }
+            | Condition::Quantity { param, .. }
+            | Condition::Uri { param, .. }
+            | Condition::Missing { param, .. } => *param = key.to_string(),
+            Condition::Id(_)
+            | Condition::LastUpdated { .. }
+            | Condition::Not(_)
+            | Condition::Chain { .. }
+            | Condition::Has { .. }
+            | Condition::AnyOf(_) => {}
+        }
+        c
+    }
 }
 
 /// Conditions ORed together (a comma-separated parameter value).
@@ -189,7 +218,12 @@ pub struct Filter {
 pub enum SortField {
     Id,
     LastUpdated,
-    Param { param: ParamKey, kind: IndexKind },
+    /// By a parameter's values: the smallest ascending, the largest descending. `params`
+    /// are the keys its rows are stored under (its own, or those it shares).
+    Param {
+        params: Vec<ParamKey>,
+        kind: IndexKind,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -239,11 +239,11 @@ impl<'a> Rows<'a> {
         Ok(())
     }
 
-    /// The next row of `kind` for `param`, stepping over the others undecoded.
-    fn next_of(&mut self, kind: IndexKind, param: i64) -> Option<Result<Row<'a>, Corrupt>> {
+    /// The next row of `kind` for one of `params`, stepping over the others undecoded.
+    fn next_of(&mut self, kind: IndexKind, params: &[i64]) -> Option<Result<Row<'a>, Corrupt>> {
         while self.at < self.blob.len() {
             let found = self.header().and_then(|(k, p)| {
-                if k == kind && p == param {
+                if k == kind && params.contains(&p) {
                     self.values(k).map(Some)
                 } else {
                     self.skip(k).map(|()| None)
@@ -334,18 +334,18 @@ impl SortValue<'_> {
     }
 }
 
-/// The resource's sort key for a parameter: the smallest of its values ascending, the
-/// largest descending (so a patient with two names sorts by the name that comes first in
-/// the requested direction). `None` when it has no value.
-pub(crate) fn sort_key(
-    blob: &[u8],
+/// The resource's sort key over the rows of `params`: the smallest of their values
+/// ascending, the largest descending (so a patient with two names sorts by the name that
+/// comes first in the requested direction). `None` when it has no value.
+pub(crate) fn sort_key<'b>(
+    blob: &'b [u8],
     kind: IndexKind,
-    param: i64,
+    params: &[i64],
     descending: bool,
-) -> Result<Option<SortValue<'_>>, Corrupt> {
+) -> Result<Option<SortValue<'b>>, Corrupt> {
     let mut best: Option<SortValue<'_>> = None;
     let mut rows = rows(blob);
-    while let Some(row) = rows.next_of(kind, param) {
+    while let Some(row) = rows.next_of(kind, params) {
         let v = row?.sort_value(descending);
         let better = match &best {
             None => true,
@@ -362,7 +362,7 @@ pub(crate) fn sort_key(
 /// Whether the resource has any value for a parameter.
 pub(crate) fn has(blob: &[u8], kind: IndexKind, param: i64) -> Result<bool, Corrupt> {
     rows(blob)
-        .next_of(kind, param)
+        .next_of(kind, &[param])
         .transpose()
         .map(|row| row.is_some())
 }
@@ -452,7 +452,7 @@ mod tests {
     #[test]
     fn sort_keys_take_the_extreme_in_the_direction() {
         let blob = sample();
-        let key = |kind, param, desc| sort_key(&blob, kind, param, desc).expect("decodes");
+        let key = |kind, param, desc| sort_key(&blob, kind, &[param], desc).expect("decodes");
         assert_eq!(
             key(IndexKind::String, 3, false),
             Some(SortValue::Text("jones"))
@@ -470,6 +470,11 @@ mod tests {
             Some(SortValue::Real(1.5))
         );
         assert_eq!(key(IndexKind::String, 4, false), None);
+        // Over several parameters: the extreme among all their rows.
+        assert_eq!(
+            sort_key(&blob, IndexKind::String, &[4, 3], true).expect("decodes"),
+            Some(SortValue::Text("smith"))
+        );
         assert!(has(&blob, IndexKind::Reference, 200).expect("decodes"));
         assert!(!has(&blob, IndexKind::Token, 200).expect("decodes"));
     }
@@ -479,7 +484,7 @@ mod tests {
         let blob = sample();
         for cut in 0..blob.len() {
             let _ = rows(&blob[..cut]).count();
-            let _ = sort_key(&blob[..cut], IndexKind::Uri, 1, false);
+            let _ = sort_key(&blob[..cut], IndexKind::Uri, &[1], false);
         }
         let mut bad = blob.clone();
         bad[0] = 42;

@@ -86,12 +86,12 @@ pub(crate) fn build_search(q: &SearchQuery) -> BuiltQuery {
         let expr = match &key.field {
             SortField::Id => "r.id".to_string(),
             SortField::LastUpdated => "r.last_updated_ms".to_string(),
-            SortField::Param { param, kind } => {
-                let p = b.param(param);
+            SortField::Param { params, kind } => {
                 let tag = manifest::kind_tag(*kind);
                 let descending = i32::from(key.descending);
+                let params: String = params.iter().map(|p| format!(", {}", b.param(p))).collect();
                 format!(
-                    "cg_sort_key((SELECT ix FROM resource_ix WHERE rid = r.rid), {tag}, {p}, {descending})"
+                    "cg_sort_key((SELECT ix FROM resource_ix WHERE rid = r.rid), {tag}, {descending}{params})"
                 )
             }
         };
@@ -304,6 +304,11 @@ fn condition(b: &mut Builder, c: &Condition, alias: &str) -> String {
             } else {
                 exists
             }
+        }
+        Condition::AnyOf(conditions) if conditions.is_empty() => "0".to_string(),
+        Condition::AnyOf(conditions) => {
+            let parts: Vec<String> = conditions.iter().map(|c| condition(b, c, alias)).collect();
+            format!("({})", parts.join(" OR "))
         }
         Condition::Not(inner) => {
             let inner = condition(b, inner, alias);

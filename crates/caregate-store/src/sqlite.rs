@@ -16,7 +16,7 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Transaction};
 
 use crate::audit::{self, AuditQuery, AuditRecord, ChainHead, ChainReport};
 use crate::conformance::{self, ConformanceRecord, ConformanceReport};
-use crate::index::{IncludeSpec, IndexEntry, IndexValue, SearchQuery};
+use crate::index::{IncludeSpec, IndexEntry, IndexKind, IndexValue, SearchQuery};
 use crate::manifest::{self, Manifest, Row, SortValue};
 use crate::sql_query::{build_search, SqlArg};
 use crate::{
@@ -61,8 +61,10 @@ CREATE INDEX IF NOT EXISTS version_by_time ON version (last_updated_ms);
 CREATE TABLE IF NOT EXISTS param (pid INTEGER PRIMARY KEY, key TEXT NOT NULL UNIQUE);
 CREATE TABLE IF NOT EXISTS ix_string (param INTEGER NOT NULL, norm TEXT NOT NULL, exact TEXT NOT NULL, rid INTEGER NOT NULL,
     PRIMARY KEY (param, norm, exact, rid)) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS ix_token (param INTEGER NOT NULL, code TEXT NOT NULL, system TEXT NOT NULL, rid INTEGER NOT NULL, text TEXT,
-    PRIMARY KEY (param, code, system, rid)) WITHOUT ROWID;
+-- The display text is part of the key: two CodeableConcepts of one resource that carry only
+-- text ('' code and system) are two rows, both found by :text.
+CREATE TABLE IF NOT EXISTS ix_token (param INTEGER NOT NULL, code TEXT NOT NULL, system TEXT NOT NULL, rid INTEGER NOT NULL,
+    text TEXT NOT NULL DEFAULT '', PRIMARY KEY (param, code, system, rid, text)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS ix_reference (param INTEGER NOT NULL, tid TEXT NOT NULL, ttype TEXT NOT NULL, url TEXT NOT NULL, rid INTEGER NOT NULL,
     PRIMARY KEY (param, tid, ttype, url, rid)) WITHOUT ROWID;
 -- Every reference query names its parameter, so the primary key serves it; the old
@@ -81,6 +83,7 @@ CREATE TABLE IF NOT EXISTS ix_uri (param INTEGER NOT NULL, uri TEXT NOT NULL, ri
 /// Deletes one index row by its table's key; indexed by [`manifest::kind_tag`].
 const DELETE_INDEX_ROW: [&str; 7] = [
     "DELETE FROM ix_string WHERE param = ?1 AND norm = ?2 AND exact = ?3 AND rid = ?4",
+    // Every display text of the code at once (the list holds the code, not the texts).
     "DELETE FROM ix_token WHERE param = ?1 AND code = ?2 AND system = ?3 AND rid = ?4",
     "DELETE FROM ix_reference WHERE param = ?1 AND tid = ?2 AND ttype = ?3 AND url = ?4 AND rid = ?5",
     "DELETE FROM ix_date WHERE param = ?1 AND lo = ?2 AND hi = ?3 AND rid = ?4",
@@ -393,15 +396,14 @@ fn tune_cache(conn: &Connection) -> Result<(), StoreError> {
 }
 
 /// SQL functions over a resource's row list (manifest.rs), for `_sort` and `:missing`:
-/// `cg_sort_key(ix, kind, param, descending)` is its sort key for a parameter (NULL without
-/// a value) and `cg_has(ix, kind, param)` whether it has a value. `kind` is
-/// [`manifest::kind_tag`]; `param` may be NULL (a parameter no resource ever had).
+/// `cg_sort_key(ix, kind, descending, param...)` is its sort key over the rows of one or
+/// more parameters (NULL without a value) and `cg_has(ix, kind, param)` whether it has a
+/// value. `kind` is [`manifest::kind_tag`]; a `param` may be NULL (a parameter no resource
+/// ever had).
 fn register_index_functions(conn: &Connection) -> Result<(), StoreError> {
     use rusqlite::functions::{Context, FunctionFlags};
     use rusqlite::types::{Value, ValueRef};
-    fn arguments<'c>(
-        ctx: &'c Context<'_>,
-    ) -> rusqlite::Result<Option<(&'c [u8], crate::index::IndexKind, i64)>> {
+    fn list<'c>(ctx: &'c Context<'_>) -> rusqlite::Result<Option<(&'c [u8], IndexKind)>> {
         let ValueRef::Blob(blob) = ctx.get_raw(0) else {
             return Ok(None);
         };
@@ -412,15 +414,18 @@ fn register_index_functions(conn: &Connection) -> Result<(), StoreError> {
             .ok_or_else(|| {
                 rusqlite::Error::UserFunctionError(format!("no index kind {tag}").into())
             })?;
-        Ok(ctx.get::<Option<i64>>(2)?.map(|param| (blob, kind, param)))
+        Ok(Some((blob, kind)))
     }
     let flags = FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DETERMINISTIC;
-    conn.create_scalar_function("cg_sort_key", 4, flags, |ctx| {
-        let descending: bool = ctx.get(3)?;
-        let Some((blob, kind, param)) = arguments(ctx)? else {
+    conn.create_scalar_function("cg_sort_key", -1, flags, |ctx| {
+        let descending: bool = ctx.get(2)?;
+        let Some((blob, kind)) = list(ctx)? else {
             return Ok(Value::Null);
         };
-        match manifest::sort_key(blob, kind, param, descending) {
+        let params = (3..ctx.len())
+            .filter_map(|i| ctx.get::<Option<i64>>(i).transpose())
+            .collect::<rusqlite::Result<Vec<i64>>>()?;
+        match manifest::sort_key(blob, kind, &params, descending) {
             Ok(Some(SortValue::Text(t))) => Ok(Value::Text(t.to_string())),
             Ok(Some(SortValue::Int(i))) => Ok(Value::Integer(i)),
             Ok(Some(SortValue::Real(f))) => Ok(Value::Real(f)),
@@ -429,7 +434,7 @@ fn register_index_functions(conn: &Connection) -> Result<(), StoreError> {
         }
     })?;
     conn.create_scalar_function("cg_has", 3, flags, |ctx| {
-        let Some((blob, kind, param)) = arguments(ctx)? else {
+        let (Some((blob, kind)), Some(param)) = (list(ctx)?, ctx.get::<Option<i64>>(2)?) else {
             return Ok(false);
         };
         manifest::has(blob, kind, param)
@@ -546,6 +551,13 @@ fn migrate_v4(conn: &Connection) -> Result<(), StoreError> {
     drop((listed, store));
     tx.execute_batch(
         "DROP INDEX IF EXISTS ix_string_r; DROP INDEX IF EXISTS ix_token_r;
+         -- Schema 4 kept one row per code and lost a resource's second text-only token.
+         CREATE TABLE ix_token_5 (param INTEGER NOT NULL, code TEXT NOT NULL, system TEXT NOT NULL, rid INTEGER NOT NULL,
+             text TEXT NOT NULL DEFAULT '', PRIMARY KEY (param, code, system, rid, text)) WITHOUT ROWID;
+         INSERT OR IGNORE INTO ix_token_5 (param, code, system, rid, text)
+             SELECT param, code, system, rid, coalesce(text, '') FROM ix_token;
+         DROP TABLE ix_token;
+         ALTER TABLE ix_token_5 RENAME TO ix_token;
          DROP INDEX IF EXISTS ix_reference_r; DROP INDEX IF EXISTS ix_date_r;
          DROP INDEX IF EXISTS ix_number_r; DROP INDEX IF EXISTS ix_quantity_r;
          DROP INDEX IF EXISTS ix_uri_r;
@@ -1053,7 +1065,13 @@ fn write_index(
                     system: or_empty(system),
                 },
                 "INSERT OR IGNORE INTO ix_token (rid, param, system, code, text) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![rid, param, or_empty(system), or_empty(code), text],
+                params![
+                    rid,
+                    param,
+                    or_empty(system),
+                    or_empty(code),
+                    text.as_deref().unwrap_or("")
+                ],
             )?,
             IndexValue::Reference {
                 target_type,

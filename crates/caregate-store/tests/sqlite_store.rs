@@ -234,7 +234,7 @@ fn search_by_string_prefix_sort_and_paging() {
     let mut sorted = SearchQuery::new(Some("Patient"));
     sorted.sort.push(SortKey {
         field: SortField::Param {
-            param: "Patient:family".into(),
+            params: vec!["Patient:family".into()],
             kind: IndexKind::String,
         },
         descending: true,
@@ -527,7 +527,7 @@ fn check_row_lists(store: &SqliteStore, path: &std::path::Path) {
         let mut q = SearchQuery::new(Some("Patient"));
         q.sort.push(SortKey {
             field: SortField::Param {
-                param: "Patient:family".into(),
+                params: vec!["Patient:family".into()],
                 kind: IndexKind::String,
             },
             descending,
@@ -675,4 +675,52 @@ fn schema_4_databases_are_migrated() {
         .unwrap();
     assert_eq!((schema.as_str(), r_indexes), ("5", 0));
     check_row_lists(&store, &path);
+}
+
+/// Two values of one token parameter that carry only display text (CodeableConcepts without
+/// codings) are two rows: `:text` finds the resource by either, and an update removes both.
+#[test]
+fn text_only_tokens_keep_every_text() {
+    let (_dir, store) = open();
+    let text = |t: &str| IndexEntry {
+        param: "Condition:code".into(),
+        value: IndexValue::Token {
+            system: None,
+            code: None,
+            text: Some(t.into()),
+        },
+    };
+    store
+        .commit_ops(vec![op(
+            "Condition",
+            "c",
+            None,
+            Some("{}"),
+            vec![text("low mood"), text("poor sleep")],
+        )])
+        .unwrap();
+    let by_text = |t: &str| {
+        let mut q = SearchQuery::new(Some("Condition"));
+        q.filters.push(Filter {
+            any_of: vec![Condition::TokenText {
+                param: "Condition:code".into(),
+                text: t.into(),
+            }],
+        });
+        store.search(&q).unwrap().total
+    };
+    assert_eq!((by_text("low"), by_text("poor")), (Some(1), Some(1)));
+    store
+        .commit_ops(vec![op(
+            "Condition",
+            "c",
+            Some(1),
+            Some("{}"),
+            vec![text("better")],
+        )])
+        .unwrap();
+    assert_eq!(
+        (by_text("low"), by_text("poor"), by_text("bet")),
+        (Some(0), Some(0), Some(1))
+    );
 }

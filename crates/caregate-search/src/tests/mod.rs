@@ -193,3 +193,4 @@ fn custom_definitions_and_bad_ones_are_skipped() {
         vec![string("Bob")]
     );
 }
+mod sharing;

@@ -822,7 +822,7 @@ fn sorting() {
         [
             SortKey {
                 field: SortField::Param {
-                    param: "CarePlan:date".into(),
+                    params: vec!["CarePlan:date".into()],
                     kind: IndexKind::Date
                 },
                 descending: true
@@ -833,14 +833,14 @@ fn sorting() {
             },
             SortKey {
                 field: SortField::Param {
-                    param: "CarePlan:status".into(),
+                    params: vec!["CarePlan:status".into()],
                     kind: IndexKind::Token
                 },
                 descending: false
             },
             SortKey {
                 field: SortField::Param {
-                    param: "CarePlan:subject".into(),
+                    params: vec!["CarePlan:subject".into()],
                     kind: IndexKind::Reference
                 },
                 descending: false
