@@ -556,6 +556,14 @@ fn check_row_lists(store: &SqliteStore, path: &std::path::Path) {
         q
     };
     assert_eq!(ids(&store.search(&missing(true)).unwrap()), ["c"]);
+    let mut dutch = SearchQuery::new(Some("Patient"));
+    dutch.filters.push(Filter {
+        any_of: vec![Condition::TokenText {
+            param: "Patient:language".into(),
+            text: "dut".into(),
+        }],
+    });
+    assert_eq!(ids(&store.search(&dutch).unwrap()), ["b"]);
     assert_eq!(ids(&store.search(&missing(false)).unwrap()), ["a", "b"]);
     let include = IncludeSpec {
         source_type: "CarePlan".into(),
@@ -627,7 +635,23 @@ fn write_row_list_fixture(store: &SqliteStore) {
                 // The same value twice is one row.
                 vec![family("Young"), family("Adams"), family("Adams")],
             ),
-            op("Patient", "b", None, Some("{}"), vec![family("Baker")]),
+            op(
+                "Patient",
+                "b",
+                None,
+                Some("{}"),
+                vec![
+                    family("Baker"),
+                    IndexEntry {
+                        param: "Patient:language".into(),
+                        value: IndexValue::Token {
+                            system: Some("urn:ietf:bcp:47".into()),
+                            code: Some("nl".into()),
+                            text: Some("dutch".into()),
+                        },
+                    },
+                ],
+            ),
             op("Patient", "c", None, Some("{}"), vec![]),
             op("CarePlan", "plan", None, Some("{}"), vec![subject]),
         ])
@@ -641,7 +665,8 @@ fn row_lists_serve_sort_missing_include_and_updates() {
     check_row_lists(&store, &dir.path().join("db.sqlite"));
 }
 
-/// A schema 4 database (rows found through `(rid, param)` indexes) is migrated on open.
+/// A schema 4 database (rows found through `(rid, param)` indexes, tokens keyed without
+/// their text) is migrated on open.
 #[test]
 fn schema_4_databases_are_migrated() {
     let dir = tempfile::tempdir().unwrap();
@@ -652,6 +677,11 @@ fn schema_4_databases_are_migrated() {
     let conn = rusqlite::Connection::open(&path).unwrap();
     conn.execute_batch(
         "DROP TABLE resource_ix;
+         CREATE TABLE ix_token_4 (param INTEGER NOT NULL, code TEXT NOT NULL, system TEXT NOT NULL, rid INTEGER NOT NULL, text TEXT,
+             PRIMARY KEY (param, code, system, rid)) WITHOUT ROWID;
+         INSERT OR IGNORE INTO ix_token_4 SELECT param, code, system, rid, nullif(text, '') FROM ix_token;
+         DROP TABLE ix_token;
+         ALTER TABLE ix_token_4 RENAME TO ix_token;
          CREATE INDEX ix_string_r ON ix_string (rid, param);
          CREATE INDEX ix_token_r ON ix_token (rid, param);
          CREATE INDEX ix_reference_r ON ix_reference (rid, param);
@@ -674,6 +704,17 @@ fn schema_4_databases_are_migrated() {
         )
         .unwrap();
     assert_eq!((schema.as_str(), r_indexes), ("5", 0));
+    let token_table: String = conn
+        .query_row(
+            "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'ix_token'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(
+        token_table.contains("PRIMARY KEY (param, code, system, rid, text)"),
+        "{token_table}"
+    );
     check_row_lists(&store, &path);
 }
 
