@@ -23,6 +23,11 @@ pub struct BenchArgs {
     /// Folder of transaction bundles to import (Synthea); skipped when absent.
     #[arg(long, default_value = "../shared/corpora/examples/synthea")]
     bundles: PathBuf,
+    /// Times the folder's bundles are imported, one round after another (each round creates
+    /// new resources: entries are POSTs with `urn:uuid` fullUrls). More rounds make the
+    /// import long enough to measure steadily.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    import_rounds: usize,
     /// Bearer token, when the server requires one.
     #[arg(long)]
     token: Option<String>,
@@ -276,6 +281,9 @@ async fn run_async(args: BenchArgs) -> Result<i32> {
             resources += v["entry"].as_array().map_or(0, Vec::len);
             bodies.push(text);
         }
+        let rounds = args.import_rounds.max(1);
+        let bodies: Vec<Vec<u8>> = (0..rounds).flat_map(|_| bodies.iter().cloned()).collect();
+        resources *= rounds;
         let n = bodies.len();
         let per = resources / n.max(1);
         let (h, b, u) = (http.clone(), Arc::new(bodies), base.clone());
