@@ -80,7 +80,20 @@ CREATE TABLE IF NOT EXISTS ix_uri (param INTEGER NOT NULL, uri TEXT NOT NULL, ri
     PRIMARY KEY (param, uri, rid)) WITHOUT ROWID;
 "#;
 
-/// Deletes one index row by its table's key; indexed by [`manifest::kind_tag`].
+/// Inserts one index row, its placeholders in key order as [`bind_row`] binds them (the
+/// token table adds the display text last); indexed by [`manifest::kind_tag`].
+const INSERT_INDEX_ROW: [&str; 7] = [
+    "INSERT OR IGNORE INTO ix_string (param, norm, exact, rid) VALUES (?1, ?2, ?3, ?4)",
+    "INSERT OR IGNORE INTO ix_token (param, code, system, rid, text) VALUES (?1, ?2, ?3, ?4, ?5)",
+    "INSERT OR IGNORE INTO ix_reference (param, tid, ttype, url, rid) VALUES (?1, ?2, ?3, ?4, ?5)",
+    "INSERT OR IGNORE INTO ix_date (param, lo, hi, rid) VALUES (?1, ?2, ?3, ?4)",
+    "INSERT OR IGNORE INTO ix_number (param, value, rid) VALUES (?1, ?2, ?3)",
+    "INSERT OR IGNORE INTO ix_quantity (param, value, system, code, unit, rid) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    "INSERT OR IGNORE INTO ix_uri (param, uri, rid) VALUES (?1, ?2, ?3)",
+];
+
+/// Deletes one index row by its table's key, bound as [`INSERT_INDEX_ROW`]; indexed by
+/// [`manifest::kind_tag`].
 const DELETE_INDEX_ROW: [&str; 7] = [
     "DELETE FROM ix_string WHERE param = ?1 AND norm = ?2 AND exact = ?3 AND rid = ?4",
     // Every display text of the code at once (the list holds the code, not the texts).
@@ -978,156 +991,133 @@ fn remove_index(tx: &Transaction<'_>, rid: i64) -> Result<bool, StoreError> {
     let Some(blob) = blob else {
         return Ok(false);
     };
-    let mut statements: [Option<rusqlite::CachedStatement<'_>>; 7] = Default::default();
+    let mut statements = IndexStatements::new(tx, &DELETE_INDEX_ROW);
     for row in manifest::rows(&blob) {
         let (param, row) = row.map_err(|e| corrupt(rid, e))?;
-        let tag = usize::from(manifest::kind_tag(row.kind()));
-        let statement = match &mut statements[tag] {
-            Some(statement) => statement,
-            slot => slot.insert(tx.prepare_cached(DELETE_INDEX_ROW[tag])?),
-        };
-        match row {
-            Row::String { norm, exact } => statement.execute(params![param, norm, exact, rid]),
-            Row::Token { code, system } => statement.execute(params![param, code, system, rid]),
-            Row::Reference { tid, ttype, url } => {
-                statement.execute(params![param, tid, ttype, url, rid])
-            }
-            Row::Date { lo, hi } => statement.execute(params![param, lo, hi, rid]),
-            Row::Number(value) => statement.execute(params![param, value, rid]),
-            Row::Quantity {
-                value,
-                system,
-                code,
-                unit,
-            } => statement.execute(params![param, value, system, code, unit, rid]),
-            Row::Uri(uri) => statement.execute(params![param, uri, rid]),
-        }?;
+        bind_row(statements.get(&row)?, param, &row, rid, None)?;
     }
     Ok(true)
 }
 
-/// The index tables' insert statements for one resource's rows, each fetched from the
-/// statement cache once rather than once per row (a cache lookup hashes the SQL text).
-struct IndexInserts<'c> {
+/// One statement per index table for one resource's rows, each fetched from the statement
+/// cache once rather than once per row (a cache lookup hashes the SQL text).
+struct IndexStatements<'c> {
     tx: &'c Transaction<'c>,
+    sql: &'static [&'static str; 7],
     prepared: [Option<rusqlite::CachedStatement<'c>>; 7],
-    manifest: Manifest,
 }
 
-impl IndexInserts<'_> {
-    /// Inserts a row unless the resource already has it, and lists it if inserted.
-    fn insert(
-        &mut self,
-        param: i64,
-        row: Row<'_>,
-        sql: &str,
-        args: &[&dyn rusqlite::ToSql],
-    ) -> Result<(), StoreError> {
-        let slot = &mut self.prepared[usize::from(manifest::kind_tag(row.kind()))];
-        let statement = match slot {
-            Some(statement) => statement,
-            None => slot.insert(self.tx.prepare_cached(sql)?),
-        };
-        if statement.execute(args)? > 0 {
-            self.manifest.push(param, &row);
+impl<'c> IndexStatements<'c> {
+    fn new(tx: &'c Transaction<'c>, sql: &'static [&'static str; 7]) -> Self {
+        IndexStatements {
+            tx,
+            sql,
+            prepared: Default::default(),
         }
-        Ok(())
+    }
+
+    /// The statement for `row`'s table.
+    fn get(&mut self, row: &Row<'_>) -> Result<&mut rusqlite::CachedStatement<'c>, StoreError> {
+        let tag = usize::from(manifest::kind_tag(row.kind()));
+        Ok(match &mut self.prepared[tag] {
+            Some(statement) => statement,
+            slot => slot.insert(self.tx.prepare_cached(self.sql[tag])?),
+        })
     }
 }
 
-/// Inserts a version's index rows; returns their list for its resource row.
+/// Runs an [`INSERT_INDEX_ROW`] or [`DELETE_INDEX_ROW`] statement for `row`: its table's key
+/// in column order (`param`, the values, `rid`), then for token inserts the display text.
+fn bind_row(
+    statement: &mut rusqlite::CachedStatement<'_>,
+    param: i64,
+    row: &Row<'_>,
+    rid: i64,
+    text: Option<&str>,
+) -> rusqlite::Result<usize> {
+    match *row {
+        Row::String { norm, exact } => statement.execute(params![param, norm, exact, rid]),
+        Row::Token { code, system } => match text {
+            Some(text) => statement.execute(params![param, code, system, rid, text]),
+            None => statement.execute(params![param, code, system, rid]),
+        },
+        Row::Reference { tid, ttype, url } => {
+            statement.execute(params![param, tid, ttype, url, rid])
+        }
+        Row::Date { lo, hi } => statement.execute(params![param, lo, hi, rid]),
+        Row::Number(value) => statement.execute(params![param, value, rid]),
+        Row::Quantity {
+            value,
+            system,
+            code,
+            unit,
+        } => statement.execute(params![param, value, system, code, unit, rid]),
+        Row::Uri(uri) => statement.execute(params![param, uri, rid]),
+    }
+}
+
+/// An index entry as its table's row, with a token's display text ('' when none).
+fn row_of(value: &IndexValue) -> (Row<'_>, &str) {
+    let row = match value {
+        IndexValue::String { normalized, exact } => Row::String {
+            norm: normalized,
+            exact,
+        },
+        IndexValue::Token { system, code, text } => {
+            let row = Row::Token {
+                code: or_empty(code),
+                system: or_empty(system),
+            };
+            return (row, or_empty(text));
+        }
+        IndexValue::Reference {
+            target_type,
+            target_id,
+            url,
+        } => Row::Reference {
+            tid: or_empty(target_id),
+            ttype: or_empty(target_type),
+            url: or_empty(url),
+        },
+        IndexValue::Date(range) => Row::Date {
+            lo: range.start,
+            hi: range.end,
+        },
+        IndexValue::Number(value) => Row::Number(*value),
+        IndexValue::Quantity {
+            value,
+            system,
+            code,
+            unit,
+        } => Row::Quantity {
+            value: *value,
+            system: or_empty(system),
+            code: or_empty(code),
+            unit: or_empty(unit),
+        },
+        IndexValue::Uri(uri) => Row::Uri(uri),
+    };
+    (row, "")
+}
+
+/// Inserts a version's index rows; returns the list of those inserted (a row the resource
+/// already has is listed once) for its `resource_ix` row.
 fn write_index(
     tx: &Transaction<'_>,
     rid: i64,
     entries: &[IndexEntry],
     ids: &mut ParamIds,
 ) -> Result<Option<Vec<u8>>, StoreError> {
-    let mut inserts = IndexInserts {
-        tx,
-        prepared: Default::default(),
-        manifest: Manifest::default(),
-    };
+    let mut statements = IndexStatements::new(tx, &INSERT_INDEX_ROW);
+    let mut manifest = Manifest::default();
     for e in entries {
         let param = ids.id(tx, &e.param)?;
-        match &e.value {
-            IndexValue::String { normalized, exact } => inserts.insert(
-                param,
-                Row::String {
-                    norm: normalized,
-                    exact,
-                },
-                "INSERT OR IGNORE INTO ix_string (rid, param, norm, exact) VALUES (?1, ?2, ?3, ?4)",
-                params![rid, param, normalized, exact],
-            )?,
-            IndexValue::Token { system, code, text } => inserts.insert(
-                param,
-                Row::Token {
-                    code: or_empty(code),
-                    system: or_empty(system),
-                },
-                "INSERT OR IGNORE INTO ix_token (rid, param, system, code, text) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![
-                    rid,
-                    param,
-                    or_empty(system),
-                    or_empty(code),
-                    text.as_deref().unwrap_or("")
-                ],
-            )?,
-            IndexValue::Reference {
-                target_type,
-                target_id,
-                url,
-            } => inserts.insert(
-                param,
-                Row::Reference {
-                    tid: or_empty(target_id),
-                    ttype: or_empty(target_type),
-                    url: or_empty(url),
-                },
-                "INSERT OR IGNORE INTO ix_reference (rid, param, ttype, tid, url) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![rid, param, or_empty(target_type), or_empty(target_id), or_empty(url)],
-            )?,
-            IndexValue::Date(range) => inserts.insert(
-                param,
-                Row::Date {
-                    lo: range.start,
-                    hi: range.end,
-                },
-                "INSERT OR IGNORE INTO ix_date (rid, param, lo, hi) VALUES (?1, ?2, ?3, ?4)",
-                params![rid, param, range.start, range.end],
-            )?,
-            IndexValue::Number(value) => inserts.insert(
-                param,
-                Row::Number(*value),
-                "INSERT OR IGNORE INTO ix_number (rid, param, value) VALUES (?1, ?2, ?3)",
-                params![rid, param, value],
-            )?,
-            IndexValue::Quantity {
-                value,
-                system,
-                code,
-                unit,
-            } => inserts.insert(
-                param,
-                Row::Quantity {
-                    value: *value,
-                    system: or_empty(system),
-                    code: or_empty(code),
-                    unit: or_empty(unit),
-                },
-                "INSERT OR IGNORE INTO ix_quantity (rid, param, value, system, code, unit) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![rid, param, value, or_empty(system), or_empty(code), or_empty(unit)],
-            )?,
-            IndexValue::Uri(uri) => inserts.insert(
-                param,
-                Row::Uri(uri),
-                "INSERT OR IGNORE INTO ix_uri (rid, param, uri) VALUES (?1, ?2, ?3)",
-                params![rid, param, uri],
-            )?,
+        let (row, text) = row_of(&e.value);
+        if bind_row(statements.get(&row)?, param, &row, rid, Some(text))? > 0 {
+            manifest.push(param, &row);
         }
     }
-    Ok(inserts.manifest.finish())
+    Ok(manifest.finish())
 }
 
 fn or_empty(v: &Option<String>) -> &str {
