@@ -636,7 +636,6 @@ fn raw_values(value: &str) -> PResult<Vec<&str>> {
     Ok(vals)
 }
 
-/// The filters for one parameter value on one type.
 /// The filters for `code[:modifier]=value` on one parameter, asked of the rows its values
 /// are stored under.
 fn value_filters(info: &ParamInfo, modifier: Option<&str>, value: &str) -> PResult<Vec<Filter>> {
@@ -676,6 +675,7 @@ fn on_stored_rows(members: &[caregate_store::index::ParamKey], c: Condition) -> 
     }
 }
 
+/// The filters for one parameter value on one type, on the parameter's own key.
 fn own_value_filters(
     info: &ParamInfo,
     modifier: Option<&str>,

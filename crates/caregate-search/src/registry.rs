@@ -252,18 +252,20 @@ impl SearchRegistry {
     /// A parameter whose values are exactly the union of other parameters' of the same
     /// type and kind (`Observation:combo-code` is `code | component-code`, as plain paths)
     /// keeps no index rows of its own: writes do not extract it, and searches ask for its
-    /// members' rows ([`ParamInfo::stored_as`]). Such copies were about a sixth of a
+    /// members' rows ([`ParamInfo::stored_as`]). Such copies were about a seventh of a
     /// Synthea import's index rows. Reference parameters keep their rows, as `_include`,
     /// chains and `_has` name them.
     fn share_rows(&mut self) {
         for params in self.types.values_mut() {
-            let paths = |e: &Extractor| match &e.plan {
-                Extraction::Paths(p) if e.param_type != ParamType::Reference => Some(p.clone()),
-                _ => None,
-            };
+            fn paths(e: &Extractor) -> Option<&PlainPaths> {
+                match &e.plan {
+                    Extraction::Paths(p) if e.param_type != ParamType::Reference => Some(p),
+                    _ => None,
+                }
+            }
             // Fewest branches first, so members are decided before the unions over them;
             // of two identical parameters the first by key keeps the rows.
-            let mut order: Vec<(usize, PlainPaths)> = params
+            let mut order: Vec<(usize, &PlainPaths)> = params
                 .extractors
                 .iter()
                 .enumerate()
@@ -273,16 +275,16 @@ impl SearchRegistry {
                 (pa.branch_count(), &params.extractors[*a].key)
                     .cmp(&(pb.branch_count(), &params.extractors[*b].key))
             });
-            let mut own: Vec<(usize, PlainPaths)> = Vec::new();
+            let mut own: Vec<(usize, &PlainPaths)> = Vec::new();
             let mut shared: Vec<(usize, Vec<ParamKey>)> = Vec::new();
             for (i, p) in order {
                 let kind = params.extractors[i].param_type;
-                let within: Vec<&(usize, PlainPaths)> = own
+                let within: Vec<&(usize, &PlainPaths)> = own
                     .iter()
-                    .filter(|(j, q)| params.extractors[*j].param_type == kind && q.is_within(&p))
+                    .filter(|(j, q)| params.extractors[*j].param_type == kind && q.is_within(p))
                     .collect();
                 // Members that another member already covers add nothing.
-                let members: Vec<&(usize, PlainPaths)> = within
+                let members: Vec<&(usize, &PlainPaths)> = within
                     .iter()
                     .enumerate()
                     .filter(|(n, (_, q))| {
@@ -292,7 +294,7 @@ impl SearchRegistry {
                     })
                     .map(|(_, member)| *member)
                     .collect();
-                let parts: Vec<&PlainPaths> = members.iter().map(|(_, q)| q).collect();
+                let parts: Vec<&PlainPaths> = members.iter().map(|(_, q)| *q).collect();
                 if !members.is_empty() && p.is_union_of(&parts) {
                     let keys = members
                         .iter()

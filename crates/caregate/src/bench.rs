@@ -281,10 +281,10 @@ async fn run_async(args: BenchArgs) -> Result<i32> {
             resources += v["entry"].as_array().map_or(0, Vec::len);
             bodies.push(text);
         }
+        let files = bodies.len();
         let rounds = args.import_rounds.max(1);
-        let bodies: Vec<Vec<u8>> = (0..rounds).flat_map(|_| bodies.iter().cloned()).collect();
         resources *= rounds;
-        let n = bodies.len();
+        let n = files * rounds;
         let per = resources / n.max(1);
         let (h, b, u) = (http.clone(), Arc::new(bodies), base.clone());
         let mut phase = run_phase(
@@ -296,7 +296,7 @@ async fn run_async(args: BenchArgs) -> Result<i32> {
                 h.post(&u)
                     .header("content-type", "application/fhir+json")
                     .header("prefer", "return=minimal")
-                    .body(b[i].clone())
+                    .body(b[i % files].clone())
             },
         )
         .await;

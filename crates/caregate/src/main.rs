@@ -147,7 +147,7 @@ fn main() {
 /// Keeps this process's anonymous memory in 4 KiB pages. Where the kernel's transparent huge
 /// pages are on (`always`, as on many distributions), each fault in the allocator's fresh or
 /// purged memory zeroes a whole 2 MiB page: during a Synthea import over HTTP that zeroing
-/// was a third of the server's CPU, and the peak memory 90 MB higher. Per process, so the
+/// was a third of the server's CPU, and the peak memory about 85 MB higher. Per process, so the
 /// machine's setting is left alone.
 fn disable_transparent_huge_pages() {
     #[cfg(target_os = "linux")]
