@@ -8,6 +8,7 @@ mod error;
 pub mod json;
 pub mod keys;
 mod limits;
+pub mod memory;
 mod outcome;
 mod resource_types;
 mod text;

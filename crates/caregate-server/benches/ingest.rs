@@ -17,6 +17,8 @@ use serde_json::Value;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
+    // As the server does (see `caregate_core::memory`); otherwise huge-page zeroing dominates.
+    caregate_core::memory::disable_transparent_huge_pages();
     let dir =
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/corpora/examples/synthea");
     let mut files: Vec<PathBuf> = match std::fs::read_dir(&dir) {

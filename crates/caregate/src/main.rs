@@ -132,7 +132,9 @@ enum AuditCommand {
 }
 
 fn main() {
-    disable_transparent_huge_pages();
+    if !caregate_core::memory::disable_transparent_huge_pages() {
+        eprintln!("caregate: could not opt out of transparent huge pages");
+    }
     let cli = Cli::parse();
     let code = match run(cli) {
         Ok(code) => code,
@@ -142,23 +144,6 @@ fn main() {
         }
     };
     std::process::exit(code);
-}
-
-/// Keeps this process's anonymous memory in 4 KiB pages. Where the kernel's transparent huge
-/// pages are on (`always`, as on many distributions), each fault in the allocator's fresh or
-/// purged memory zeroes a whole 2 MiB page: during a Synthea import over HTTP that zeroing
-/// was a third of the server's CPU, and the peak memory about 85 MB higher. Per process, so the
-/// machine's setting is left alone.
-fn disable_transparent_huge_pages() {
-    #[cfg(target_os = "linux")]
-    {
-        // SAFETY: PR_SET_THP_DISABLE takes plain integers and touches no memory of ours.
-        let rc = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
-        if rc != 0 {
-            // Only slower, never wrong; a kernel without the option just keeps its default.
-            eprintln!("caregate: could not opt out of transparent huge pages");
-        }
-    }
 }
 
 fn run(cli: Cli) -> Result<i32> {
