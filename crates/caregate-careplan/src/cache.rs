@@ -30,8 +30,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
-
 use crate::{Committed, SharedView};
 
 /// Number of patient buckets (a power of two).
@@ -221,13 +219,13 @@ impl<V: Clone> ViewCache<V> {
                 }
             }
             let mut seen: Vec<usize> = Vec::new();
-            patient_references(resource, &mut |r| {
-                let b = bucket(r);
+            for id in c.references.iter().filter_map(|r| patient_id(r)) {
+                let b = fnv(id);
                 if !seen.contains(&b) {
                     seen.push(b);
                     self.buckets[b].fetch_add(1, Ordering::AcqRel);
                 }
-            });
+            }
         }
     }
 
@@ -285,31 +283,11 @@ fn patient_id(reference: &str) -> Option<&str> {
     (!id.is_empty() && !id.contains('/')).then_some(id)
 }
 
-/// Calls `f` for every `reference` to a Patient anywhere in `v`.
-fn patient_references(v: &Value, f: &mut impl FnMut(&str)) {
-    match v {
-        Value::Object(map) => {
-            for (k, child) in map {
-                match child {
-                    Value::String(s) if k == "reference" => {
-                        if let Some(id) = patient_id(s) {
-                            f(id);
-                        }
-                    }
-                    Value::Object(_) | Value::Array(_) => patient_references(child, f),
-                    _ => {}
-                }
-            }
-        }
-        Value::Array(items) => items.iter().for_each(|c| patient_references(c, f)),
-        _ => {}
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+    use serde_json::Value;
 
     fn committed<'a>(rtype: &'a str, id: &'a str, r: Option<&'a Value>) -> Committed<'a> {
         Committed {
@@ -317,6 +295,9 @@ mod tests {
             id,
             version: 1,
             resource: r,
+            references: r
+                .map(caregate_core::json::reference_values)
+                .unwrap_or_default(),
         }
     }
 

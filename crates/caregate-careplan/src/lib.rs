@@ -43,6 +43,9 @@ pub struct Committed<'a> {
     pub version: u64,
     /// `None` for a deletion.
     pub resource: Option<&'a Value>,
+    /// Every `reference` value in `resource` ([`caregate_core::json::reference_values`]),
+    /// listed once by the pipeline for all the stages that follow references.
+    pub references: Vec<&'a str>,
 }
 
 pub trait PatientLinker: Send + Sync {

@@ -148,10 +148,45 @@ impl<'de, 'k> Visitor<'de> for Kept<'k> {
     }
 }
 
+/// Every string under a `reference` key anywhere in `value`, in document order: what a
+/// resource points at. One walk, for stages that would otherwise each walk the tree.
+pub fn reference_values(value: &Value) -> Vec<&str> {
+    fn walk<'v>(value: &'v Value, out: &mut Vec<&'v str>) {
+        match value {
+            Value::Object(map) => {
+                for (key, child) in map {
+                    match child {
+                        Value::String(s) if key == "reference" => out.push(s),
+                        Value::Object(_) | Value::Array(_) => walk(child, out),
+                        _ => {}
+                    }
+                }
+            }
+            Value::Array(items) => items.iter().for_each(|item| walk(item, out)),
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    walk(value, &mut out);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn lists_every_reference_value() {
+        let v = json!({"subject": {"reference": "Patient/a"}, "reference": 3,
+            "performer": [{"reference": "Practitioner/b", "display": "Patient/x"}, {"display": "c"}],
+            "contained": [{"item": [{"answer": [{"valueReference": {"reference": "Patient/c"}}]}]}]});
+        assert_eq!(
+            reference_values(&v),
+            vec!["Patient/a", "Practitioner/b", "Patient/c"]
+        );
+        assert!(reference_values(&json!("Patient/a")).is_empty());
+    }
 
     #[test]
     fn finds_members_of_small_and_large_objects() {

@@ -10,7 +10,8 @@ use caregate_core::{ErrorKind, FhirError, FhirResult, Issue, IssueCode};
 use caregate_store::{HistoryScope, StoreError, VersionRecord, WriteMethod, WriteOp};
 use serde_json::{json, Map, Value};
 
-use crate::references;
+use crate::conformance::StatsSource;
+use crate::references::ReferenceSites;
 use crate::write::{parse_record, precondition_failed, refuse_audit_writes};
 use crate::{check_resource_type, store_error, Caller, HistoryRequest, Permission, Pipeline};
 use caregate_audit::{patient_of, Subtype};
@@ -489,10 +490,19 @@ impl Pipeline {
         }
 
         // 2. Rewrite references, resolve conditional references, admit every resource.
+        let sites: Vec<ReferenceSites> = requests
+            .iter()
+            .map(|req| {
+                req.resource
+                    .as_ref()
+                    .map(ReferenceSites::scan)
+                    .unwrap_or_default()
+            })
+            .collect();
         let mut conditional_refs = Vec::new();
-        for req in &requests {
+        for (req, sites) in requests.iter().zip(&sites) {
             if let Some(r) = &req.resource {
-                references::conditional_references(r, &mut conditional_refs);
+                sites.conditional_references(r, &mut conditional_refs);
             }
         }
         for reference in conditional_refs {
@@ -552,7 +562,7 @@ impl Pipeline {
                 }
                 obj.insert("id".into(), Value::String(id.clone()));
             }
-            references::rewrite(&mut resource, &id_map);
+            sites[i].rewrite(&mut resource, &id_map);
             match self.admit(caller, rtype, resource) {
                 Ok(a) => {
                     issues_by_entry[i] = a.issues;
@@ -694,6 +704,7 @@ impl Pipeline {
         }
         self.after_commit(&written);
         // One statistics request for the whole Bundle, not one per entry.
+        let source = StatsSource::of(caller);
         self.record_stats(
             plans
                 .iter()
@@ -701,7 +712,7 @@ impl Pipeline {
                 .filter_map(|(i, plan)| match plan {
                     Some(Plan::Create { rtype, .. } | Plan::Update { rtype, .. }) => {
                         Some(Self::conformance_record(
-                            caller,
+                            &source,
                             rtype,
                             admitted[i].as_ref(),
                             true,

@@ -34,15 +34,43 @@ fn issue_rows(issues: &[Issue]) -> Vec<(String, String, String, String)> {
                     .first()
                     .map(|e| element_of(e))
                     .unwrap_or_default(),
-                i.diagnostics.chars().take(300).collect(),
+                first_chars(&i.diagnostics, 300).to_string(),
             )
         })
         .collect()
 }
 
+/// The first `n` characters of `text`.
+fn first_chars(text: &str, n: usize) -> &str {
+    match text.char_indices().nth(n) {
+        Some((end, _)) => &text[..end],
+        None => text,
+    }
+}
+
+/// What every conformance record of one request shares: the day and the sending client,
+/// worked out once per request rather than once per Bundle entry.
+pub(crate) struct StatsSource {
+    day: String,
+    client: String,
+}
+
+impl StatsSource {
+    pub(crate) fn of(caller: &Caller) -> StatsSource {
+        StatsSource {
+            day: chrono::Utc::now().format("%Y-%m-%d").to_string(),
+            client: caller
+                .actor
+                .client_id
+                .clone()
+                .unwrap_or_else(|| "local".into()),
+        }
+    }
+}
+
 impl Pipeline {
     pub(crate) fn conformance_record(
-        caller: &Caller,
+        source: &StatsSource,
         resource_type: &str,
         resource: Option<&Value>,
         accepted: bool,
@@ -54,12 +82,8 @@ impl Pipeline {
             .unwrap_or("base")
             .to_string();
         ConformanceRecord {
-            day: chrono::Utc::now().format("%Y-%m-%d").to_string(),
-            client: caller
-                .actor
-                .client_id
-                .clone()
-                .unwrap_or_else(|| "local".into()),
+            day: source.day.clone(),
+            client: source.client.clone(),
             resource_type: resource_type.to_string(),
             profile,
             accepted,
@@ -76,7 +100,7 @@ impl Pipeline {
         issues: &[Issue],
     ) {
         self.record_stats(vec![Self::conformance_record(
-            caller,
+            &StatsSource::of(caller),
             resource_type,
             resource,
             true,
@@ -90,7 +114,7 @@ impl Pipeline {
             && error.issues.iter().any(|i| !i.expression.is_empty())
         {
             self.record_stats(vec![Self::conformance_record(
-                caller,
+                &StatsSource::of(caller),
                 resource_type,
                 None,
                 false,

@@ -5,58 +5,127 @@ use std::collections::HashMap;
 
 use serde_json::Value;
 
-/// Replaces every `reference` value found in `map` (and every `Attachment.url` /
-/// `uri`-typed value that is exactly a mapped `urn:uuid:`).
-pub(crate) fn rewrite(value: &mut Value, map: &HashMap<String, String>) {
-    match value {
-        Value::Object(obj) => {
-            for (key, v) in obj.iter_mut() {
-                match v {
-                    Value::String(s) if key == "reference" => {
-                        if let Some(new) = map.get(s.as_str()) {
-                            *s = new.clone();
+/// Where a resource's rewritable strings are: every `reference` value, and every other
+/// member whose string is a `urn:uuid:` (an `Attachment.url` or `uri` naming another
+/// entry). Found in one walk; a transaction reads its conditional references and rewrites
+/// fullUrls from this list instead of walking each resource twice more. Positions are
+/// member and item indexes, so they hold only while the resource's existing members stay
+/// where they are (replacing a value or appending a member keeps them).
+#[derive(Debug, Default)]
+pub(crate) struct ReferenceSites {
+    /// Every site's positions, one after another.
+    positions: Vec<u32>,
+    sites: Vec<Site>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Site {
+    /// Where this site's positions end in `positions` (they start where the previous end).
+    end: u32,
+    /// A `reference` value (not only a `urn:uuid:` string).
+    is_reference: bool,
+}
+
+impl ReferenceSites {
+    pub(crate) fn scan(resource: &Value) -> ReferenceSites {
+        fn walk(value: &Value, path: &mut Vec<u32>, out: &mut ReferenceSites) {
+            match value {
+                Value::Object(map) => {
+                    for (i, (key, child)) in map.iter().enumerate() {
+                        let i = i as u32;
+                        match child {
+                            Value::String(s)
+                                if key == "reference" || s.starts_with("urn:uuid:") =>
+                            {
+                                out.positions.extend_from_slice(path);
+                                out.positions.push(i);
+                                out.sites.push(Site {
+                                    end: out.positions.len() as u32,
+                                    is_reference: key == "reference",
+                                });
+                            }
+                            Value::Object(_) | Value::Array(_) => {
+                                path.push(i);
+                                walk(child, path, out);
+                                path.pop();
+                            }
+                            _ => {}
                         }
                     }
-                    Value::String(s) if s.starts_with("urn:uuid:") => {
-                        if let Some(new) = map.get(s.as_str()) {
-                            *s = new.clone();
+                }
+                Value::Array(items) => {
+                    for (i, item) in items.iter().enumerate() {
+                        if matches!(item, Value::Object(_) | Value::Array(_)) {
+                            path.push(i as u32);
+                            walk(item, path, out);
+                            path.pop();
                         }
                     }
-                    _ => rewrite(v, map),
+                }
+                _ => {}
+            }
+        }
+        let mut out = ReferenceSites::default();
+        walk(resource, &mut Vec::new(), &mut out);
+        out
+    }
+
+    fn paths(&self) -> impl Iterator<Item = (&[u32], Site)> + '_ {
+        let mut start = 0;
+        self.sites.iter().map(move |site| {
+            let path = &self.positions[start..site.end as usize];
+            start = site.end as usize;
+            (path, *site)
+        })
+    }
+
+    /// Adds every distinct conditional reference (`Patient?identifier=...`) to `out`.
+    pub(crate) fn conditional_references(&self, resource: &Value, out: &mut Vec<String>) {
+        for (path, site) in self.paths() {
+            if !site.is_reference {
+                continue;
+            }
+            if let Some(Value::String(s)) = at(resource, path) {
+                if is_conditional(s) && !out.contains(s) {
+                    out.push(s.clone());
                 }
             }
         }
-        Value::Array(items) => {
-            for item in items {
-                rewrite(item, map);
+    }
+
+    /// Replaces each site's string that `map` names (a `urn:uuid:` or other fullUrl, a
+    /// conditional reference) with the `Type/id` it was given.
+    pub(crate) fn rewrite(&self, resource: &mut Value, map: &HashMap<String, String>) {
+        for (path, _) in self.paths() {
+            if let Some(Value::String(s)) = at_mut(resource, path) {
+                if let Some(new) = map.get(s.as_str()) {
+                    s.clone_from(new);
+                }
             }
         }
-        _ => {}
     }
 }
 
-/// Every distinct conditional reference (`Patient?identifier=...`) in a resource.
-pub(crate) fn conditional_references(value: &Value, out: &mut Vec<String>) {
-    match value {
-        Value::Object(obj) => {
-            for (key, v) in obj {
-                match v {
-                    Value::String(s) if key == "reference" && is_conditional(s) => {
-                        if !out.contains(s) {
-                            out.push(s.clone());
-                        }
-                    }
-                    _ => conditional_references(v, out),
-                }
-            }
-        }
-        Value::Array(items) => {
-            for item in items {
-                conditional_references(item, out);
-            }
-        }
-        _ => {}
+fn at<'v>(mut value: &'v Value, path: &[u32]) -> Option<&'v Value> {
+    for &i in path {
+        value = match value {
+            Value::Object(map) => map.values().nth(i as usize)?,
+            Value::Array(items) => items.get(i as usize)?,
+            _ => return None,
+        };
     }
+    Some(value)
+}
+
+fn at_mut<'v>(mut value: &'v mut Value, path: &[u32]) -> Option<&'v mut Value> {
+    for &i in path {
+        value = match value {
+            Value::Object(map) => map.values_mut().nth(i as usize)?,
+            Value::Array(items) => items.get_mut(i as usize)?,
+            _ => return None,
+        };
+    }
+    Some(value)
 }
 
 fn is_conditional(reference: &str) -> bool {
@@ -82,7 +151,7 @@ mod tests {
             ("urn:uuid:1".to_string(), "Patient/a".to_string()),
             ("urn:uuid:2".to_string(), "Practitioner/b".to_string()),
         ]);
-        rewrite(&mut v, &map);
+        ReferenceSites::scan(&v).rewrite(&mut v, &map);
         assert_eq!(v["subject"]["reference"], "Patient/a");
         assert_eq!(
             v["activity"][0]["detail"]["performer"][0]["reference"],
@@ -96,9 +165,37 @@ mod tests {
 
     #[test]
     fn finds_conditional_references() {
-        let v = json!({"subject": {"reference": "Patient?identifier=a|1"}, "x": {"reference": "Patient/1"}});
+        let v = json!({"subject": {"reference": "Patient?identifier=a|1"}, "x": {"reference": "Patient/1"},
+            "y": [{"reference": "Patient?identifier=a|1"}, {"reference": "Group?name=b"}],
+            "z": {"url": "Patient?identifier=c|1"}});
         let mut out = Vec::new();
-        conditional_references(&v, &mut out);
-        assert_eq!(out, vec!["Patient?identifier=a|1".to_string()]);
+        ReferenceSites::scan(&v).conditional_references(&v, &mut out);
+        assert_eq!(out, vec!["Patient?identifier=a|1", "Group?name=b"]);
+    }
+
+    #[test]
+    fn rewrites_uuid_members_and_keeps_sites_when_a_member_is_appended() {
+        let mut v = json!({"resourceType": "DocumentReference",
+            "content": [{"attachment": {"url": "urn:uuid:3", "title": "urn:uuid:3 notes"}}],
+            "relatesTo": [{"target": {"reference": "urn:uuid:4"}}],
+            "note": ["urn:uuid:3"]});
+        let map = HashMap::from([
+            ("urn:uuid:3".to_string(), "Binary/b".to_string()),
+            ("urn:uuid:4".to_string(), "DocumentReference/d".to_string()),
+        ]);
+        let sites = ReferenceSites::scan(&v);
+        // The transaction sets the id after the scan.
+        if let Some(obj) = v.as_object_mut() {
+            obj.insert("id".into(), json!("new"));
+        }
+        sites.rewrite(&mut v, &map);
+        assert_eq!(v["content"][0]["attachment"]["url"], "Binary/b");
+        assert_eq!(v["content"][0]["attachment"]["title"], "urn:uuid:3 notes");
+        assert_eq!(
+            v["relatesTo"][0]["target"]["reference"],
+            "DocumentReference/d"
+        );
+        assert_eq!(v["note"][0], "urn:uuid:3");
+        assert_eq!(v["id"], "new");
     }
 }

@@ -224,6 +224,9 @@ impl Pipeline {
                 id: &op.id,
                 version: op.version,
                 resource: *resource,
+                references: resource
+                    .map(caregate_core::json::reference_values)
+                    .unwrap_or_default(),
             })
             .collect();
         for c in &committed {

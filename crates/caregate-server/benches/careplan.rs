@@ -398,6 +398,7 @@ fn main() {
             id: "x",
             version: 1,
             resource: Some(r),
+            references: caregate_core::json::reference_values(r),
         }];
         cache.invalidate(&committed);
     }
