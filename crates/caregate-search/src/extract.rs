@@ -168,7 +168,10 @@ fn push_token(
     code: Option<&str>,
     text: Option<&str>,
 ) {
-    let value = token(system, code, text);
+    push_unless_empty(push, token(system, code, text));
+}
+
+fn push_unless_empty(push: &mut impl FnMut(IndexValue), value: IndexValue) {
     if !matches!(
         &value,
         IndexValue::Token {
@@ -192,13 +195,28 @@ fn token_values(v: &Value, push: &mut impl FnMut(IndexValue)) {
         Value::Number(n) => push(token(None, Some(&n.to_string()), None)),
         Value::Object(m) => {
             if let Some(codings) = member(m, "coding") {
-                // CodeableConcept: each coding, plus its text for `:text`.
+                // CodeableConcept: each coding, plus its text for `:text`. `:text` matches
+                // a coding's display or the text alike, so a text that some display already
+                // says (after the same lower-casing) needs no row of its own: such copies
+                // were a twelfth of a Synthea import's index rows.
+                let text = token(None, None, str_field(m, "text"));
+                let mut said = false;
                 if let Value::Array(codings) = codings {
                     for c in codings.iter().filter_map(Value::as_object) {
-                        coding_value(c, push);
+                        let coding = coding_token(c);
+                        if let (
+                            IndexValue::Token { text: Some(t), .. },
+                            IndexValue::Token { text: Some(d), .. },
+                        ) = (&text, &coding)
+                        {
+                            said |= t == d;
+                        }
+                        push_unless_empty(push, coding);
                     }
                 }
-                push_token(push, None, None, str_field(m, "text"));
+                if !said {
+                    push_unless_empty(push, text);
+                }
             } else if let Some(value) = member(m, "value") {
                 let value = match value {
                     Value::String(s) => Some(s.as_str()),
@@ -228,12 +246,15 @@ fn token_values(v: &Value, push: &mut impl FnMut(IndexValue)) {
 }
 
 fn coding_value(c: &Map<String, Value>, push: &mut impl FnMut(IndexValue)) {
-    push_token(
-        push,
+    push_unless_empty(push, coding_token(c));
+}
+
+fn coding_token(c: &Map<String, Value>) -> IndexValue {
+    token(
         str_field(c, "system"),
         str_field(c, "code"),
         str_field(c, "display"),
-    );
+    )
 }
 
 /// Splits a literal reference into `(type, id)`: `Patient/1`, `Patient/1/_history/2`, or an

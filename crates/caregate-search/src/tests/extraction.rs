@@ -678,7 +678,7 @@ fn medication_request() {
                 Some("582620"),
                 Some("Nizatidine 15 MG/ML Oral Solution [Axid]"),
             ),
-            token(None, None, Some("Nizatidine 15 MG/ML Oral Solution [Axid]")),
+            // The concept's text is the display (so `:text` finds it through the coding).
         ],
     );
     assert_values(&e, "MedicationRequest:status", &[code("active")]);
@@ -1630,4 +1630,65 @@ fn type_specific_plans_agree_with_the_evaluator() {
     }
     eprintln!("{paths} plain, {evaluated} evaluated; {compared} comparisons");
     assert!(compared > 100_000, "{compared}");
+}
+
+/// A CodeableConcept's text keeps a row of its own unless a coding's display already says
+/// it after lower-casing, which is how `:text` compares them.
+#[test]
+fn concept_text_rows_only_when_no_display_says_it() {
+    let loinc = Some("http://loinc.org");
+    let observation = |code: Value| {
+        extract(&json!({"resourceType": "Observation", "status": "final", "code": code}))
+    };
+    let e = observation(
+        json!({"coding": [{"system": "http://loinc.org", "code": "8302-2",
+        "display": "Body Height"}], "text": "BODY height"}),
+    );
+    assert_values(
+        &e,
+        "Observation:code",
+        &[token(loinc, Some("8302-2"), Some("Body Height"))],
+    );
+    let e = observation(
+        json!({"coding": [{"system": "http://loinc.org", "code": "8302-2",
+        "display": "Body Height"}, {"code": "h", "display": "Height"}], "text": "Height"}),
+    );
+    assert_values(
+        &e,
+        "Observation:code",
+        &[
+            token(loinc, Some("8302-2"), Some("Body Height")),
+            token(None, Some("h"), Some("Height")),
+        ],
+    );
+    let e = observation(
+        json!({"coding": [{"system": "http://loinc.org", "code": "8302-2",
+        "display": "Body Height"}], "text": "Stature"}),
+    );
+    assert_values(
+        &e,
+        "Observation:code",
+        &[
+            token(loinc, Some("8302-2"), Some("Body Height")),
+            token(None, None, Some("Stature")),
+        ],
+    );
+    let e = observation(
+        json!({"coding": [{"system": "http://loinc.org", "code": "8302-2"}],
+        "text": "Stature"}),
+    );
+    assert_values(
+        &e,
+        "Observation:code",
+        &[
+            token(loinc, Some("8302-2"), None),
+            token(None, None, Some("Stature")),
+        ],
+    );
+    let e = observation(json!({"text": "Stature"}));
+    assert_values(
+        &e,
+        "Observation:code",
+        &[token(None, None, Some("Stature"))],
+    );
 }
