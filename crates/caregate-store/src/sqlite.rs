@@ -709,17 +709,20 @@ fn commit_group_fast(
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     let mut rows = RowIds::load(&tx)?;
     let mut results = Vec::with_capacity(group.len());
-    for req in group {
-        match check_preconditions(&tx, &req.ops, Absence::ProvenByInsert)? {
-            Ok(current) => {
-                for (op, cur) in req.ops.iter().zip(current) {
-                    apply_op(&tx, op, cur, ids, &mut rows)?;
+    {
+        let mut index = IndexWriters::new(&tx);
+        for req in group {
+            match check_preconditions(&tx, &req.ops, Absence::ProvenByInsert)? {
+                Ok(current) => {
+                    for (op, cur) in req.ops.iter().zip(current) {
+                        apply_op(&tx, op, cur, ids, &mut rows, &mut index)?;
+                    }
+                    audit::append(&tx, chain, &req.audit)?;
+                    conformance::record(&tx, &req.stats)?;
+                    results.push(Ok(()));
                 }
-                audit::append(&tx, chain, &req.audit)?;
-                conformance::record(&tx, &req.stats)?;
-                results.push(Ok(()));
+                Err(conflict) => results.push(Err(conflict)),
             }
-            Err(conflict) => results.push(Err(conflict)),
         }
     }
     tx.commit()?;
@@ -752,8 +755,13 @@ fn commit_group_isolated(
         }
     };
     let mut results = Vec::with_capacity(group.len());
-    for req in group {
-        results.push(apply_in_savepoint(&tx, req, ids, chain, &mut rows));
+    {
+        let mut index = IndexWriters::new(&tx);
+        for req in group {
+            results.push(apply_in_savepoint(
+                &tx, req, ids, chain, &mut rows, &mut index,
+            ));
+        }
     }
     if let Err(e) = tx.commit() {
         let msg = e.to_string();
@@ -855,11 +863,12 @@ fn apply_in_savepoint(
     ids: &mut ParamIds,
     chain: &mut ChainHead,
     rows: &mut RowIds,
+    index: &mut IndexWriters<'_>,
 ) -> Result<(), StoreError> {
     tx.execute_batch("SAVEPOINT request")?;
     let mark = ids.pending.len();
     let chain_mark = chain.clone();
-    let applied = apply_ops(tx, &req.ops, ids, rows)
+    let applied = apply_ops(tx, &req.ops, ids, rows, index)
         .and_then(|()| audit::append(tx, chain, &req.audit))
         .and_then(|()| conformance::record(tx, &req.stats));
     match applied {
@@ -881,11 +890,12 @@ fn apply_ops(
     ops: &[WriteOp],
     ids: &mut ParamIds,
     rows: &mut RowIds,
+    index: &mut IndexWriters<'_>,
 ) -> Result<(), StoreError> {
     for (op_index, op) in ops.iter().enumerate() {
         // Checked op by op, so a request that touches one resource twice sees its own writes.
         match check_preconditions(tx, std::slice::from_ref(op), Absence::Checked)? {
-            Ok(mut cur) => apply_op(tx, op, cur.pop().flatten(), ids, rows)?,
+            Ok(mut cur) => apply_op(tx, op, cur.pop().flatten(), ids, rows, index)?,
             Err(StoreError::Conflict {
                 resource_type,
                 id,
@@ -914,11 +924,12 @@ fn apply_op(
     current: Option<(i64, u64)>,
     ids: &mut ParamIds,
     rows: &mut RowIds,
+    index: &mut IndexWriters<'_>,
 ) -> Result<(), StoreError> {
     let deleted = op.content.is_none();
     let seq = rows.seq();
     let (rid, had_rows) = match current {
-        Some((rid, _)) => (rid, remove_index(tx, rid)?),
+        Some((rid, _)) => (rid, remove_index(tx, rid, &mut index.delete)?),
         None => (rows.rid(), false),
     };
     match current {
@@ -947,7 +958,7 @@ fn apply_op(
     let manifest = if deleted {
         None
     } else {
-        write_index(tx, rid, &op.index, ids)?
+        write_index(tx, rid, &op.index, ids, &mut index.insert)?
     };
     match manifest {
         Some(list) => {
@@ -983,7 +994,11 @@ fn corrupt(rid: i64, e: manifest::Corrupt) -> StoreError {
 
 /// Deletes the index rows of the resource's current version, as its list names them;
 /// whether it had any.
-fn remove_index(tx: &Transaction<'_>, rid: i64) -> Result<bool, StoreError> {
+fn remove_index(
+    tx: &Transaction<'_>,
+    rid: i64,
+    statements: &mut IndexStatements<'_>,
+) -> Result<bool, StoreError> {
     let blob: Option<Vec<u8>> = tx
         .prepare_cached("SELECT ix FROM resource_ix WHERE rid = ?1")?
         .query_row([rid], |r| r.get(0))
@@ -991,7 +1006,6 @@ fn remove_index(tx: &Transaction<'_>, rid: i64) -> Result<bool, StoreError> {
     let Some(blob) = blob else {
         return Ok(false);
     };
-    let mut statements = IndexStatements::new(tx, &DELETE_INDEX_ROW);
     for row in manifest::rows(&blob) {
         let (param, row) = row.map_err(|e| corrupt(rid, e))?;
         bind_row(statements.get(&row)?, param, &row, rid, None)?;
@@ -999,8 +1013,24 @@ fn remove_index(tx: &Transaction<'_>, rid: i64) -> Result<bool, StoreError> {
     Ok(true)
 }
 
-/// One statement per index table for one resource's rows, each fetched from the statement
-/// cache once rather than once per row (a cache lookup hashes the SQL text).
+/// The index-row statements of one database transaction: inserts and deletes, each fetched
+/// from the statement cache once per commit group rather than once per resource (a cache
+/// fetch hashes the SQL text, and returning the statement resets it).
+struct IndexWriters<'c> {
+    insert: IndexStatements<'c>,
+    delete: IndexStatements<'c>,
+}
+
+impl<'c> IndexWriters<'c> {
+    fn new(tx: &'c Transaction<'c>) -> Self {
+        IndexWriters {
+            insert: IndexStatements::new(tx, &INSERT_INDEX_ROW),
+            delete: IndexStatements::new(tx, &DELETE_INDEX_ROW),
+        }
+    }
+}
+
+/// One statement per index table, each prepared on first use.
 struct IndexStatements<'c> {
     tx: &'c Transaction<'c>,
     sql: &'static [&'static str; 7],
@@ -1107,8 +1137,8 @@ fn write_index(
     rid: i64,
     entries: &[IndexEntry],
     ids: &mut ParamIds,
+    statements: &mut IndexStatements<'_>,
 ) -> Result<Option<Vec<u8>>, StoreError> {
-    let mut statements = IndexStatements::new(tx, &INSERT_INDEX_ROW);
     let mut manifest = Manifest::default();
     for e in entries {
         let param = ids.id(tx, &e.param)?;
