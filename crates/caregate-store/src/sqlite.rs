@@ -710,12 +710,12 @@ fn commit_group_fast(
     let mut rows = RowIds::load(&tx)?;
     let mut results = Vec::with_capacity(group.len());
     {
-        let mut index = IndexWriters::new(&tx);
+        let mut statements = WriteStatements::new(&tx);
         for req in group {
             match check_preconditions(&tx, &req.ops, Absence::ProvenByInsert)? {
                 Ok(current) => {
                     for (op, cur) in req.ops.iter().zip(current) {
-                        apply_op(&tx, op, cur, ids, &mut rows, &mut index)?;
+                        apply_op(&tx, op, cur, ids, &mut rows, &mut statements)?;
                     }
                     audit::append(&tx, chain, &req.audit)?;
                     conformance::record(&tx, &req.stats)?;
@@ -756,10 +756,15 @@ fn commit_group_isolated(
     };
     let mut results = Vec::with_capacity(group.len());
     {
-        let mut index = IndexWriters::new(&tx);
+        let mut statements = WriteStatements::new(&tx);
         for req in group {
             results.push(apply_in_savepoint(
-                &tx, req, ids, chain, &mut rows, &mut index,
+                &tx,
+                req,
+                ids,
+                chain,
+                &mut rows,
+                &mut statements,
             ));
         }
     }
@@ -863,12 +868,12 @@ fn apply_in_savepoint(
     ids: &mut ParamIds,
     chain: &mut ChainHead,
     rows: &mut RowIds,
-    index: &mut IndexWriters<'_>,
+    statements: &mut WriteStatements<'_>,
 ) -> Result<(), StoreError> {
     tx.execute_batch("SAVEPOINT request")?;
     let mark = ids.pending.len();
     let chain_mark = chain.clone();
-    let applied = apply_ops(tx, &req.ops, ids, rows, index)
+    let applied = apply_ops(tx, &req.ops, ids, rows, statements)
         .and_then(|()| audit::append(tx, chain, &req.audit))
         .and_then(|()| conformance::record(tx, &req.stats));
     match applied {
@@ -890,12 +895,12 @@ fn apply_ops(
     ops: &[WriteOp],
     ids: &mut ParamIds,
     rows: &mut RowIds,
-    index: &mut IndexWriters<'_>,
+    statements: &mut WriteStatements<'_>,
 ) -> Result<(), StoreError> {
     for (op_index, op) in ops.iter().enumerate() {
         // Checked op by op, so a request that touches one resource twice sees its own writes.
         match check_preconditions(tx, std::slice::from_ref(op), Absence::Checked)? {
-            Ok(mut cur) => apply_op(tx, op, cur.pop().flatten(), ids, rows, index)?,
+            Ok(mut cur) => apply_op(tx, op, cur.pop().flatten(), ids, rows, statements)?,
             Err(StoreError::Conflict {
                 resource_type,
                 id,
@@ -924,67 +929,70 @@ fn apply_op(
     current: Option<(i64, u64)>,
     ids: &mut ParamIds,
     rows: &mut RowIds,
-    index: &mut IndexWriters<'_>,
+    statements: &mut WriteStatements<'_>,
 ) -> Result<(), StoreError> {
     let deleted = op.content.is_none();
     let seq = rows.seq();
     let (rid, had_rows) = match current {
-        Some((rid, _)) => (rid, remove_index(tx, rid, &mut index.delete)?),
+        Some((rid, _)) => (rid, remove_index(tx, rid, &mut statements.delete)?),
         None => (rows.rid(), false),
     };
     match current {
         Some(_) => {
-            tx.prepare_cached(
-                "UPDATE resource SET version = ?2, seq = ?3, deleted = ?4, last_updated_ms = ?5 WHERE rid = ?1",
-            )?
-            .execute(params![rid, op.version as i64, seq, deleted, op.last_updated_ms])?;
+            statements
+                .row(RowStatement::UpdateResource)?
+                .execute(params![
+                    rid,
+                    op.version as i64,
+                    seq,
+                    deleted,
+                    op.last_updated_ms
+                ])?;
         }
         None => {
-            tx.prepare_cached(
-                "INSERT INTO resource (rid, rtype, id, version, seq, deleted, last_updated_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            )?
-            .execute(params![
-                rid,
-                op.resource_type,
-                op.id,
-                op.version as i64,
-                seq,
-                deleted,
-                op.last_updated_ms
-            ])?;
+            statements
+                .row(RowStatement::InsertResource)?
+                .execute(params![
+                    rid,
+                    op.resource_type,
+                    op.id,
+                    op.version as i64,
+                    seq,
+                    deleted,
+                    op.last_updated_ms
+                ])?;
         }
     }
     let manifest = if deleted {
         None
     } else {
-        write_index(tx, rid, &op.index, ids, &mut index.insert)?
+        write_index(tx, rid, &op.index, ids, &mut statements.insert)?
     };
     match manifest {
         Some(list) => {
-            tx.prepare_cached("INSERT OR REPLACE INTO resource_ix (rid, ix) VALUES (?1, ?2)")?
+            statements
+                .row(RowStatement::PutIndexList)?
                 .execute(params![rid, list])?;
         }
         None if had_rows => {
-            tx.prepare_cached("DELETE FROM resource_ix WHERE rid = ?1")?
+            statements
+                .row(RowStatement::DeleteIndexList)?
                 .execute([rid])?;
         }
         None => {}
     }
-    tx.prepare_cached(
-        "INSERT INTO version (seq, rid, version, last_updated, last_updated_ms, method, hash, content)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-    )?
-    .execute(params![
-        seq,
-        rid,
-        op.version as i64,
-        op.last_updated,
-        op.last_updated_ms,
-        op.method.as_str(),
-        op.hash,
-        op.content
-    ])?;
+    statements
+        .row(RowStatement::InsertVersion)?
+        .execute(params![
+            seq,
+            rid,
+            op.version as i64,
+            op.last_updated,
+            op.last_updated_ms,
+            op.method.as_str(),
+            op.hash,
+            op.content
+        ])?;
     Ok(())
 }
 
@@ -1013,20 +1021,66 @@ fn remove_index(
     Ok(true)
 }
 
-/// The index-row statements of one database transaction: inserts and deletes, each fetched
+/// The statements every resource write runs, for one database transaction: each fetched
 /// from the statement cache once per commit group rather than once per resource (a cache
 /// fetch hashes the SQL text, and returning the statement resets it).
-struct IndexWriters<'c> {
+struct WriteStatements<'c> {
+    tx: &'c Transaction<'c>,
     insert: IndexStatements<'c>,
     delete: IndexStatements<'c>,
+    rows: [Option<rusqlite::CachedStatement<'c>>; 5],
 }
 
-impl<'c> IndexWriters<'c> {
+/// The statements of [`WriteStatements::row`], by slot.
+#[derive(Clone, Copy)]
+enum RowStatement {
+    InsertResource,
+    UpdateResource,
+    PutIndexList,
+    DeleteIndexList,
+    InsertVersion,
+}
+
+impl RowStatement {
+    fn sql(self) -> &'static str {
+        match self {
+            RowStatement::InsertResource => {
+                "INSERT INTO resource (rid, rtype, id, version, seq, deleted, last_updated_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"
+            }
+            RowStatement::UpdateResource => {
+                "UPDATE resource SET version = ?2, seq = ?3, deleted = ?4, last_updated_ms = ?5 WHERE rid = ?1"
+            }
+            RowStatement::PutIndexList => {
+                "INSERT OR REPLACE INTO resource_ix (rid, ix) VALUES (?1, ?2)"
+            }
+            RowStatement::DeleteIndexList => "DELETE FROM resource_ix WHERE rid = ?1",
+            RowStatement::InsertVersion => {
+                "INSERT INTO version (seq, rid, version, last_updated, last_updated_ms, method, hash, content)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"
+            }
+        }
+    }
+}
+
+impl<'c> WriteStatements<'c> {
     fn new(tx: &'c Transaction<'c>) -> Self {
-        IndexWriters {
+        WriteStatements {
+            tx,
             insert: IndexStatements::new(tx, &INSERT_INDEX_ROW),
             delete: IndexStatements::new(tx, &DELETE_INDEX_ROW),
+            rows: Default::default(),
         }
+    }
+
+    fn row(
+        &mut self,
+        which: RowStatement,
+    ) -> Result<&mut rusqlite::CachedStatement<'c>, StoreError> {
+        Ok(match &mut self.rows[which as usize] {
+            Some(statement) => statement,
+            slot => slot.insert(self.tx.prepare_cached(which.sql())?),
+        })
     }
 }
 
