@@ -220,6 +220,23 @@ async fn body_json(
     parse_body(req.headers(), &body, &state.content_limits)
 }
 
+/// Reads the body here, then parses it and runs `write` with it on the blocking pool: the
+/// parsed tree is freed on the thread that allocated it, which is mimalloc's fast path.
+/// Parsed on the HTTP worker and dropped by the blocking thread, a Synthea import's
+/// hundreds of thousands of nodes were each freed across threads, about 4 % of the
+/// server's CPU.
+async fn with_body<T: Send + 'static>(
+    req: &HttpRequest,
+    payload: web::Payload,
+    state: &AppState,
+    write: impl FnOnce(Value) -> Result<T, FhirError> + Send + 'static,
+) -> Result<T, FhirError> {
+    let body = read_body(req, payload, state.max_body_bytes).await?;
+    let headers = req.headers().clone();
+    let limits = state.content_limits;
+    blocking(move || write(parse_body(&headers, &body, &limits)?)).await
+}
+
 fn http_date(ms: i64) -> String {
     httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64))
 }
@@ -409,10 +426,6 @@ pub async fn create(
     if let Err(e) = caregate_pipeline::check_resource_type(&rtype) {
         return ctx.fail(&e);
     }
-    let resource = match body_json(&req, payload, &state).await {
-        Ok(v) => v,
-        Err(e) => return ctx.fail(&e),
-    };
     let if_none_exist = req
         .headers()
         .get("if-none-exist")
@@ -420,8 +433,10 @@ pub async fn create(
         .map(str::to_string);
     let pipeline = state.pipeline.clone();
     let caller = ctx.caller.clone();
-    match blocking(move || pipeline.create(&caller, &rtype, resource, if_none_exist.as_deref()))
-        .await
+    match with_body(&req, payload, &state, move |resource| {
+        pipeline.create(&caller, &rtype, resource, if_none_exist.as_deref())
+    })
+    .await
     {
         Ok(out) => write_response(&out, &ctx),
         Err(e) => ctx.fail(&e),
@@ -443,13 +458,13 @@ pub async fn update(
         Ok(v) => v,
         Err(e) => return ctx.fail(&e),
     };
-    let resource = match body_json(&req, payload, &state).await {
-        Ok(v) => v,
-        Err(e) => return ctx.fail(&e),
-    };
     let pipeline = state.pipeline.clone();
     let caller = ctx.caller.clone();
-    match blocking(move || pipeline.update(&caller, &rtype, &id, resource, if_match)).await {
+    match with_body(&req, payload, &state, move |resource| {
+        pipeline.update(&caller, &rtype, &id, resource, if_match)
+    })
+    .await
+    {
         Ok(out) => write_response(&out, &ctx),
         Err(e) => ctx.fail(&e),
     }
@@ -467,15 +482,13 @@ pub async fn conditional_update(
         Ok(v) => v,
         Err(e) => return ctx.fail(&e),
     };
-    let resource = match body_json(&req, payload, &state).await {
-        Ok(v) => v,
-        Err(e) => return ctx.fail(&e),
-    };
     let query = criteria(&ctx.query);
     let pipeline = state.pipeline.clone();
     let caller = ctx.caller.clone();
-    match blocking(move || pipeline.conditional_update(&caller, &rtype, &query, resource, if_match))
-        .await
+    match with_body(&req, payload, &state, move |resource| {
+        pipeline.conditional_update(&caller, &rtype, &query, resource, if_match)
+    })
+    .await
     {
         Ok(out) => write_response(&out, &ctx),
         Err(e) => ctx.fail(&e),
@@ -641,22 +654,11 @@ pub async fn bundle(
     payload: web::Payload,
 ) -> HttpResponse {
     let ctx = ctx_or_return!(req, state);
-    let body = match read_body(&req, payload, state.max_body_bytes).await {
-        Ok(b) => b,
-        Err(e) => return ctx.fail(&e),
-    };
-    let headers = req.headers().clone();
-    let limits = state.content_limits;
     let pipeline = state.pipeline.clone();
     let caller = ctx.caller.clone();
     let base = ctx.base.clone();
     let prefer = ctx.prefer_return;
-    // Parsed on the thread that processes the Bundle and drops it: mimalloc frees a block
-    // fastest on the thread that allocated it. Parsed on the HTTP worker, a Synthea
-    // import's hundreds of thousands of nodes were each freed across threads, about 4 % of
-    // the server's CPU.
-    match blocking(move || {
-        let bundle = parse_body(&headers, &body, &limits)?;
+    match with_body(&req, payload, &state, move |bundle| {
         pipeline.process_bundle(&caller, bundle, prefer, &base)
     })
     .await
