@@ -175,8 +175,18 @@ struct CommitRequest {
 /// more than the work itself with a dozen writers waiting on a commit of a few ms.
 #[derive(Default)]
 struct Reply {
-    result: Mutex<Option<Result<(), StoreError>>>,
+    result: Mutex<Option<(Result<(), StoreError>, Option<Spent>)>>,
     ready: parking_lot::Condvar,
+}
+
+/// What a commit request carried, handed back with its answer so the request thread that
+/// allocated it also frees it: mimalloc frees fastest on the allocating thread, and the
+/// writer thread, which every commit waits on, has less to do (freeing a Bundle's writes
+/// was about a twentieth of its time).
+struct Spent {
+    _ops: Vec<WriteOp>,
+    _audit: Vec<AuditRecord>,
+    _stats: Vec<ConformanceRecord>,
 }
 
 impl Reply {
@@ -187,13 +197,17 @@ impl Reply {
     }
 
     fn wait(&self) -> Result<(), StoreError> {
-        let mut result = self.result.lock();
-        loop {
-            if let Some(r) = result.take() {
-                return r;
+        let (result, spent) = {
+            let mut slot = self.result.lock();
+            loop {
+                if let Some(answer) = slot.take() {
+                    break answer;
+                }
+                self.ready.wait(&mut slot);
             }
-            self.ready.wait(&mut result);
-        }
+        };
+        drop(spent);
+        result
     }
 }
 
@@ -202,9 +216,13 @@ impl Reply {
 struct ReplyTo(Option<Arc<Reply>>);
 
 impl ReplyTo {
-    fn send(mut self, result: Result<(), StoreError>) {
+    fn send(self, result: Result<(), StoreError>) {
+        self.answer(result, None);
+    }
+
+    fn answer(mut self, result: Result<(), StoreError>, spent: Option<Spent>) {
         if let Some(reply) = self.0.take() {
-            *reply.result.lock() = Some(result);
+            *reply.result.lock() = Some((result, spent));
             reply.ready.notify_one();
         }
     }
@@ -213,7 +231,7 @@ impl ReplyTo {
 impl Drop for ReplyTo {
     fn drop(&mut self) {
         if let Some(reply) = self.0.take() {
-            *reply.result.lock() = Some(Err(StoreError::Closed));
+            *reply.result.lock() = Some((Err(StoreError::Closed), None));
             reply.ready.notify_one();
         }
     }
@@ -652,9 +670,22 @@ fn writer_loop(
         }
         let results = commit_group(&mut conn, &group, &mut ids, &mut chain);
         for (req, result) in group.into_iter().zip(results) {
-            match req.reply {
+            let CommitRequest {
+                ops,
+                audit,
+                stats,
+                reply,
+            } = req;
+            match reply {
                 // A requester that went away (client disconnected) just never reads it.
-                Some(reply) => reply.send(result),
+                Some(reply) => reply.answer(
+                    result,
+                    Some(Spent {
+                        _ops: ops,
+                        _audit: audit,
+                        _stats: stats,
+                    }),
+                ),
                 None => {
                     if let Err(e) = result {
                         tracing::error!(target: "caregate::audit", error = %e, "audit events could not be stored");
