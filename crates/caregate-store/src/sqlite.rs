@@ -175,9 +175,12 @@ struct CommitRequest {
 /// more than the work itself with a dozen writers waiting on a commit of a few ms.
 #[derive(Default)]
 struct Reply {
-    result: Mutex<Option<(Result<(), StoreError>, Option<Spent>)>>,
+    answer: Mutex<Option<Answer>>,
     ready: parking_lot::Condvar,
 }
+
+/// A commit's result, and what the request carried when the writer hands it back.
+type Answer = (Result<(), StoreError>, Option<Spent>);
 
 /// What a commit request carried, handed back with its answer so the request thread that
 /// allocated it also frees it: mimalloc frees fastest on the allocating thread, and the
@@ -198,7 +201,7 @@ impl Reply {
 
     fn wait(&self) -> Result<(), StoreError> {
         let (result, spent) = {
-            let mut slot = self.result.lock();
+            let mut slot = self.answer.lock();
             loop {
                 if let Some(answer) = slot.take() {
                     break answer;
@@ -222,7 +225,7 @@ impl ReplyTo {
 
     fn answer(mut self, result: Result<(), StoreError>, spent: Option<Spent>) {
         if let Some(reply) = self.0.take() {
-            *reply.result.lock() = Some((result, spent));
+            *reply.answer.lock() = Some((result, spent));
             reply.ready.notify_one();
         }
     }
@@ -231,7 +234,7 @@ impl ReplyTo {
 impl Drop for ReplyTo {
     fn drop(&mut self) {
         if let Some(reply) = self.0.take() {
-            *reply.result.lock() = Some((Err(StoreError::Closed), None));
+            *reply.answer.lock() = Some((Err(StoreError::Closed), None));
             reply.ready.notify_one();
         }
     }
