@@ -93,7 +93,7 @@ impl Pipeline {
         let resource = record
             .content
             .as_deref()
-            .and_then(|c| serde_json::from_slice::<Value>(c).ok());
+            .and_then(|c| caregate_core::json::parse_value(c).ok());
         self.audit_read_of(caller, subtype, record, resource.as_ref());
     }
 

@@ -761,7 +761,7 @@ pub(crate) fn precondition_failed(
 
 pub(crate) fn parse_record(record: &VersionRecord) -> FhirResult<Value> {
     match &record.content {
-        Some(bytes) => serde_json::from_slice(bytes).map_err(|e| {
+        Some(bytes) => caregate_core::json::parse_value(bytes).map_err(|e| {
             FhirError::internal(format!(
                 "stored {}/{} is unreadable: {e}",
                 record.resource_type, record.id

@@ -124,7 +124,7 @@ pub fn parse_body(
         ));
     }
     let value = match format {
-        Format::Json => serde_json::from_slice(body).map_err(|e| {
+        Format::Json => caregate_core::json::parse_value(body).map_err(|e| {
             let message = json_error_message(&e);
             // serde_json stops at 128 levels on its own; say which limit it was.
             let (message, code) = if message.contains("recursion limit") {
