@@ -4,6 +4,8 @@
 use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
 
+use crate::ContentLimits;
+
 /// Objects up to this size are scanned rather than hashed.
 const SCAN_LIMIT: usize = 16;
 
@@ -88,11 +90,54 @@ fn prefetch(p: *const u8) {
 /// table one to three times for the handful of members a FHIR element has; those
 /// reallocations were most of the allocator's time during an import.
 pub fn parse_value(bytes: &[u8]) -> serde_json::Result<Value> {
+    let unlimited = ContentLimits {
+        max_depth: usize::MAX,
+        max_elements: usize::MAX,
+        max_string_bytes: usize::MAX,
+    };
+    parse_within(bytes, &unlimited).map_err(|e| match e {
+        ParseFailure::Json(e) => e,
+        // Unreachable with no limits; kept total rather than panicking.
+        ParseFailure::OverLimit => serde::de::Error::custom("content limit"),
+    })
+}
+
+/// Why [`parse_within`] gave no value.
+#[derive(Debug)]
+pub enum ParseFailure {
+    /// Not JSON (as `serde_json::from_slice` reports it).
+    Json(serde_json::Error),
+    /// Well-formed so far, but past one of the limits: [`crate::check_content`] on the
+    /// fully parsed body names the element and the limit (the parse stops at the breach,
+    /// without the element's location).
+    OverLimit,
+}
+
+/// [`parse_value`] that also applies [`crate::check_content`]'s limits as it parses, so a
+/// body that passes needs no second walk over its tree: the same counts (every value, the
+/// root included), the same depth (objects and arrays, the root at 1) and the same string
+/// lengths (values, not member names).
+pub fn parse_within(bytes: &[u8], limits: &ContentLimits) -> Result<Value, ParseFailure> {
     let mut de = serde_json::Deserializer::from_slice(bytes);
-    let mut scratch = Vec::new();
-    let value = Sized(&mut scratch).deserialize(&mut de)?;
-    de.end()?;
-    Ok(value)
+    let mut state = ParseState {
+        scratch: Vec::new(),
+        elements: 0,
+        limits: *limits,
+        over_limit: false,
+    };
+    let parsed = Sized {
+        state: &mut state,
+        depth: 1,
+    }
+    .deserialize(&mut de);
+    match parsed {
+        Ok(value) => {
+            de.end().map_err(ParseFailure::Json)?;
+            Ok(value)
+        }
+        Err(_) if state.over_limit => Err(ParseFailure::OverLimit),
+        Err(e) => Err(ParseFailure::Json(e)),
+    }
 }
 
 /// The member name serde_json's `arbitrary_precision` feature hands a number's text
@@ -100,7 +145,59 @@ pub fn parse_value(bytes: &[u8]) -> serde_json::Result<Value> {
 /// is read as a number by serde_json itself too).
 const NUMBER_TOKEN: &str = "$serde_json::private::Number";
 
-struct Sized<'s>(&'s mut Vec<(String, Value)>);
+struct ParseState {
+    scratch: Vec<(String, Value)>,
+    elements: usize,
+    limits: ContentLimits,
+    over_limit: bool,
+}
+
+impl ParseState {
+    fn over<E: serde::de::Error>(&mut self) -> E {
+        self.over_limit = true;
+        E::custom("content limit")
+    }
+
+    /// Counts one value.
+    fn element<E: serde::de::Error>(&mut self) -> Result<(), E> {
+        self.elements += 1;
+        if self.elements > self.limits.max_elements {
+            return Err(self.over());
+        }
+        Ok(())
+    }
+
+    fn string<E: serde::de::Error>(&mut self, len: usize) -> Result<(), E> {
+        self.element()?;
+        if len > self.limits.max_string_bytes {
+            return Err(self.over());
+        }
+        Ok(())
+    }
+
+    /// Counts an object or array at `depth`.
+    fn container<E: serde::de::Error>(&mut self, depth: usize) -> Result<(), E> {
+        self.element()?;
+        if depth > self.limits.max_depth {
+            return Err(self.over());
+        }
+        Ok(())
+    }
+}
+
+struct Sized<'s> {
+    state: &'s mut ParseState,
+    depth: usize,
+}
+
+impl Sized<'_> {
+    fn child(&mut self) -> Sized<'_> {
+        Sized {
+            state: &mut *self.state,
+            depth: self.depth + 1,
+        }
+    }
+}
 
 impl<'de> DeserializeSeed<'de> for Sized<'_> {
     type Value = Value;
@@ -117,35 +214,43 @@ impl<'de> Visitor<'de> for Sized<'_> {
         f.write_str("any valid JSON value")
     }
 
-    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+    fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<Value, E> {
+        self.state.element()?;
         Ok(Value::Bool(v))
     }
 
-    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Value, E> {
+        self.state.element()?;
         Ok(Value::from(v))
     }
 
-    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Value, E> {
+        self.state.element()?;
         Ok(Value::from(v))
     }
 
-    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Value, E> {
+        self.state.element()?;
         Ok(serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number))
     }
 
-    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Value, E> {
+        self.state.string(v.len())?;
         Ok(Value::String(v.to_owned()))
     }
 
-    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+    fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Value, E> {
+        self.state.string(v.len())?;
         Ok(Value::String(v))
     }
 
-    fn visit_none<E>(self) -> Result<Value, E> {
+    fn visit_none<E: serde::de::Error>(self) -> Result<Value, E> {
+        self.state.element()?;
         Ok(Value::Null)
     }
 
-    fn visit_unit<E>(self) -> Result<Value, E> {
+    fn visit_unit<E: serde::de::Error>(self) -> Result<Value, E> {
+        self.state.element()?;
         Ok(Value::Null)
     }
 
@@ -153,35 +258,38 @@ impl<'de> Visitor<'de> for Sized<'_> {
         self.deserialize(d)
     }
 
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+    fn visit_seq<A: SeqAccess<'de>>(mut self, mut seq: A) -> Result<Value, A::Error> {
+        self.state.container(self.depth)?;
         let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0));
-        while let Some(item) = seq.next_element_seed(Sized(&mut *self.0))? {
+        while let Some(item) = seq.next_element_seed(self.child())? {
             items.push(item);
         }
         Ok(Value::Array(items))
     }
 
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+    fn visit_map<A: MapAccess<'de>>(mut self, mut map: A) -> Result<Value, A::Error> {
         let Some(first) = map.next_key::<String>()? else {
+            self.state.container(self.depth)?;
             return Ok(Value::Object(Map::new()));
         };
         if first == NUMBER_TOKEN {
+            self.state.element()?;
             let text: String = map.next_value()?;
             return text
                 .parse::<serde_json::Number>()
                 .map(Value::Number)
                 .map_err(serde::de::Error::custom);
         }
-        let scratch = self.0;
-        let start = scratch.len();
-        let value = map.next_value_seed(Sized(&mut *scratch))?;
-        scratch.push((first, value));
+        self.state.container(self.depth)?;
+        let start = self.state.scratch.len();
+        let value = map.next_value_seed(self.child())?;
+        self.state.scratch.push((first, value));
         while let Some(key) = map.next_key::<String>()? {
-            let value = map.next_value_seed(Sized(&mut *scratch))?;
-            scratch.push((key, value));
+            let value = map.next_value_seed(self.child())?;
+            self.state.scratch.push((key, value));
         }
-        let mut members = Map::with_capacity(scratch.len() - start);
-        for (key, value) in scratch.drain(start..) {
+        let mut members = Map::with_capacity(self.state.scratch.len() - start);
+        for (key, value) in self.state.scratch.drain(start..) {
             // A repeated name keeps its first position and takes the last value, as
             // serde_json's own insert does.
             members.insert(key, value);
@@ -352,6 +460,99 @@ mod tests {
         }
         let deep = "[".repeat(200) + &"]".repeat(200);
         assert!(parse_value(deep.as_bytes()).is_err());
+    }
+
+    /// `parse_within` refuses exactly the bodies `check_content` refuses, over the shared
+    /// corpora and limits small enough that many files break each of them.
+    #[test]
+    fn parse_within_refuses_what_check_content_refuses() {
+        let limits = [
+            ContentLimits {
+                max_depth: 4,
+                max_elements: usize::MAX,
+                max_string_bytes: usize::MAX,
+            },
+            ContentLimits {
+                max_depth: 5,
+                max_elements: usize::MAX,
+                max_string_bytes: usize::MAX,
+            },
+            ContentLimits {
+                max_depth: usize::MAX,
+                max_elements: 60,
+                max_string_bytes: usize::MAX,
+            },
+            ContentLimits {
+                max_depth: usize::MAX,
+                max_elements: 500,
+                max_string_bytes: usize::MAX,
+            },
+            ContentLimits {
+                max_depth: usize::MAX,
+                max_elements: usize::MAX,
+                max_string_bytes: 40,
+            },
+            ContentLimits {
+                max_depth: 6,
+                max_elements: 2_000,
+                max_string_bytes: 200,
+            },
+            ContentLimits::default(),
+        ];
+        let mut texts: Vec<Vec<u8>> = [
+            "{}",
+            "[]",
+            "[[[[[]]]]]",
+            r#"{"a":{"b":{"c":{"d":{}}}}}"#,
+            r#"{"a":{"b":{"c":{"d":1}}}}"#,
+            r#"{"a":[[[1]]]}"#,
+            r#"{"n":[1,2.5,-3,1e9,null,true]}"#,
+            r#"{"$serde_json::private::Number":"5"}"#,
+        ]
+        .iter()
+        .map(|t| t.as_bytes().to_vec())
+        .collect();
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../../shared/corpora/examples");
+        let mut stack = vec![root];
+        while let Some(dir) = stack.pop() {
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let path = entry.path();
+                if path.is_dir() {
+                    stack.push(path);
+                } else if path.extension().is_some_and(|e| e == "json") {
+                    texts.extend(std::fs::read(&path));
+                }
+            }
+        }
+        let (mut refused, mut accepted) = (0, 0);
+        for text in &texts {
+            let Ok(full) = serde_json::from_slice::<Value>(text) else {
+                continue;
+            };
+            for limit in &limits {
+                let expected = crate::check_content(&full, limit).is_ok();
+                match parse_within(text, limit) {
+                    Ok(v) => {
+                        assert!(expected, "{limit:?} passed what check_content refuses");
+                        assert_eq!(v, full);
+                        accepted += 1;
+                    }
+                    Err(ParseFailure::OverLimit) => {
+                        assert!(!expected, "{limit:?} refused what check_content passes");
+                        refused += 1;
+                    }
+                    Err(ParseFailure::Json(e)) => panic!("{e}"),
+                }
+            }
+        }
+        assert!(
+            refused > 200 && accepted > 200,
+            "{refused} refused, {accepted} accepted"
+        );
     }
 
     #[test]

@@ -4,6 +4,7 @@
 use actix_web::http::header::{self, HeaderMap};
 use actix_web::http::StatusCode;
 use actix_web::HttpResponse;
+use caregate_core::json::{parse_value, parse_within, ParseFailure};
 use caregate_core::{
     check_content, xml_depth, ContentLimits, ErrorKind, FhirError, IssueCode, OperationOutcome,
 };
@@ -123,28 +124,35 @@ pub fn parse_body(
             "The request body is empty; a FHIR resource is required",
         ));
     }
+    let json_error = |e: serde_json::Error| {
+        let message = json_error_message(&e);
+        // serde_json stops at 128 levels on its own; say which limit it was.
+        let (message, code) = if message.contains("recursion limit") {
+            (
+                format!("The content nests deeper than {} levels", limits.max_depth),
+                IssueCode::TooCostly,
+            )
+        } else {
+            (
+                format!("The body is not valid JSON: {message}"),
+                IssueCode::Invalid,
+            )
+        };
+        FhirError::bad_request(format!(
+            "{message} at line {} column {}",
+            e.line(),
+            e.column()
+        ))
+        .with_code(code)
+    };
     let value = match format {
-        Format::Json => caregate_core::json::parse_value(body).map_err(|e| {
-            let message = json_error_message(&e);
-            // serde_json stops at 128 levels on its own; say which limit it was.
-            let (message, code) = if message.contains("recursion limit") {
-                (
-                    format!("The content nests deeper than {} levels", limits.max_depth),
-                    IssueCode::TooCostly,
-                )
-            } else {
-                (
-                    format!("The body is not valid JSON: {message}"),
-                    IssueCode::Invalid,
-                )
-            };
-            FhirError::bad_request(format!(
-                "{message} at line {} column {}",
-                e.line(),
-                e.column()
-            ))
-            .with_code(code)
-        })?,
+        // The limits are applied while parsing; only a body past one is walked again, to
+        // name the element that broke it.
+        Format::Json => match parse_within(body, limits) {
+            Ok(value) => return Ok(value),
+            Err(ParseFailure::Json(e)) => return Err(json_error(e)),
+            Err(ParseFailure::OverLimit) => parse_value(body).map_err(json_error)?,
+        },
         Format::Xml => {
             let text = std::str::from_utf8(body)
                 .map_err(|_| FhirError::bad_request("The XML body is not UTF-8"))?;
