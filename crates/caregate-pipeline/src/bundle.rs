@@ -12,7 +12,7 @@ use serde_json::{json, Map, Value};
 
 use crate::conformance::StatsSource;
 use crate::references::ReferenceSites;
-use crate::write::{parse_record, precondition_failed, refuse_audit_writes};
+use crate::write::{parse_record, precondition_failed, refuse_audit_writes, Written};
 use crate::{check_resource_type, store_error, Caller, HistoryRequest, Permission, Pipeline};
 use caregate_audit::{patient_of, Subtype};
 
@@ -531,6 +531,7 @@ impl Pipeline {
         }
         let mut admitted: Vec<Option<Value>> = (0..count).map(|_| None).collect();
         let mut issues_by_entry: Vec<Vec<Issue>> = (0..count).map(|_| Vec::new()).collect();
+        let mut references_by_entry: Vec<Vec<String>> = (0..count).map(|_| Vec::new()).collect();
         let mut errors: Vec<Issue> = Vec::new();
         for (i, req) in requests.iter_mut().enumerate() {
             let Some(Plan::Create { rtype, id } | Plan::Update { rtype, id }) = &plans[i] else {
@@ -562,7 +563,7 @@ impl Pipeline {
                 }
                 obj.insert("id".into(), Value::String(id.clone()));
             }
-            sites[i].rewrite(&mut resource, &id_map);
+            references_by_entry[i] = sites[i].rewrite(&mut resource, &id_map);
             match self.admit(caller, rtype, resource) {
                 Ok(a) => {
                     issues_by_entry[i] = a.issues;
@@ -695,11 +696,18 @@ impl Pipeline {
             }
         };
         // `admitted` now holds each written resource as stored (id and meta stamped).
-        let mut written: Vec<(&WriteOp, Option<&Value>)> =
-            ops.iter().map(|op| (op, None)).collect();
+        let mut written: Vec<Written<'_>> = ops
+            .iter()
+            .map(|op| Written {
+                op,
+                resource: None,
+                references: None,
+            })
+            .collect();
         for (i, op_index) in resources.iter().enumerate() {
             if let Some(o) = op_index {
-                written[*o].1 = admitted[i].as_ref();
+                written[*o].resource = admitted[i].as_ref();
+                written[*o].references = Some(&references_by_entry[i]);
             }
         }
         self.after_commit(&written);

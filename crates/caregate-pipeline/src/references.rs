@@ -94,15 +94,27 @@ impl ReferenceSites {
     }
 
     /// Replaces each site's string that `map` names (a `urn:uuid:` or other fullUrl, a
-    /// conditional reference) with the `Type/id` it was given.
-    pub(crate) fn rewrite(&self, resource: &mut Value, map: &HashMap<String, String>) {
-        for (path, _) in self.paths() {
+    /// conditional reference) with the `Type/id` it was given; returns the resource's
+    /// `reference` values as rewritten, in document order (what
+    /// [`caregate_core::json::reference_values`] would list), for the stages after the
+    /// commit.
+    pub(crate) fn rewrite(
+        &self,
+        resource: &mut Value,
+        map: &HashMap<String, String>,
+    ) -> Vec<String> {
+        let mut references = Vec::new();
+        for (path, site) in self.paths() {
             if let Some(Value::String(s)) = at_mut(resource, path) {
                 if let Some(new) = map.get(s.as_str()) {
                     s.clone_from(new);
                 }
+                if site.is_reference {
+                    references.push(s.clone());
+                }
             }
         }
+        references
     }
 }
 
@@ -151,7 +163,16 @@ mod tests {
             ("urn:uuid:1".to_string(), "Patient/a".to_string()),
             ("urn:uuid:2".to_string(), "Practitioner/b".to_string()),
         ]);
-        ReferenceSites::scan(&v).rewrite(&mut v, &map);
+        let references = ReferenceSites::scan(&v).rewrite(&mut v, &map);
+        assert_eq!(
+            references,
+            vec!["Patient/a", "Practitioner/b", "Practitioner/x"]
+        );
+        assert_eq!(
+            references,
+            caregate_core::json::reference_values(&v),
+            "what the stages after the commit would find"
+        );
         assert_eq!(v["subject"]["reference"], "Patient/a");
         assert_eq!(
             v["activity"][0]["detail"]["performer"][0]["reference"],
@@ -188,7 +209,8 @@ mod tests {
         if let Some(obj) = v.as_object_mut() {
             obj.insert("id".into(), json!("new"));
         }
-        sites.rewrite(&mut v, &map);
+        let references = sites.rewrite(&mut v, &map);
+        assert_eq!(references, vec!["DocumentReference/d"]);
         assert_eq!(v["content"][0]["attachment"]["url"], "Binary/b");
         assert_eq!(v["content"][0]["attachment"]["title"], "urn:uuid:3 notes");
         assert_eq!(

@@ -216,17 +216,28 @@ impl Pipeline {
     }
 
     /// The stages that follow a durable commit.
-    pub(crate) fn after_commit(&self, written: &[(&WriteOp, Option<&Value>)]) {
+    pub(crate) fn after_commit(&self, written: &[Written<'_>]) {
         let committed: Vec<Committed<'_>> = written
             .iter()
-            .map(|(op, resource)| Committed {
-                resource_type: &op.resource_type,
-                id: &op.id,
-                version: op.version,
-                resource: *resource,
-                references: resource
-                    .map(caregate_core::json::reference_values)
-                    .unwrap_or_default(),
+            .map(|w| Committed {
+                resource_type: &w.op.resource_type,
+                id: &w.op.id,
+                version: w.op.version,
+                resource: w.resource,
+                references: match (w.resource, w.references) {
+                    (Some(resource), Some(given)) => {
+                        debug_assert_eq!(
+                            caregate_core::json::reference_values(resource),
+                            given.iter().map(String::as_str).collect::<Vec<_>>(),
+                            "admission changed a reference of {}/{}",
+                            w.op.resource_type,
+                            w.op.id
+                        );
+                        given.iter().map(String::as_str).collect()
+                    }
+                    (Some(resource), None) => caregate_core::json::reference_values(resource),
+                    (None, _) => Vec::new(),
+                },
             })
             .collect();
         for c in &committed {
@@ -540,7 +551,11 @@ impl Pipeline {
             let records = audit.iter().map(Self::audit_record).collect();
             match self.store.commit(vec![op.clone()], records) {
                 Ok(()) => {
-                    self.after_commit(&[(&op, None)]);
+                    self.after_commit(&[Written {
+                        op: &op,
+                        resource: None,
+                        references: None,
+                    }]);
                     return Ok(DeleteOutcome {
                         version: Some(version),
                         deleted_ids: vec![id.to_string()],
@@ -626,7 +641,11 @@ impl Pipeline {
                     echo.content = content;
                     echo
                 };
-                self.after_commit(&[(&op, Some(&resource))]);
+                self.after_commit(&[Written {
+                    op: &op,
+                    resource: Some(&resource),
+                    references: None,
+                }]);
                 self.count_accepted(caller, &op.resource_type, Some(&resource), &issues);
                 Ok(WriteOutcome {
                     record: VersionRecord {
@@ -757,6 +776,17 @@ pub(crate) fn precondition_failed(
         format!("If-Match expected version {expected} of {resource_type}/{id}, but the current version is {found}"),
     )
     .with_code(IssueCode::Conflict)
+}
+
+/// A committed write as the stages after the commit see it.
+pub(crate) struct Written<'a> {
+    pub op: &'a WriteOp,
+    /// `None` for a deletion.
+    pub resource: Option<&'a Value>,
+    /// The resource's `reference` values, when the caller already has them (a transaction
+    /// keeps them from rewriting its references); otherwise the resource is walked for
+    /// them.
+    pub references: Option<&'a [String]>,
 }
 
 pub(crate) fn parse_record(record: &VersionRecord) -> FhirResult<Value> {
