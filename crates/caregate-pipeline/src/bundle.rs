@@ -6,6 +6,7 @@
 
 use std::collections::{HashMap, HashSet};
 
+use caregate_core::json::member;
 use caregate_core::{ErrorKind, FhirError, FhirResult, Issue, IssueCode};
 use caregate_store::{HistoryScope, StoreError, VersionRecord, WriteMethod, WriteOp};
 use serde_json::{json, Map, Value};
@@ -797,8 +798,7 @@ fn parse_entry(index: usize, entry: Value, _base: &str) -> FhirResult<EntryReque
             "A Bundle entry must be an object",
         ));
     };
-    let request = entry
-        .get("request")
+    let request = member(&entry, "request")
         .and_then(Value::as_object)
         .ok_or_else(|| {
             entry_error(
@@ -808,7 +808,7 @@ fn parse_entry(index: usize, entry: Value, _base: &str) -> FhirResult<EntryReque
                 "Each batch/transaction entry needs a request",
             )
         })?;
-    let method = match request.get("method").and_then(Value::as_str) {
+    let method = match member(request, "method").and_then(Value::as_str) {
         Some("GET") | Some("HEAD") => Method::Get,
         Some("POST") => Method::Post,
         Some("PUT") => Method::Put,
@@ -838,8 +838,7 @@ fn parse_entry(index: usize, entry: Value, _base: &str) -> FhirResult<EntryReque
             ))
         }
     };
-    let url = request
-        .get("url")
+    let url = member(request, "url")
         .and_then(Value::as_str)
         .filter(|u| !u.is_empty())
         .ok_or_else(|| {
@@ -851,7 +850,7 @@ fn parse_entry(index: usize, entry: Value, _base: &str) -> FhirResult<EntryReque
             )
         })?
         .to_string();
-    let if_match = match request.get("ifMatch").and_then(Value::as_str) {
+    let if_match = match member(request, "ifMatch").and_then(Value::as_str) {
         Some(e) => Some(parse_etag(e).ok_or_else(|| {
             entry_error(
                 index,
@@ -862,12 +861,10 @@ fn parse_entry(index: usize, entry: Value, _base: &str) -> FhirResult<EntryReque
         })?),
         None => None,
     };
-    let if_none_exist = request
-        .get("ifNoneExist")
+    let if_none_exist = member(request, "ifNoneExist")
         .and_then(Value::as_str)
         .map(str::to_string);
-    let full_url = entry
-        .get("fullUrl")
+    let full_url = member(&entry, "fullUrl")
         .and_then(Value::as_str)
         .map(str::to_string);
     let resource = entry.shift_remove("resource");
@@ -875,7 +872,7 @@ fn parse_entry(index: usize, entry: Value, _base: &str) -> FhirResult<EntryReque
         match &resource {
             Some(Value::Object(r)) => {
                 let (ty, _, _) = split_url(&url, _base);
-                match r.get("resourceType").and_then(Value::as_str) {
+                match member(r, "resourceType").and_then(Value::as_str) {
                     Some(t) if t == ty => {}
                     Some(t) => {
                         return Err(entry_error(

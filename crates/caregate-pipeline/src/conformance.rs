@@ -1,6 +1,7 @@
 //! Per-source conformance statistics: every inbound resource's validation outcome, counted
 //! by client, resource type and profile, with its issues grouped by element.
 
+use caregate_core::json::field;
 use caregate_core::{ErrorKind, FhirError, Issue, Severity};
 use caregate_store::ConformanceRecord;
 use serde_json::Value;
@@ -77,7 +78,9 @@ impl Pipeline {
         issues: &[Issue],
     ) -> ConformanceRecord {
         let profile = resource
-            .and_then(|r| r.pointer("/meta/profile/0"))
+            .and_then(|r| field(r, "meta"))
+            .and_then(|m| field(m, "profile"))
+            .and_then(|p| p.get(0))
             .and_then(Value::as_str)
             .unwrap_or("base")
             .to_string();
