@@ -808,18 +808,24 @@ pub(crate) fn parse_record(record: &VersionRecord) -> FhirResult<Value> {
 /// `meta` first as the FHIR JSON examples do.
 pub(crate) fn stamp(resource: &mut Value, id: &str, version: u64, last_updated: &str) {
     let Value::Object(obj) = resource else { return };
+    // Most senders already put `resourceType`, `id` and `meta` first: then the values are
+    // replaced where they are. Moving a member shifts every member after it, and the map
+    // re-indexes each one.
+    let mut keys = obj.keys().map(String::as_str);
+    if (keys.next(), keys.next(), keys.next()) == (Some("resourceType"), Some("id"), Some("meta")) {
+        if let Some(Value::Object(meta)) = obj.get_mut("meta") {
+            stamp_meta(meta, version, last_updated);
+            obj.insert("id".into(), Value::String(id.to_string()));
+            return;
+        }
+    }
     // Moved into place rather than the object rebuilt: rebuilding re-hashed every key of
     // every resource written.
     let mut meta = match obj.shift_remove("meta") {
         Some(Value::Object(m)) => m,
         _ => Map::new(),
     };
-    meta.shift_insert(0, "versionId".into(), Value::String(version.to_string()));
-    meta.shift_insert(
-        1,
-        "lastUpdated".into(),
-        Value::String(last_updated.to_string()),
-    );
+    stamp_meta(&mut meta, version, last_updated);
     if obj.keys().next().is_some_and(|k| k != "resourceType") {
         if let Some(rt) = obj.shift_remove("resourceType") {
             obj.shift_insert(0, "resourceType".into(), rt);
@@ -828,6 +834,16 @@ pub(crate) fn stamp(resource: &mut Value, id: &str, version: u64, last_updated: 
     let at = usize::from(obj.keys().next().is_some_and(|k| k == "resourceType"));
     obj.shift_insert(at, "id".into(), Value::String(id.to_string()));
     obj.shift_insert(at + 1, "meta".into(), Value::Object(meta));
+}
+
+/// `versionId` and `lastUpdated`, first in `meta`.
+fn stamp_meta(meta: &mut Map<String, Value>, version: u64, last_updated: &str) {
+    meta.shift_insert(0, "versionId".into(), Value::String(version.to_string()));
+    meta.shift_insert(
+        1,
+        "lastUpdated".into(),
+        Value::String(last_updated.to_string()),
+    );
 }
 
 /// Issues of warning severity or below, for responses that report them.
@@ -871,6 +887,21 @@ mod tests {
                 ("lastUpdated", &json!("2026-01-01T00:00:00.000Z")),
                 ("source", &json!("x"))
             ]
+        );
+        // Already in order (the common case, stamped in place): the same result.
+        let mut ordered = json!({"resourceType": "Patient", "id": "old",
+            "meta": {"tag": [{"code": "t"}], "versionId": "9"}, "gender": "other"});
+        stamp(&mut ordered, "p2", 4, "2026-01-02T00:00:00.000Z");
+        assert_eq!(
+            serde_json::to_string(&ordered).expect("renders"),
+            r#"{"resourceType":"Patient","id":"p2","meta":{"versionId":"4","lastUpdated":"2026-01-02T00:00:00.000Z","tag":[{"code":"t"}]},"gender":"other"}"#
+        );
+        // `meta` in third place but not an object: replaced like any other.
+        let mut odd = json!({"resourceType": "Patient", "id": "x", "meta": 3, "gender": "other"});
+        stamp(&mut odd, "p3", 1, "t");
+        assert_eq!(
+            serde_json::to_string(&odd).expect("renders"),
+            r#"{"resourceType":"Patient","id":"p3","meta":{"versionId":"1","lastUpdated":"t"},"gender":"other"}"#
         );
         // Without resourceType or meta: id and meta lead.
         let mut bare = json!({"status": "final"});
