@@ -1,5 +1,6 @@
 //! Member lookup on the small JSON objects FHIR resources are made of, prefetching what a
-//! walk over a tree touches next, and parsing only the members a caller needs.
+//! walk over a tree touches next, parsing (objects built at their final size, the content
+//! limits applied while parsing) and parsing only the members a caller needs.
 
 use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
@@ -553,6 +554,25 @@ mod tests {
             refused > 200 && accepted > 200,
             "{refused} refused, {accepted} accepted"
         );
+    }
+
+    /// Found by fuzzing: a repeated member name whose first value breaks a limit. The
+    /// parse counts what it read; the walk sees only the last value of each name.
+    #[test]
+    fn repeated_names_are_counted_as_read() {
+        let limits = ContentLimits {
+            max_depth: usize::MAX,
+            max_elements: usize::MAX,
+            max_string_bytes: 8,
+        };
+        let text = br#"{"a":"longer than eight","a":"short"}"#;
+        assert!(matches!(
+            parse_within(text, &limits),
+            Err(ParseFailure::OverLimit)
+        ));
+        let kept = parse_value(text).expect("parses");
+        assert_eq!(kept["a"], "short");
+        assert!(crate::check_content(&kept, &limits).is_ok());
     }
 
     #[test]

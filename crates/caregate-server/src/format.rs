@@ -147,7 +147,9 @@ pub fn parse_body(
     };
     let value = match format {
         // The limits are applied while parsing; only a body past one is walked again, to
-        // name the element that broke it.
+        // name the element that broke it. (With repeated member names the walk may find
+        // none broken, as it sees only the last value of each name: then it is accepted,
+        // as before the limits moved into the parse.)
         Format::Json => match parse_within(body, limits) {
             Ok(value) => return Ok(value),
             Err(ParseFailure::Json(e)) => return Err(json_error(e)),
