@@ -513,21 +513,8 @@ mod tests {
         .iter()
         .map(|t| t.as_bytes().to_vec())
         .collect();
-        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../../shared/corpora/examples");
-        let mut stack = vec![root];
-        while let Some(dir) = stack.pop() {
-            let Ok(entries) = std::fs::read_dir(&dir) else {
-                continue;
-            };
-            for entry in entries.flatten() {
-                let path = entry.path();
-                if path.is_dir() {
-                    stack.push(path);
-                } else if path.extension().is_some_and(|e| e == "json") {
-                    texts.extend(std::fs::read(&path));
-                }
-            }
+        for path in corpus_json_files("examples") {
+            texts.extend(std::fs::read(&path));
         }
         let (mut refused, mut accepted) = (0, 0);
         for text in &texts {
@@ -577,37 +564,25 @@ mod tests {
 
     #[test]
     fn parses_the_shared_corpora_as_serde_json_does() {
-        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/corpora");
-        let mut stack = vec![root];
         let mut files = 0;
-        while let Some(dir) = stack.pop() {
-            let Ok(entries) = std::fs::read_dir(&dir) else {
+        for path in corpus_json_files("") {
+            let Ok(bytes) = std::fs::read(&path) else {
                 continue;
             };
-            for entry in entries.flatten() {
-                let path = entry.path();
-                if path.is_dir() {
-                    stack.push(path);
-                } else if path.extension().is_some_and(|e| e == "json") {
-                    let Ok(bytes) = std::fs::read(&path) else {
-                        continue;
-                    };
-                    let theirs = serde_json::from_slice::<Value>(&bytes);
-                    let ours = parse_value(&bytes);
-                    match (ours, theirs) {
-                        (Ok(a), Ok(b)) => {
-                            assert_eq!(
-                                serde_json::to_vec(&a).expect("renders"),
-                                serde_json::to_vec(&b).expect("renders"),
-                                "{}",
-                                path.display()
-                            );
-                            files += 1;
-                        }
-                        (Err(_), Err(_)) => {}
-                        (a, b) => panic!("{}: {a:?} against {b:?}", path.display()),
-                    }
+            let theirs = serde_json::from_slice::<Value>(&bytes);
+            let ours = parse_value(&bytes);
+            match (ours, theirs) {
+                (Ok(a), Ok(b)) => {
+                    assert_eq!(
+                        serde_json::to_vec(&a).expect("renders"),
+                        serde_json::to_vec(&b).expect("renders"),
+                        "{}",
+                        path.display()
+                    );
+                    files += 1;
                 }
+                (Err(_), Err(_)) => {}
+                (a, b) => panic!("{}: {a:?} against {b:?}", path.display()),
             }
         }
         assert!(files > 4000, "only {files} corpus files compared");
@@ -627,5 +602,28 @@ mod tests {
         assert!(parse_members(br#"{"a":[1,}"#, &["b"]).is_err());
         assert!(parse_members(br#"{"a":1} x"#, &["a"]).is_err());
         assert!(parse_members(br#"[1]"#, &["a"]).is_err());
+    }
+
+    /// Every `.json` file under `../shared/corpora/{sub}` (the whole corpora for "").
+    fn corpus_json_files(sub: &str) -> Vec<std::path::PathBuf> {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../../shared/corpora")
+            .join(sub);
+        let mut stack = vec![root];
+        let mut files = Vec::new();
+        while let Some(dir) = stack.pop() {
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let path = entry.path();
+                if path.is_dir() {
+                    stack.push(path);
+                } else if path.extension().is_some_and(|e| e == "json") {
+                    files.push(path);
+                }
+            }
+        }
+        files
     }
 }
