@@ -98,7 +98,8 @@ fn main() {
     let started = Instant::now();
     for _ in 0..rounds {
         for t in &texts {
-            let v: Value = serde_json::from_slice(t).expect("bundle parses");
+            // Parsed as the server parses request bodies.
+            let v = caregate_core::json::parse_value(t).expect("bundle parses");
             pipeline
                 .process_bundle(&caller, v, ReturnPreference::Minimal, "http://bench")
                 .expect("bundle imports");
