@@ -252,7 +252,16 @@ pub struct SqliteStore {
 impl SqliteStore {
     /// Opens (creating if needed) the database file at `path`.
     pub fn open(path: &Path, options: SqliteOptions) -> Result<Arc<SqliteStore>, StoreError> {
-        let conn = Connection::open(path)?;
+        // The writer's connection writes the WAL a transaction at a time (wal_writes.rs).
+        let conn = if crate::wal_writes::register() {
+            Connection::open_with_flags_and_vfs(
+                path,
+                OpenFlags::default(),
+                crate::wal_writes::VFS_NAME,
+            )?
+        } else {
+            Connection::open(path)?
+        };
         configure(&conn)?;
         conn.execute_batch(SCHEMA)?;
         conn.execute_batch(audit::SCHEMA)?;
