@@ -12,7 +12,7 @@ pub mod index;
 mod manifest;
 mod sql_query;
 mod sqlite;
-mod wal_writes;
+mod vfs;
 
 use std::fmt;
 

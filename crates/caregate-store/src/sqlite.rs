@@ -252,16 +252,7 @@ pub struct SqliteStore {
 impl SqliteStore {
     /// Opens (creating if needed) the database file at `path`.
     pub fn open(path: &Path, options: SqliteOptions) -> Result<Arc<SqliteStore>, StoreError> {
-        // The writer's connection writes the WAL a transaction at a time (wal_writes.rs).
-        let conn = if crate::wal_writes::register() {
-            Connection::open_with_flags_and_vfs(
-                path,
-                OpenFlags::default(),
-                crate::wal_writes::VFS_NAME,
-            )?
-        } else {
-            Connection::open(path)?
-        };
+        let conn = open_for_writing(path)?;
         configure(&conn)?;
         conn.execute_batch(SCHEMA)?;
         conn.execute_batch(audit::SCHEMA)?;
@@ -293,7 +284,7 @@ impl SqliteStore {
         conn.pragma_update(None, "wal_autocheckpoint", 50_000)?;
         // After the WAL restarts, shrink the file back rather than keep its peak size.
         conn.pragma_update(None, "journal_size_limit", 64i64 << 20)?;
-        let checkpointer = Connection::open(path)?;
+        let checkpointer = open_for_writing(path)?;
         checkpointer.busy_timeout(std::time::Duration::from_secs(10))?;
         // Checkpoints are what extend the database file.
         grow_in_chunks(&checkpointer);
@@ -405,6 +396,16 @@ fn grow_in_chunks(conn: &Connection) {
     if rc != rusqlite::ffi::SQLITE_OK {
         tracing::debug!(target: "caregate::store", rc, "chunked file growth not available");
     }
+}
+
+/// A connection for the writer or the checkpointer, through the VFS that writes the WAL a
+/// transaction at a time and grows the database file without writing it (vfs.rs).
+fn open_for_writing(path: &Path) -> Result<Connection, StoreError> {
+    Ok(if crate::vfs::register() {
+        Connection::open_with_flags_and_vfs(path, OpenFlags::default(), crate::vfs::VFS_NAME)?
+    } else {
+        Connection::open(path)?
+    })
 }
 
 fn configure(conn: &Connection) -> Result<(), StoreError> {
