@@ -266,26 +266,6 @@ unsafe extern "C" fn write(
     }
 }
 
-unsafe extern "C" fn read(
-    file: *mut ffi::sqlite3_file,
-    buf: *mut c_void,
-    amount: c_int,
-    offset: i64,
-) -> c_int {
-    // SAFETY: as for `write`.
-    unsafe {
-        let (f, methods) = parts(file);
-        let rc = flush(f, methods);
-        if rc != ffi::SQLITE_OK {
-            return rc;
-        }
-        match methods.xRead {
-            Some(read) => read(f.inner, buf, amount, offset),
-            None => ffi::SQLITE_IOERR_READ,
-        }
-    }
-}
-
 unsafe extern "C" fn close(file: *mut ffi::sqlite3_file) -> c_int {
     // SAFETY: SQLite closes each file once; ours is dropped in place after.
     unsafe {
@@ -300,51 +280,6 @@ unsafe extern "C" fn close(file: *mut ffi::sqlite3_file) -> c_int {
             flushed
         } else {
             closed
-        }
-    }
-}
-
-unsafe extern "C" fn truncate(file: *mut ffi::sqlite3_file, size: i64) -> c_int {
-    // SAFETY: as for `write`.
-    unsafe {
-        let (f, methods) = parts(file);
-        let rc = flush(f, methods);
-        if rc != ffi::SQLITE_OK {
-            return rc;
-        }
-        match methods.xTruncate {
-            Some(truncate) => truncate(f.inner, size),
-            None => ffi::SQLITE_IOERR_TRUNCATE,
-        }
-    }
-}
-
-unsafe extern "C" fn sync(file: *mut ffi::sqlite3_file, flags: c_int) -> c_int {
-    // SAFETY: as for `write`.
-    unsafe {
-        let (f, methods) = parts(file);
-        let rc = flush(f, methods);
-        if rc != ffi::SQLITE_OK {
-            return rc;
-        }
-        match methods.xSync {
-            Some(sync) => sync(f.inner, flags),
-            None => ffi::SQLITE_IOERR_FSYNC,
-        }
-    }
-}
-
-unsafe extern "C" fn file_size(file: *mut ffi::sqlite3_file, size: *mut i64) -> c_int {
-    // SAFETY: as for `write`.
-    unsafe {
-        let (f, methods) = parts(file);
-        let rc = flush(f, methods);
-        if rc != ffi::SQLITE_OK {
-            return rc;
-        }
-        match methods.xFileSize {
-            Some(file_size) => file_size(f.inner, size),
-            None => ffi::SQLITE_IOERR_FSTAT,
         }
     }
 }
@@ -392,15 +327,24 @@ fn extend(f: &mut GatheringFile, methods: &ffi::sqlite3_io_methods, size: i64) -
     unsafe { truncate(f.inner, size) }
 }
 
-/// Methods that only pass through to the unix VFS's file.
-macro_rules! pass_through {
-    ($( $name:ident => $method:ident ( $( $arg:ident : $ty:ty ),* ) -> $ret:ty, $missing:expr; )*) => {
+/// Methods that pass through to the unix VFS's file: `flush` ones after writing out what
+/// is gathered (they read, sync, size or resize the file), `plain` ones as they are.
+macro_rules! forward {
+    (@before flush $f:ident $methods:ident) => {
+        let rc = flush($f, $methods);
+        if rc != ffi::SQLITE_OK {
+            return rc;
+        }
+    };
+    (@before plain $f:ident $methods:ident) => {};
+    ($( $mode:ident $name:ident => $method:ident ( $( $arg:ident : $ty:ty ),* ) -> $ret:ty, $missing:expr; )*) => {
         $(
             unsafe extern "C" fn $name(file: *mut ffi::sqlite3_file $(, $arg: $ty)*) -> $ret {
                 // SAFETY: SQLite calls this on a file `open` opened; the arguments are
                 // passed on as SQLite gave them.
                 unsafe {
                     let (f, methods) = parts(file);
+                    forward!(@before $mode f methods);
                     match methods.$method {
                         Some(method) => method(f.inner $(, $arg)*),
                         None => $missing,
@@ -411,16 +355,20 @@ macro_rules! pass_through {
     };
 }
 
-pass_through! {
-    lock => xLock(level: c_int) -> c_int, ffi::SQLITE_IOERR_LOCK;
-    unlock => xUnlock(level: c_int) -> c_int, ffi::SQLITE_IOERR_UNLOCK;
-    check_reserved_lock => xCheckReservedLock(out: *mut c_int) -> c_int, ffi::SQLITE_IOERR_CHECKRESERVEDLOCK;
-    sector_size => xSectorSize() -> c_int, 4096;
-    device_characteristics => xDeviceCharacteristics() -> c_int, 0;
-    shm_map => xShmMap(page: c_int, page_size: c_int, extend: c_int, out: *mut *mut c_void) -> c_int, ffi::SQLITE_IOERR_SHMMAP;
-    shm_lock => xShmLock(offset: c_int, n: c_int, flags: c_int) -> c_int, ffi::SQLITE_IOERR_SHMLOCK;
-    shm_unmap => xShmUnmap(delete: c_int) -> c_int, ffi::SQLITE_OK;
-    unfetch => xUnfetch(offset: i64, page: *mut c_void) -> c_int, ffi::SQLITE_OK;
+forward! {
+    flush read => xRead(buf: *mut c_void, amount: c_int, offset: i64) -> c_int, ffi::SQLITE_IOERR_READ;
+    flush truncate => xTruncate(size: i64) -> c_int, ffi::SQLITE_IOERR_TRUNCATE;
+    flush sync => xSync(flags: c_int) -> c_int, ffi::SQLITE_IOERR_FSYNC;
+    flush file_size => xFileSize(size: *mut i64) -> c_int, ffi::SQLITE_IOERR_FSTAT;
+    plain lock => xLock(level: c_int) -> c_int, ffi::SQLITE_IOERR_LOCK;
+    plain unlock => xUnlock(level: c_int) -> c_int, ffi::SQLITE_IOERR_UNLOCK;
+    plain check_reserved_lock => xCheckReservedLock(out: *mut c_int) -> c_int, ffi::SQLITE_IOERR_CHECKRESERVEDLOCK;
+    plain sector_size => xSectorSize() -> c_int, 4096;
+    plain device_characteristics => xDeviceCharacteristics() -> c_int, 0;
+    plain shm_map => xShmMap(page: c_int, page_size: c_int, extend: c_int, out: *mut *mut c_void) -> c_int, ffi::SQLITE_IOERR_SHMMAP;
+    plain shm_lock => xShmLock(offset: c_int, n: c_int, flags: c_int) -> c_int, ffi::SQLITE_IOERR_SHMLOCK;
+    plain shm_unmap => xShmUnmap(delete: c_int) -> c_int, ffi::SQLITE_OK;
+    plain unfetch => xUnfetch(offset: i64, page: *mut c_void) -> c_int, ffi::SQLITE_OK;
 }
 
 unsafe extern "C" fn shm_barrier(file: *mut ffi::sqlite3_file) {
