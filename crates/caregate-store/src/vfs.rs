@@ -42,8 +42,8 @@ use std::sync::OnceLock;
 use rusqlite::ffi;
 
 /// The name connections open the VFS by.
-pub(crate) const VFS_NAME: &str = "caregate-wal";
-const VFS_NAME_C: &CStr = c"caregate-wal";
+pub(crate) const VFS_NAME: &str = "caregate-writer";
+const VFS_NAME_C: &CStr = c"caregate-writer";
 
 /// Gathered bytes that are written out even without a reason to.
 const FLUSH_AT: usize = 1 << 20;
