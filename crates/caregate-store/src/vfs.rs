@@ -400,7 +400,7 @@ unsafe extern "C" fn fetch(
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, unix))]
 mod tests {
     use super::*;
     use rusqlite::{Connection, OpenFlags};
